@@ -1,0 +1,27 @@
+"""The influence engine: Captum 0.9-compatible TracIn, exact and fast.
+
+Only torch and numpy are imported here (annoy lazily); no widget library is ever imported.
+"""
+
+from ._base import KMostInfluentialResults, TracInCPBase
+from ._checkpoints import load_checkpoint
+from ._errors import Cancelled, TracInWarning
+from ._fast import TracInCPFast, TracInCPFastRandProj
+from ._layers import find_final_linear_layer
+from ._nearest_neighbors import AnnoyNearestNeighbors, ExactNearestNeighbors, NearestNeighbors
+from ._tracincp import TracInCP
+
+__all__ = [
+    "AnnoyNearestNeighbors",
+    "Cancelled",
+    "ExactNearestNeighbors",
+    "KMostInfluentialResults",
+    "NearestNeighbors",
+    "TracInCP",
+    "TracInCPBase",
+    "TracInCPFast",
+    "TracInCPFastRandProj",
+    "TracInWarning",
+    "find_final_linear_layer",
+    "load_checkpoint",
+]

@@ -1,0 +1,311 @@
+"""Shared machinery of the three TracIn classes: checkpoints, model hygiene, progress, top-k."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ._checkpoints import call_load_func, load_checkpoint, resolve_checkpoints
+from ._data import (
+    batch_len,
+    dataset_fingerprint,
+    file_fingerprint,
+    iter_input_batches,
+    make_train_loader,
+    to_device,
+)
+
+
+class KMostInfluentialResults(NamedTuple):
+    """Top-k result: ``indices`` (int64, ``(n_test, k)``) and ``influence_scores`` (same shape).
+
+    Proponents are sorted by descending score, opponents by ascending score (most negative first).
+    """
+
+    indices: torch.Tensor
+    influence_scores: torch.Tensor
+
+
+ProgressCallback = Callable[[str, int, int], Any]
+
+
+class _Progress:
+    """tqdm bar and/or a ``progress_callback(phase, done, total)``."""
+
+    def __init__(self, phase: str, total: int | None, show: bool, callback: ProgressCallback | None):
+        self.phase, self.total, self.done, self.callback = phase, total, 0, callback
+        self.bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=phase, unit="ex")
+        self._emit()
+
+    def _emit(self) -> None:
+        if self.callback is not None:
+            self.callback(self.phase, self.done, self.total if self.total is not None else -1)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        self._emit()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def check_k(k: Any) -> int | None:
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be a positive int (or None for the full score matrix), got {type(k).__name__} {k!r}.")
+    if k <= 0:
+        raise ValueError(f"k must be a positive int (or None for the full score matrix), got k={k}.")
+    return k
+
+
+def merge_topk(
+    best: tuple[torch.Tensor, torch.Tensor] | None, scores: torch.Tensor, offset: int, k: int, largest: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running top-k over column chunks of a score matrix."""
+    kk = min(k, scores.shape[1])
+    vals, idx = torch.topk(scores, kk, dim=1, largest=largest)
+    idx = idx + offset
+    if best is not None:
+        vals = torch.cat([best[0], vals], dim=1)
+        idx = torch.cat([best[1], idx], dim=1)
+        kk = min(k, vals.shape[1])
+        vals, pos = torch.topk(vals, kk, dim=1, largest=largest)
+        idx = torch.gather(idx, 1, pos)
+    return vals, idx
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+class TracInCPBase:
+    """Common base (Captum's ``TracInCPBase`` counterpart)."""
+
+    _kind = "base"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset: Any,
+        checkpoints: Any,
+        checkpoints_load_func: Callable[[nn.Module, str], float] | None = None,
+        loss_fn: Any = None,
+        batch_size: int | None = None,
+        test_loss_fn: Any = None,
+        *,
+        device: Any = None,
+        num_workers: int = 0,
+        progress_callback: ProgressCallback | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        weights_only: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
+        self.model = model
+        self.checkpoints = resolve_checkpoints(checkpoints)
+        self._default_loader = checkpoints_load_func is None
+        if checkpoints_load_func is None:
+            checkpoints_load_func = partial(load_checkpoint, weights_only=weights_only)
+        elif not callable(checkpoints_load_func):
+            raise TypeError("checkpoints_load_func must be callable as checkpoints_load_func(model, path) -> lr.")
+        self.checkpoints_load_func = checkpoints_load_func
+        self.weights_only = weights_only
+        self.train_dataset = train_dataset
+        self.batch_size = batch_size
+        self.train_dataloader = make_train_loader(train_dataset, batch_size, num_workers)
+        self.loss_fn = loss_fn
+        self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.progress_callback = progress_callback
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._states: list[dict[str, torch.Tensor]] | None = None
+        self._lrs: list[float] | None = None
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ model hygiene
+    @contextlib.contextmanager
+    def _computing(self) -> Iterator[None]:
+        """Eval mode on the compute device; afterwards the model is exactly as the user left it."""
+        model = self.model
+        modes = [(m, m.training) for m in model.modules()]
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        dev = model_device(model)
+        moved = dev != self.device
+        try:
+            if moved:
+                model.to(self.device)
+            model.eval()
+            yield
+        finally:
+            if moved:
+                model.to(dev)
+            for m, t in modes:
+                m.training = t
+            for p, rg in flags:
+                p.requires_grad_(rg)
+
+    def _checkpoint_states(self, show_progress: bool = False) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
+        """Load every checkpoint once (per instance); keep its tensors on the compute device."""
+        if self._states is not None:
+            return self._states, self._lrs  # type: ignore[return-value]
+        model = self.model
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        states, lrs = [], []
+        prog = _Progress("load checkpoints", len(self.checkpoints), show_progress, self.progress_callback)
+        try:
+            for path in self.checkpoints:
+                lr = call_load_func(self.checkpoints_load_func, model, path, self._default_loader)
+                states.append({k: v.detach().to(self.device, copy=True) for k, v in model.state_dict().items()})
+                lrs.append(lr)
+                prog.update(1)
+        finally:
+            model.load_state_dict(saved)
+            prog.close()
+        self._states, self._lrs = states, lrs
+        return states, lrs
+
+    def _forward(self, state: dict[str, torch.Tensor], features: tuple, what: str) -> torch.Tensor:
+        try:
+            out = functional_call(self.model, state, features)
+        except Exception as e:  # noqa: BLE001 - say which batch the model could not take
+            shapes = [tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__ for f in features]
+            raise ValueError(
+                f"the model could not take the {what}: model(*batch[:-1]) raised {type(e).__name__}: {e}. "
+                f"Feature shapes were {shapes}; a batch must be (features..., labels) shaped like a training "
+                "batch."
+            ) from e
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the model must return a tensor of outputs, got {type(out).__name__} for the {what}.")
+        if out.dim() == 0:
+            raise ValueError("the model output must have a batch dimension, got a 0-dim tensor.")
+        return out
+
+    def _train_batches(self) -> Iterator[tuple[int, tuple]]:
+        offset = 0
+        for batch in self.train_dataloader:
+            if isinstance(batch, torch.Tensor) or len(batch) < 2:
+                raise ValueError(
+                    "train_dataset batches must be (features..., labels); the dataset yields "
+                    f"{type(batch).__name__} batches without labels."
+                )
+            batch = to_device(tuple(batch), self.device)
+            n = batch_len(batch)
+            yield offset, batch
+            offset += n
+
+    def _n_train(self) -> int | None:
+        try:
+            return len(self.train_dataloader.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def _test_batches(self, inputs: Any, what: str = "inputs") -> list[tuple]:
+        return [to_device(b, self.device) for b in iter_input_batches(inputs, what)]
+
+    @staticmethod
+    def _check_finite(t: torch.Tensor, path: str, what: str) -> None:
+        if not torch.isfinite(t).all():
+            raise ValueError(
+                f"non-finite (NaN or inf) {what} at checkpoint {path!r}: the scores would be NaN. Check that "
+                "checkpoint's weights (a diverged training step?) or drop it from `checkpoints`."
+            )
+
+    # ------------------------------------------------------------------ disk cache
+    def _compute_fingerprint(self, extra: str) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(self._kind.encode())
+            h.update(extra.encode())
+            h.update(type(self.model).__qualname__.encode())
+            for k, v in self.model.state_dict().items():
+                h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
+            fn = self.checkpoints_load_func
+            h.update(getattr(getattr(fn, "func", fn), "__qualname__", type(fn).__name__).encode())
+            for p in self.checkpoints:
+                h.update(file_fingerprint(p).encode())
+            h.update(dataset_fingerprint(self.train_dataloader).encode())
+            self._fingerprint = h.hexdigest()[:32]
+        return self._fingerprint
+
+    def _cache_file(self, name: str, extra: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"tracin-{self._kind}-{name}-{self._compute_fingerprint(extra)}.pt"
+
+    def _cache_load(self, path: Path | None) -> dict | None:
+        if path is None or not path.is_file():
+            return None
+        try:
+            obj = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception:  # noqa: BLE001 - a corrupt cache is recomputed, never trusted
+            return None
+        if not isinstance(obj, dict) or obj.get("fingerprint") != path.stem.rsplit("-", 1)[-1]:
+            return None
+        return obj
+
+    @staticmethod
+    def _cache_save(path: Path | None, obj: dict) -> None:
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        obj = {**obj, "fingerprint": path.stem.rsplit("-", 1)[-1]}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(obj, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    # ------------------------------------------------------------------ results
+    @staticmethod
+    def _chunk_rows(n_test: int, n_ckpt: int, budget: int = 1 << 25) -> int:
+        return max(1024, budget // max(1, n_test * max(1, n_ckpt)))
+
+    @staticmethod
+    def _finish_topk(best: tuple[torch.Tensor, torch.Tensor] | None, n_test: int) -> KMostInfluentialResults:
+        if best is None:
+            return KMostInfluentialResults(
+                torch.empty(n_test, 0, dtype=torch.int64), torch.empty(n_test, 0)
+            )
+        vals, idx = best
+        return KMostInfluentialResults(idx.to(torch.int64).cpu(), vals.cpu())
+
+    def fit(self, show_progress: bool = False):
+        """Precompute what later queries need (optional: done lazily otherwise). Returns ``self``."""
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={type(self.model).__name__}, checkpoints={len(self.checkpoints)}, "
+            f"n_train={self._n_train()}, device={self.device})"
+        )
+
+
+def sqrt_lr(lr: float, path: str) -> float:
+    if lr < 0:
+        raise ValueError(f"learning rate {lr} for checkpoint {path!r} is negative; TracIn needs lr >= 0.")
+    return math.sqrt(lr)

@@ -1,0 +1,136 @@
+"""Finding, reading and validating checkpoints."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".pkl")
+
+
+def _natural_key(path: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
+
+
+def resolve_checkpoints(checkpoints: Any) -> list[str]:
+    """Turn ``checkpoints`` (a folder, a path, or a list of paths) into a natural-sorted list of files."""
+    if isinstance(checkpoints, (str, os.PathLike)):
+        p = Path(checkpoints)
+        if p.is_dir():
+            files = [str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in CHECKPOINT_SUFFIXES]
+            if not files:
+                raise ValueError(
+                    f"no checkpoints: the folder {str(p)!r} holds no checkpoint files "
+                    f"({', '.join('*' + s for s in CHECKPOINT_SUFFIXES)}). Save checkpoints there "
+                    "(e.g. torch.save(model.state_dict(), 'ckpt-1.pt')) or pass a list of paths."
+                )
+            return sorted(files, key=_natural_key)
+        if p.is_file():
+            return [str(p)]
+        raise ValueError(f"checkpoints: {str(p)!r} is neither a folder nor a file. Pass a folder or a list of paths.")
+    if isinstance(checkpoints, (bytes, Mapping)) or not hasattr(checkpoints, "__iter__"):
+        raise TypeError(
+            f"checkpoints must be a folder or a list of checkpoint paths, not {type(checkpoints).__name__}."
+        )
+    items = list(checkpoints)
+    if not items:
+        raise ValueError(
+            "no checkpoints: `checkpoints` is an empty list. Pass the paths of at least one saved "
+            "checkpoint (TracIn sums over several; 5 or more evenly spaced ones work well)."
+        )
+    out = []
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"checkpoints must hold file paths, got {type(item).__name__}: {item!r}.")
+        if not Path(item).is_file():
+            raise ValueError(f"checkpoint file not found: {str(item)!r}. Check the path.")
+        out.append(str(item))
+    return sorted(out, key=_natural_key)
+
+
+def _unwrap_state_dict(obj: Any, path: str) -> tuple[Mapping, float]:
+    lr = 1.0
+    if isinstance(obj, nn.Module):
+        return obj.state_dict(), lr
+    if not isinstance(obj, Mapping):
+        raise ValueError(
+            f"checkpoint {path!r} holds a {type(obj).__name__}, not a state dict. Save "
+            "model.state_dict() (optionally inside {'model_state_dict': ...}) or pass a checkpoints_load_func."
+        )
+    for key in ("model_state_dict", "state_dict", "model"):
+        inner = obj.get(key)
+        if isinstance(inner, Mapping):
+            lr = obj.get("learning_rate", obj.get("lr", 1.0))
+            return inner, lr
+    if "learning_rate" in obj and not isinstance(obj["learning_rate"], torch.Tensor):
+        lr = obj["learning_rate"]
+        obj = {k: v for k, v in obj.items() if k != "learning_rate"}
+    return obj, lr
+
+
+def load_checkpoint(model: nn.Module, path: str, *, weights_only: bool = True) -> float:
+    """Default ``checkpoints_load_func``: load a state dict into ``model`` in place; return the learning rate.
+
+    Accepts a bare state dict, ``{"model_state_dict": ...}`` / ``{"state_dict": ...}`` (the learning rate is
+    read from a ``"learning_rate"`` or ``"lr"`` entry, else 1.0), and DataParallel ``module.`` prefixes.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name and the fix
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        hint = (
+            " It holds objects that weights_only=True refuses to unpickle: if you trust the file, pass "
+            "weights_only=False, or pass a checkpoints_load_func that loads it."
+            if weights_only and ("weights_only" in str(e) or "Unpickl" in type(e).__name__ or "pickle" in str(e).lower())
+            else " Is it a torch checkpoint? Pass a checkpoints_load_func for other formats."
+        )
+        raise ValueError(f"could not read checkpoint {path!r}: {type(e).__name__}: {first}.{hint}") from e
+    sd, lr = _unwrap_state_dict(obj, path)
+    own = model.state_dict()
+    if sd and all(k.startswith("module.") for k in sd) and not any(k.startswith("module.") for k in own):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path!r} does not fit the model: missing keys {missing[:8]}"
+            f"{' …' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+            f"{' …' if len(unexpected) > 8 else ''}. Is it a checkpoint of this architecture? "
+            "Pass a checkpoints_load_func if it is stored differently."
+        )
+    bad = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if isinstance(sd[k], torch.Tensor) and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    if bad:
+        raise ValueError(f"checkpoint {path!r} does not fit the model: shape mismatch for {bad[:5]}.")
+    model.load_state_dict(sd)
+    return lr
+
+
+def call_load_func(load_func: Callable, model: nn.Module, path: str, is_default: bool) -> float:
+    """Run a checkpoints_load_func and validate what it returns."""
+    if is_default:
+        lr = load_func(model, path)
+    else:
+        try:
+            lr = load_func(model, path)
+        except Exception as e:  # noqa: BLE001 - name the file
+            raise ValueError(
+                f"checkpoints_load_func failed on checkpoint {path!r}: {type(e).__name__}: {e}"
+            ) from e
+    if isinstance(lr, torch.Tensor) and lr.numel() == 1:
+        lr = lr.item()
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(
+            f"checkpoints_load_func must return the learning rate as a float (got {type(lr).__name__} "
+            f"for {path!r}); return 1.0 if it is unknown."
+        )
+    return float(lr)

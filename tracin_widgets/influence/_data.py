@@ -1,0 +1,134 @@
+"""Batches, loaders and devices."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+DEFAULT_BATCH_SIZE = 512
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(o, device) for o in obj) if isinstance(obj, list) else tuple(
+            to_device(o, device) for o in obj
+        )
+    return obj
+
+
+def _is_shuffled(loader: DataLoader) -> bool:
+    if isinstance(loader.sampler, RandomSampler):
+        return True
+    bs = getattr(loader, "batch_sampler", None)
+    return bs is not None and isinstance(getattr(bs, "sampler", None), RandomSampler)
+
+
+def make_train_loader(train_dataset: Any, batch_size: int | None, num_workers: int) -> DataLoader:
+    if isinstance(train_dataset, DataLoader):
+        if _is_shuffled(train_dataset):
+            raise ValueError(
+                "train_dataset is a DataLoader with shuffle=True: influence indices would refer to a random "
+                "order that changes every pass. Pass DataLoader(dataset, batch_size=..., shuffle=False) "
+                "or the Dataset itself."
+            )
+        return train_dataset
+    if not isinstance(train_dataset, Dataset) and not (
+        hasattr(train_dataset, "__getitem__") and hasattr(train_dataset, "__len__")
+    ):
+        raise TypeError(
+            f"train_dataset must be a torch Dataset or a DataLoader, not {type(train_dataset).__name__}."
+        )
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int (or None for {DEFAULT_BATCH_SIZE}), got {batch_size!r}.")
+    return DataLoader(
+        train_dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        persistent_workers=False,
+    )
+
+
+def check_batch(batch: Any, what: str) -> tuple:
+    """A batch is a tuple/list ``(*features, labels)``."""
+    if isinstance(batch, torch.Tensor) or not isinstance(batch, Sequence) or isinstance(batch, str):
+        raise TypeError(
+            f"{what} must be a tuple (*features, labels): the last element holds the labels and the model is "
+            f"called as model(*batch[:-1]). Got {type(batch).__name__}; pass e.g. (x, y)."
+        )
+    if len(batch) < 2:
+        raise ValueError(
+            f"{what} has {len(batch)} element(s) but needs features and labels: pass (x, y), "
+            "where the last element holds the labels."
+        )
+    return tuple(batch)
+
+
+def iter_input_batches(inputs: Any, what: str = "inputs") -> list[tuple]:
+    """``inputs`` is one batch tuple or a DataLoader of batches; returns a list of batch tuples."""
+    if inputs is None:
+        raise ValueError(
+            f"{what} is required: pass a batch (x, y). For self-influence of the training set, call "
+            "self_influence() without arguments."
+        )
+    if isinstance(inputs, DataLoader):
+        if _is_shuffled(inputs):
+            raise ValueError(f"{what} is a DataLoader with shuffle=True; pass shuffle=False so rows keep their order.")
+        return [check_batch(b, what) for b in inputs]
+    return [check_batch(inputs, what)]
+
+
+def batch_len(batch: tuple) -> int:
+    lab = batch[-1]
+    if isinstance(lab, torch.Tensor):
+        return int(lab.shape[0]) if lab.dim() > 0 else 1
+    return len(lab)
+
+
+def as_label_tensor(labels: Any) -> torch.Tensor:
+    return labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)
+
+
+def hash_tensors(objs: Iterable[Any], h: "hashlib._Hash") -> None:
+    for o in objs:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, (list, tuple)):
+            hash_tensors(o, h)
+        elif isinstance(o, np.ndarray):
+            h.update(np.ascontiguousarray(o).tobytes())
+        else:
+            h.update(repr(o).encode())
+
+
+def dataset_fingerprint(loader: DataLoader, n_samples: int = 24) -> str:
+    """Cheap fingerprint of a training set: type, length and a spread of items."""
+    h = hashlib.sha256()
+    ds = getattr(loader, "dataset", None)
+    h.update(type(ds).__name__.encode())
+    try:
+        n = len(ds)  # type: ignore[arg-type]
+    except TypeError:
+        n = -1
+    h.update(str(n).encode())
+    if n > 0 and hasattr(ds, "__getitem__"):
+        idx = sorted(set(np.linspace(0, n - 1, min(n, n_samples)).round().astype(int).tolist()))
+        for i in idx:
+            hash_tensors([ds[i]], h)
+    return h.hexdigest()[:24]
+
+
+def file_fingerprint(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:24]

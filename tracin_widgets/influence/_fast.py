@@ -1,0 +1,341 @@
+"""TracInCPFast and TracInCPFastRandProj: last-layer TracIn from cached rank-one factors.
+
+For the hooked layer, the gradient of example i's loss w.r.t. the layer weight is g_i a_i^T, with a_i the
+layer's input and g_i the loss gradient w.r.t. the model output (Captum's semantics). So
+
+    influence(t, i) = sum_c lr_c (g_t . g_i)(a_t . a_i),      self(i) = sum_c lr_c |g_i|^2 |a_i|^2.
+
+One pass over the training data computes (a, g) for every checkpoint (each checkpoint loaded once);
+after it every query is a couple of matrix products.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ._base import (
+    KMostInfluentialResults,
+    TracInCPBase,
+    _Progress,
+    check_k,
+    merge_topk,
+    sqrt_lr,
+)
+from ._data import batch_len
+from ._errors import TracInWarning
+from ._layers import resolve_module, trace_output_module
+from ._loss import loss_mode, total_loss
+from ._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
+
+
+class TracInCPFast(TracInCPBase):
+    """TracIn on the last fully-connected layer with the rank-one trick (Captum ``TracInCPFast`` API).
+
+    Like Captum, the layer's bias gradient is left out and ``final_fc_layer``'s *input* is hooked while the
+    loss gradient is taken w.r.t. the *model output*; a warning says so when ``final_fc_layer`` is not the
+    linear layer that produces the output.
+    """
+
+    _kind = "fast"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        final_fc_layer: nn.Module | str,
+        train_dataset: Any,
+        checkpoints: Any,
+        checkpoints_load_func=None,
+        loss_fn: Any = None,
+        batch_size: int | None = None,
+        test_loss_fn: Any = None,
+        vectorize: bool = False,
+        **extras: Any,
+    ) -> None:
+        super().__init__(
+            model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn, **extras
+        )
+        self.final_fc_layer = final_fc_layer
+        self.vectorize = vectorize  # accepted for compatibility; gradients here need no jacobian
+        ctx = type(self).__name__
+        self.reduction_type = loss_mode(loss_fn, "loss_fn", ("sum", "mean"), ctx, "sum")
+        self.test_reduction_type = (
+            self.reduction_type
+            if test_loss_fn is None
+            else loss_mode(test_loss_fn, "test_loss_fn", ("sum", "mean"), ctx, "sum")
+        )
+        self._factors: tuple[torch.Tensor, torch.Tensor] | None = None  # A (N, C, da), G (N, C, dg)
+        self._self_influence: torch.Tensor | None = None
+        self._layer_checked = False
+
+    @property
+    def final_fc_layer(self) -> nn.Module:
+        return self._final_fc_layer
+
+    @final_fc_layer.setter
+    def final_fc_layer(self, layer: nn.Module | str) -> None:
+        self.final_fc_layer_name, self._final_fc_layer = resolve_module(self.model, layer, "final_fc_layer")
+        self._factors = None
+        self._self_influence = None
+        self._layer_checked = False
+        self._fingerprint = None
+
+    # ------------------------------------------------------------------ factors
+    def _check_layer(self, state: dict, batch: tuple) -> None:
+        self._layer_checked = True
+        with torch.no_grad():
+            producers, records = trace_output_module(
+                self.model, lambda: functional_call(self.model, state, tuple(batch[:-1]))
+            )
+        if isinstance(self._final_fc_layer, nn.Linear) and any(m is self._final_fc_layer for _, m in producers):
+            return
+        linear = [n for n, m in producers if isinstance(m, nn.Linear)]
+        called = [n for n, m, _ in records if isinstance(m, nn.Linear)]
+        true = linear[-1] if linear else (called[-1] if called else None)
+        where = f"; the output comes from {true!r}" if true else ""
+        fix = f" Pass final_fc_layer={true!r} for exact last-layer TracIn." if true else ""
+        warnings.warn(
+            f"final_fc_layer {self.final_fc_layer_name!r} ({type(self._final_fc_layer).__name__}) is not the "
+            f"model's final linear layer{where}. {type(self).__name__} hooks this module's input and "
+            "differentiates the loss w.r.t. the model output (as Captum does), so the scores are not exact "
+            f"last-layer gradients.{fix}",
+            TracInWarning,
+            stacklevel=4,
+        )
+
+    def _batch_factors(
+        self, state: dict, batch: tuple, mode: str, loss_fn: Any, what: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        handle = self._final_fc_layer.register_forward_hook(lambda m, i, o: captured.append(i[0].detach()))
+        try:
+            with torch.no_grad():
+                out = self._forward(state, tuple(batch[:-1]), what)
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise ValueError(
+                f"final_fc_layer {self.final_fc_layer_name!r} ran {len(captured)} times in one forward pass; "
+                "it must run exactly once (pass the model's last fully-connected layer)."
+            )
+        n = out.shape[0]
+        out_d = out.detach().requires_grad_(True)
+        with torch.enable_grad():
+            total = total_loss(mode, loss_fn, out_d, batch[-1], n)
+            (g,) = torch.autograd.grad(total, out_d)
+        return g.reshape(n, -1), captured[0].reshape(n, -1)
+
+    def _factors_of(
+        self, batches: list[tuple], states: list[dict], mode: str, loss_fn: Any, what: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        A_parts, G_parts = [], []
+        for batch in batches:
+            gs, as_ = [], []
+            for path, state in zip(self.checkpoints, states):
+                g, a = self._batch_factors(state, batch, mode, loss_fn, what)
+                self._check_finite(g, path, f"loss gradients for the {what}")
+                self._check_finite(a, path, f"layer inputs for the {what}")
+                gs.append(g)
+                as_.append(a)
+            G_parts.append(torch.stack(gs, 1))
+            A_parts.append(torch.stack(as_, 1))
+        return torch.cat(A_parts), torch.cat(G_parts)
+
+    def _layer_key(self) -> str:
+        return f"{self.final_fc_layer_name}|{self.reduction_type}"
+
+    def _ensure_factors(self, show_progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._factors is not None:
+            return self._factors
+        cache_path = self._cache_file("factors", self._layer_key())
+        cached = self._cache_load(cache_path)
+        if cached is not None:
+            self._factors = (cached["A"], cached["G"])
+            return self._factors
+        with self._computing():
+            states, _ = self._checkpoint_states(show_progress)
+            A_parts, G_parts = [], []
+            prog = _Progress("training factors", self._n_train(), show_progress, self.progress_callback)
+            try:
+                for _, batch in self._train_batches():
+                    if not self._layer_checked:
+                        self._check_layer(states[-1], batch)
+                    A, G = self._factors_of([batch], states, self.reduction_type, self.loss_fn, "training batch")
+                    A_parts.append(A)
+                    G_parts.append(G)
+                    prog.update(batch_len(batch))
+            finally:
+                prog.close()
+        if not A_parts:
+            raise ValueError("train_dataset is empty: there is nothing to compute influence against.")
+        self._factors = (torch.cat(A_parts), torch.cat(G_parts))
+        self._cache_save(cache_path, {"A": self._factors[0], "G": self._factors[1]})
+        return self._factors
+
+    def fit(self, show_progress: bool = False):
+        """Compute and cache the training-set factors now (otherwise done on the first query). Returns self."""
+        self._ensure_factors(show_progress)
+        return self
+
+    def _test_factors(self, inputs: Any, loss: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        batches = self._test_batches(inputs)
+        with self._computing():
+            states, _ = self._checkpoint_states()
+            if loss == "test":
+                return self._factors_of(batches, states, self.test_reduction_type, self.test_loss_fn, "test batch")
+            return self._factors_of(batches, states, self.reduction_type, self.loss_fn, "batch")
+
+    # ------------------------------------------------------------------ scores
+    def _lr_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        _, lrs = self._checkpoint_states()
+        return torch.tensor(lrs, dtype=like.dtype, device=like.device)
+
+    def _score_chunks(self, At: torch.Tensor, Gt: torch.Tensor):
+        A, G = self._factors  # type: ignore[misc]
+        lr = self._lr_tensor(A).view(-1, 1, 1)
+        step = self._chunk_rows(At.shape[0], A.shape[1])
+        for s in range(0, A.shape[0], step):
+            gg = torch.einsum("ncd,mcd->cnm", Gt, G[s : s + step])
+            aa = torch.einsum("ncd,mcd->cnm", At, A[s : s + step])
+            yield s, (gg * aa * lr).sum(0)
+
+    def _scores_or_topk(self, At: torch.Tensor, Gt: torch.Tensor, k: int | None, proponents: bool):
+        if k is None:
+            return torch.cat([sc.cpu() for _, sc in self._score_chunks(At, Gt)], dim=1)
+        best = None
+        for s, sc in self._score_chunks(At, Gt):
+            best = merge_topk(best, sc, s, k, largest=proponents)
+        return self._finish_topk(best, At.shape[0])
+
+    def influence(self, inputs: Any = None, k: int | None = None, proponents: bool = True, show_progress: bool = False):
+        """Influence of every training example on each test example of ``inputs``.
+
+        ``k=None``: a ``(n_test, n_train)`` tensor. ``k`` int: ``KMostInfluentialResults`` of the k
+        proponents (``proponents=True``, descending) or opponents (ascending).
+        """
+        k = check_k(k)
+        self._test_batches(inputs)  # validate before the (possibly long) training pass
+        self._ensure_factors(show_progress)
+        At, Gt = self._test_factors(inputs)
+        return self._scores_or_topk(At, Gt, k, proponents)
+
+    def self_influence(self, inputs: Any = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False):
+        """Self-influence ``sum_c lr_c |grad_c|^2`` of each example (training set when ``inputs`` is None)."""
+        if inputs is None:
+            if self._self_influence is None:
+                A, G = self._ensure_factors(show_progress)
+                self._self_influence = self._self_from_factors(A, G).cpu()
+            return self._self_influence.clone()
+        A, G = self._test_factors(inputs, loss="train")
+        return self._self_from_factors(A, G).cpu()
+
+    def _self_from_factors(self, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        lr = self._lr_tensor(A)
+        return (G.pow(2).sum(-1) * A.pow(2).sum(-1) * lr).sum(1)
+
+
+class TracInCPFastRandProj(TracInCPFast):
+    """TracInCPFast with an embedding index for constant-time queries (Captum ``TracInCPFastRandProj`` API).
+
+    Each example is embedded as ``concat_c sqrt(lr_c) * (g_c P_g) outer (a_c P_a)``; with
+    ``projection_dim=None`` nothing is projected and scores are exact. Projections use the class's own
+    ``torch.Generator(seed)`` (the global RNG is left alone). The index is built in ``__init__`` as in
+    Captum; ``self_influence`` is exact (from the factors).
+    """
+
+    _kind = "randproj"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        final_fc_layer: nn.Module | str,
+        train_dataset: Any,
+        checkpoints: Any,
+        checkpoints_load_func=None,
+        loss_fn: Any = None,
+        batch_size: int | None = None,
+        test_loss_fn: Any = None,
+        vectorize: bool = False,
+        nearest_neighbors: NearestNeighbors | None = None,
+        projection_dim: int | None = None,
+        seed: int = 0,
+        **extras: Any,
+    ) -> None:
+        super().__init__(
+            model, final_fc_layer, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size,
+            test_loss_fn, vectorize, **extras,
+        )
+        if projection_dim is not None and (
+            isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim <= 0
+        ):
+            raise ValueError(f"projection_dim must be a positive int or None, got {projection_dim!r}.")
+        if nearest_neighbors is None:
+            nearest_neighbors = AnnoyNearestNeighbors()
+        if not hasattr(nearest_neighbors, "setup") or not hasattr(nearest_neighbors, "get_nearest_neighbors"):
+            raise TypeError("nearest_neighbors must provide setup(data) and get_nearest_neighbors(query, k).")
+        self.nearest_neighbors = nearest_neighbors
+        self.projection_dim = projection_dim
+        self.seed = seed
+        self._projections: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._train_embeddings: torch.Tensor | None = None
+        self._build()
+
+    def _build(self) -> None:
+        A, G = self._ensure_factors()
+        self._projections = self._make_projections(G.shape[-1], A.shape[-1])
+        emb = self._embed(A, G)
+        prog = _Progress("nearest-neighbour index", emb.shape[0], False, self.progress_callback)
+        self.nearest_neighbors.setup(emb)
+        prog.update(emb.shape[0])
+        prog.close()
+        if self._projections is not None:
+            self._train_embeddings = emb
+
+    def _make_projections(self, g_dim: int, a_dim: int):
+        d = self.projection_dim
+        if d is None or g_dim * a_dim <= d:
+            return None
+        gen = torch.Generator().manual_seed(self.seed)
+        pg = min(int(d**0.5), g_dim)
+        pa = min(int(d**0.5), a_dim)
+        Pg = torch.randn(g_dim, pg, generator=gen) / math.sqrt(pg)
+        Pa = torch.randn(a_dim, pa, generator=gen) / math.sqrt(pa)
+        return Pg.to(self.device), Pa.to(self.device)
+
+    def _embed(self, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        _, lrs = self._checkpoint_states()
+        roots = [sqrt_lr(lr, p) for lr, p in zip(lrs, self.checkpoints)]
+        parts = []
+        for c, root in enumerate(roots):
+            g, a = G[:, c], A[:, c]
+            if self._projections is not None:
+                g = g @ self._projections[0].to(g.dtype)
+                a = a @ self._projections[1].to(a.dtype)
+            parts.append((g.unsqueeze(2) * a.unsqueeze(1)).flatten(1) * root)
+        return torch.cat(parts, dim=1)
+
+    def compute_intermediate_quantities(self, inputs: Any) -> torch.Tensor:
+        """Embeddings ``(n, D*C)`` of ``inputs``; their dot products are the (approximate) scores."""
+        At, Gt = self._test_factors(inputs)
+        return self._embed(At, Gt).cpu()
+
+    def influence(self, inputs: Any = None, k: int | None = 5, proponents: bool = True, show_progress: bool = False):
+        """As Captum: note the default ``k=5``; pass ``k=None`` for the score matrix."""
+        k = check_k(k)
+        At, Gt = self._test_factors(inputs)
+        if k is None:
+            if self._train_embeddings is None:
+                return self._scores_or_topk(At, Gt, None, proponents)
+            return (self._embed(At, Gt) @ self._train_embeddings.T).cpu()
+        q = self._embed(At, Gt)
+        if proponents:
+            idx, vals = self.nearest_neighbors.get_nearest_neighbors(q, k)
+        else:
+            idx, vals = self.nearest_neighbors.get_nearest_neighbors(-q, k)
+            vals = -vals
+        return KMostInfluentialResults(torch.as_tensor(idx).to(torch.int64).cpu(), torch.as_tensor(vals).cpu())

@@ -1,0 +1,332 @@
+"""TracInCP: TracIn over any set of layers.
+
+Per-example gradients are never computed in a Python loop over examples:
+* an ``nn.Linear`` that runs once per forward pass on a 2-D input is factorised like the last layer,
+  grad = g a^T (+ g for its bias), so dot products are (g.g')(a.a' + 1) without materialising grads;
+* every other selected parameter gets batched per-example gradients from ``torch.func.vmap(grad(...))``.
+One pass over the training data (checkpoints loaded once, batches outer, checkpoints inner) gives the
+scores for a test batch and the self-influence of every training example; both are cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from ._base import TracInCPBase, _Progress, check_k
+from ._data import batch_len, hash_tensors
+from ._errors import TracInWarning
+from ._layers import resolve_module
+from ._loss import loss_mode, total_loss
+
+Block = tuple  # ("f", g, a, has_bias) | ("d", v)
+
+
+def _blocks_dot(tb: list[Block], rb: list[Block]) -> torch.Tensor:
+    s = None
+    for t, r in zip(tb, rb):
+        if t[0] == "f":
+            aa = t[2] @ r[2].T
+            v = (t[1] @ r[1].T) * (aa + 1 if t[3] else aa)
+        else:
+            v = t[1] @ r[1].T
+        s = v if s is None else s + v
+    return s  # type: ignore[return-value]
+
+
+def _blocks_sq(rb: list[Block]) -> torch.Tensor:
+    s = None
+    for r in rb:
+        if r[0] == "f":
+            a2 = r[2].pow(2).sum(1)
+            v = r[1].pow(2).sum(1) * (a2 + 1 if r[3] else a2)
+        else:
+            v = r[1].pow(2).sum(1)
+        s = v if s is None else s + v
+    return s  # type: ignore[return-value]
+
+
+def _blocks_cat(parts: list[list[Block]]) -> list[Block]:
+    out = []
+    for blocks in zip(*parts):
+        if blocks[0][0] == "f":
+            out.append(("f", torch.cat([b[1] for b in blocks]), torch.cat([b[2] for b in blocks]), blocks[0][3]))
+        else:
+            out.append(("d", torch.cat([b[1] for b in blocks])))
+    return out
+
+
+class TracInCP(TracInCPBase):
+    """TracIn on the parameters of ``layers`` (all trainable parameters when None), Captum API."""
+
+    _kind = "cp"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset: Any,
+        checkpoints: Any,
+        checkpoints_load_func=None,
+        layers: list[str] | None = None,
+        loss_fn: Any = None,
+        batch_size: int | None = None,
+        test_loss_fn: Any = None,
+        sample_wise_grads_per_batch: bool = False,
+        **extras: Any,
+    ) -> None:
+        super().__init__(
+            model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn, **extras
+        )
+        self.sample_wise_grads_per_batch = sample_wise_grads_per_batch
+        if sample_wise_grads_per_batch:
+            allowed, missing = ("sum", "mean", "outputs"), "sum"
+            ctx = "TracInCP with sample_wise_grads_per_batch=True"
+        else:
+            allowed, missing = ("none", "outputs"), "none"
+            ctx = "TracInCP with sample_wise_grads_per_batch=False (the default)"
+        self.reduction_type = loss_mode(loss_fn, "loss_fn", allowed, ctx, missing)
+        self.test_reduction_type = (
+            self.reduction_type if test_loss_fn is None else loss_mode(test_loss_fn, "test_loss_fn", allowed, ctx, missing)
+        )
+        self.layers = layers
+        self._param_names = self._select_params(layers)
+        self._plan: tuple[list[tuple[str, nn.Linear, bool]], list[str]] | None = None
+        self._self_influence: torch.Tensor | None = None
+        self._score_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._warned_loop = False
+
+    # ------------------------------------------------------------------ parameters
+    def _select_params(self, layers: Any) -> list[str]:
+        model = self.model
+        if layers is None:
+            names = [n for n, p in model.named_parameters() if p.requires_grad]
+            if not names:
+                raise ValueError("the model has no parameter with requires_grad=True; pass layers=[...] explicitly.")
+            return names
+        if isinstance(layers, (str, nn.Module)) or not hasattr(layers, "__iter__"):
+            raise TypeError(f"layers must be a list of layer names, e.g. ['fc2', 'fc3'], not {type(layers).__name__}.")
+        layers = list(layers)
+        if not layers:
+            raise ValueError("layers is empty: pass None to use every trainable parameter, or a list of layer names.")
+        names: list[str] = []
+        for layer in layers:
+            lname, mod = resolve_module(model, layer, "layers")
+            own = [f"{lname}.{n}" for n, _ in mod.named_parameters()]
+            if not own:
+                raise ValueError(f"layers: {lname!r} ({type(mod).__name__}) has no parameters; pick layers with weights.")
+            names += [n for n in own if n not in names]
+        return names
+
+    def _make_plan(self, state: dict, batch: tuple) -> None:
+        """Which selected Linear layers can be factorised (2-D input, called once)."""
+        selected = set(self._param_names)
+        candidates = {
+            name: m
+            for name, m in self.model.named_modules()
+            if isinstance(m, nn.Linear) and f"{name}.weight" in selected
+        }
+        seen: dict[str, list] = {n: [] for n in candidates}
+        handles = [
+            m.register_forward_hook(lambda mod, i, o, _n=n: seen[_n].append(tuple(i[0].shape)))
+            for n, m in candidates.items()
+        ]
+        try:
+            with torch.no_grad():
+                self._forward(state, tuple(batch[:-1]), "batch")
+        finally:
+            for h in handles:
+                h.remove()
+        n = batch_len(batch)
+        factored = []
+        for name, m in candidates.items():
+            shapes = seen[name]
+            if len(shapes) == 1 and len(shapes[0]) == 2 and shapes[0][0] == n:
+                factored.append((name, m, m.bias is not None and f"{name}.bias" in selected))
+        fparams = {f"{n}.weight" for n, _, _ in factored} | {f"{n}.bias" for n, _, b in factored if b}
+        dense = [p for p in self._param_names if p not in fparams]
+        self._plan = (factored, dense)
+
+    # ------------------------------------------------------------------ per-example gradients
+    def _blocks(self, state: dict, batch: tuple, mode: str, loss_fn: Any, what: str) -> list[Block]:
+        if self._plan is None:
+            self._make_plan(state, batch)
+        factored, dense = self._plan  # type: ignore[misc]
+        n = batch_len(batch)
+        blocks: list[Block] = []
+        if factored:
+            caps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+            def hook(mod, inp, out, _n):
+                o = out if out.requires_grad else out.detach().requires_grad_(True)
+                caps[_n] = (inp[0].detach(), o)
+                return o
+
+            handles = [m.register_forward_hook(lambda mod, i, o, _n=name: hook(mod, i, o, _n)) for name, m, _ in factored]
+            try:
+                with torch.enable_grad():
+                    out = self._forward(state, tuple(batch[:-1]), what)
+                    total = total_loss(mode, loss_fn, out, batch[-1], n)
+                    outs = [caps[name][1] for name, _, _ in factored]
+                    grads = torch.autograd.grad(total, outs, allow_unused=True)
+            finally:
+                for h in handles:
+                    h.remove()
+            for (name, _, has_bias), g, o in zip(factored, grads, outs):
+                g = torch.zeros_like(o) if g is None else g
+                blocks.append(("f", g.reshape(n, -1), caps[name][0].reshape(n, -1), has_bias))
+        if dense:
+            blocks.append(("d", self._dense_grads(state, dense, batch, mode, loss_fn, what)))
+        return blocks
+
+    def _dense_grads(self, state: dict, dense: list[str], batch: tuple, mode: str, loss_fn: Any, what: str) -> torch.Tensor:
+        dp = {k: state[k] for k in dense}
+        rest = {k: v for k, v in state.items() if k not in dp}
+        model = self.model
+        n_feat = len(batch) - 1
+
+        def loss_one(params, *ex):
+            feats = tuple(x.unsqueeze(0) if isinstance(x, torch.Tensor) else x for x in ex[:n_feat])
+            lab = ex[-1].unsqueeze(0) if isinstance(ex[-1], torch.Tensor) else ex[-1]
+            out = functional_call(model, {**rest, **params}, feats)
+            return total_loss(mode, loss_fn, out, lab, 1)
+
+        in_dims = (None,) + tuple(0 if isinstance(x, torch.Tensor) else None for x in batch)
+        n = batch_len(batch)
+        per_row = sum(dp[k].numel() for k in dense)
+        step = max(1, min(n, (1 << 26) // max(1, per_row)))
+        outs = []
+        try:
+            for s in range(0, n, step):
+                sub = tuple(x[s : s + step] if isinstance(x, torch.Tensor) else x for x in batch)
+                g = vmap(grad(loss_one), in_dims=in_dims)(dp, *sub)
+                outs.append(torch.cat([g[k].reshape(g[k].shape[0], -1) for k in dense], dim=1))
+        except (RuntimeError, NotImplementedError) as e:
+            if "could not take" in str(e):
+                raise
+            return self._dense_grads_loop(dp, rest, dense, batch, mode, loss_fn, e)
+        return torch.cat(outs)
+
+    def _dense_grads_loop(self, dp, rest, dense, batch, mode, loss_fn, err) -> torch.Tensor:
+        if not self._warned_loop:
+            warnings.warn(
+                f"torch.func.vmap could not run this model ({type(err).__name__}: {str(err)[:200]}); falling back "
+                "to a slower per-example gradient loop.",
+                TracInWarning,
+                stacklevel=5,
+            )
+            self._warned_loop = True
+        params = {k: v.detach().requires_grad_(True) for k, v in dp.items()}
+        rows = []
+        n = batch_len(batch)
+        for i in range(n):
+            feats = tuple(x[i : i + 1] if isinstance(x, torch.Tensor) else x for x in batch[:-1])
+            lab = batch[-1][i : i + 1]
+            with torch.enable_grad():
+                out = functional_call(self.model, {**rest, **params}, feats)
+                gs = torch.autograd.grad(total_loss(mode, loss_fn, out, lab, 1), [params[k] for k in dense], allow_unused=True)
+            rows.append(torch.cat([(torch.zeros_like(params[k]) if g is None else g).reshape(-1) for k, g in zip(dense, gs)]))
+        return torch.stack(rows)
+
+    def _all_blocks(self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str) -> list[list[Block]]:
+        out = []
+        for path, state in zip(self.checkpoints, states):
+            blocks = self._blocks(state, batch, mode, loss_fn, what)
+            for b in blocks:
+                for t in b[1:3] if b[0] == "f" else b[1:2]:
+                    self._check_finite(t, path, f"gradients for the {what}")
+            out.append(blocks)
+        return out
+
+    # ------------------------------------------------------------------ passes
+    def _pass(self, test_blocks: list[list[Block]] | None, show_progress: bool, phase: str):
+        """One pass over the training data: scores vs ``test_blocks`` (if any) and self-influence."""
+        states, lrs = self._checkpoint_states(show_progress)
+        score_parts, self_parts = [], []
+        prog = _Progress(phase, self._n_train(), show_progress, self.progress_callback)
+        try:
+            for _, batch in self._train_batches():
+                per_ckpt = self._all_blocks(batch, states, self.reduction_type, self.loss_fn, "training batch")
+                sq = sum(lr * _blocks_sq(b) for lr, b in zip(lrs, per_ckpt))
+                self_parts.append(sq.cpu())
+                if test_blocks is not None:
+                    sc = sum(lr * _blocks_dot(tb, b) for lr, tb, b in zip(lrs, test_blocks, per_ckpt))
+                    score_parts.append(sc.cpu())
+                prog.update(batch_len(batch))
+        finally:
+            prog.close()
+        if not self_parts:
+            raise ValueError("train_dataset is empty: there is nothing to compute influence against.")
+        self_inf = torch.cat(self_parts)
+        if self._self_influence is None:
+            self._self_influence = self_inf
+            self._cache_save(self._cache_file("self", self._key()), {"self": self_inf})
+        return (torch.cat(score_parts, dim=1) if test_blocks is not None else None), self_inf
+
+    def _key(self) -> str:
+        return f"{','.join(self._param_names)}|{self.reduction_type}"
+
+    def _test_key(self, batches: list[tuple]) -> str:
+        h = hashlib.sha256()
+        hash_tensors(batches, h)
+        return h.hexdigest()
+
+    def fit(self, show_progress: bool = False):
+        """Compute the training set's self-influence now (one pass). Returns ``self``."""
+        self.self_influence(show_progress=show_progress)
+        return self
+
+    def influence(
+        self, inputs: Any = None, k: int | None = None, proponents: bool = True, show_progress: bool = False,
+        aggregate: bool = False,
+    ):
+        """Score mode (``k=None``) -> ``(n_test, n_train)`` (``(1, n_train)`` with ``aggregate=True``);
+        k mode -> ``KMostInfluentialResults``. The scores of a test batch are cached, so asking for the
+        opponents after the proponents costs no second pass."""
+        k = check_k(k)
+        batches = self._test_batches(inputs)
+        key = self._test_key(batches)
+        scores = self._score_cache.get(key)
+        if scores is None:
+            with self._computing():
+                states, _ = self._checkpoint_states(show_progress)
+                parts = [self._all_blocks(b, states, self.test_reduction_type, self.test_loss_fn, "test batch") for b in batches]
+                test_blocks = [_blocks_cat([p[c] for p in parts]) for c in range(len(states))]
+                scores, _ = self._pass(test_blocks, show_progress, "influence")
+            self._score_cache[key] = scores
+            while len(self._score_cache) > 8:
+                self._score_cache.popitem(last=False)
+        if aggregate:
+            scores = scores.sum(0, keepdim=True)
+        if k is None:
+            return scores.clone()
+        from ._base import KMostInfluentialResults
+
+        kk = min(k, scores.shape[1])
+        vals, idx = torch.topk(scores, kk, dim=1, largest=proponents)
+        return KMostInfluentialResults(idx.to(torch.int64), vals)
+
+    def self_influence(self, inputs: Any = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False):
+        """Self-influence of each example (the training set when ``inputs`` is None)."""
+        if inputs is None:
+            if self._self_influence is None:
+                cached = self._cache_load(self._cache_file("self", self._key()))
+                if cached is not None:
+                    self._self_influence = cached["self"].cpu()
+                else:
+                    with self._computing():
+                        self._pass(None, show_progress, "self influence")
+            return self._self_influence.clone()  # type: ignore[union-attr]
+        batches = self._test_batches(inputs)
+        with self._computing():
+            states, lrs = self._checkpoint_states(show_progress)
+            out = []
+            for b in batches:
+                per_ckpt = self._all_blocks(b, states, self.reduction_type, self.loss_fn, "batch")
+                out.append(sum(lr * _blocks_sq(x) for lr, x in zip(lrs, per_ckpt)).cpu())
+        return torch.cat(out)
