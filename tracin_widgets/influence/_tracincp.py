@@ -28,6 +28,17 @@ from ._loss import loss_mode, total_loss
 Block = tuple  # ("f", g, a, has_bias) | ("d", v)
 
 
+def _conv2d_sample_grads(conv: nn.Conv2d, inp: torch.Tensor, gout: torch.Tensor, has_bias: bool) -> torch.Tensor:
+    """Per-example gradients of a Conv2d's weight (and bias), from its input and output gradient (im2col)."""
+    n = inp.shape[0]
+    cols = torch.nn.functional.unfold(
+        inp, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride
+    )  # (n, C_in*kh*kw, L)
+    g = gout.reshape(n, gout.shape[1], -1)  # (n, C_out, L)
+    gw = torch.bmm(g, cols.transpose(1, 2)).reshape(n, -1)
+    return torch.cat([gw, g.sum(2)], dim=1) if has_bias else gw
+
+
 def _blocks_dot(tb: list[Block], rb: list[Block]) -> torch.Tensor:
     s = None
     for t, r in zip(tb, rb):
@@ -96,7 +107,7 @@ class TracInCP(TracInCPBase):
         )
         self.layers = layers
         self._param_names = self._select_params(layers)
-        self._plan: tuple[list[tuple[str, nn.Linear, bool]], list[str]] | None = None
+        self._plan: tuple[list, list, list[str]] | None = None  # (linear, conv, dense)
         self._self_influence: torch.Tensor | None = None
         self._score_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._warned_loop = False
@@ -131,6 +142,13 @@ class TracInCP(TracInCPBase):
             for name, m in self.model.named_modules()
             if isinstance(m, nn.Linear) and f"{name}.weight" in selected
         }
+        convs = {
+            name: m
+            for name, m in self.model.named_modules()
+            if isinstance(m, nn.Conv2d) and f"{name}.weight" in selected and m.groups == 1
+            and not isinstance(m.padding, str) and m.padding_mode == "zeros"
+        }
+        candidates.update(convs)
         seen: dict[str, list] = {n: [] for n in candidates}
         handles = [
             m.register_forward_hook(lambda mod, i, o, _n=n: seen[_n].append(tuple(i[0].shape)))
@@ -143,23 +161,27 @@ class TracInCP(TracInCPBase):
             for h in handles:
                 h.remove()
         n = batch_len(batch)
-        factored = []
+        factored, conv = [], []
         for name, m in candidates.items():
             shapes = seen[name]
-            if len(shapes) == 1 and len(shapes[0]) == 2 and shapes[0][0] == n:
-                factored.append((name, m, m.bias is not None and f"{name}.bias" in selected))
-        fparams = {f"{n}.weight" for n, _, _ in factored} | {f"{n}.bias" for n, _, b in factored if b}
+            ndim = 4 if isinstance(m, nn.Conv2d) else 2
+            if len(shapes) == 1 and len(shapes[0]) == ndim and shapes[0][0] == n:
+                entry = (name, m, m.bias is not None and f"{name}.bias" in selected)
+                (conv if ndim == 4 else factored).append(entry)
+        hooked = factored + conv
+        fparams = {f"{n}.weight" for n, _, _ in hooked} | {f"{n}.bias" for n, _, b in hooked if b}
         dense = [p for p in self._param_names if p not in fparams]
-        self._plan = (factored, dense)
+        self._plan = (factored, conv, dense)
 
     # ------------------------------------------------------------------ per-example gradients
     def _blocks(self, state: dict, batch: tuple, mode: str, loss_fn: Any, what: str) -> list[Block]:
         if self._plan is None:
             self._make_plan(state, batch)
-        factored, dense = self._plan  # type: ignore[misc]
+        factored, conv, dense = self._plan  # type: ignore[misc]
         n = batch_len(batch)
         blocks: list[Block] = []
-        if factored:
+        hooked = factored + conv
+        if hooked:
             caps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
             def hook(mod, inp, out, _n):
@@ -167,19 +189,25 @@ class TracInCP(TracInCPBase):
                 caps[_n] = (inp[0].detach(), o)
                 return o
 
-            handles = [m.register_forward_hook(lambda mod, i, o, _n=name: hook(mod, i, o, _n)) for name, m, _ in factored]
+            handles = [m.register_forward_hook(lambda mod, i, o, _n=name: hook(mod, i, o, _n)) for name, m, _ in hooked]
             try:
                 with torch.enable_grad():
                     out = self._forward(state, tuple(batch[:-1]), what)
                     total = total_loss(mode, loss_fn, out, batch[-1], n)
-                    outs = [caps[name][1] for name, _, _ in factored]
+                    outs = [caps[name][1] for name, _, _ in hooked]
                     grads = torch.autograd.grad(total, outs, allow_unused=True)
             finally:
                 for h in handles:
                     h.remove()
-            for (name, _, has_bias), g, o in zip(factored, grads, outs):
+            conv_rows = []
+            for (name, mod, has_bias), g, o in zip(hooked, grads, outs):
                 g = torch.zeros_like(o) if g is None else g
-                blocks.append(("f", g.reshape(n, -1), caps[name][0].reshape(n, -1), has_bias))
+                if isinstance(mod, nn.Conv2d):
+                    conv_rows.append(_conv2d_sample_grads(mod, caps[name][0], g, has_bias))
+                else:
+                    blocks.append(("f", g.reshape(n, -1), caps[name][0].reshape(n, -1), has_bias))
+            if conv_rows:
+                blocks.append(("d", torch.cat(conv_rows, dim=1)))
         if dense:
             blocks.append(("d", self._dense_grads(state, dense, batch, mode, loss_fn, what)))
         return blocks
