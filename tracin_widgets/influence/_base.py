@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
 import tempfile
+import threading
+import weakref
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
@@ -37,6 +40,28 @@ class KMostInfluentialResults(NamedTuple):
 
 
 ProgressCallback = Callable[[str, int, int], Any]
+
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> threading.RLock:
+    with _LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
+
+def locked(method):
+    """Serialise public calls that touch the model (a widget may call from a worker thread)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with _model_lock(self.model):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class _Progress:

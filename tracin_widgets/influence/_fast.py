@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ._base import (
+    locked,
     KMostInfluentialResults,
     TracInCPBase,
     _Progress,
@@ -177,6 +178,7 @@ class TracInCPFast(TracInCPBase):
         self._cache_save(cache_path, {"A": self._factors[0], "G": self._factors[1]})
         return self._factors
 
+    @locked
     def fit(self, show_progress: bool = False):
         """Compute and cache the training-set factors now (otherwise done on the first query). Returns self."""
         self._ensure_factors(show_progress)
@@ -212,6 +214,7 @@ class TracInCPFast(TracInCPBase):
             best = merge_topk(best, sc, s, k, largest=proponents)
         return self._finish_topk(best, At.shape[0])
 
+    @locked
     def influence(self, inputs: Any = None, k: int | None = None, proponents: bool = True, show_progress: bool = False):
         """Influence of every training example on each test example of ``inputs``.
 
@@ -224,6 +227,7 @@ class TracInCPFast(TracInCPBase):
         At, Gt = self._test_factors(inputs)
         return self._scores_or_topk(At, Gt, k, proponents)
 
+    @locked
     def self_influence(self, inputs: Any = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False):
         """Self-influence ``sum_c lr_c |grad_c|^2`` of each example (training set when ``inputs`` is None)."""
         if inputs is None:
@@ -319,11 +323,13 @@ class TracInCPFastRandProj(TracInCPFast):
             parts.append((g.unsqueeze(2) * a.unsqueeze(1)).flatten(1) * root)
         return torch.cat(parts, dim=1)
 
+    @locked
     def compute_intermediate_quantities(self, inputs: Any) -> torch.Tensor:
         """Embeddings ``(n, D*C)`` of ``inputs``; their dot products are the (approximate) scores."""
         At, Gt = self._test_factors(inputs)
         return self._embed(At, Gt).cpu()
 
+    @locked
     def influence(self, inputs: Any = None, k: int | None = 5, proponents: bool = True, show_progress: bool = False):
         """As Captum: note the default ``k=5``; pass ``k=None`` for the score matrix."""
         k = check_k(k)

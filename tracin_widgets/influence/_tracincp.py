@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ._base import TracInCPBase, _Progress, check_k
+from ._base import TracInCPBase, _Progress, check_k, locked
 from ._data import batch_len, hash_tensors
 from ._errors import TracInWarning
 from ._layers import resolve_module
@@ -304,11 +304,13 @@ class TracInCP(TracInCPBase):
         hash_tensors(batches, h)
         return h.hexdigest()
 
+    @locked
     def fit(self, show_progress: bool = False):
         """Compute the training set's self-influence now (one pass). Returns ``self``."""
         self.self_influence(show_progress=show_progress)
         return self
 
+    @locked
     def influence(
         self, inputs: Any = None, k: int | None = None, proponents: bool = True, show_progress: bool = False,
         aggregate: bool = False,
@@ -339,6 +341,7 @@ class TracInCP(TracInCPBase):
         vals, idx = torch.topk(scores, kk, dim=1, largest=proponents)
         return KMostInfluentialResults(idx.to(torch.int64), vals)
 
+    @locked
     def self_influence(self, inputs: Any = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False):
         """Self-influence of each example (the training set when ``inputs`` is None)."""
         if inputs is None:
