@@ -54,11 +54,12 @@ def _model_lock(model: nn.Module) -> threading.RLock:
 
 
 def locked(method):
-    """Serialise public calls that touch the model (a widget may call from a worker thread)."""
+    """Serialise public calls that touch the model (a widget may call from a worker thread), and leave the
+    global RNG untouched (iterating a DataLoader draws a seed from it)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with _model_lock(self.model):
+        with _model_lock(self.model), torch.random.fork_rng(devices=[]):
             return method(self, *args, **kwargs)
 
     return wrapper

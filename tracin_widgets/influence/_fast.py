@@ -289,6 +289,7 @@ class TracInCPFastRandProj(TracInCPFast):
         self._train_embeddings: torch.Tensor | None = None
         self._build()
 
+    @locked
     def _build(self) -> None:
         A, G = self._ensure_factors()
         self._projections = self._make_projections(G.shape[-1], A.shape[-1])

@@ -134,7 +134,7 @@ class TracInCP(TracInCPBase):
             names += [n for n in own if n not in names]
         return names
 
-    def _make_plan(self, state: dict, batch: tuple) -> None:
+    def _make_plan(self, state: dict, batch: tuple, what: str) -> None:
         """Which selected Linear layers can be factorised (2-D input, called once)."""
         selected = set(self._param_names)
         candidates = {
@@ -156,7 +156,7 @@ class TracInCP(TracInCPBase):
         ]
         try:
             with torch.no_grad():
-                self._forward(state, tuple(batch[:-1]), "batch")
+                self._forward(state, tuple(batch[:-1]), what)
         finally:
             for h in handles:
                 h.remove()
@@ -176,7 +176,7 @@ class TracInCP(TracInCPBase):
     # ------------------------------------------------------------------ per-example gradients
     def _blocks(self, state: dict, batch: tuple, mode: str, loss_fn: Any, what: str) -> list[Block]:
         if self._plan is None:
-            self._make_plan(state, batch)
+            self._make_plan(state, batch, what)
         factored, conv, dense = self._plan  # type: ignore[misc]
         n = batch_len(batch)
         blocks: list[Block] = []

@@ -1,0 +1,76 @@
+"""k mode: KMostInfluentialResults(indices int64, influence_scores), proponents descending, opponents ascending."""
+
+import pytest
+import torch
+
+from .conftest import Cfg
+from .oracle import assert_topk_consistent
+
+TOPK_CASES = [
+    ("mlp", Cfg("cp", "none")),
+    ("mlp", Cfg("cp", "mean", sample_wise=True)),
+    ("mlp", Cfg("fast", "sum")),
+    ("mlp", Cfg("rp", "sum")),  # projection_dim=None + ExactNearestNeighbors -> exact
+    ("cnn", Cfg("cp", "none", layers=("fc2", "fc3"))),
+    ("cnn", Cfg("fast", "mean")),
+    ("cnn", Cfg("rp", "sum")),
+    ("reg", Cfg("fast", "mean")),
+]
+
+
+@pytest.mark.parametrize("ref", ["oracle", "captum"])
+@pytest.mark.parametrize("proponents", [True, False], ids=["proponents", "opponents"])
+@pytest.mark.parametrize("name,cfg", TOPK_CASES, ids=[f"{n}-{c.id()}" for n, c in TOPK_CASES])
+def test_topk_matches_reference(eng, tb, get_setup, name, cfg, proponents, ref):
+    setup = get_setup(name)
+    res = tb.engine(eng, setup, cfg).influence(setup.test, k=4, proponents=proponents)
+    assert type(res).__name__ == "KMostInfluentialResults"
+    assert isinstance(res, eng.KMostInfluentialResults)
+    assert isinstance(res, tuple)  # a NamedTuple: unpacks like Captum's
+    indices, scores = res
+    assert indices is res.indices and scores is res.influence_scores
+    assert_topk_consistent(res, tb.ref_scores(ref, setup, cfg), k=4, proponents=proponents)
+
+
+@pytest.mark.parametrize("kind", ["cp", "fast", "rp"])
+def test_topk_equals_sorted_score_mode(eng, tb, mlp, kind):
+    """k mode and score mode of the same object agree (and opponents are the most negative first)."""
+    cfg = Cfg(kind, "none" if kind == "cp" else "sum")
+    obj = tb.engine(eng, mlp, cfg)
+    full = obj.influence(mlp.test, k=None)
+    for prop in (True, False):
+        res = obj.influence(mlp.test, k=5, proponents=prop)
+        assert_topk_consistent(res, full, k=5, proponents=prop)
+        if not prop:
+            assert (res.influence_scores[:, 0] <= full.min(dim=1).values + 1e-4 * full.abs().max()).all()
+
+
+@pytest.mark.parametrize("kind", ["cp", "fast", "rp"])
+def test_k_larger_than_train_set(eng, tb, mlp, kind):
+    cfg = Cfg(kind, "none" if kind == "cp" else "sum")
+    res = tb.engine(eng, mlp, cfg).influence(mlp.test, k=mlp.n_train + 7)
+    assert tuple(res.indices.shape) == (mlp.test[0].shape[0], mlp.n_train)
+    assert_topk_consistent(res, tb.oracle_scores(mlp, cfg), k=mlp.n_train + 7, proponents=True)
+    for row in res.indices:
+        assert sorted(row.tolist()) == list(range(mlp.n_train))
+
+
+@pytest.mark.parametrize("proponents", [True, False])
+def test_topk_aggregate(eng, tb, cnn, proponents):
+    cfg = Cfg("cp", "sum", layers=("fc2", "fc3"), sample_wise=True)
+    res = tb.engine(eng, cnn, cfg).influence(cnn.test, k=3, proponents=proponents, aggregate=True)
+    assert tuple(res.indices.shape) == (1, 3)
+    assert_topk_consistent(res, tb.oracle_scores(cnn, cfg, aggregate=True), k=3, proponents=proponents)
+
+
+@pytest.mark.parametrize("kind", ["cp", "fast", "rp"])
+def test_topk_with_loaders(eng, tb, mlp, kind):
+    cfg = Cfg(kind, "none" if kind == "cp" else "sum")
+    res = tb.engine(eng, mlp, cfg, train="loader").influence(mlp.test_loader(2), k=3, proponents=False)
+    assert_topk_consistent(res, tb.oracle_scores(mlp, cfg), k=3, proponents=False)
+
+
+def test_results_type_fields(eng):
+    assert tuple(eng.KMostInfluentialResults._fields) == ("indices", "influence_scores")
+    r = eng.KMostInfluentialResults(torch.zeros(1, 1, dtype=torch.int64), torch.zeros(1, 1))
+    assert r.indices.dtype == torch.int64
