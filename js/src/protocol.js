@@ -1,0 +1,59 @@
+// The wire format between tracin_widgets/widget/_widget.py and this front end (mirror of _protocols.py).
+// Documentation only (JSDoc types); nothing here runs.
+
+/**
+ * Traits (model.get / model.set). "both" = written by JS and Python.
+ * @typedef {Object} Model
+ * @property {number[]} flagged            both: sorted unique training indices
+ * @property {number} k                    both: gallery size
+ * @property {number} selected_test        both: dataset index of the selected test example (-1: none)
+ * @property {{source?: "test"|"train", index?: number}} query  both: what the galleries explain
+ * @property {number} test_page            both
+ * @property {number} test_page_size       both
+ * @property {boolean} misclassified_only  both
+ * @property {string} error                both: last error text ("" = none; JS clears it on dismiss)
+ * @property {string[]} class_names        Python
+ * @property {"idle"|"running"|"ready"|"cancelled"|"error"} status  Python
+ * @property {number} progress             Python: fraction of the current phase
+ * @property {{phase: string, done: number, total: number, fraction: number, eta_s: number|null, step: number, steps: number}} progress_info
+ * @property {{n_train: number, n_test: number, has_truth: boolean, engine: string, n_classes: number|null}} info
+ * @property {{page: number, n_pages: number, total: number, page_size: number, filtered: boolean, has_preds: boolean, items: Row[]}} test_strip
+ * @property {{query: object, k: number, request: number, item: Row|null, proponents: Row[], opponents: Row[], error: string|null}} gallery
+ * @property {{ready: boolean, has_preds: boolean, histogram?: {counts: number[], edges: number[], log: boolean},
+ *   roc?: {fpr: number[], tpr: number[], auc: number}|null, found?: {inspected: number[], found: number[]}|null,
+ *   flags: {n_flagged: number, n_train: number, n_mislabelled?: number, true_positives?: number,
+ *   precision?: number|null, recall?: number|null, inspected?: number|null}}} stats
+ */
+
+/**
+ * A tile / table row (_payload.item_row).
+ * @typedef {Object} Row
+ * @property {number} index
+ * @property {number|null} label
+ * @property {number|null} pred
+ * @property {number|null} prob
+ * @property {number|null} score
+ * @property {number|null} rank   1 = highest self-influence
+ * @property {string|null} badge  suspicion cue of a gallery tile
+ * @property {Image|null} image
+ */
+
+/**
+ * uint8 HWC image; in traits `data` is a DataView, in custom messages `{buffer: i}` refers to the i-th buffer.
+ * @typedef {{data?: DataView, buffer?: number, shape: [number, number, number]}} Image
+ */
+
+/**
+ * Custom messages. JS -> Python:
+ *   {kind: "rows", id, offset, limit, sort: "rank"|"score"|"index"|"label"|"pred", descending, label: number|null,
+ *    only: "all"|"flagged"|"disagree"|"mislabelled", score_range: [lo, hi]|null}
+ *   {kind: "detail", id, index}
+ *   {kind: "cancel"} | {kind: "start"} | {kind: "undo"}
+ * Python -> JS (same id):
+ *   {kind: "rows", id, pending, total, offset, rows: Row[]}
+ *   {kind: "detail", id, item: Row}
+ *   {kind: "error", id, request, message}
+ * @typedef {Object} Messages
+ */
+
+export {};

@@ -1,0 +1,54 @@
+// Request/response over custom messages (quak pattern): every request carries an id; a reply is delivered only
+// if it answers the newest request of its kind, so a stale response never overwrites a newer one.
+import { resolveBuffers } from "./codecs.js";
+
+export class Rpc {
+  /** @param {any} model anywidget model */
+  constructor(model) {
+    this.model = model;
+    // ids are unique per view: replies are broadcast to every view of the model, each keeps only its own
+    this.prefix = `v${Math.random().toString(36).slice(2, 10)}-`;
+    this.nextId = 1;
+    /** @type {Record<string, string>} newest request id per kind */
+    this.latest = {};
+    /** @type {Record<string, (msg: any) => void>} */
+    this.handlers = {};
+    /** @type {(msg: any) => void} */
+    this.onError = () => {};
+    this.onMessage = (msg, buffers) => this.receive(msg, buffers);
+    model.on("msg:custom", this.onMessage);
+  }
+
+  /** Send {kind, id, ...payload}; returns the id. */
+  request(kind, payload = {}) {
+    const id = `${this.prefix}${this.nextId++}`;
+    this.latest[kind] = id;
+    this.model.send({ kind, id, ...payload });
+    return id;
+  }
+
+  /** Fire-and-forget action (cancel, start, undo). */
+  action(kind) { this.model.send({ kind }); }
+
+  /** Register the handler of reply kind `kind`. */
+  on(kind, fn) { this.handlers[kind] = fn; }
+
+  /** True when id is the newest request of kind. */
+  isLatest(kind, id) { return this.latest[kind] === id; }
+
+  receive(msg, buffers) {
+    if (!msg || typeof msg !== "object") return;
+    if (msg.kind === "error") {
+      const kind = msg.request;
+      if (msg.id !== undefined && msg.id !== null && kind && !this.isLatest(kind, msg.id)) return;
+      this.onError(msg);
+      return;
+    }
+    const fn = this.handlers[msg.kind];
+    if (!fn) return;
+    if (msg.id !== undefined && msg.id !== null && !this.isLatest(msg.kind, msg.id)) return; // stale
+    fn(resolveBuffers(msg, buffers || []));
+  }
+
+  dispose() { this.model.off("msg:custom", this.onMessage); }
+}

@@ -1,0 +1,164 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { FakeModel, img, mount, q, row } from "./setup.mjs";
+import widget, { render } from "../src/index.js";
+
+function strip(items, extra = {}) {
+  return { page: 0, n_pages: 2, total: 48, page_size: 24, filtered: false, has_preds: true, items, ...extra };
+}
+
+test("default export has render", () => {
+  assert.equal(typeof widget.render, "function");
+});
+
+test("test strip renders items with data-testid and data-index; click selects", () => {
+  const m = new FakeModel({ test_strip: strip([row(4), row(7, { pred: 2, label: 1 })]) });
+  const { el, cleanup } = mount(render, m);
+  const items = q(el, "tracin-test-item");
+  assert.deepEqual(items.map((b) => b.dataset.index), ["4", "7"]);
+  assert.ok(items[1].classList.contains("is-wrong"));
+  items[1].click();
+  assert.equal(m.get("selected_test"), 7);
+  assert.deepEqual(m.get("query"), { source: "test", index: 7 });
+  assert.ok(m.saves >= 1);
+  assert.ok(q(el, "tracin-test-item")[1].classList.contains("is-selected"));
+  cleanup();
+});
+
+test("arrow keys move the test selection and flip pages at the end", () => {
+  const m = new FakeModel({ test_strip: strip([row(4), row(7)]), selected_test: 4 });
+  const { el, cleanup } = mount(render, m);
+  const root = q(el, "tracin-root")[0];
+  root.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowRight", bubbles: true }));
+  assert.equal(m.get("selected_test"), 7);
+  root.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowRight", bubbles: true }));
+  assert.equal(m.get("test_page"), 1); // next page requested
+  m.pyset("test_strip", strip([row(9), row(11)], { page: 1 }));
+  assert.equal(m.get("selected_test"), 9); // first item of the new page selected
+  cleanup();
+});
+
+test("galleries render proponents/opponents with testids, data-index and badges", () => {
+  const q0 = { source: "test", index: 3 };
+  const m = new FakeModel({
+    query: q0,
+    gallery: { query: q0, k: 10, item: row(3), proponents: [row(10), row(11, { badge: "label differs from the prediction" })],
+      opponents: [row(20)], error: null },
+  });
+  const { el, cleanup } = mount(render, m);
+  assert.deepEqual(q(el, "tracin-proponent").map((t) => t.dataset.index), ["10", "11"]);
+  assert.deepEqual(q(el, "tracin-opponent").map((t) => t.dataset.index), ["20"]);
+  assert.equal(q(el, "tracin-badge").length, 1);
+  assert.ok(q(el, "tracin-proponent")[1].contains(q(el, "tracin-badge")[0]));
+  cleanup();
+});
+
+test("a gallery for another query is shown as stale, not as the answer", () => {
+  const m = new FakeModel({
+    query: { source: "test", index: 5 },
+    gallery: { query: { source: "test", index: 3 }, k: 10, item: row(3), proponents: [row(10)], opponents: [], error: null },
+  });
+  const { el, cleanup } = mount(render, m);
+  assert.ok(el.querySelector(".tracin-gallery").classList.contains("is-stale"));
+  assert.match(q(el, "tracin-gallery-status")[0].textContent, /computing influence for test #5/);
+  cleanup();
+});
+
+test("clicking a tile opens details; flag toggle writes flagged and saves; walk sets a train query", () => {
+  const q0 = { source: "test", index: 3 };
+  const m = new FakeModel({ query: q0, gallery: { query: q0, k: 10, item: row(3), proponents: [row(10)], opponents: [], error: null } });
+  const { el, cleanup } = mount(render, m);
+  q(el, "tracin-proponent")[0].click();
+  const req = m.lastSent("detail");
+  assert.equal(req.index, 10);
+  m.reply({ kind: "detail", id: req.id, item: { ...row(10), image: { buffer: 0, shape: [2, 2, 1] } } }, [img().data]);
+  const details = q(el, "tracin-details")[0];
+  assert.equal(details.hidden, false);
+  const toggle = q(el, "tracin-flag-toggle")[0];
+  assert.equal(toggle.dataset.index, "10");
+  const saves = m.saves;
+  toggle.click();
+  assert.deepEqual(m.get("flagged"), [10]);
+  assert.equal(m.saves, saves + 1);
+  assert.ok(q(el, "tracin-flag-toggle")[0].classList.contains("is-flagged"));
+  assert.ok(q(el, "tracin-proponent")[0].classList.contains("is-flagged"));
+  q(el, "tracin-walk")[0].click();
+  assert.deepEqual(m.get("query"), { source: "train", index: 10 });
+  assert.equal(q(el, "tracin-back")[0].hidden, false);
+  q(el, "tracin-back")[0].click();
+  assert.deepEqual(m.get("query"), q0);
+  cleanup();
+});
+
+test("keys: f flags the current item, u sends undo, ? toggles help", () => {
+  const q0 = { source: "test", index: 3 };
+  const m = new FakeModel({ flagged: [1], query: q0, gallery: { query: q0, k: 10, item: row(3), proponents: [row(10)], opponents: [], error: null } });
+  const { el, cleanup } = mount(render, m);
+  const root = q(el, "tracin-root")[0];
+  const key = (k) => root.dispatchEvent(new KeyboardEvent("keydown", { key: k, bubbles: true }));
+  q(el, "tracin-proponent")[0].dispatchEvent(new FocusEvent("focus"));
+  key("f");
+  assert.deepEqual(m.get("flagged"), [1, 10]);
+  key("u");
+  assert.equal(m.lastSent("undo").kind, "undo");
+  assert.equal(q(el, "tracin-help")[0].hidden, true);
+  key("?");
+  assert.equal(q(el, "tracin-help")[0].hidden, false);
+  assert.match(q(el, "tracin-flag-count")[0].textContent, /2 flagged/);
+  cleanup();
+});
+
+test("text is inserted as text: a class name with HTML shows literally", () => {
+  const evil = "<img src=x onerror=alert(1)>";
+  const q0 = { source: "test", index: 3 };
+  const m = new FakeModel({
+    class_names: [evil, "b", "c"], error: "<b>boom</b>", test_strip: strip([row(0)]), query: q0,
+    gallery: { query: q0, k: 10, item: row(3), proponents: [row(0)], opponents: [], error: null },
+  });
+  const { el, cleanup } = mount(render, m);
+  assert.equal(el.querySelectorAll("img").length, 0);
+  assert.equal(el.querySelectorAll("b").length, 0);
+  assert.ok(q(el, "tracin-proponent")[0].textContent.includes(evil));
+  assert.ok(q(el, "tracin-test-item")[0].textContent.includes(evil));
+  assert.equal(q(el, "tracin-error-text")[0].textContent, "<b>boom</b>");
+  cleanup();
+});
+
+test("progress bar shows phase, counts and ETA; cancel sends a cancel message", () => {
+  const m = new FakeModel({ status: "running", progress: 0.25,
+    progress_info: { phase: "Training factors", done: 250, total: 1000, fraction: 0.25, eta_s: 42, step: 2, steps: 4 } });
+  const { el, cleanup } = mount(render, m);
+  const p = q(el, "tracin-progress")[0];
+  assert.equal(p.hidden, false);
+  assert.equal(q(el, "tracin-progress-text")[0].textContent, "Step 2/4 · Training factors · 250 / 1,000 · ETA 0:42");
+  q(el, "tracin-cancel")[0].click();
+  assert.equal(m.lastSent("cancel").kind, "cancel");
+  m.pyset("status", "ready");
+  assert.equal(p.hidden, true);
+  cleanup();
+});
+
+test("errors appear in a banner; dismiss clears the error trait", () => {
+  const m = new FakeModel();
+  const { el, cleanup } = mount(render, m);
+  const banner = q(el, "tracin-error")[0];
+  assert.equal(banner.hidden, true);
+  m.pyset("error", "ValueError: bad checkpoint");
+  assert.equal(banner.hidden, false);
+  assert.match(banner.textContent, /bad checkpoint/);
+  q(el, "tracin-error-dismiss")[0].click();
+  assert.equal(m.get("error"), "");
+  assert.equal(banner.hidden, true);
+  cleanup();
+});
+
+test("cleanup empties el and removes every model listener", () => {
+  const m = new FakeModel({ test_strip: strip([row(1)]) });
+  const { el, cleanup } = mount(render, m);
+  assert.ok(el.children.length > 0);
+  assert.ok(m.count("change:flagged") > 0);
+  cleanup();
+  assert.equal(el.children.length, 0);
+  assert.equal(el.innerHTML, "");
+  for (const [ev, set] of m.listeners) assert.equal(set.size, 0, ev);
+});

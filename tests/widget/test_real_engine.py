@@ -1,0 +1,80 @@
+"""One end-to-end check with the real engine: default TracInCPFast on scikit-learn digits vs an autograd oracle."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tracin_widgets.influence import TracInCPFast
+from tracin_widgets.widget import InfluenceExplorer
+
+
+@pytest.fixture
+def digits_problem(tmp_path):
+    torch.manual_seed(0)
+    d = load_digits()
+    x = torch.tensor(d.images[:220] / 16.0, dtype=torch.float32).unsqueeze(1)  # (n, 1, 8, 8)
+    y = torch.tensor(d.target[:220], dtype=torch.long)
+    train, test = TensorDataset(x[:200], y[:200]), TensorDataset(x[200:], y[200:])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    ckpts = []
+    loader = DataLoader(train, batch_size=20, shuffle=True, generator=torch.Generator().manual_seed(0))
+    for epoch in range(2):
+        for xb, yb in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+        path = tmp_path / f"checkpoint-{epoch}.pt"
+        torch.save(model.state_dict(), path)
+        ckpts.append(str(path))
+    return model, ckpts, train, test
+
+
+def final_weight_grads(model, state, x, y):
+    """Per-example gradients of the summed cross-entropy w.r.t. the final layer's weight (TracInCPFast's space)."""
+    m = copy.deepcopy(model)
+    m.load_state_dict(torch.load(state, weights_only=True))
+    m.eval()
+    out = []
+    for i in range(len(x)):
+        m.zero_grad()
+        nn.functional.cross_entropy(m(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
+        out.append(m[3].weight.grad.detach().flatten().double().clone())
+    return torch.stack(out)
+
+
+def test_default_engine_galleries_and_self_influence_match_an_autograd_oracle(digits_problem):
+    model, ckpts, train, test = digits_problem
+    w = InfluenceExplorer(model, ckpts, train, test, k=5, class_names=[str(i) for i in range(10)], batch_size=64)
+    w.wait(120)
+    assert w.status == "ready" and w.error == ""
+    assert isinstance(w.source, TracInCPFast)
+
+    xt, yt = train.tensors
+    xq, yq = test.tensors[0][:1], test.tensors[1][:1]
+    scores = torch.zeros(len(xt), dtype=torch.float64)
+    self_inf = torch.zeros(len(xt), dtype=torch.float64)
+    for ck in ckpts:  # default loader: learning rate 1
+        gt = final_weight_grads(model, ck, xt, yt)
+        gq = final_weight_grads(model, ck, xq, yq)
+        scores += gt @ gq[0]
+        self_inf += (gt**2).sum(1)
+
+    np.testing.assert_allclose(w.self_influence, self_inf.numpy(), rtol=1e-3, atol=1e-6)
+    g = w.gallery
+    assert g["query"] == {"source": "test", "index": 0}
+    pro = [r["index"] for r in g["proponents"]]
+    opp = [r["index"] for r in g["opponents"]]
+    assert pro == torch.argsort(scores, descending=True)[:5].tolist()
+    assert opp == torch.argsort(scores)[:5].tolist()
+    np.testing.assert_allclose([r["score"] for r in g["proponents"]], scores[pro].numpy(), rtol=1e-3)
+    with torch.no_grad():
+        assert g["item"]["pred"] == int(model(xq).argmax(1))
+    assert g["proponents"][0]["image"]["shape"] == [8, 8, 1]
