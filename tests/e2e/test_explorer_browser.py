@@ -1,0 +1,290 @@
+"""InfluenceExplorer in a real browser: JupyterLab and Notebook 7 (parametrised by the ``jupyter_server`` fixture).
+
+One page per frontend (module-scoped ``explorer`` fixture) runs ``explorer_digits.ipynb`` (tiny seeded MLP on
+scikit-learn digits, 3 checkpoints). The tests then:
+* click a test example, wait for its k proponents / opponents and check them against a fresh engine's scores
+  computed in the kernel; flag a proponent in the browser (details toggle, then the ``f`` key) and check
+  ``explorer.flagged`` in the kernel; clear it from Python and check the browser follows;
+* measure text contrast of the flagged states in the light and dark themes (screenshots of both go to
+  ``tests/e2e/artifacts/``, gitignored);
+* check the details panel's layout survives the host page's CSS (Jupyter styles ``dl``/``dt`` in outputs).
+Every test ends by asserting that no ``tracin-error`` banner is visible and that the page raised no errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("playwright.sync_api")
+from playwright.sync_api import expect  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ARTIFACTS = HERE / "artifacts"
+REPO = HERE.parents[1]
+NOTEBOOK = "explorer_digits.ipynb"
+K = 5  # the notebook's K
+N_TRAIN = 400  # the notebook's N_TRAIN
+EXPLORER_CELL, FLAGGED_CELL = 2, 3  # cells: about (markdown), setup, explorer, print(explorer.flagged)
+N_CELLS = 4
+COMPUTE_TIMEOUT_MS = 180_000  # kernel start + training + background pipeline on 2 busy cores
+MIN_CONTRAST = 3.0  # WCAG AA for large text / UI components; catches "almost unreadable" states
+
+# Independent oracle: a fresh engine (not the explorer's) with the documented defaults, full score row of one
+# test example. The widget's galleries must be its top-k (descending) and bottom-k (ascending) by score.
+ORACLE = """
+import json as _json
+from tracin_widgets.influence import TracInCPFast as _Fast
+_engine = _Fast(model, model[3], train_dataset, checkpoints, loss_fn=nn.CrossEntropyLoss(reduction="sum"))
+_x, _y = test_dataset[{index}]
+print(_json.dumps(_engine.influence((_x[None], _y[None])).reshape(-1).tolist()))
+"""
+
+# WCAG contrast ratio of an element's text against the background actually behind it (translucent colours are
+# composited; any CSS colour syntax, e.g. color-mix(), is normalised through a canvas).
+CONTRAST_JS = """
+(el) => {
+  const ctx = Object.assign(document.createElement('canvas'), { width: 1, height: 1 })
+    .getContext('2d', { willReadFrequently: true });
+  const rgba = (css) => {
+    ctx.clearRect(0, 0, 1, 1); ctx.fillStyle = '#000'; ctx.fillStyle = css; ctx.fillRect(0, 0, 1, 1);
+    const d = ctx.getImageData(0, 0, 1, 1).data; return [d[0], d[1], d[2], d[3] / 255];
+  };
+  const over = (top, below) => [0, 1, 2].map((i) => top[3] * top[i] + (1 - top[3]) * below[i]).concat(1);
+  const layers = [];
+  for (let n = el; n && n.nodeType === 1; n = n.parentElement) {
+    const c = rgba(getComputedStyle(n).backgroundColor);
+    if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+  }
+  const bg = layers.reverse().reduce((acc, c) => over(c, acc), [255, 255, 255, 1]);
+  const fg = over(rgba(getComputedStyle(el).color), bg);
+  const lum = (c) => {
+    const [r, g, b] = c.slice(0, 3)
+      .map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+  return { ratio: (hi + 0.05) / (lo + 0.05), fg: fg.slice(0, 3).map(Math.round), bg: bg.slice(0, 3).map(Math.round) };
+}
+"""
+
+
+def visible_errors(root) -> list[str]:
+    return [e.inner_text() for e in root.get_by_test_id("tracin-error").all() if e.is_visible()]
+
+
+def data_indices(locator) -> list[int]:
+    return [int(v) for v in locator.evaluate_all("els => els.map(e => e.dataset.index)")]
+
+
+def assert_no_errors(explorer) -> None:
+    assert visible_errors(explorer.widget) == []
+    assert explorer.unexpected_page_errors == []
+
+
+@pytest.fixture(scope="module")
+def explorer(jupyter_server, open_jupyter_page):
+    """The fixture notebook run in the module's frontend, with the explorer rendered; shared by the tests below."""
+    if not (REPO / "tracin_widgets/widget/static/widget.js").exists():
+        pytest.fail("the widget's JS bundle is missing: run `cd js && npm ci && npm run build` (bash .ci/setup does)")
+    shutil.copy(HERE / NOTEBOOK, jupyter_server.root / NOTEBOOK)
+    with open_jupyter_page(jupyter_server) as jp:
+        jp.open(NOTEBOOK)
+        jp.run_all()
+        # All cells ran: the print cell shows the initial (empty) flags (or a cell failed: fail with its traceback),
+        # and the explorer rendered its test examples.
+        done = jp.cell_output(FLAGGED_CELL).filter(has_text="FLAGGED = []")
+        failed = jp.page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+        expect(done.or_(failed).first).to_be_visible(timeout=COMPUTE_TIMEOUT_MS)
+        if failed.count():
+            pytest.fail("the fixture notebook failed:\n" + "\n".join(failed.all_inner_texts())[-4000:])
+        jp.widget = jp.cell_output(EXPLORER_CELL)
+        expect(jp.widget.get_by_test_id("tracin-test-item").first).to_be_visible(timeout=COMPUTE_TIMEOUT_MS)
+        yield jp
+
+
+@pytest.fixture(autouse=True)
+def _artifacts_on_failure(request, jupyter_server):
+    """After a failed test: a screenshot and the server log tail in tests/e2e/artifacts/ (for CI debugging)."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "explorer" in request.fixturenames:
+        jp = request.getfixturevalue("explorer")
+        name = re.sub(r"[^\w.-]+", "_", request.node.name)
+        try:
+            jp.screenshot(f"FAILED-{name}")
+        except Exception as e:  # a dead page must not hide the test's own failure
+            print(f"no failure screenshot: {e}")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / f"FAILED-{name}-server.log").write_text(jupyter_server.log_tail(20_000))
+
+
+def kernel_flagged(server) -> str:
+    return server.kernel_exec(NOTEBOOK, "print(explorer.flagged)").strip()
+
+
+def test_select_and_flag_reaches_the_kernel(jupyter_server, explorer):
+    jp, page, widget = explorer, explorer.page, explorer.widget
+    assert visible_errors(widget) == []
+
+    # Click a test example other than the preselected first one -> its k proponents and k opponents.
+    test_items = widget.get_by_test_id("tracin-test-item")
+    target = test_items.nth(2)
+    test_index = int(target.get_attribute("data-index"))
+    assert test_index != int(test_items.first.get_attribute("data-index"))
+    target.click()
+    expect(target).to_have_attribute("aria-selected", "true")
+    expect(widget.get_by_test_id("tracin-gallery-status")).to_have_text(
+        re.compile(rf"^test #{test_index}\b"), timeout=COMPUTE_TIMEOUT_MS
+    )
+    expect(widget.locator("section.tracin-gallery")).not_to_have_class(re.compile(r"\bis-stale\b"))
+    proponents = widget.get_by_test_id("tracin-proponent")
+    opponents = widget.get_by_test_id("tracin-opponent")
+    expect(proponents).to_have_count(K)
+    expect(opponents).to_have_count(K)
+    prop_idx, opp_idx = data_indices(proponents), data_indices(opponents)
+    assert len(set(prop_idx)) == K and len(set(opp_idx)) == K
+
+    scores = np.array(json.loads(jupyter_server.kernel_exec(NOTEBOOK, ORACLE.format(index=test_index))))
+    assert scores.shape == (N_TRAIN,)
+    tol = 1e-4 * float(np.abs(scores).max())
+    # The oracle's top-k / bottom-k scores, in order (indices of tied scores may legitimately swap).
+    np.testing.assert_allclose(scores[prop_idx], np.sort(scores)[::-1][:K], rtol=0, atol=tol)
+    np.testing.assert_allclose(scores[opp_idx], np.sort(scores)[:K], rtol=0, atol=tol)
+
+    # Flag the first proponent: open its details, press the flag toggle.
+    first = prop_idx[0]
+    proponents.first.click()
+    details = widget.get_by_test_id("tracin-details")
+    expect(details).to_be_visible()
+    expect(details).to_have_attribute("data-index", str(first))
+    toggle = details.get_by_test_id("tracin-flag-toggle")
+    expect(toggle).to_have_attribute("data-index", str(first))
+    expect(toggle).to_have_attribute("aria-pressed", "false")
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    expect(proponents.first).to_have_class(re.compile(r"\bis-flagged\b"))
+
+    # The kernel sees it: re-run the print cell (ordering-safe), and ask through a second kernel client.
+    jp.run_cell(FLAGGED_CELL)
+    expect(jp.cell_output(FLAGGED_CELL)).to_have_text(f"FLAGGED = [{first}]")
+    assert kernel_flagged(jupyter_server) == f"[{first}]"
+
+    # Keyboard: close the details (Escape), focus the second proponent, press f -> flagged too.
+    second = prop_idx[1]
+    toggle.press("Escape")  # keys go to the focused element inside the widget
+    expect(details).to_be_hidden()
+    proponents.nth(1).focus()
+    page.keyboard.press("f")
+    expect(proponents.nth(1)).to_have_class(re.compile(r"\bis-flagged\b"))
+    jp.run_cell(FLAGGED_CELL)
+    expect(jp.cell_output(FLAGGED_CELL)).to_have_text(f"FLAGGED = {sorted([first, second])}")
+    assert jp.page.locator(".jp-Notebook .jp-Cell").count() == N_CELLS  # the key did not reach Jupyter's shortcuts
+
+    # Python -> browser: clearing the flags in the kernel un-flags the tiles.
+    jupyter_server.kernel_exec(NOTEBOOK, "explorer.flagged = []")
+    expect(widget.locator(".tracin-tile.is-flagged")).to_have_count(0)
+    assert kernel_flagged(jupyter_server) == "[]"
+    assert_no_errors(jp)
+
+
+def test_flagged_states_are_readable_in_light_and_dark_themes(jupyter_server, explorer):
+    jp, page, widget = explorer, explorer.page, explorer.widget
+    proponents = widget.get_by_test_id("tracin-proponent")
+    expect(proponents).to_have_count(K, timeout=COMPUTE_TIMEOUT_MS)
+    index = int(proponents.first.get_attribute("data-index"))
+    jupyter_server.kernel_exec(NOTEBOOK, f"explorer.flagged = [{index}]")  # Python -> browser
+    expect(proponents.first).to_have_class(re.compile(r"\bis-flagged\b"))
+    proponents.first.click()
+    toggle = widget.get_by_test_id("tracin-details").get_by_test_id("tracin-flag-toggle")
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    # Background pipeline (self-influence, predictions) finished: the progress bar hides; stable screenshots.
+    expect(widget.get_by_test_id("tracin-progress")).to_be_hidden(timeout=COMPUTE_TIMEOUT_MS)
+
+    low = []
+    for theme, name in (("JupyterLab Light", "light"), ("JupyterLab Dark", "dark")):
+        jp.set_theme(theme)
+        page.mouse.move(0, 0)
+        jp.screenshot(name)
+        jp.screenshot(f"{name}-widget", widget)
+        checks = {
+            "flagged tile label": proponents.first.locator(".tracin-tile-label"),
+            "flagged tile index": proponents.first.locator(".tracin-tile-index"),
+            "flagged tile score": proponents.first.locator(".tracin-tile-score"),
+            "flag toggle (flagged)": toggle.locator(".tracin-flag-on"),
+        }
+        for what, loc in checks.items():
+            c = loc.evaluate(CONTRAST_JS)
+            if c["ratio"] < MIN_CONTRAST:
+                low.append(f"{name}: {what}: {c['ratio']:.2f}:1 ({c['fg']} on {c['bg']})")
+        toggle.hover()  # the pointer is still on the toggle right after flagging
+        c = toggle.locator(".tracin-flag-on").evaluate(CONTRAST_JS)
+        if c["ratio"] < MIN_CONTRAST:
+            low.append(f"{name}: flag toggle (flagged, hovered): {c['ratio']:.2f}:1 ({c['fg']} on {c['bg']})")
+        jp.screenshot(f"{name}-toggle-hover", widget.get_by_test_id("tracin-details"))
+    jp.set_theme("JupyterLab Light")
+    jupyter_server.kernel_exec(NOTEBOOK, "explorer.flagged = []")
+    assert low == [], f"text contrast below {MIN_CONTRAST}:1: {low}"
+    assert_no_errors(jp)
+
+
+def test_details_panel_layout_survives_jupyter_css(explorer):
+    """Jupyter's output-area CSS floats ``dt`` at 20% width; the details' term/value pairs must stay side by side."""
+    widget = explorer.widget
+    proponents = widget.get_by_test_id("tracin-proponent")
+    expect(proponents).to_have_count(K, timeout=COMPUTE_TIMEOUT_MS)
+    index = int(proponents.nth(2).get_attribute("data-index"))
+    proponents.nth(2).click()
+    details = widget.get_by_test_id("tracin-details")
+    expect(details).to_have_attribute("data-index", str(index))
+    expect(details.get_by_test_id("tracin-flag-toggle")).to_have_attribute("data-index", str(index))
+    rows = details.locator(".tracin-dl").evaluate(
+        """dl => [...dl.querySelectorAll('dt')].map(dt => {
+             const dd = dt.nextElementSibling, a = dt.getBoundingClientRect(), b = dd.getBoundingClientRect();
+             return { term: dt.textContent, value: dd.textContent, same_row: Math.abs(a.top - b.top) < 2,
+                      value_right_of_term: b.left >= a.right - 1, term_clipped: dt.scrollWidth > dt.clientWidth + 1 };
+           })"""
+    )
+    assert [r["term"] for r in rows] == ["index", "label", "predicted", "self-influence"]
+    bad = [r for r in rows if not (r["same_row"] and r["value_right_of_term"]) or r["term_clipped"]]
+    assert bad == [], f"details panel rows broken by the host page's dl/dt CSS: {bad}"
+    assert_no_errors(explorer)
+
+
+def test_self_influence_table_ranks_and_flags(jupyter_server, explorer):
+    widget = explorer.widget
+    expect(widget.get_by_test_id("tracin-progress")).to_be_hidden(timeout=COMPUTE_TIMEOUT_MS)
+    widget.get_by_test_id("tracin-tab-table").click()
+    rows = widget.get_by_test_id("tracin-table-row")
+    expect(rows.first).to_be_visible(timeout=COMPUTE_TIMEOUT_MS)
+    explorer.screenshot("table-widget", widget)
+    shown = data_indices(rows)
+    assert 0 < len(shown) <= N_TRAIN and len(set(shown)) == len(shown)
+
+    # Default order = most self-influential first; checked against a fresh engine's self_influence().
+    oracle = (
+        "import json as _json\n"
+        "from tracin_widgets.influence import TracInCPFast as _Fast\n"
+        "_engine = _Fast(model, model[3], train_dataset, checkpoints, loss_fn=nn.CrossEntropyLoss(reduction='sum'))\n"
+        "print(_json.dumps(_engine.self_influence().tolist()))\n"
+    )
+    scores = np.array(json.loads(jupyter_server.kernel_exec(NOTEBOOK, oracle)))
+    assert scores.shape == (N_TRAIN,)
+    np.testing.assert_allclose(
+        scores[shown], np.sort(scores)[::-1][: len(shown)], rtol=0, atol=1e-4 * float(np.abs(scores).max())
+    )
+
+    # Flag the top row with its checkbox -> the kernel has it.
+    top = rows.first
+    top.get_by_test_id("tracin-row-flag").check()
+    expect(top).to_have_class(re.compile(r"\bis-flagged\b"))
+    assert kernel_flagged(jupyter_server) == f"[{shown[0]}]"
+    jupyter_server.kernel_exec(NOTEBOOK, "explorer.flagged = []")
+    expect(top.get_by_test_id("tracin-row-flag")).not_to_be_checked()
+    widget.get_by_test_id("tracin-tab-explore").click()
+    assert_no_errors(explorer)
