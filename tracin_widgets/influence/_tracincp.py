@@ -29,14 +29,19 @@ Block = tuple  # ("f", g, a, has_bias) | ("d", v)
 
 
 def _conv2d_sample_grads(conv: nn.Conv2d, inp: torch.Tensor, gout: torch.Tensor, has_bias: bool) -> torch.Tensor:
-    """Per-example gradients of a Conv2d's weight (and bias), from its input and output gradient (im2col)."""
+    """Per-example gradients of a Conv2d's weight (and bias) from its input and output gradient.
+
+    The input windows are a strided *view* (no im2col copy) contracted with the output gradient by einsum.
+    """
     n = inp.shape[0]
-    cols = torch.nn.functional.unfold(
-        inp, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride
-    )  # (n, C_in*kh*kw, L)
-    g = gout.reshape(n, gout.shape[1], -1)  # (n, C_out, L)
-    gw = torch.bmm(g, cols.transpose(1, 2)).reshape(n, -1)
-    return torch.cat([gw, g.sum(2)], dim=1) if has_bias else gw
+    (k0, k1), (s0, s1), (d0, d1) = conv.kernel_size, conv.stride, conv.dilation
+    p0, p1 = conv.padding  # type: ignore[misc]
+    x = torch.nn.functional.pad(inp, (p1, p1, p0, p0)) if (p0 or p1) else inp
+    win = x.unfold(2, d0 * (k0 - 1) + 1, s0).unfold(3, d1 * (k1 - 1) + 1, s1)[..., ::d0, ::d1]
+    ho, wo = gout.shape[2], gout.shape[3]
+    win = win[:, :, :ho, :wo]  # (n, C_in, Ho, Wo, kh, kw)
+    gw = torch.einsum("ncyxhw,noyx->nochw", win, gout).reshape(n, -1)
+    return torch.cat([gw, gout.sum((2, 3))], dim=1) if has_bias else gw
 
 
 def _blocks_dot(tb: list[Block], rb: list[Block]) -> torch.Tensor:
