@@ -100,7 +100,7 @@ def hash_tensors(objs: Iterable[Any], h: "hashlib._Hash") -> None:
         if isinstance(o, torch.Tensor):
             t = o.detach().cpu().contiguous()
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(o, (list, tuple)):
             hash_tensors(o, h)
         elif isinstance(o, np.ndarray):
