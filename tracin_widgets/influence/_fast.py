@@ -56,10 +56,16 @@ class TracInCPFast(TracInCPBase):
         batch_size: int | None = None,
         test_loss_fn: Any = None,
         vectorize: bool = False,
-        **extras: Any,
+        *,
+        device: Any = None,
+        num_workers: int = 0,
+        progress_callback: Any = None,
+        cache_dir: Any = None,
+        weights_only: bool = True,
     ) -> None:
         super().__init__(
-            model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn, **extras
+            model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
+            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only,
         )
         self.final_fc_layer = final_fc_layer
         self.vectorize = vectorize  # accepted for compatibility; gradients here need no jacobian
@@ -268,11 +274,17 @@ class TracInCPFastRandProj(TracInCPFast):
         nearest_neighbors: NearestNeighbors | None = None,
         projection_dim: int | None = None,
         seed: int = 0,
-        **extras: Any,
+        *,
+        device: Any = None,
+        num_workers: int = 0,
+        progress_callback: Any = None,
+        cache_dir: Any = None,
+        weights_only: bool = True,
     ) -> None:
         super().__init__(
             model, final_fc_layer, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size,
-            test_loss_fn, vectorize, **extras,
+            test_loss_fn, vectorize,
+            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only,
         )
         if projection_dim is not None and (
             isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim <= 0

@@ -94,10 +94,16 @@ class TracInCP(TracInCPBase):
         batch_size: int | None = None,
         test_loss_fn: Any = None,
         sample_wise_grads_per_batch: bool = False,
-        **extras: Any,
+        *,
+        device: Any = None,
+        num_workers: int = 0,
+        progress_callback: Any = None,
+        cache_dir: Any = None,
+        weights_only: bool = True,
     ) -> None:
         super().__init__(
-            model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn, **extras
+            model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
+            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only,
         )
         self.sample_wise_grads_per_batch = sample_wise_grads_per_batch
         if sample_wise_grads_per_batch:
