@@ -42,6 +42,8 @@ export function imageElement(img, className, label) {
   const canvas = h("canvas", { className, attrs: { role: "img", "aria-label": label } });
   canvas.width = iw;
   canvas.height = ih;
+  // The CSS box keeps the image's aspect ratio (styles.css sizes .tracin-img from --tracin-ar): never stretched.
+  canvas.style.setProperty("--tracin-ar", aspectRatio(ih, iw));
   let ctx = null;
   try { ctx = canvas.getContext && canvas.getContext("2d"); } catch { ctx = null; }
   if (ctx && typeof ctx.createImageData === "function") {
@@ -50,6 +52,11 @@ export function imageElement(img, className, label) {
     ctx.putImageData(data, 0, 0);
   }
   return canvas;
+}
+
+/** width / height of an h x w image as a CSS number ("1" for a square or a degenerate shape). */
+export function aspectRatio(ih, iw) {
+  return ih > 0 && iw > 0 ? String(Number((iw / ih).toPrecision(6))) : "1";
 }
 
 /** Replace {buffer: i, ...} references in a custom-message payload by {data: buffers[i], ...}. */

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import "./setup.mjs";
-import { className, fmtDuration, fmtScore, resolveBuffers, toBytes, toRGBA } from "../src/codecs.js";
+import { aspectRatio, className, fmtDuration, fmtScore, imageElement, resolveBuffers, toBytes, toRGBA } from "../src/codecs.js";
 import { Rpc } from "../src/rpc.js";
 import { FakeModel } from "./setup.mjs";
 
@@ -10,6 +10,21 @@ test("toRGBA expands gray, RGB and RGBA", () => {
   assert.deepEqual([...toRGBA(new Uint8Array([1, 2, 3]), 1, 1, 3)], [1, 2, 3, 255]);
   assert.deepEqual([...toRGBA(new Uint8Array([1, 2, 3, 4]), 1, 1, 4)], [1, 2, 3, 4]);
   assert.throws(() => toRGBA(new Uint8Array([1]), 2, 2, 1), /too short/);
+});
+
+test("imageElement: canvas of the image's own size, CSS aspect ratio = width / height (never stretched)", () => {
+  for (const [h, w, want] of [[8, 8, 1], [4, 16, 4], [32, 8, 0.25], [3, 7, 7 / 3]]) {
+    const c = imageElement({ data: new Uint8Array(h * w), shape: [h, w, 1] }, "tracin-img tracin-img-row", "x");
+    assert.equal(c.tagName, "CANVAS");
+    assert.equal(c.width, w);
+    assert.equal(c.height, h);
+    const ar = Number(c.style.getPropertyValue("--tracin-ar"));
+    assert.ok(Math.abs(ar - want) < 1e-5, `${h}x${w}: --tracin-ar ${ar}, want ${want}`);
+    assert.equal(c.getAttribute("role"), "img");
+  }
+  assert.equal(aspectRatio(0, 5), "1");
+  const missing = imageElement(null, "tracin-img", "gone");
+  assert.ok(missing.classList.contains("tracin-img-missing"));
 });
 
 test("toBytes accepts DataView (with offset), ArrayBuffer and typed arrays", () => {

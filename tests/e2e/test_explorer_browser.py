@@ -5,9 +5,11 @@ scikit-learn digits, 3 checkpoints). The tests then:
 * click a test example, wait for its k proponents / opponents and check them against a fresh engine's scores
   computed in the kernel; flag a proponent in the browser (details toggle, then the ``f`` key) and check
   ``explorer.flagged`` in the kernel; clear it from Python and check the browser follows;
-* measure text contrast of the flagged states in the light and dark themes (screenshots of both go to
-  ``tests/e2e/artifacts/``, gitignored);
-* check the details panel's layout survives the host page's CSS (Jupyter styles ``dl``/``dt`` in outputs).
+* measure the text contrast of every text in the widget (flagged states, hover, table) in the light and dark
+  themes against WCAG AA 4.5:1 (screenshots of both go to ``tests/e2e/artifacts/``, gitignored);
+* check the details panel's layout survives the host page's CSS (Jupyter styles ``dl``/``dt`` in outputs);
+* check every drawn image keeps its aspect ratio (strip, tiles, query, details, table) and that the galleries
+  lay out k = 5 in one row and k = 10 in two rows of five inside the widget, with the details panel open.
 Every test ends by asserting that no ``tracin-error`` banner is visible and that the page raised no errors.
 """
 
@@ -33,7 +35,7 @@ N_TRAIN = 400  # the notebook's N_TRAIN
 EXPLORER_CELL, FLAGGED_CELL = 2, 3  # cells: about (markdown), setup, explorer, print(explorer.flagged)
 N_CELLS = 4
 COMPUTE_TIMEOUT_MS = 180_000  # kernel start + training + background pipeline on 2 busy cores
-MIN_CONTRAST = 3.0  # WCAG AA for large text / UI components; catches "almost unreadable" states
+MIN_CONTRAST = 4.5  # WCAG AA for normal text
 
 # Independent oracle: a fresh engine (not the explorer's) with the documented defaults, full score row of one
 # test example. The widget's galleries must be its top-k (descending) and bottom-k (ascending) by score.
@@ -72,6 +74,69 @@ CONTRAST_JS = """
   return { ratio: (hi + 0.05) / (lo + 0.05), fg: fg.slice(0, 3).map(Math.round), bg: bg.slice(0, 3).map(Math.round) };
 }
 """
+
+
+# Every visible text of the widget (elements with their own text, <select>s, SVG <text>) with its contrast ratio,
+# computed as CONTRAST_JS does (SVG text uses its fill). Disabled controls are exempt (WCAG 1.4.3).
+SCAN_CONTRAST_JS = """
+(root) => {
+  const ctx = Object.assign(document.createElement('canvas'), { width: 1, height: 1 })
+    .getContext('2d', { willReadFrequently: true });
+  const rgba = (css) => {
+    ctx.clearRect(0, 0, 1, 1); ctx.fillStyle = '#000'; ctx.fillStyle = css; ctx.fillRect(0, 0, 1, 1);
+    const d = ctx.getImageData(0, 0, 1, 1).data; return [d[0], d[1], d[2], d[3] / 255];
+  };
+  const over = (top, below) => [0, 1, 2].map((i) => top[3] * top[i] + (1 - top[3]) * below[i]).concat(1);
+  const lum = (c) => {
+    const [r, g, b] = c.slice(0, 3)
+      .map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const out = [];
+  for (const el of [root, ...root.querySelectorAll('*')]) {
+    const svgText = el instanceof SVGElement && el.tagName.toLowerCase() === 'text';
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!(own || svgText || el.tagName === 'SELECT')) continue;
+    const box = el.getBoundingClientRect();
+    if (box.width <= 1 || box.height <= 1 || el.closest('[hidden], .tracin-sr-only, :disabled')) continue;
+    const cs = getComputedStyle(el);
+    if (cs.visibility !== 'visible') continue;
+    const layers = [];
+    for (let n = el; n && n.nodeType === 1; n = n.parentElement) {
+      const c = rgba(getComputedStyle(n).backgroundColor);
+      if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+    }
+    const bg = layers.reverse().reduce((acc, c) => over(c, acc), [255, 255, 255, 1]);
+    const fg = over(rgba(svgText ? cs.fill : cs.color), bg);
+    const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+    out.push({ ratio: (hi + 0.05) / (lo + 0.05), text: (el.textContent || '').trim().slice(0, 40),
+      cls: el.getAttribute('class') || el.tagName.toLowerCase(),
+      fg: fg.slice(0, 3).map(Math.round), bg: bg.slice(0, 3).map(Math.round) });
+  }
+  return out;
+}
+"""
+
+# Rendered box vs pixel size of every visible image canvas of the widget.
+IMAGE_BOXES_JS = """
+(root) => [...root.querySelectorAll('canvas.tracin-img')].filter((c) => c.getClientRects().length).map((c) => {
+  const r = c.getBoundingClientRect();
+  return { cls: c.className, w: r.width, h: r.height, iw: c.width, ih: c.height };
+})
+"""
+
+
+def low_contrast(widget, where: str) -> list[str]:
+    """Texts of the widget below MIN_CONTRAST (deduplicated by class and colours); fails if nothing was scanned."""
+    texts = widget.locator(".tracin-root").evaluate(SCAN_CONTRAST_JS)
+    assert len(texts) > 20, f"{where}: the contrast scan found only {len(texts)} texts"
+    low, seen = [], set()
+    for t in sorted(texts, key=lambda t: t["ratio"]):
+        key = (t["cls"], tuple(t["fg"]), tuple(t["bg"]))
+        if t["ratio"] < MIN_CONTRAST and key not in seen:
+            seen.add(key)
+            low.append(f"{where}: {t['cls']} {t['text']!r}: {t['ratio']:.2f}:1 ({t['fg']} on {t['bg']})")
+    return low
 
 
 def visible_errors(root) -> list[str]:
@@ -222,11 +287,29 @@ def test_flagged_states_are_readable_in_light_and_dark_themes(jupyter_server, ex
             c = loc.evaluate(CONTRAST_JS)
             if c["ratio"] < MIN_CONTRAST:
                 low.append(f"{name}: {what}: {c['ratio']:.2f}:1 ({c['fg']} on {c['bg']})")
+        low += low_contrast(widget, f"{name} explore")
         toggle.hover()  # the pointer is still on the toggle right after flagging
         c = toggle.locator(".tracin-flag-on").evaluate(CONTRAST_JS)
         if c["ratio"] < MIN_CONTRAST:
             low.append(f"{name}: flag toggle (flagged, hovered): {c['ratio']:.2f}:1 ({c['fg']} on {c['bg']})")
         jp.screenshot(f"{name}-toggle-hover", widget.get_by_test_id("tracin-details"))
+        low += low_contrast(widget, f"{name} explore, toggle hovered")
+        # The table: a flagged row (hovered, then another row hovered), mispredicted rows, the charts' ticks.
+        widget.get_by_test_id("tracin-tab-table").click()
+        rows = widget.get_by_test_id("tracin-table-row")
+        expect(rows.first).to_be_visible(timeout=COMPUTE_TIMEOUT_MS)
+        row = next(rows.nth(i) for i in (1, 2) if int(rows.nth(i).get_attribute("data-index")) != index)
+        row.get_by_test_id("tracin-row-flag").check()
+        expect(row).to_have_class(re.compile(r"\bis-flagged\b"))
+        row.hover()
+        low += low_contrast(widget, f"{name} table, flagged row hovered")
+        rows.nth(3).hover()
+        low += low_contrast(widget, f"{name} table, row hovered")
+        jp.screenshot(f"{name}-table-widget", widget)
+        jupyter_server.kernel_exec(NOTEBOOK, f"explorer.flagged = [{index}]")
+        expect(row).not_to_have_class(re.compile(r"\bis-flagged\b"))
+        widget.get_by_test_id("tracin-tab-explore").click()
+        page.mouse.move(0, 0)
     jp.set_theme("JupyterLab Light")
     jupyter_server.kernel_exec(NOTEBOOK, "explorer.flagged = []")
     assert low == [], f"text contrast below {MIN_CONTRAST}:1: {low}"
@@ -287,4 +370,71 @@ def test_self_influence_table_ranks_and_flags(jupyter_server, explorer):
     jupyter_server.kernel_exec(NOTEBOOK, "explorer.flagged = []")
     expect(top.get_by_test_id("tracin-row-flag")).not_to_be_checked()
     widget.get_by_test_id("tracin-tab-explore").click()
+    assert_no_errors(explorer)
+
+
+def test_images_keep_their_aspect_ratio_everywhere(explorer):
+    """Square 8x8 digits must be drawn square in the strip, the tiles, the query card, the details and the table."""
+    widget = explorer.widget
+    expect(widget.get_by_test_id("tracin-progress")).to_be_hidden(timeout=COMPUTE_TIMEOUT_MS)
+    proponents = widget.get_by_test_id("tracin-proponent")
+    expect(proponents).to_have_count(K, timeout=COMPUTE_TIMEOUT_MS)
+    proponents.first.click()
+    expect(widget.get_by_test_id("tracin-details").locator("canvas")).to_have_count(1)
+    boxes = widget.locator(".tracin-root").evaluate(IMAGE_BOXES_JS)
+    widget.get_by_test_id("tracin-tab-table").click()
+    expect(widget.get_by_test_id("tracin-table-row").first).to_be_visible(timeout=COMPUTE_TIMEOUT_MS)
+    expect(widget.locator("canvas.tracin-img-row")).not_to_have_count(0)
+    boxes += widget.locator(".tracin-root").evaluate(IMAGE_BOXES_JS)
+    widget.get_by_test_id("tracin-tab-explore").click()
+    widget.get_by_test_id("tracin-details-close").click()
+
+    kinds = {re.search(r"tracin-img-(\w+)", b["cls"]).group(1) for b in boxes}
+    assert kinds >= {"strip", "tile", "query", "detail", "row"}, kinds
+    assert all((b["iw"], b["ih"]) == (8, 8) for b in boxes), {(b["iw"], b["ih"]) for b in boxes}
+    bad = [b for b in boxes if b["w"] < 8 or abs(b["w"] / b["h"] - b["iw"] / b["ih"]) > 0.02]
+    assert bad == [], f"images drawn with the wrong aspect ratio or collapsed: {bad[:5]}"
+    assert_no_errors(explorer)
+
+
+def test_galleries_fit_k5_in_one_row_and_k10_in_two(explorer):
+    """At 1400 px with the details panel open, k tiles per column lay out in rows of five inside the widget."""
+    widget = explorer.widget
+    proponents = widget.get_by_test_id("tracin-proponent")
+    expect(proponents).to_have_count(K, timeout=COMPUTE_TIMEOUT_MS)
+    proponents.first.click()
+    expect(widget.get_by_test_id("tracin-details")).to_be_visible()
+    layout = """(root) => {
+      const right = root.getBoundingClientRect().right;
+      return [...root.querySelectorAll('.tracin-grid')].map((g) => {
+        const gr = g.getBoundingClientRect();
+        return [...g.children].map((t) => { const r = t.getBoundingClientRect();
+          const img = t.querySelector('canvas').getBoundingClientRect();
+          return { top: Math.round(r.top), overflow: Math.max(r.right - gr.right, r.right - right), img: img.width }; });
+      });
+    }"""
+
+    def rows_of(grids):
+        return [sorted({t["top"] for t in g}) for g in grids]
+
+    try:
+        for k, n_rows in ((5, 1), (10, 2)):
+            widget.get_by_test_id("tracin-k").select_option(str(k))
+            expect(proponents).to_have_count(k, timeout=COMPUTE_TIMEOUT_MS)
+            expect(widget.get_by_test_id("tracin-opponent")).to_have_count(k)
+            grids = widget.locator(".tracin-root").evaluate(layout)
+            assert len(grids) == 2 and all(len(g) == k for g in grids)
+            tops = rows_of(grids)
+            assert all(len(t) == n_rows for t in tops), f"k={k}: tiles in rows at {tops}, want {n_rows} row(s)"
+            for g in grids:  # five a row
+                assert [sum(t["top"] == top for t in g) for top in sorted({t["top"] for t in g})] == [5] * n_rows
+            over = [t for g in grids for t in g if t["overflow"] > 0.5]
+            assert over == [], f"k={k}: tiles overflow their column or the widget: {over}"
+            assert min(t["img"] for g in grids for t in g) >= 48, f"k={k}: tile thumbnails shrunk below 48 px"
+            if k == 10:
+                explorer.screenshot("gallery-k10-widget", widget)
+    finally:
+        widget.get_by_test_id("tracin-k").select_option(str(K))
+        expect(proponents).to_have_count(K, timeout=COMPUTE_TIMEOUT_MS)
+        widget.get_by_test_id("tracin-details-close").click()
     assert_no_errors(explorer)

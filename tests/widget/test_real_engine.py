@@ -78,3 +78,31 @@ def test_default_engine_galleries_and_self_influence_match_an_autograd_oracle(di
     with torch.no_grad():
         assert g["item"]["pred"] == int(model(xq).argmax(1))
     assert g["proponents"][0]["image"]["shape"] == [8, 8, 1]
+
+
+def test_cache_dir_saves_the_factors_and_the_next_explorer_skips_the_factor_pass(digits_problem, tmp_path):
+    model, ckpts, train, test = digits_problem
+    phases: list[set] = []
+
+    class Recording(InfluenceExplorer):  # sees every progress update, from the first one on
+        def _publish_progress(self, info):
+            phases[-1].add(info["phase"])
+            super()._publish_progress(info)
+
+    results, stats = [], []
+    for _ in range(2):
+        phases.append(set())
+        w = Recording(model, ckpts, train, test, k=5, batch_size=64, cache_dir=tmp_path / "cache")
+        w.wait(120)
+        assert w.status == "ready" and w.error == ""
+        results.append((w.self_influence, [r["index"] for r in w.gallery["proponents"]]))
+        files = list((tmp_path / "cache").glob("*.pt"))
+        assert len(files) == 1, files
+        st = files[0].stat()
+        stats.append((files[0], st.st_ino, st.st_mtime_ns))
+    assert "training factors" in phases[0]
+    # The second explorer loaded the factors: the same results, no factor pass, the cache file left as it was.
+    assert "training factors" not in phases[1]
+    assert stats[1] == stats[0]
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    assert results[1][1] == results[0][1]

@@ -32,6 +32,8 @@ def test_unknown_keyword_is_a_type_error_with_a_hint(data, fake):
 def test_engine_conflicts_and_protocol(data, fake):
     with pytest.raises(ValueError, match="engine= was given together with loss_fn"):
         InfluenceExplorer(data["model"], None, data["train"], engine=fake, loss_fn=torch.nn.MSELoss())
+    with pytest.raises(ValueError, match="engine= was given together with cache_dir"):
+        InfluenceExplorer(data["model"], None, data["train"], engine=fake, cache_dir="somewhere")
     with pytest.raises(TypeError, match=r"engine must have influence\(inputs, k, proponents\) and self_influence\(\)"):
         InfluenceExplorer(data["model"], None, data["train"], engine=object())
     with pytest.raises(TypeError, match="needs checkpoints"):

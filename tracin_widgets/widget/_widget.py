@@ -29,10 +29,12 @@ _MISSING_BUNDLE = (
 _ARGS = (
     "model", "checkpoints", "train_dataset", "test_dataset", "checkpoints_load_func", "final_fc_layer", "loss_fn",
     "engine", "class_names", "k", "is_mislabelled", "flags_path", "to_image", "batch_size", "device", "test_indices",
+    "cache_dir",
 )  # fmt: skip
 _ALIASES = {"topk": "k", "top_k": "k", "n": "k", "layer": "final_fc_layer", "layers": "final_fc_layer",
             "loss": "loss_fn", "tracer": "engine", "influence": "engine", "classes": "class_names",
-            "labels": "class_names", "mislabelled": "is_mislabelled", "is_mislabeled": "is_mislabelled"}  # fmt: skip
+            "labels": "class_names", "mislabelled": "is_mislabelled", "is_mislabeled": "is_mislabelled",
+            "cache": "cache_dir", "cache_path": "cache_dir"}  # fmt: skip
 _THUMB_CACHE = 4096
 _TopK = tuple  # (indices (k,) int64, scores (k,) float64)
 _SCORE_CACHE = 32  # influence rows of recent queries (n_train float64 each)
@@ -64,6 +66,8 @@ class InfluenceExplorer(anywidget.AnyWidget):
     (final linear layer found by tracing, cross-entropy loss with ``reduction="sum"``) unless ``engine=`` gives one
     (any object with ``influence(inputs, k, proponents)`` and ``self_influence()``). Predictions, the training
     factors and self-influence are computed in a background thread; call :meth:`wait` to block until done.
+    ``cache_dir=`` saves the default engine's training factors there (keyed by model, checkpoints and data), so
+    the next explorer on the same inputs skips the factor pass.
     """
 
     _esm = _STATIC / "widget.js" if (_STATIC / "widget.js").exists() else _MISSING_BUNDLE
@@ -121,6 +125,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         batch_size: int = 256,
         device: Any = None,
         test_indices: Optional[Sequence[int]] = None,
+        cache_dir: Any = None,
         **kwargs: Any,
     ):
         if kwargs:
@@ -170,7 +175,8 @@ class InfluenceExplorer(anywidget.AnyWidget):
                 _data.check_item(test_dataset[int(ids[0])], "test_dataset[i]")
         self._test_pos = {int(v): i for i, v in enumerate(self._test_ids)}
 
-        self._source = self._make_source(model, checkpoints, engine, checkpoints_load_func, final_fc_layer, loss_fn)
+        self._source = self._make_source(model, checkpoints, engine, checkpoints_load_func, final_fc_layer, loss_fn,
+                                         cache_dir)  # fmt: skip
         self._truth = None if is_mislabelled is None else _payload.mislabelled_mask(is_mislabelled, self._n_train)
         self._flags_path = None if flags_path is None else _flags.check_suffix(flags_path, "flags_path")
         restored = []
@@ -314,10 +320,10 @@ class InfluenceExplorer(anywidget.AnyWidget):
     # ------------------------------------------------------------------------------------------------------------------
     # construction helpers
     # ------------------------------------------------------------------------------------------------------------------
-    def _make_source(self, model, checkpoints, engine, load_func, final_fc_layer, loss_fn) -> InfluenceSource:
+    def _make_source(self, model, checkpoints, engine, load_func, final_fc_layer, loss_fn, cache_dir) -> InfluenceSource:
         if engine is not None:
             given = [n for n, v in (("checkpoints_load_func", load_func), ("final_fc_layer", final_fc_layer),
-                                    ("loss_fn", loss_fn)) if v is not None]  # fmt: skip
+                                    ("loss_fn", loss_fn), ("cache_dir", cache_dir)) if v is not None]  # fmt: skip
             if given:
                 raise ValueError(
                     f"engine= was given together with {', '.join(given)}: these configure the default engine only. "
@@ -354,6 +360,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
             batch_size=self._batch_size,
             device=self._device,
             progress_callback=self._engine_progress,
+            cache_dir=cache_dir,
         )
 
     def _engine_progress(self, phase: str, done: int, total: int) -> None:
