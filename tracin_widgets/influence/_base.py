@@ -23,8 +23,11 @@ from ._data import (
     batch_len,
     dataset_fingerprint,
     file_fingerprint,
+    auto_workers,
     iter_input_batches,
+    iter_tensor_batches,
     make_train_loader,
+    tensor_fast_path,
     to_device,
 )
 
@@ -130,6 +133,7 @@ class TracInCPBase:
     """Common base (Captum's ``TracInCPBase`` counterpart)."""
 
     _kind = "base"
+    _cache_kind = "base"  # classes that compute the same training-set quantities share cache files
 
     def __init__(
         self,
@@ -142,7 +146,7 @@ class TracInCPBase:
         test_loss_fn: Any = None,
         *,
         device: Any = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         progress_callback: ProgressCallback | None = None,
         cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
@@ -160,10 +164,13 @@ class TracInCPBase:
         self.weights_only = weights_only
         self.train_dataset = train_dataset
         self.batch_size = batch_size
+        self.device = torch.device(device) if device is not None else model_device(model)
+        if num_workers is None:
+            num_workers = auto_workers(train_dataset, self.device)
+        self.num_workers = num_workers
         self.train_dataloader = make_train_loader(train_dataset, batch_size, num_workers)
         self.loss_fn = loss_fn
         self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
-        self.device = torch.device(device) if device is not None else model_device(model)
         self.progress_callback = progress_callback
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._states: list[dict[str, torch.Tensor]] | None = None
@@ -230,7 +237,9 @@ class TracInCPBase:
 
     def _train_batches(self) -> Iterator[tuple[int, tuple]]:
         offset = 0
-        for batch in self.train_dataloader:
+        loader = self.train_dataloader
+        batches = iter_tensor_batches(loader) if tensor_fast_path(loader) else loader
+        for batch in batches:
             if isinstance(batch, torch.Tensor) or len(batch) < 2:
                 raise ValueError(
                     "train_dataset batches must be (features..., labels); the dataset yields "
@@ -262,7 +271,7 @@ class TracInCPBase:
     def _compute_fingerprint(self, extra: str) -> str:
         if self._fingerprint is None:
             h = hashlib.sha256()
-            h.update(self._kind.encode())
+            h.update(self._cache_kind.encode())
             h.update(extra.encode())
             h.update(type(self.model).__qualname__.encode())
             for k, v in self.model.state_dict().items():
@@ -278,7 +287,7 @@ class TracInCPBase:
     def _cache_file(self, name: str, extra: str) -> Path | None:
         if self.cache_dir is None:
             return None
-        return self.cache_dir / f"tracin-{self._kind}-{name}-{self._compute_fingerprint(extra)}.pt"
+        return self.cache_dir / f"tracin-{self._cache_kind}-{name}-{self._compute_fingerprint(extra)}.pt"
 
     def _cache_load(self, path: Path | None) -> dict | None:
         if path is None or not path.is_file():

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from typing import Any, Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data._utils.collate import default_collate
 
 DEFAULT_BATCH_SIZE = 512
 
@@ -28,6 +30,42 @@ def _is_shuffled(loader: DataLoader) -> bool:
         return True
     bs = getattr(loader, "batch_sampler", None)
     return bs is not None and isinstance(getattr(bs, "sampler", None), RandomSampler)
+
+
+def tensor_fast_path(loader: DataLoader) -> bool:
+    """True when iterating ``loader`` is the same as slicing its TensorDataset (no per-item indexing needed)."""
+    return (
+        isinstance(loader.dataset, TensorDataset)
+        and type(loader.sampler) is SequentialSampler
+        and type(loader.batch_sampler) is BatchSampler
+        and not loader.drop_last
+        and loader.batch_size is not None
+        and loader.collate_fn is default_collate
+    )
+
+
+def iter_tensor_batches(loader: DataLoader):
+    tensors, bs = loader.dataset.tensors, loader.batch_size  # type: ignore[attr-defined]
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    for s in range(0, n, bs):
+        yield tuple(t[s : s + bs] for t in tensors)
+
+
+def auto_workers(train_dataset: Any, device: torch.device) -> int:
+    """Loader workers when none are asked for: several on a GPU machine for per-item datasets, else none."""
+    if isinstance(train_dataset, TensorDataset) or device.type == "cpu":
+        return 0
+    return min(8, max(0, (os.cpu_count() or 1) - 1))
+
+
+def split_rows(batch: tuple, n: int, size: int) -> list[tuple]:
+    """Split a batch into row chunks of at most ``size`` (non-tensor elements are shared)."""
+    if n <= size:
+        return [batch]
+    return [
+        tuple(x[s : s + size] if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n else x for x in batch)
+        for s in range(0, n, size)
+    ]
 
 
 def make_train_loader(train_dataset: Any, batch_size: int | None, num_workers: int) -> DataLoader:

@@ -37,10 +37,21 @@ def _conv2d_sample_grads(conv: nn.Conv2d, inp: torch.Tensor, gout: torch.Tensor,
     (k0, k1), (s0, s1), (d0, d1) = conv.kernel_size, conv.stride, conv.dilation
     p0, p1 = conv.padding  # type: ignore[misc]
     x = torch.nn.functional.pad(inp, (p1, p1, p0, p0)) if (p0 or p1) else inp
-    win = x.unfold(2, d0 * (k0 - 1) + 1, s0).unfold(3, d1 * (k1 - 1) + 1, s1)[..., ::d0, ::d1]
+    win = x.unfold(2, d0 * (k0 - 1) + 1, s0).unfold(3, d1 * (k1 - 1) + 1, s1)[..., ::d0, ::d1]  # a view
     ho, wo = gout.shape[2], gout.shape[3]
-    win = win[:, :, :ho, :wo]  # (n, C_in, Ho, Wo, kh, kw)
-    gw = torch.einsum("ncyxhw,noyx->nochw", win, gout).reshape(n, -1)
+    if inp.device.type == "cpu":
+        # one bmm per kernel offset: several times faster than one big einsum on CPUs
+        c, o = x.shape[1], gout.shape[1]
+        gf = gout.reshape(n, o, ho * wo)
+        gw = x.new_empty(n, o, c, k0, k1)
+        for i in range(k0):
+            for j in range(k1):
+                xs = x[:, :, i * d0 : i * d0 + s0 * (ho - 1) + 1 : s0, j * d1 : j * d1 + s1 * (wo - 1) + 1 : s1]
+                gw[:, :, :, i, j] = torch.bmm(gf, xs.reshape(n, c, ho * wo).transpose(1, 2))
+        gw = gw.reshape(n, -1)
+    else:
+        win = win[:, :, :ho, :wo]  # (n, C_in, Ho, Wo, kh, kw)
+        gw = torch.einsum("ncyxhw,noyx->nochw", win, gout).reshape(n, -1)
     return torch.cat([gw, gout.sum((2, 3))], dim=1) if has_bias else gw
 
 
@@ -82,6 +93,7 @@ class TracInCP(TracInCPBase):
     """TracIn on the parameters of ``layers`` (all trainable parameters when None), Captum API."""
 
     _kind = "cp"
+    _cache_kind = "cp"
 
     def __init__(
         self,
@@ -96,7 +108,7 @@ class TracInCP(TracInCPBase):
         sample_wise_grads_per_batch: bool = False,
         *,
         device: Any = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         progress_callback: Any = None,
         cache_dir: Any = None,
         weights_only: bool = True,
