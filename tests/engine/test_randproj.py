@@ -20,7 +20,9 @@ def test_annoy_recall(eng, tb, cnn, proponents):
     pytest.importorskip("annoy")
     cfg = Cfg("rp", "sum")
     k = 5
-    obj = tb.engine(eng, cnn, cfg, nearest_neighbors=eng.AnnoyNearestNeighbors(num_trees=50), projection_dim=None)
+    obj = tb.engine(
+        eng, cnn, cfg, nearest_neighbors=eng.AnnoyNearestNeighbors(num_trees=50), projection_dim=None, rerank=None
+    )
     res = obj.influence(cnn.test, k=k, proponents=proponents)
     ref = tb.oracle_scores(cnn, cfg)
     exact = torch.topk(ref if proponents else -ref, k, dim=1).indices
@@ -82,3 +84,38 @@ def test_projection_dim_not_smaller_than_layer_size_is_exact(eng, tb, mlp):
     """Captum projects only if J*A > projection_dim: here J*A = 4*16 = 64."""
     obj = _projected(eng, tb, mlp, seed=0, projection_dim=64)
     assert_scores_close(obj.influence(mlp.test, k=None), tb.oracle_scores(mlp, Cfg("rp", "sum")))
+
+
+@pytest.mark.parametrize("proponents", [True, False])
+def test_projection_with_exact_rerank_recall(eng, tmp_path, proponents):
+    """Projection (84-dim layer inputs onto 10 dims, as the tutorial's projection_dim=100 does) loses the top-k; the exact rerank of
+    rerank*k candidates recovers it and returns exact scores."""
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Linear(20, 84), nn.ReLU(), nn.Linear(84, 6))
+    paths = []
+    for i in range(2):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.2 * torch.randn_like(p))
+        paths.append(str(tmp_path / f"c{i}.pt"))
+        torch.save(model.state_dict(), paths[-1])
+    x, y = torch.randn(1500, 20), torch.randint(0, 6, (1500,))
+    test = (torch.randn(8, 20), torch.randint(0, 6, (8,)))
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    exact = eng.TracInCPFast(model, "2", TensorDataset(x, y), paths, loss_fn=loss).influence(test)
+    k = 10
+    truth = torch.topk(exact if proponents else -exact, k, dim=1).indices
+
+    def recall(res):
+        return sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(res.indices, truth)) / truth.numel()
+
+    common = dict(loss_fn=loss, nearest_neighbors=eng.ExactNearestNeighbors(), projection_dim=100, seed=0)
+    plain = eng.TracInCPFastRandProj(model, "2", TensorDataset(x, y), paths, rerank=None, **common)
+    reranked = eng.TracInCPFastRandProj(model, "2", TensorDataset(x, y), paths, rerank=50, **common)
+    res = reranked.influence(test, k=k, proponents=proponents)
+    assert recall(res) >= 0.9
+    assert recall(res) > recall(plain.influence(test, k=k, proponents=proponents))
+    assert_scores_close(res.influence_scores, torch.gather(exact, 1, res.indices), rtol=1e-4)

@@ -267,6 +267,10 @@ class TracInCPFastRandProj(TracInCPFast):
     ``projection_dim=None`` nothing is projected and scores are exact. Projections use the class's own
     ``torch.Generator(seed)`` (the global RNG is left alone). The index is built in ``__init__`` as in
     Captum; ``self_influence`` is exact (from the factors).
+
+    ``rerank`` (keyword, default 50): the index retrieves ``rerank * k`` candidates, which are then scored
+    exactly from the cached factors, so the returned scores are exact and recall is much higher than the
+    projection alone gives. ``rerank=None`` returns the index's approximate scores, as Captum does.
     """
 
     _kind = "randproj"
@@ -286,6 +290,7 @@ class TracInCPFastRandProj(TracInCPFast):
         projection_dim: int | None = None,
         seed: int = 0,
         *,
+        rerank: int | None = 50,
         device: Any = None,
         num_workers: int | None = None,
         progress_callback: Any = None,
@@ -308,6 +313,9 @@ class TracInCPFastRandProj(TracInCPFast):
         self.nearest_neighbors = nearest_neighbors
         self.projection_dim = projection_dim
         self.seed = seed
+        if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 1):
+            raise ValueError(f"rerank must be a positive int (candidates per requested example) or None, got {rerank!r}.")
+        self.rerank = rerank
         self._projections: tuple[torch.Tensor, torch.Tensor] | None = None
         self._train_embeddings: torch.Tensor | None = None
         self._build()
@@ -363,9 +371,18 @@ class TracInCPFastRandProj(TracInCPFast):
                 return self._scores_or_topk(At, Gt, None, proponents)
             return (self._embed(At, Gt) @ self._train_embeddings.T).cpu()
         q = self._embed(At, Gt)
-        if proponents:
-            idx, vals = self.nearest_neighbors.get_nearest_neighbors(q, k)
-        else:
-            idx, vals = self.nearest_neighbors.get_nearest_neighbors(-q, k)
-            vals = -vals
-        return KMostInfluentialResults(torch.as_tensor(idx).to(torch.int64).cpu(), torch.as_tensor(vals).cpu())
+        n_train = self._factors[0].shape[0]  # type: ignore[index]
+        kk = min(n_train, k * self.rerank) if self.rerank else k
+        idx, vals = self.nearest_neighbors.get_nearest_neighbors(q if proponents else -q, kk)
+        idx = torch.as_tensor(idx).to(torch.int64)
+        vals = torch.as_tensor(vals)
+        if not self.rerank:
+            return KMostInfluentialResults(idx.cpu(), (vals if proponents else -vals).cpu())
+        # exact rerank of the candidates from the cached factors
+        A, G = self._factors  # type: ignore[misc]
+        cand = idx.to(A.device)
+        gg = torch.einsum("ncd,nkcd->nkc", Gt, G[cand])
+        aa = torch.einsum("ncd,nkcd->nkc", At, A[cand])
+        exact = (gg * aa * self._lr_tensor(A)).sum(-1)
+        vals, pos = torch.topk(exact, min(k, exact.shape[1]), dim=1, largest=proponents)
+        return KMostInfluentialResults(torch.gather(cand, 1, pos).cpu(), vals.cpu())
