@@ -66,3 +66,20 @@ def test_fast_path_and_per_item_loaders_agree(problem):
     d = TracInCP(model, TensorDataset(x, y), paths, loss_fn=loss_none, batch_size=6)
     e = TracInCP(model, PlainDataset(x, y), paths, loss_fn=loss_none, batch_size=6)
     assert torch.allclose(d.self_influence(), e.self_influence(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_item", [True, False])
+def test_merged_training_batches_keep_rows_and_order(problem, per_item):
+    """GPU runs merge loader batches into larger ones: same rows, same order, right offsets."""
+    from tracin_widgets.influence import TracInCPFast
+
+    model, paths, x, y, _ = problem
+    ds = PlainDataset(x, y) if per_item else TensorDataset(x, y)
+    ours = TracInCPFast(model, "2", ds, paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=3)
+    got = list(ours._train_batches(min_rows=10))
+    sizes = [len(b[1]) for _, b in got]
+    assert [off for off, _ in got] == [sum(sizes[:i]) for i in range(len(sizes))]
+    assert sizes == ([12, 11] if per_item else [10, 10, 3])
+    assert torch.equal(torch.cat([b[0] for _, b in got]), x)
+    assert torch.equal(torch.cat([b[1] for _, b in got]), y)
+    assert all(len(b[1]) >= 10 for _, b in got[:-1])

@@ -121,6 +121,29 @@ def merge_topk(
     return vals, idx
 
 
+def _merge_batches(batches, min_rows: int):
+    pending: list = []
+    rows = 0
+    for b in batches:
+        if isinstance(b, torch.Tensor) or not all(isinstance(x, torch.Tensor) for x in b):
+            if pending:
+                yield _cat(pending)
+                pending, rows = [], 0
+            yield b
+            continue
+        pending.append(b)
+        rows += batch_len(tuple(b))
+        if rows >= min_rows:
+            yield _cat(pending)
+            pending, rows = [], 0
+    if pending:
+        yield _cat(pending)
+
+
+def _cat(batches: list) -> tuple:
+    return batches[0] if len(batches) == 1 else tuple(torch.cat(parts) for parts in zip(*batches))
+
+
 def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -235,10 +258,14 @@ class TracInCPBase:
             raise ValueError("the model output must have a batch dimension, got a 0-dim tensor.")
         return out
 
-    def _train_batches(self) -> Iterator[tuple[int, tuple]]:
+    def _train_batches(self, min_rows: int = 0) -> Iterator[tuple[int, tuple]]:
+        """Training batches on the compute device with their row offset. ``min_rows`` merges consecutive
+        loader batches (GPU: fewer, larger launches; scores do not depend on the batching)."""
         offset = 0
         loader = self.train_dataloader
-        batches = iter_tensor_batches(loader) if tensor_fast_path(loader) else loader
+        batches = iter_tensor_batches(loader, min_rows) if tensor_fast_path(loader) else loader
+        if min_rows and not tensor_fast_path(loader):
+            batches = _merge_batches(batches, min_rows)
         for batch in batches:
             if isinstance(batch, torch.Tensor) or len(batch) < 2:
                 raise ValueError(

@@ -44,8 +44,8 @@ def tensor_fast_path(loader: DataLoader) -> bool:
     )
 
 
-def iter_tensor_batches(loader: DataLoader):
-    tensors, bs = loader.dataset.tensors, loader.batch_size  # type: ignore[attr-defined]
+def iter_tensor_batches(loader: DataLoader, min_rows: int = 0):
+    tensors, bs = loader.dataset.tensors, max(loader.batch_size or 1, min_rows)  # type: ignore[attr-defined]
     n = len(loader.dataset)  # type: ignore[arg-type]
     for s in range(0, n, bs):
         yield tuple(t[s : s + bs] for t in tensors)

@@ -79,7 +79,7 @@ class AnnoyNearestNeighbors(NearestNeighbors):
         if self.index is None:
             raise RuntimeError("AnnoyNearestNeighbors.setup(data) must be called before querying.")
         k = min(k, self._n)
-        sk = self.search_k if self.search_k is not None else self.num_trees * k * 8
+        sk = self.search_k if self.search_k is not None else self.num_trees * max(k, 50)
         all_idx, all_val = [], []
         for row in _as_2d_float32(query).tolist():
             idx, dist = self.index.get_nns_by_vector(row, k, search_k=sk, include_distances=True)
