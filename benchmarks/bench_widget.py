@@ -79,27 +79,7 @@ FLIP_FRACTION = 0.05
 # ---------------------------------------------------------------------------------------------------------------------
 # data, model, checkpoints
 # ---------------------------------------------------------------------------------------------------------------------
-class Net(nn.Module):
-    """The network of Captum's TracInCP tutorial (PyTorch's CIFAR-10 tutorial network)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool1 = nn.MaxPool2d(2, 2)
-        self.pool2 = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-        self.relu1, self.relu2, self.relu3, self.relu4 = nn.ReLU(), nn.ReLU(), nn.ReLU(), nn.ReLU()
-
-    def forward(self, x):
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        x = self.relu3(self.fc1(x))
-        x = self.relu4(self.fc2(x))
-        return self.fc3(x)
+from tracin_widgets.tutorial import Net  # noqa: E402  (the tutorial's network; 3x32x32 by default)
 
 
 class SynthCIFAR(Dataset):
