@@ -181,7 +181,7 @@ class TracInCPFast(TracInCPBase):
             A_parts, G_parts = [], []
             prog = _Progress("training factors", self._n_train(), show_progress, self.progress_callback)
             try:
-                min_rows = self.gpu_rows if self.device.type == "cuda" else 0
+                min_rows = self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
                 for _, batch in self._train_batches(min_rows):
                     if not self._layer_checked:
                         self._check_layer(states[-1], batch)
