@@ -59,3 +59,17 @@ def test_tracincp_layer_kinds_match_oracle(odd, layers):
     train = ds.tensors
     assert_scores_close(ours.influence(test), oracle.influence(test, train).float())
     assert_scores_close(ours.self_influence(), oracle.self_influence(train).float(), what="self-influence")
+
+
+def test_tracincp_row_chunks_and_merged_batches_match_oracle(odd, monkeypatch):
+    """CPU row chunks (and the per-example-gradient memory cap) and merged small batches change nothing."""
+    from tracin_widgets.influence import TracInCP
+
+    model, paths, ds, test = odd
+    monkeypatch.setattr(TracInCP, "cpu_chunk", 4)
+    monkeypatch.setattr(TracInCP, "max_grad_floats", 600)  # fewer rows than cpu_chunk for this model
+    loss = nn.CrossEntropyLoss(reduction="none")
+    ours = TracInCP(model, ds, paths, loss_fn=loss, batch_size=3)
+    oracle = TracInOracle(model, paths, loss_fn=loss)
+    assert_scores_close(ours.influence(test), oracle.influence(test, ds.tensors).float())
+    assert_scores_close(ours.self_influence(), oracle.self_influence(ds.tensors).float(), what="self-influence")

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ._base import TracInCPBase, _Progress, check_k, locked
-from ._data import batch_len, hash_tensors
+from ._data import batch_len, hash_tensors, split_rows
 from ._errors import TracInWarning
 from ._layers import resolve_module
 from ._loss import loss_mode, total_loss
@@ -284,7 +284,28 @@ class TracInCP(TracInCPBase):
             rows.append(torch.cat([(torch.zeros_like(params[k]) if g is None else g).reshape(-1) for k, g in zip(dense, gs)]))
         return torch.stack(rows)
 
+    cpu_chunk = 512  # rows per forward/backward on the CPU (scores do not depend on it)
+    max_grad_floats = 1 << 27  # cap on materialised per-example gradient floats per chunk (512 MB)
+
+    def _row_chunk(self, n: int) -> int:
+        factored, conv, dense = self._plan  # type: ignore[misc]
+        names = [f"{m}.weight" for m, _, _ in conv] + [f"{m}.bias" for m, _, b in conv if b] + list(dense)
+        sizes = dict((k, v.numel()) for k, v in self.model.state_dict().items())
+        per_row = max(1, sum(sizes.get(k, 0) for k in names))
+        cap = max(1, self.max_grad_floats // per_row)
+        return min(n, cap, self.cpu_chunk) if self.device.type == "cpu" else min(n, cap)
+
     def _all_blocks(self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str) -> list[list[Block]]:
+        if self._plan is None:
+            self._make_plan(states[0], batch, what)
+        n = batch_len(batch)
+        chunk = self._row_chunk(n)
+        if chunk < n:
+            parts = [self._all_blocks_rows(b, states, mode, loss_fn, what) for b in split_rows(batch, n, chunk)]
+            return [_blocks_cat([p[c] for p in parts]) for c in range(len(states))]
+        return self._all_blocks_rows(batch, states, mode, loss_fn, what)
+
+    def _all_blocks_rows(self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str) -> list[list[Block]]:
         out = []
         for path, state in zip(self.checkpoints, states):
             blocks = self._blocks(state, batch, mode, loss_fn, what)
@@ -301,7 +322,7 @@ class TracInCP(TracInCPBase):
         score_parts, self_parts = [], []
         prog = _Progress(phase, self._n_train(), show_progress, self.progress_callback)
         try:
-            for _, batch in self._train_batches():
+            for _, batch in self._train_batches(self.cpu_chunk if self.device.type == "cpu" else 0):
                 per_ckpt = self._all_blocks(batch, states, self.reduction_type, self.loss_fn, "training batch")
                 sq = sum(lr * _blocks_sq(b) for lr, b in zip(lrs, per_ckpt))
                 self_parts.append(sq.cpu())
