@@ -74,3 +74,11 @@ def test_results_type_fields(eng):
     assert tuple(eng.KMostInfluentialResults._fields) == ("indices", "influence_scores")
     r = eng.KMostInfluentialResults(torch.zeros(1, 1, dtype=torch.int64), torch.zeros(1, 1))
     assert r.indices.dtype == torch.int64
+
+
+def test_list_batch_is_one_batch_not_a_list_of_batches(eng, tb, mlp):
+    """A batch given as a list [x, y] (not a tuple) means the same as (x, y)."""
+    cfg = Cfg("fast", "sum")
+    obj = tb.engine(eng, mlp, cfg)
+    x, y = mlp.test
+    assert torch.equal(obj.influence([x, y]), obj.influence((x, y)))

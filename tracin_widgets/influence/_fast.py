@@ -203,8 +203,11 @@ class TracInCPFast(TracInCPBase):
         self._ensure_factors(show_progress)
         return self
 
-    def _test_factors(self, inputs: Any, loss: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
-        batches = self._test_batches(inputs)
+    def _test_factors(
+        self, inputs: Any, loss: str = "test", batches: list[tuple] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Factors of ``inputs`` (a batch or a DataLoader); ``batches`` = the same, already checked and moved."""
+        batches = self._test_batches(inputs) if batches is None else batches
         with self._computing():
             states, _ = self._checkpoint_states()
             if loss == "test":
@@ -241,9 +244,9 @@ class TracInCPFast(TracInCPBase):
         proponents (``proponents=True``, descending) or opponents (ascending).
         """
         k = check_k(k)
-        self._test_batches(inputs)  # validate before the (possibly long) training pass
+        batches = self._test_batches(inputs)  # validate before the (possibly long) training pass
         self._ensure_factors(show_progress)
-        At, Gt = self._test_factors(inputs)
+        At, Gt = self._test_factors(inputs, batches=batches)
         return self._scores_or_topk(At, Gt, k, proponents)
 
     @locked

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ._base import TracInCPBase, _Progress, check_k, locked
+from ._base import KMostInfluentialResults, TracInCPBase, _Progress, check_k, locked
 from ._data import batch_len, hash_tensors, split_rows
 from ._errors import TracInWarning
 from ._layers import resolve_module
@@ -379,8 +379,6 @@ class TracInCP(TracInCPBase):
             scores = scores.sum(0, keepdim=True)
         if k is None:
             return scores.clone()
-        from ._base import KMostInfluentialResults
-
         kk = min(k, scores.shape[1])
         vals, idx = torch.topk(scores, kk, dim=1, largest=proponents)
         return KMostInfluentialResults(idx.to(torch.int64), vals)
