@@ -47,10 +47,10 @@ _x, _y = test_dataset[{index}]
 print(_json.dumps(_engine.influence((_x[None], _y[None])).reshape(-1).tolist()))
 """
 
-# WCAG contrast ratio of an element's text against the background actually behind it (translucent colours are
-# composited; any CSS colour syntax, e.g. color-mix(), is normalised through a canvas).
-CONTRAST_JS = """
-(el) => {
+# Colour helpers shared by the contrast checks: WCAG contrast of an element's text against the background actually
+# behind it (translucent colours are composited; any CSS colour syntax, e.g. color-mix(), is normalised through a
+# canvas).
+_COLOR_JS = """
   const ctx = Object.assign(document.createElement('canvas'), { width: 1, height: 1 })
     .getContext('2d', { willReadFrequently: true });
   const rgba = (css) => {
@@ -58,40 +58,29 @@ CONTRAST_JS = """
     const d = ctx.getImageData(0, 0, 1, 1).data; return [d[0], d[1], d[2], d[3] / 255];
   };
   const over = (top, below) => [0, 1, 2].map((i) => top[3] * top[i] + (1 - top[3]) * below[i]).concat(1);
-  const layers = [];
-  for (let n = el; n && n.nodeType === 1; n = n.parentElement) {
-    const c = rgba(getComputedStyle(n).backgroundColor);
-    if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
-  }
-  const bg = layers.reverse().reduce((acc, c) => over(c, acc), [255, 255, 255, 1]);
-  const fg = over(rgba(getComputedStyle(el).color), bg);
   const lum = (c) => {
     const [r, g, b] = c.slice(0, 3)
       .map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
     return 0.2126 * r + 0.7152 * g + 0.0722 * b;
   };
-  const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
-  return { ratio: (hi + 0.05) / (lo + 0.05), fg: fg.slice(0, 3).map(Math.round), bg: bg.slice(0, 3).map(Math.round) };
-}
+  const contrast = (el, color) => {
+    const layers = [];
+    for (let n = el; n && n.nodeType === 1; n = n.parentElement) {
+      const c = rgba(getComputedStyle(n).backgroundColor);
+      if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+    }
+    const bg = layers.reverse().reduce((acc, c) => over(c, acc), [255, 255, 255, 1]);
+    const fg = over(rgba(color), bg);
+    const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+    return { ratio: (hi + 0.05) / (lo + 0.05), fg: fg.slice(0, 3).map(Math.round), bg: bg.slice(0, 3).map(Math.round) };
+  };
 """
 
+CONTRAST_JS = "(el) => {" + _COLOR_JS + "  return contrast(el, getComputedStyle(el).color);\n}"
 
-# Every visible text of the widget (elements with their own text, <select>s, SVG <text>) with its contrast ratio,
-# computed as CONTRAST_JS does (SVG text uses its fill). Disabled controls are exempt (WCAG 1.4.3).
-SCAN_CONTRAST_JS = """
-(root) => {
-  const ctx = Object.assign(document.createElement('canvas'), { width: 1, height: 1 })
-    .getContext('2d', { willReadFrequently: true });
-  const rgba = (css) => {
-    ctx.clearRect(0, 0, 1, 1); ctx.fillStyle = '#000'; ctx.fillStyle = css; ctx.fillRect(0, 0, 1, 1);
-    const d = ctx.getImageData(0, 0, 1, 1).data; return [d[0], d[1], d[2], d[3] / 255];
-  };
-  const over = (top, below) => [0, 1, 2].map((i) => top[3] * top[i] + (1 - top[3]) * below[i]).concat(1);
-  const lum = (c) => {
-    const [r, g, b] = c.slice(0, 3)
-      .map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
-  };
+# Every visible text of the widget (elements with their own text, <select>s, SVG <text>) with its contrast ratio
+# (SVG text uses its fill). Disabled controls are exempt (WCAG 1.4.3).
+SCAN_CONTRAST_JS = "(root) => {" + _COLOR_JS + """
   const out = [];
   for (const el of [root, ...root.querySelectorAll('*')]) {
     const svgText = el instanceof SVGElement && el.tagName.toLowerCase() === 'text';
@@ -101,17 +90,8 @@ SCAN_CONTRAST_JS = """
     if (box.width <= 1 || box.height <= 1 || el.closest('[hidden], .tracin-sr-only, :disabled')) continue;
     const cs = getComputedStyle(el);
     if (cs.visibility !== 'visible') continue;
-    const layers = [];
-    for (let n = el; n && n.nodeType === 1; n = n.parentElement) {
-      const c = rgba(getComputedStyle(n).backgroundColor);
-      if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
-    }
-    const bg = layers.reverse().reduce((acc, c) => over(c, acc), [255, 255, 255, 1]);
-    const fg = over(rgba(svgText ? cs.fill : cs.color), bg);
-    const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
-    out.push({ ratio: (hi + 0.05) / (lo + 0.05), text: (el.textContent || '').trim().slice(0, 40),
-      cls: el.getAttribute('class') || el.tagName.toLowerCase(),
-      fg: fg.slice(0, 3).map(Math.round), bg: bg.slice(0, 3).map(Math.round) });
+    out.push({ ...contrast(el, svgText ? cs.fill : cs.color), text: (el.textContent || '').trim().slice(0, 40),
+      cls: el.getAttribute('class') || el.tagName.toLowerCase() });
   }
   return out;
 }

@@ -19,9 +19,8 @@ def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(o, device) for o in obj) if isinstance(obj, list) else tuple(
-            to_device(o, device) for o in obj
-        )
+        items = [to_device(o, device) for o in obj]
+        return items if isinstance(obj, list) else tuple(items)
     return obj
 
 
