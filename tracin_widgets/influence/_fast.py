@@ -11,6 +11,7 @@ after it every query is a couple of matrix products.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Any
@@ -32,6 +33,7 @@ from ._data import batch_len, split_rows
 from ._errors import TracInWarning
 from ._layers import resolve_module, trace_output_module
 from ._loss import loss_mode, total_loss
+from ._ops import FastCpuOps
 from ._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 
 
@@ -133,7 +135,7 @@ class TracInCPFast(TracInCPBase):
         captured: list[torch.Tensor] = []
         handle = self._final_fc_layer.register_forward_hook(lambda m, i, o: captured.append(i[0].detach()))
         try:
-            with torch.no_grad():
+            with torch.no_grad(), (FastCpuOps() if self.device.type == "cpu" else contextlib.nullcontext()):
                 out = self._forward(state, tuple(batch[:-1]), what)
         finally:
             handle.remove()
