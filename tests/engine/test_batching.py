@@ -83,3 +83,38 @@ def test_merged_training_batches_keep_rows_and_order(problem, per_item):
     assert torch.equal(torch.cat([b[0] for _, b in got]), x)
     assert torch.equal(torch.cat([b[1] for _, b in got]), y)
     assert all(len(b[1]) >= 10 for _, b in got[:-1])
+
+
+def test_worker_pass_reads_small_batches_and_matches_oracle(problem):
+    """With workers, the engine reads a Dataset in small batches (every worker busy) and merges them again."""
+    from tracin_widgets.influence import TracInCP, TracInCPFast
+    from tracin_widgets.influence._data import pass_loader
+
+    model, paths, x, y, test = problem
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    ours = TracInCPFast(model, "2", PlainDataset(x, y), paths, loss_fn=loss, batch_size=20, num_workers=2)
+    loader = pass_loader(ours.train_dataloader, ours.num_workers, ours.device)
+    assert loader is not ours.train_dataloader and loader.num_workers == 2
+    assert loader.batch_size == 20  # 23 rows / (2 workers * 4) -> at least 32 rows, at most batch_size
+    oracle = TracInOracle(model, paths, final_fc_layer="2", loss_fn=loss)
+    assert_scores_close(ours.influence(test), oracle.influence(test, (x, y)).float())
+    big = PlainDataset(torch.randn(1000, 5), torch.randint(0, 3, (1000,)))
+    wide = TracInCPFast(model, "2", big, paths, loss_fn=loss, batch_size=512, num_workers=2)
+    assert pass_loader(wide.train_dataloader, 2, wide.device).batch_size == 125  # ceil(1000 / 8)
+    assert pass_loader(wide.train_dataloader, 0, wide.device) is wide.train_dataloader
+    cp = TracInCP(model, big, paths, loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=512, num_workers=2)
+    ref = TracInCP(model, TensorDataset(big.x, big.y), paths, loss_fn=nn.CrossEntropyLoss(reduction="none"))
+    assert torch.allclose(cp.self_influence(), ref.self_influence(), rtol=1e-5, atol=1e-6)
+
+
+def test_auto_workers_only_for_per_item_datasets_on_a_gpu(problem, monkeypatch):
+    from tracin_widgets.influence import _data
+
+    _, _, x, y, _ = problem
+    monkeypatch.setattr(_data, "usable_cores", lambda: 40)
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _data.auto_workers(PlainDataset(x, y), gpu) == 16
+    assert _data.auto_workers(TensorDataset(x, y), gpu) == 0
+    assert _data.auto_workers(PlainDataset(x, y), cpu) == 0
+    monkeypatch.setattr(_data, "usable_cores", lambda: 1)
+    assert _data.auto_workers(PlainDataset(x, y), gpu) == 0

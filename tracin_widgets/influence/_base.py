@@ -27,6 +27,7 @@ from ._data import (
     iter_input_batches,
     iter_tensor_batches,
     make_train_loader,
+    pass_loader,
     tensor_fast_path,
     to_device,
 )
@@ -192,6 +193,7 @@ class TracInCPBase:
             num_workers = auto_workers(train_dataset, self.device)
         self.num_workers = num_workers
         self.train_dataloader = make_train_loader(train_dataset, batch_size, num_workers)
+        self._own_loader = not isinstance(train_dataset, torch.utils.data.DataLoader)
         self.loss_fn = loss_fn
         self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
         self.progress_callback = progress_callback
@@ -260,12 +262,20 @@ class TracInCPBase:
 
     def _train_batches(self, min_rows: int = 0) -> Iterator[tuple[int, tuple]]:
         """Training batches on the compute device with their row offset. ``min_rows`` merges consecutive
-        loader batches (GPU: fewer, larger launches; scores do not depend on the batching)."""
+        loader batches (fewer, larger launches; scores do not depend on the batching). On a GPU each loader
+        batch is copied first and the merge happens there."""
         offset = 0
         loader = self.train_dataloader
-        batches = iter_tensor_batches(loader, min_rows) if tensor_fast_path(loader) else loader
-        if min_rows and not tensor_fast_path(loader):
-            batches = _merge_batches(batches, min_rows)
+        if self._own_loader:
+            loader = pass_loader(loader, self.num_workers, self.device)
+        if tensor_fast_path(loader):
+            batches = iter_tensor_batches(loader, min_rows)
+        else:
+            batches = iter(loader)
+            if self.device.type != "cpu":
+                batches = (to_device(b, self.device) if isinstance(b, (list, tuple)) else b for b in batches)
+            if min_rows:
+                batches = _merge_batches(batches, min_rows)
         for batch in batches:
             if isinstance(batch, torch.Tensor) or len(batch) < 2:
                 raise ValueError(
@@ -293,6 +303,15 @@ class TracInCPBase:
                 f"non-finite (NaN or inf) {what} at checkpoint {path!r}: the scores would be NaN. Check that "
                 "checkpoint's weights (a diverged training step?) or drop it from `checkpoints`."
             )
+
+    def _check_all_finite(self, sums: torch.Tensor, whats: list[str]) -> None:
+        """``sums[j, c]``: a sum over quantity ``whats[j]`` at checkpoint c. One device sync for all of them
+        (a per-tensor check would stall the GPU once per checkpoint and block)."""
+        ok = torch.isfinite(sums)
+        if bool(ok.all()):
+            return
+        j, c = (int(v) for v in (~ok).nonzero()[0])
+        self._check_finite(sums[j, c], self.checkpoints[c], whats[j])
 
     # ------------------------------------------------------------------ disk cache
     def _compute_fingerprint(self, extra: str) -> str:

@@ -50,11 +50,36 @@ def iter_tensor_batches(loader: DataLoader, min_rows: int = 0):
         yield tuple(t[s : s + bs] for t in tensors)
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def auto_workers(train_dataset: Any, device: torch.device) -> int:
-    """Loader workers when none are asked for: several on a GPU machine for per-item datasets, else none."""
+    """Loader workers when none are asked for: on a GPU machine, one per spare core (at most 16) for a
+    per-item Dataset; none on the CPU (the model needs the cores) or for a TensorDataset (sliced directly)."""
     if isinstance(train_dataset, TensorDataset) or device.type == "cpu":
         return 0
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
+    return max(0, min(16, usable_cores() - 1))
+
+
+def pass_loader(loader: DataLoader, num_workers: int, device: torch.device) -> DataLoader:
+    """The loader one pass iterates, for a loader the engine built itself around a per-item Dataset.
+
+    With workers, the rows are read in small batches (about four per worker) so that every worker is busy
+    from the start, and pinned for the copy to a GPU; the pass merges them again before the model sees them
+    (scores do not depend on the batching). Without workers it is ``loader`` itself.
+    """
+    if num_workers <= 0 or tensor_fast_path(loader):
+        return loader
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    rows = min(loader.batch_size or 1, max(32, -(-n // (num_workers * 4))))
+    return DataLoader(
+        loader.dataset, batch_size=rows, shuffle=False, num_workers=num_workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4, persistent_workers=False,
+    )
 
 
 def split_rows(batch: tuple, n: int, size: int) -> list[tuple]:

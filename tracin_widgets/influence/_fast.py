@@ -157,14 +157,16 @@ class TracInCPFast(TracInCPBase):
         A_parts, G_parts = [], []
         for batch in batches:
             gs, as_ = [], []
-            for path, state in zip(self.checkpoints, states):
+            for state in states:
                 g, a = self._batch_factors(state, batch, mode, loss_fn, what)
-                self._check_finite(g, path, f"loss gradients for the {what}")
-                self._check_finite(a, path, f"layer inputs for the {what}")
                 gs.append(g)
                 as_.append(a)
-            G_parts.append(torch.stack(gs, 1))
-            A_parts.append(torch.stack(as_, 1))
+            G, A = torch.stack(gs, 1), torch.stack(as_, 1)
+            self._check_all_finite(
+                torch.stack([G.sum((0, 2)), A.sum((0, 2))]), [f"loss gradients for the {what}", f"layer inputs for the {what}"]
+            )
+            G_parts.append(G)
+            A_parts.append(A)
         return torch.cat(A_parts), torch.cat(G_parts)
 
     def _layer_key(self) -> str:

@@ -285,6 +285,7 @@ class TracInCP(TracInCPBase):
         return torch.stack(rows)
 
     cpu_chunk = 512  # rows per forward/backward on the CPU (scores do not depend on it)
+    gpu_rows = 2048  # small loader batches (workers) are merged up to this many rows on a GPU
     max_grad_floats = 1 << 27  # cap on materialised per-example gradient floats per chunk (512 MB)
 
     def _row_chunk(self, n: int) -> int:
@@ -306,13 +307,12 @@ class TracInCP(TracInCPBase):
         return self._all_blocks_rows(batch, states, mode, loss_fn, what)
 
     def _all_blocks_rows(self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str) -> list[list[Block]]:
-        out = []
-        for path, state in zip(self.checkpoints, states):
+        out, sums = [], []
+        for state in states:
             blocks = self._blocks(state, batch, mode, loss_fn, what)
-            for b in blocks:
-                for t in b[1:3] if b[0] == "f" else b[1:2]:
-                    self._check_finite(t, path, f"gradients for the {what}")
+            sums.append(sum((t.sum() for b in blocks for t in (b[1:3] if b[0] == "f" else b[1:2])), torch.zeros((), device=self.device)))
             out.append(blocks)
+        self._check_all_finite(torch.stack(sums).reshape(1, -1), [f"gradients for the {what}"])
         return out
 
     # ------------------------------------------------------------------ passes
@@ -322,7 +322,7 @@ class TracInCP(TracInCPBase):
         score_parts, self_parts = [], []
         prog = _Progress(phase, self._n_train(), show_progress, self.progress_callback)
         try:
-            for _, batch in self._train_batches(self.cpu_chunk if self.device.type == "cpu" else 0):
+            for _, batch in self._train_batches(self.cpu_chunk if self.device.type == "cpu" else self.gpu_rows):
                 per_ckpt = self._all_blocks(batch, states, self.reduction_type, self.loss_fn, "training batch")
                 sq = sum(lr * _blocks_sq(b) for lr, b in zip(lrs, per_ckpt))
                 self_parts.append(sq.cpu())
