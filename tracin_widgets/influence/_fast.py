@@ -37,6 +37,17 @@ from ._ops import FastCpuOps
 from ._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 
 
+@contextlib.contextmanager
+def _no_tf32():
+    cudnn = torch.backends.cudnn
+    saved = cudnn.allow_tf32
+    cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32 = saved
+
+
 class TracInCPFast(TracInCPBase):
     """TracIn on the last fully-connected layer with the rank-one trick (Captum ``TracInCPFast`` API).
 
@@ -187,15 +198,14 @@ class TracInCPFast(TracInCPBase):
             for part in split_rows(batch, n, max(self.vmap_min_rows, self.gpu_rows // C)):
                 m = batch_len(part)
                 feats = tuple(part[:-1])
-                with torch.no_grad():
+                # exact fp32: a grouped conv may otherwise take TF32 tensor cores (1e-3 relative error)
+                with torch.no_grad(), _no_tf32():
                     out, a = vmap(one, in_dims=(0,) + (None,) * len(feats))(stacked, *feats)
-                gs = []
-                for c in range(C):
-                    o = out[c].detach().requires_grad_(True)
-                    with torch.enable_grad():
-                        (g,) = torch.autograd.grad(total_loss(mode, loss_fn, o, part[-1], m), o)
-                    gs.append(g.reshape(m, -1))
-                G_parts.append(torch.stack(gs, 1))
+                outs = [out[c].detach().requires_grad_(True) for c in range(C)]
+                with torch.enable_grad():  # the checkpoints' losses are independent: one backward for all
+                    total = sum(total_loss(mode, loss_fn, o, part[-1], m) for o in outs)
+                    gs = torch.autograd.grad(total, outs)
+                G_parts.append(torch.stack([g.reshape(m, -1) for g in gs], 1))
                 A_parts.append(a.reshape(C, m, -1).transpose(0, 1))
         except Exception:  # noqa: BLE001 - a vmap limitation or a bad batch: the per-checkpoint loop decides
             if not self._vmap_ok:
