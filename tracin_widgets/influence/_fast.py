@@ -215,7 +215,7 @@ class TracInCPFast(TracInCPBase):
         return torch.cat(G_parts), torch.cat(A_parts)
 
     def _factors_of(
-        self, batches: list[tuple], states: list[dict], mode: str, loss_fn: Any, what: str
+        self, batches: list[tuple], states: list[dict], mode: str, loss_fn: Any, what: str, check: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         A_parts, G_parts = [], []
         for batch in batches:
@@ -231,12 +231,17 @@ class TracInCPFast(TracInCPBase):
                     gs.append(g)
                     as_.append(a)
                 G, A = torch.stack(gs, 1), torch.stack(as_, 1)
-            self._check_all_finite(
-                torch.stack([G.sum((0, 2)), A.sum((0, 2))]), [f"loss gradients for the {what}", f"layer inputs for the {what}"]
-            )
             G_parts.append(G)
             A_parts.append(A)
-        return torch.cat(A_parts), torch.cat(G_parts)
+        A, G = torch.cat(A_parts), torch.cat(G_parts)
+        if check:
+            self._check_factors(A, G, what)
+        return A, G
+
+    def _check_factors(self, A: torch.Tensor, G: torch.Tensor, what: str) -> None:
+        self._check_all_finite(
+            torch.stack([G.sum((0, 2)), A.sum((0, 2))]), [f"loss gradients for the {what}", f"layer inputs for the {what}"]
+        )
 
     def _layer_key(self) -> str:
         return f"{self.final_fc_layer_name}|{self.reduction_type}"
@@ -258,7 +263,10 @@ class TracInCPFast(TracInCPBase):
                 for _, batch in self._train_batches(min_rows):
                     if not self._layer_checked:
                         self._check_layer(states[-1], batch)
-                    A, G = self._factors_of([batch], states, self.reduction_type, self.loss_fn, "training batch")
+                    # on a GPU, checked once after the pass: a check per batch would make the host wait for it
+                    A, G = self._factors_of(
+                        [batch], states, self.reduction_type, self.loss_fn, "training batch", self.device.type == "cpu"
+                    )
                     A_parts.append(A)
                     G_parts.append(G)
                     prog.update(batch_len(batch))
@@ -266,7 +274,10 @@ class TracInCPFast(TracInCPBase):
                 prog.close()
         if not A_parts:
             raise ValueError("train_dataset is empty: there is nothing to compute influence against.")
-        self._factors = (torch.cat(A_parts), torch.cat(G_parts))
+        A, G = torch.cat(A_parts), torch.cat(G_parts)
+        if self.device.type != "cpu":
+            self._check_factors(A, G, "training batch")
+        self._factors = (A, G)
         self._cache_save(cache_path, {"A": self._factors[0], "G": self._factors[1]})
         return self._factors
 
