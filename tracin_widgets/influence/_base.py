@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ._vision import VectorisedImages, vectorised_source
 from ._checkpoints import call_load_func, load_checkpoint, resolve_checkpoints
 from ._data import (
     batch_len,
@@ -196,6 +197,7 @@ class TracInCPBase:
         self.num_workers = num_workers
         self.train_dataloader = make_train_loader(train_dataset, batch_size, num_workers)
         self._own_loader = not isinstance(train_dataset, torch.utils.data.DataLoader)
+        self._vector_source: VectorisedImages | None | bool = False  # False: not looked at yet
         self.loss_fn = loss_fn
         self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
         self.progress_callback = progress_callback
@@ -270,7 +272,12 @@ class TracInCPBase:
         loader = self.train_dataloader
         if self._own_loader:
             loader = pass_loader(loader, self.num_workers, self.device, self._auto_workers)
-        if tensor_fast_path(loader) and self.device.type == "cuda":
+        vec = self._vectorised()
+        if vec is not None:  # torchvision CIFAR: the transform on whole blocks of the uint8 array, exactly
+            cuda = self.device.type == "cuda"
+            batches = vec.batches(self.copy_rows if cuda else max(loader.batch_size or 1, min_rows), self.device)
+            batches = _merge_batches(batches, min_rows) if cuda and min_rows else batches
+        elif tensor_fast_path(loader) and self.device.type == "cuda":
             # pinned chunks: an asynchronous copy at full PCIe speed (a pageable one is ~10x slower and stalls
             # the GPU); the chunks are merged on the device
             batches = (
@@ -296,6 +303,13 @@ class TracInCPBase:
             n = batch_len(batch)
             yield offset, batch
             offset += n
+
+    def _vectorised(self) -> VectorisedImages | None:
+        if not self._own_loader:
+            return None
+        if self._vector_source is False:
+            self._vector_source = vectorised_source(self.train_dataset)
+        return self._vector_source  # type: ignore[return-value]
 
     def _n_train(self) -> int | None:
         try:
