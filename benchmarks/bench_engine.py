@@ -13,7 +13,9 @@ The workload (generated here, seeded, cached in benchmarks/data/):
   ``{"model_state_dict": ...}`` and loaded with the tutorial's ``checkpoints_load_func`` (returns 1.0).
 * the training set is read through a tutorial-like Dataset that builds a PIL image per item and
   applies ``ToTensor() + Normalize((0.5,)*3, (0.5,)*3)`` (source "pil"), or from a TensorDataset of the
-  same preprocessed float tensors (source "tensor").
+  same preprocessed float tensors (source "tensor"), or torchvision's own ``CIFAR10`` class holding the
+  synthetic arrays with the same transform (source "cifar10": what the tutorial really passes; its per-item
+  reads are the same as "pil"'s, but the engine recognises the class and reads it vectorised).
 
 Tasks (``--tasks``, comma separated):
   fast      (1) TracInCPFast top-10 proponents + opponents of 4 test examples (fresh instances)
@@ -223,6 +225,20 @@ class PILDataset(Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
+def cifar10_dataset(images: np.ndarray, labels: np.ndarray) -> Dataset:
+    """The tutorial's own dataset class, ``torchvision.datasets.CIFAR10`` (its ``__getitem__``: a PIL image per
+    item, then the transform), holding the synthetic arrays: the real files cannot be downloaded here, so the
+    object is made without its constructor (which only locates and unpickles the files)."""
+    import torchvision.transforms as T
+    from torchvision.datasets import CIFAR10
+
+    ds = CIFAR10.__new__(CIFAR10)
+    ds.root, ds.train, ds.target_transform = "synthetic", True, None
+    ds.transform = T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    ds.data, ds.targets = np.ascontiguousarray(images), [int(v) for v in labels]
+    return ds
+
+
 class DeviceLoader(DataLoader):
     """A DataLoader that moves each batch to ``device`` (Captum does not move training batches itself)."""
 
@@ -364,6 +380,8 @@ class Bench:
             return PILDataset(x, y)
         if source == "tensor":
             return TensorDataset(_preprocess(x), torch.from_numpy(y))
+        if source == "cifar10":
+            return cifar10_dataset(x, y)
         raise ValueError(f"unknown source {source!r}")
 
     def captum_train(self, ds: Dataset, batch_size: int):
@@ -783,7 +801,9 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=1, help="interleaved repetitions of each Captum-vs-ours task")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--tasks", default="workflow,query", help=f"comma separated, from {','.join(TASKS)} (or 'all')")
-    p.add_argument("--sources", default="pil", help="comma separated: pil (PIL per item, as the tutorial), tensor")
+    p.add_argument("--sources", default="pil",
+                   help="comma separated: pil (a PIL-per-item Dataset like the tutorial's), cifar10 (torchvision's "
+                        "CIFAR10 class itself, holding the synthetic arrays), tensor")
     p.add_argument("--out", default=str(HERE / "out" / "bench.json"), help="JSON results path")
     p.add_argument("--data-dir", default=str(HERE / "data"))
     p.add_argument("--seed", type=int, default=0)
