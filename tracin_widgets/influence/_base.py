@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ._vision import VectorisedImages, vectorised_source
 from ._checkpoints import call_load_func, load_checkpoint, resolve_checkpoints
 from ._data import (
     batch_len,
@@ -32,6 +31,7 @@ from ._data import (
     tensor_fast_path,
     to_device,
 )
+from ._vision import VectorisedImages, vectorised_source
 
 
 class KMostInfluentialResults(NamedTuple):

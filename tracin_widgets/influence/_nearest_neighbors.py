@@ -48,8 +48,8 @@ class AnnoyNearestNeighbors(NearestNeighbors):
     """Approximate search with Annoy's ``dot`` metric, as Captum's class of the same name.
 
     The index is filled from one float32 array (Captum converts every element of every torch row on its
-    own, which is what makes its set-up slow). ``search_k`` defaults to ``num_trees * k * 8``, a few times
-    Annoy's own default, for better recall at little cost.
+    own, which is what makes its set-up slow). ``search_k`` defaults to ``num_trees * max(k, 50)``,
+    above Annoy's own default (``num_trees * k``), for better recall at little cost.
     """
 
     def __init__(self, num_trees: int = 10, search_k: int | None = None) -> None:
