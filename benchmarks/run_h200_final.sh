@@ -6,9 +6,7 @@ set -o pipefail
 OUT=${OUT:-benchmarks/out}
 mkdir -p "$OUT"
 {
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-build-isolation --no-deps --no-cache-dir --target /tmp/site .carry/annoy-1.17.3 || echo "annoy build FAILED"
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source benchmarks/h200_setup.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv; nproc; uptime
 B="python3 benchmarks/bench_engine.py --device cuda --cp-n-train 5000"
 timeout 250 $B --tasks workflow,self,query,cp --reps 3 --out "$OUT/h200-final-a.json"

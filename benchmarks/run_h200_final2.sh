@@ -4,9 +4,7 @@ set -o pipefail
 OUT=${OUT:-benchmarks/out}
 mkdir -p "$OUT"
 {
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-build-isolation --no-deps --no-cache-dir --target /tmp/site .carry/annoy-1.17.3 || echo "annoy build FAILED"
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source benchmarks/h200_setup.sh
 B="python3 benchmarks/bench_engine.py --device cuda"
 timeout 70 $B --sources tensor --tasks workflow,self,query --reps 3 --out "$OUT/h200-final2-b.json"
 timeout 110 $B --tasks workflow --reps 2 --out "$OUT/h200-final2-a.json"

@@ -4,8 +4,7 @@ set -o pipefail
 OUT=${OUT:-benchmarks/out}
 mkdir -p "$OUT"
 {
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source benchmarks/h200_setup.sh
 B="python3 benchmarks/bench_engine.py --device cuda"
 timeout 100 $B --sources tensor --tasks workflow,self,query --reps 5 --out "$OUT/h200-s2b-tensor.json"
 timeout 150 $B --tasks workflow --reps 3 --out "$OUT/h200-s2b-pil.json"

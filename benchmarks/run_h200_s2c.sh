@@ -4,9 +4,7 @@ set -o pipefail
 OUT=${OUT:-benchmarks/out}
 mkdir -p "$OUT"
 {
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-build-isolation --no-deps --no-cache-dir --target /tmp/site .carry/annoy-1.17.3 || echo "annoy build FAILED"
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source benchmarks/h200_setup.sh
 B="python3 benchmarks/bench_engine.py --device cuda --cp-n-train 5000"
 timeout 200 $B --sources cifar10 --tasks workflow,self,cp --reps 3 --out "$OUT/h200-s2c-cifar10.json"
 timeout 60 $B --sources cifar10 --tasks randproj --skip-captum randproj --reps 2 --out "$OUT/h200-s2c-randproj.json"

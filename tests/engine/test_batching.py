@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .oracle import TracInOracle, assert_scores_close
+from .helpers import save_perturbed_checkpoints
 
 
 class PlainDataset(Dataset):
@@ -27,14 +28,7 @@ class PlainDataset(Dataset):
 def problem(tmp_path_factory):
     torch.manual_seed(7)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-    d = tmp_path_factory.mktemp("batching")
-    paths = []
-    for i in range(2):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.3 * torch.randn_like(p))
-        paths.append(str(d / f"ckpt-{i}.pt"))
-        torch.save(model.state_dict(), paths[-1])
+    paths = save_perturbed_checkpoints(model, tmp_path_factory.mktemp("batching"), 2, 0.3)
     x, y = torch.randn(23, 5), torch.randint(0, 3, (23,))
     return model, paths, x, y, (torch.randn(4, 5), torch.randint(0, 3, (4,)))
 

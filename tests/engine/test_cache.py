@@ -7,18 +7,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .oracle import TracInOracle, assert_scores_close
+from .helpers import save_perturbed_checkpoints
 
 
 def _setup(tmp_path, seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-    paths = []
-    for i in range(2):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.2 * torch.randn_like(p))
-        paths.append(str(tmp_path / f"ckpt-{i}.pt"))
-        torch.save(model.state_dict(), paths[-1])
+    paths = save_perturbed_checkpoints(model, tmp_path, 2, 0.2)
     x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
     return model, paths, TensorDataset(x, y), (torch.randn(4, 6), torch.randint(0, 3, (4,)))
 

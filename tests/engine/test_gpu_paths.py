@@ -15,6 +15,7 @@ from tracin_widgets.influence import TracInCPFast, TracInCPFastRandProj
 from tracin_widgets.influence._data import estimate_workers, pass_loader
 
 from .oracle import TracInOracle, assert_scores_close
+from .helpers import save_perturbed_checkpoints
 
 
 @pytest.fixture
@@ -65,13 +66,7 @@ class Branchy(nn.Module):
 def test_models_vmap_cannot_run_fall_back_to_the_loop(vmapped, mlp, tmp_path):
     torch.manual_seed(0)
     model = Branchy()
-    paths = []
-    for i in range(3):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.2 * torch.randn_like(p))
-        paths.append(str(tmp_path / f"c{i}.pt"))
-        torch.save(model.state_dict(), paths[-1])
+    paths = save_perturbed_checkpoints(model, tmp_path, 3, 0.2, prefix="c")
     loss = nn.CrossEntropyLoss(reduction="sum")
     ours = TracInCPFast(model, "fc2", mlp.train_dataset(), paths, loss_fn=loss)
     oracle = TracInOracle(model, paths, final_fc_layer="fc2", loss_fn=loss)

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .oracle import TracInOracle, assert_scores_close
+from .helpers import save_perturbed_checkpoints
 
 
 class OddNet(nn.Module):
@@ -35,14 +36,7 @@ def odd(tmp_path_factory):
     with torch.no_grad():
         model.bn.running_mean.uniform_(-0.2, 0.2)
         model.bn.running_var.uniform_(0.5, 1.5)
-    d = tmp_path_factory.mktemp("odd")
-    paths = []
-    for i in range(2):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-        paths.append(str(d / f"ckpt-{i}.pt"))
-        torch.save(model.state_dict(), paths[-1])
+    paths = save_perturbed_checkpoints(model, tmp_path_factory.mktemp("odd"), 2, 0.1)
     x = torch.randn(14, 2, 9, 9)
     y = torch.randint(0, 5, (14,))
     return model, paths, TensorDataset(x, y), (x[:3] * 0.5, y[:3])

@@ -5,6 +5,7 @@ import torch
 
 from .conftest import Cfg
 from .oracle import assert_scores_close, assert_topk_consistent
+from .helpers import save_perturbed_checkpoints
 
 
 @pytest.mark.parametrize("proponents", [True, False])
@@ -95,13 +96,7 @@ def test_projection_with_exact_rerank_recall(eng, tmp_path, proponents):
 
     torch.manual_seed(11)
     model = nn.Sequential(nn.Linear(20, 84), nn.ReLU(), nn.Linear(84, 6))
-    paths = []
-    for i in range(2):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.2 * torch.randn_like(p))
-        paths.append(str(tmp_path / f"c{i}.pt"))
-        torch.save(model.state_dict(), paths[-1])
+    paths = save_perturbed_checkpoints(model, tmp_path, 2, 0.2, prefix="c")
     x, y = torch.randn(1500, 20), torch.randint(0, 6, (1500,))
     test = (torch.randn(8, 20), torch.randint(0, 6, (8,)))
     loss = nn.CrossEntropyLoss(reduction="sum")

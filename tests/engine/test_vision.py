@@ -15,6 +15,7 @@ from tracin_widgets.influence import TracInCP, TracInCPFast
 from tracin_widgets.influence._vision import VectorisedImages, vectorised_source
 
 from .oracle import assert_scores_close
+from .helpers import save_perturbed_checkpoints
 
 NORM = T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
@@ -104,14 +105,7 @@ class SmallNet(nn.Module):
 def ckpts(tmp_path_factory):
     torch.manual_seed(0)
     model = SmallNet()
-    d = tmp_path_factory.mktemp("vision")
-    paths = []
-    for i in range(3):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-        paths.append(str(d / f"c{i}.pt"))
-        torch.save(model.state_dict(), paths[-1])
+    paths = save_perturbed_checkpoints(model, tmp_path_factory.mktemp("vision"), 3, 0.1, prefix="c")
     return model, paths
 
 
