@@ -132,33 +132,3 @@ def test_tensor_datasets_never_get_workers():
 
     loader = DataLoader(TensorDataset(torch.zeros(10, 2), torch.zeros(10)), batch_size=4)
     assert pass_loader(loader, 8, torch.device("cpu")) is loader
-
-
-def test_prefetched_keeps_order_runs_ahead_and_raises():
-    import threading
-
-    from tracin_widgets.influence._data import prefetched
-
-    seen = []
-
-    def work(i):
-        seen.append((i, threading.current_thread().name))
-        return i * i
-
-    gen = prefetched(range(6), work, depth=2)
-    assert next(gen) == 0
-    deadline = time.monotonic() + 5
-    while len(seen) < 3 and time.monotonic() < deadline:  # items 1 and 2 run without being asked for
-        time.sleep(0.01)
-    assert [i for i, _ in seen] == [0, 1, 2]
-    assert list(gen) == [1, 4, 9, 16, 25]
-    assert all(name.startswith("tracin-prefetch") for _, name in seen)
-
-    def boom(i):
-        if i == 3:
-            raise ValueError("bad chunk 3")
-        return i
-
-    with pytest.raises(ValueError, match="bad chunk 3"):
-        list(prefetched(range(6), boom))
-    assert list(prefetched([], boom)) == []

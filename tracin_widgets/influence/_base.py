@@ -28,7 +28,6 @@ from ._data import (
     iter_tensor_batches,
     make_train_loader,
     pass_loader,
-    prefetched,
     tensor_fast_path,
     to_device,
 )
@@ -281,11 +280,10 @@ class TracInCPBase:
         elif tensor_fast_path(loader) and self.device.type == "cuda":
             # pinned chunks: an asynchronous copy at full PCIe speed (a pageable one is ~10x slower and stalls
             # the GPU); the chunks are merged on the device
-            pinned = prefetched(
-                iter_tensor_batches(loader, self.copy_rows),
-                lambda b: tuple(t.pin_memory() if t.device.type == "cpu" else t for t in b),
-            )  # the host copies into pinned memory run a chunk ahead, in a thread, while the GPU computes
-            batches = (to_device(b, self.device) for b in pinned)
+            batches = (
+                to_device(tuple(t.pin_memory() if t.device.type == "cpu" else t for t in b), self.device)
+                for b in iter_tensor_batches(loader, self.copy_rows)
+            )
             batches = _merge_batches(batches, min_rows) if min_rows else batches
         elif tensor_fast_path(loader):
             batches = iter_tensor_batches(loader, min_rows)

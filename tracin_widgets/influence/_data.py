@@ -7,7 +7,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -50,30 +50,6 @@ def iter_tensor_batches(loader: DataLoader, min_rows: int = 0):
     n = len(loader.dataset)  # type: ignore[arg-type]
     for s in range(0, n, bs):
         yield tuple(t[s : s + bs] for t in tensors)
-
-
-def prefetched(items: Iterable[Any], fn, depth: int = 2) -> Iterator[Any]:
-    """``fn(item)`` for each item, in order, computed ``depth`` items ahead in one background thread (for host
-    work that releases the GIL, such as copying a chunk into pinned memory while the GPU computes)."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    it = iter(items)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracin-prefetch") as pool:
-        pending: deque = deque()
-        for item in it:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= depth:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(it, _END)
-            if nxt is not _END:
-                pending.append(pool.submit(fn, nxt))
-            yield result
-
-
-_END = object()
 
 
 def usable_cores() -> int:
