@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from bench_engine import N_CKPT, Net, PILDataset, _preprocess, checkpoints_load_func, prepare_data  # noqa: E402
+from gpu_profile import timed as _timed  # noqa: E402
 
 
 class Trivial(Dataset):
@@ -33,15 +33,8 @@ class Trivial(Dataset):
 
 
 def timed(name, fn, reps=3, sync=True):
-    ts = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    print(f"{name:64s} {statistics.median(ts) * 1000:8.1f} ms (min {min(ts) * 1000:.1f})", flush=True)
+    """``gpu_profile.timed``; ``sync=False`` for host-only work (no CUDA synchronisation around it)."""
+    _timed(name, fn, reps=reps, dev=torch.device("cuda") if sync else None)
 
 
 def main() -> None:

@@ -270,14 +270,12 @@ class TracInCPBase:
         batch is copied first and the merge happens there."""
         offset = 0
         loader = self.train_dataloader
-        if self._own_loader:
-            loader = pass_loader(loader, self.num_workers, self.device, self._auto_workers)
+        cuda = self.device.type == "cuda"
         vec = self._vectorised()
         if vec is not None:  # torchvision CIFAR: the transform on whole blocks of the uint8 array, exactly
-            cuda = self.device.type == "cuda"
             batches = vec.batches(self.copy_rows if cuda else max(loader.batch_size or 1, min_rows), self.device)
             batches = _merge_batches(batches, min_rows) if cuda and min_rows else batches
-        elif tensor_fast_path(loader) and self.device.type == "cuda":
+        elif tensor_fast_path(loader) and cuda:
             # pinned chunks: an asynchronous copy at full PCIe speed (a pageable one is ~10x slower and stalls
             # the GPU); the chunks are merged on the device
             batches = (
@@ -288,6 +286,8 @@ class TracInCPBase:
         elif tensor_fast_path(loader):
             batches = iter_tensor_batches(loader, min_rows)
         else:
+            if self._own_loader:  # workers only here: the paths above read arrays directly
+                loader = pass_loader(loader, self.num_workers, self.device, self._auto_workers)
             batches = iter(loader)
             if self.device.type != "cpu":
                 batches = (to_device(b, self.device) if isinstance(b, (list, tuple)) else b for b in batches)
