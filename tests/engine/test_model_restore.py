@@ -176,3 +176,17 @@ def test_cancelled_during_randproj_construction(eng, tb, mlp, snapshot, assert_r
 
 def test_cancelled_is_an_exception_class(eng):
     assert issubclass(eng.Cancelled, Exception)
+
+
+def test_find_final_linear_layer_keeps_each_module_flag(eng, cnn):
+    """model.train(was_training) would flip a submodule the user had put in eval mode."""
+    model = _user_model(cnn)
+    flags = {n: m.training for n, m in model.named_modules()}
+    name, _ = eng.find_final_linear_layer(model, cnn.test[0][:2])
+    assert name == "fc3"
+    assert {n: m.training for n, m in model.named_modules()} == flags
+    model.eval()
+    model.fc1.train()
+    flags = {n: m.training for n, m in model.named_modules()}
+    eng.find_final_linear_layer(model, cnn.test[0][:2])
+    assert {n: m.training for n, m in model.named_modules()} == flags

@@ -8,8 +8,6 @@ import hashlib
 import math
 import os
 import tempfile
-import threading
-import weakref
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
@@ -31,6 +29,7 @@ from ._data import (
     tensor_fast_path,
     to_device,
 )
+from ._model import eval_mode, model_device, model_lock
 from ._vision import VectorisedImages, vectorised_source
 
 
@@ -46,25 +45,13 @@ class KMostInfluentialResults(NamedTuple):
 
 ProgressCallback = Callable[[str, int, int], Any]
 
-_MODEL_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(model: nn.Module) -> threading.RLock:
-    with _LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.RLock()
-        return lock
-
-
 def locked(method):
     """Serialise public calls that touch the model (a widget may call from a worker thread), and leave the
     global RNG untouched (iterating a DataLoader draws a seed from it)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with _model_lock(self.model), torch.random.fork_rng(devices=[]):
+        with model_lock(self.model), torch.random.fork_rng(devices=[]):
             return method(self, *args, **kwargs)
 
     return wrapper
@@ -146,14 +133,6 @@ def _cat(batches: list) -> tuple:
     return batches[0] if len(batches) == 1 else tuple(torch.cat(parts) for parts in zip(*batches))
 
 
-def model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 class TracInCPBase:
     """Common base (Captum's ``TracInCPBase`` counterpart)."""
 
@@ -211,20 +190,17 @@ class TracInCPBase:
     def _computing(self) -> Iterator[None]:
         """Eval mode on the compute device; afterwards the model is exactly as the user left it."""
         model = self.model
-        modes = [(m, m.training) for m in model.modules()]
         flags = [(p, p.requires_grad) for p in model.parameters()]
         dev = model_device(model)
         moved = dev != self.device
         try:
             if moved:
                 model.to(self.device)
-            model.eval()
-            yield
+            with eval_mode(model):
+                yield
         finally:
             if moved:
                 model.to(dev)
-            for m, t in modes:
-                m.training = t
             for p, rg in flags:
                 p.requires_grad_(rg)
 

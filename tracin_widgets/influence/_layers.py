@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._model import eval_mode, model_lock
+
 
 def module_name(model: nn.Module, module: nn.Module) -> str | None:
     for name, m in model.named_modules():
@@ -64,13 +66,8 @@ def find_final_linear_layer(model: nn.Module, example_inputs: Any) -> tuple[str,
     Raises ValueError when the output is not produced by an ``nn.Linear``.
     """
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            producers, records = trace_output_module(model, lambda: model(*args))
-    finally:
-        model.train(was_training)
+    with model_lock(model), eval_mode(model), torch.no_grad():
+        producers, records = trace_output_module(model, lambda: model(*args))
     linear = [(n, m) for n, m in producers if isinstance(m, nn.Linear)]
     if linear:
         return linear[-1]

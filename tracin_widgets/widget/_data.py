@@ -10,6 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ..influence import _model
+from ..influence._model import eval_mode, model_lock
+
 
 def check_item(item: Any, what: str) -> tuple:
     if isinstance(item, torch.Tensor) or not isinstance(item, (tuple, list)) or len(item) < 2:
@@ -56,11 +59,7 @@ def fast_labels(dataset: Any) -> Optional[np.ndarray]:
 
 
 def model_device(model: torch.nn.Module, device: Any) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+    return torch.device(device) if device is not None else _model.model_device(model)
 
 
 def predict(
@@ -76,7 +75,8 @@ def predict(
     """Labels, predicted classes and predicted-class probabilities (softmax) of ``dataset[indices]``.
 
     The model is called as ``model(*batch[:-1])`` in eval mode without gradients; its train/eval flag is restored
-    after each batch. ``lock`` (held per batch) serialises model use with the engine.
+    after each batch, module by module. The model's own lock (shared with every engine) and ``lock`` are held
+    per batch, so no engine's checkpoint weights are ever in the model while it predicts.
     """
     ds = dataset if indices is None else Subset(dataset, list(indices))
     n = len(ds)
@@ -88,14 +88,8 @@ def predict(
         progress(0, n)
     for batch in loader:
         batch = check_item(batch, "the dataset")
-        with lock if lock is not None else nullcontext():
-            was_training = model.training
-            model.eval()
-            try:
-                with torch.no_grad():
-                    out = model(*[b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch[:-1]])
-            finally:
-                model.train(was_training)
+        with lock if lock is not None else nullcontext(), model_lock(model), eval_mode(model), torch.no_grad():
+            out = model(*[b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch[:-1]])
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             raise ValueError(
                 "the model must return logits of shape (batch, n_classes) for the explorer's predictions, got "
