@@ -35,8 +35,11 @@ def updates(sent: list) -> list[dict]:
 
 # --- class_names --------------------------------------------------------------------------------------------------------
 def test_class_names_as_one_string_is_refused(data, fake, make):
-    with pytest.raises(TypeError, match=r"class_names must be a list with one name per class, got the single string "
-                                        r"'cat': pass a list, e\.g\. \['cat', 'dog'\]"):  # fmt: skip
+    with pytest.raises(
+        TypeError,
+        match=r"class_names must be a list with one name per class, got the single string "
+        r"'cat': pass a list, e\.g\. \['cat', 'dog'\]",
+    ):
         InfluenceExplorer(data["model"], None, data["train"], engine=fake, class_names="cat")
     w = make(class_names=["a", "b", "c"])
     with pytest.raises(traitlets.TraitError, match="got the single string 'abc'"):
@@ -46,8 +49,11 @@ def test_class_names_as_one_string_is_refused(data, fake, make):
 
 @pytest.mark.parametrize("names", [["a", "b"], ["a", "b", "c", "d"]])
 def test_class_names_count_must_match_what_the_model_outputs(data, fake, names):
-    with pytest.raises(ValueError, match=rf"class_names has {len(names)} names but the model outputs 3 classes: pass "
-                                         r"one name per class, in class-index order"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=rf"class_names has {len(names)} names but the model outputs 3 classes: pass "
+        r"one name per class, in class-index order",
+    ):
         InfluenceExplorer(data["model"], None, data["train"], engine=fake, class_names=names)
 
 
@@ -62,8 +68,11 @@ def test_class_names_set_later_are_checked_against_the_model(make):
 
 def test_class_names_must_cover_the_labels(data, fake):
     bad_train = TensorDataset(data["train"].tensors[0], torch.arange(N_TRAIN) % 5)  # labels 0..4, 3 logits
-    with pytest.raises(ValueError, match=r"class_names has 3 names but the labels go up to 4: pass one name per "
-                                         r"class \(at least 5\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"class_names has 3 names but the labels go up to 4: pass one name per "
+        r"class \(at least 5\)",
+    ):
         InfluenceExplorer(data["model"], None, bad_train, engine=fake, class_names=["a", "b", "c"])
     # labels known only once predicted (the test set's): a visible error, and wait() raises it
     bad_test = TensorDataset(data["test"].tensors[0], torch.full((N_TEST,), 4))
@@ -78,8 +87,11 @@ def test_class_names_must_cover_the_labels(data, fake):
 def test_k_from_python_must_be_a_positive_int(make, bad):
     w = make(k=3)
     gallery = w.gallery
-    with pytest.raises(traitlets.TraitError, match=r"k must be a positive int, got \w+ .*: set k to the number of "
-                                                   r"proponents and of opponents to show \(1 or more\)"):  # fmt: skip
+    with pytest.raises(
+        traitlets.TraitError,
+        match=r"k must be a positive int, got \w+ .*: set k to the number of "
+        r"proponents and of opponents to show \(1 or more\)",
+    ):
         w.k = bad
     w.wait(10)
     assert w.k == 3 and w.gallery == gallery
@@ -95,8 +107,10 @@ def test_k_from_the_frontend_is_refused_and_the_page_resynced(make):
     w.wait(10)
     assert w.k == 3 and w.selected_test == 0 and w.gallery["query"] == {"source": "test", "index": 0}
     assert {"k": 3, "selected_test": 0} in updates(sent)  # the page is told the kernel's values again
-    assert w.error.startswith("The page sent an invalid k, selected_test (not applied; the previous value is kept): "
-                              "k must be a positive int, got int -1")  # fmt: skip
+    assert w.error.startswith(
+        "The page sent an invalid k, selected_test (not applied; the previous value is kept): "
+        "k must be a positive int, got int -1"
+    )
     assert {"error": w.error} in updates(sent)
 
 
@@ -109,8 +123,10 @@ def test_detail_request_index_must_be_an_int(make, sent, index):
     assert [c["kind"] for c, _ in sent] == ["error"]
     msg = sent[-1][0]
     assert msg["id"] == 9 and msg["request"] == "detail"
-    assert msg["message"] == (f"ValueError: detail request: index must be an int training index in [0, {N_TRAIN}), got "
-                              f"{type(index).__name__} {index!r}: send the example's integer index.")  # fmt: skip
+    assert msg["message"] == (
+        f"ValueError: detail request: index must be an int training index in [0, {N_TRAIN}), got "
+        f"{type(index).__name__} {index!r}: send the example's integer index."
+    )
 
 
 @pytest.mark.parametrize("index", [-1, N_TRAIN])
@@ -119,8 +135,10 @@ def test_detail_request_index_out_of_range(make, sent, index):
     w.send = sent
     w._handle_custom_msg({"kind": "detail", "id": 2, "index": index}, [])
     assert [c["kind"] for c, _ in sent] == ["error"]
-    assert sent[-1][0]["message"] == (f"ValueError: detail request: index {index} is outside the training set "
-                                      f"[0, {N_TRAIN}): send the index of a training example.")  # fmt: skip
+    assert sent[-1][0]["message"] == (
+        f"ValueError: detail request: index {index} is outside the training set "
+        f"[0, {N_TRAIN}): send the index of a training example."
+    )
 
 
 # --- cancel -------------------------------------------------------------------------------------------------------
@@ -170,21 +188,28 @@ def test_cancel_run_must_be_an_int(make, sent):
     w = make()
     w.send = sent
     w._handle_custom_msg({"kind": "cancel", "run": "1"}, [])
-    assert sent[-1][0]["message"] == ("ValueError: cancel request: run must be the int id of progress_info['run'] "
-                                      "(or absent), got str '1'.")  # fmt: skip
+    assert sent[-1][0]["message"] == (
+        "ValueError: cancel request: run must be the int id of progress_info['run'] (or absent), got str '1'."
+    )
 
 
 # --- invalid state updates from the page -------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "flags, message",
     [
-        ([3, 1000], r"flagged holds indices outside the training set \[0, 60\): \[1000\]\. Flag only indices into "
-                    r"train_dataset\."),
-        ([3, 1.5], r"flagged must be a list of training indices \(ints\), got float 1\.5 at position 1: give each "
-                   r"example by its integer index\."),
+        (
+            [3, 1000],
+            r"flagged holds indices outside the training set \[0, 60\): \[1000\]\. Flag only indices into "
+            r"train_dataset\.",
+        ),
+        (
+            [3, 1.5],
+            r"flagged must be a list of training indices \(ints\), got float 1\.5 at position 1: give each "
+            r"example by its integer index\.",
+        ),
         ([True], r"flagged must be a list of training indices \(ints\), got bool True at position 0"),
     ],
-)  # fmt: skip
+)
 def test_invalid_flags_from_the_page_are_refused_and_the_page_resynced(make, tmp_path, flags, message):
     p = tmp_path / "flags.json"
     w = make(flags_path=p)

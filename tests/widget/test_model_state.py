@@ -44,8 +44,9 @@ def test_every_module_keeps_its_own_train_flag_and_predictions_are_in_eval_mode(
     model = frozen_norm_model()
     before = modes(model)
     assert before == [True, True, False, True, True]
-    w = InfluenceExplorer(model, None, data["train"], data["test"], engine=fake, class_names=["a", "b", "c"],
-                          test_indices=range(6))  # fmt: skip
+    w = InfluenceExplorer(
+        model, None, data["train"], data["test"], engine=fake, class_names=["a", "b", "c"], test_indices=range(6)
+    )
     w.wait(30)
     assert modes(model) == before  # construction forward + test and training predictions
     w.send = sent
@@ -90,8 +91,14 @@ def test_explorer_never_predicts_with_the_checkpoint_weights_of_a_users_engine(d
         assert release.wait(30), "test never released the checkpoint"
         return 1.0
 
-    users = TracInCPFast(model, model[2], data["train"], [str(ckpt)], checkpoints_load_func=load_and_block,
-                         loss_fn=nn.CrossEntropyLoss(reduction="sum"))  # fmt: skip
+    users = TracInCPFast(
+        model,
+        model[2],
+        data["train"],
+        [str(ckpt)],
+        checkpoints_load_func=load_and_block,
+        loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+    )
     fitting = threading.Thread(target=users.fit, daemon=True)
     fitting.start()
     try:
