@@ -79,7 +79,7 @@ export function render({ model, el }) {
   const progFill = h("div", { className: "tracin-progress-fill" });
   const progBar = h("div", { className: "tracin-progress-bar", attrs: { role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100" } }, progFill);
   const cancelBtn = h("button", { type: "button", className: "tracin-btn", testid: "tracin-cancel", text: "Cancel",
-    onClick: () => rpc.action("cancel") });
+    onClick: () => rpc.action("cancel", { run: (model.get("progress_info") || {}).run }) }); // only the run shown
   const resumeBtn = h("button", { type: "button", className: "tracin-btn tracin-btn-primary", testid: "tracin-resume", text: "Resume",
     onClick: () => rpc.action("start") });
   const progress = h("div", { className: "tracin-progress", testid: "tracin-progress", attrs: { "aria-live": "polite" } },

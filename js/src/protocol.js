@@ -15,7 +15,7 @@
  * @property {string[]} class_names        Python
  * @property {"idle"|"running"|"ready"|"cancelled"|"error"} status  Python
  * @property {number} progress             Python: fraction of the current phase
- * @property {{phase: string, done: number, total: number, fraction: number, eta_s: number|null, step: number, steps: number}} progress_info
+ * @property {{phase: string, done: number, total: number, fraction: number, eta_s: number|null, step: number, steps: number, run: number}} progress_info
  * @property {{n_train: number, n_test: number, has_truth: boolean, engine: string, n_classes: number|null}} info
  * @property {{page: number, n_pages: number, total: number, page_size: number, filtered: boolean, has_preds: boolean, items: Row[]}} test_strip
  * @property {{query: object, k: number, request: number, item: Row|null, proponents: Row[], opponents: Row[], error: string|null}} gallery
@@ -48,7 +48,7 @@
  *   {kind: "rows", id, offset, limit, sort: "rank"|"score"|"index"|"label"|"pred", descending, label: number|null,
  *    only: "all"|"flagged"|"disagree"|"mislabelled", score_range: [lo, hi]|null}
  *   {kind: "detail", id, index}
- *   {kind: "cancel"} | {kind: "start"} | {kind: "undo"}
+ *   {kind: "cancel", run?: number} | {kind: "start"} | {kind: "undo"}   (run: progress_info.run when clicked)
  * Python -> JS (same id):
  *   {kind: "rows", id, pending, total, offset, rows: Row[]}
  *   {kind: "detail", id, item: Row}

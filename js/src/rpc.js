@@ -27,8 +27,8 @@ export class Rpc {
     return id;
   }
 
-  /** Fire-and-forget action (cancel, start, undo). */
-  action(kind) { this.model.send({ kind }); }
+  /** Fire-and-forget action (cancel, start, undo), with optional extra fields. */
+  action(kind, payload = {}) { this.model.send({ kind, ...payload }); }
 
   /** Register the handler of reply kind `kind`. */
   on(kind, fn) { this.handlers[kind] = fn; }

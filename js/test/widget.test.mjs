@@ -126,13 +126,14 @@ test("text is inserted as text: a class name with HTML shows literally", () => {
 
 test("progress bar shows phase, counts and ETA; cancel sends a cancel message", () => {
   const m = new FakeModel({ status: "running", progress: 0.25,
-    progress_info: { phase: "Training factors", done: 250, total: 1000, fraction: 0.25, eta_s: 42, step: 2, steps: 4 } });
+    progress_info: { phase: "Training factors", done: 250, total: 1000, fraction: 0.25, eta_s: 42, step: 2, steps: 4, run: 3 } });
   const { el, cleanup } = mount(render, m);
   const p = q(el, "tracin-progress")[0];
   assert.equal(p.hidden, false);
   assert.equal(q(el, "tracin-progress-text")[0].textContent, "Step 2/4 · Training factors · 250 / 1,000 · ETA 0:42");
   q(el, "tracin-cancel")[0].click();
   assert.equal(m.lastSent("cancel").kind, "cancel");
+  assert.equal(m.lastSent("cancel").run, 3); // cancels only the run on screen, never a later one
   m.pyset("status", "ready");
   assert.equal(p.hidden, true);
   cleanup();

@@ -62,6 +62,27 @@ def model_device(model: torch.nn.Module, device: Any) -> torch.device:
     return torch.device(device) if device is not None else _model.model_device(model)
 
 
+def check_logits(out: Any) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ValueError(
+            "the model must return logits of shape (batch, n_classes) for the explorer's predictions, got "
+            f"{type(out).__name__}{'' if not isinstance(out, torch.Tensor) else tuple(out.shape)}."
+        )
+    return out
+
+
+def n_outputs(model: torch.nn.Module, item: tuple, *, device: Any = None) -> int:
+    """The number of classes ``model`` outputs (the width of its logits), from one forward pass on ``item``.
+
+    Holds the model's own lock and restores every module's train/eval flag, as :func:`predict` does.
+    """
+    batch = collate_one(check_item(item, "train_dataset[i]"))
+    dev = model_device(model, device)
+    with model_lock(model), eval_mode(model), torch.no_grad():
+        out = model(*[b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch[:-1]])
+    return int(check_logits(out).shape[1])
+
+
 def predict(
     model: torch.nn.Module,
     dataset: Any,
@@ -71,12 +92,14 @@ def predict(
     device: Any = None,
     lock: Optional[threading.Lock] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    on_width: Optional[Callable[[int], None]] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels, predicted classes and predicted-class probabilities (softmax) of ``dataset[indices]``.
 
     The model is called as ``model(*batch[:-1])`` in eval mode without gradients; its train/eval flag is restored
     after each batch, module by module. The model's own lock (shared with every engine) and ``lock`` are held
-    per batch, so no engine's checkpoint weights are ever in the model while it predicts.
+    per batch, so no engine's checkpoint weights are ever in the model while it predicts. ``on_width`` gets the
+    number of classes the model outputs (the logits' width) of each batch.
     """
     ds = dataset if indices is None else Subset(dataset, list(indices))
     n = len(ds)
@@ -90,11 +113,9 @@ def predict(
         batch = check_item(batch, "the dataset")
         with lock if lock is not None else nullcontext(), model_lock(model), eval_mode(model), torch.no_grad():
             out = model(*[b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch[:-1]])
-        if not isinstance(out, torch.Tensor) or out.dim() != 2:
-            raise ValueError(
-                "the model must return logits of shape (batch, n_classes) for the explorer's predictions, got "
-                f"{type(out).__name__}{'' if not isinstance(out, torch.Tensor) else tuple(out.shape)}."
-            )
+        check_logits(out)
+        if on_width:
+            on_width(int(out.shape[1]))
         p = torch.softmax(out.float(), dim=1).cpu()
         conf, cls = p.max(dim=1)
         lab = batch[-1]

@@ -43,8 +43,9 @@ class DetailRequest(TypedDict):
     index: int
 
 
-class ActionRequest(TypedDict):
+class ActionRequest(TypedDict, total=False):
     kind: Literal["cancel", "start", "undo"]
+    run: int  # cancel only: progress_info["run"] when the button was pressed (a later run is never cancelled)
 
 
 Request = Union[RowsRequest, DetailRequest, ActionRequest]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import operator
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -55,6 +56,60 @@ class _IndexList(t.List):
             value = list(value.tolist() if hasattr(value, "tolist") else value)
         if isinstance(value, list):
             value = [int(v) if hasattr(v, "__index__") and not isinstance(v, bool) else v for v in value]
+            bad = [(i, v) for i, v in enumerate(value) if not isinstance(v, int) or isinstance(v, bool)][:1]
+            if bad:
+                i, v = bad[0]
+                raise t.TraitError(
+                    f"{self.name} must be a list of training indices (ints), got {type(v).__name__} {v!r} at position "
+                    f"{i}: give each example by its integer index."
+                )
+        return super().validate(obj, value)
+
+
+def _k_error(value: Any) -> str:
+    return (
+        f"k must be a positive int, got {type(value).__name__} {value!r}: set k to the number of proponents and of "
+        "opponents to show (1 or more)."
+    )
+
+
+class _PositiveInt(t.Int):
+    """``Int`` of at least 1 that also takes numpy / torch integers; bools and floats are refused."""
+
+    def validate(self, obj, value):
+        if hasattr(value, "__index__") and not isinstance(value, (bool, int)):
+            try:
+                value = operator.index(value)  # numpy / torch integers; a float tensor raises, never truncates
+            except TypeError:
+                pass
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise t.TraitError(_k_error(value))
+        return value
+
+
+def _single_string_error(value: Any) -> str:
+    return (
+        f"class_names must be a list with one name per class, got the single string {value!r}: pass a list, "
+        "e.g. ['cat', 'dog']."
+    )
+
+
+def _names(n: int) -> str:
+    return f"{n} name" if n == 1 else f"{n} names"
+
+
+class _ClassNames(t.List):
+    """``List(Unicode)`` that refuses a single string (which a list() would split into letters, and traitlets'
+    ``List.set`` would silently wrap)."""
+
+    def set(self, obj, value):
+        if isinstance(value, (str, bytes)):
+            raise t.TraitError(_single_string_error(value))
+        super().set(obj, value)
+
+    def validate(self, obj, value):
+        if isinstance(value, (str, bytes)):
+            raise t.TraitError(_single_string_error(value))
         return super().validate(obj, value)
 
 
@@ -76,7 +131,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
     # --- shared state (both sides write) ----------------------------------------------------------------------------
     flagged = _IndexList(t.Int()).tag(sync=True)
     """Flagged training indices (sorted, unique): the user's output. Shared by the galleries and the table."""
-    k = t.Int(10).tag(sync=True)
+    k = _PositiveInt(10).tag(sync=True)
     """Number of proponents and of opponents shown."""
     selected_test = t.Int(-1).tag(sync=True)
     """Dataset index of the selected test example (-1: none)."""
@@ -90,7 +145,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
     """Last error (engine, data, flags file), shown as a banner; the frontend clears it when dismissed."""
 
     # --- Python -> JS ---------------------------------------------------------------------------------------------
-    class_names = t.List(t.Unicode()).tag(sync=True)
+    class_names = _ClassNames(t.Unicode()).tag(sync=True)
     status = t.Unicode("idle").tag(sync=True)
     """``idle`` | ``running`` | ``ready`` | ``cancelled`` | ``error`` (state of the background computation)."""
     progress = t.Float(0.0).tag(sync=True)
@@ -143,7 +198,16 @@ class InfluenceExplorer(anywidget.AnyWidget):
                     f"{name} must be a map-style dataset (with __len__ and __getitem__), got {type(ds).__name__}."
                 )
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}.")
+            raise ValueError(_k_error(k))
+        if class_names is not None:
+            if isinstance(class_names, (str, bytes)):
+                raise TypeError(_single_string_error(class_names))
+            if not hasattr(class_names, "__iter__"):
+                raise TypeError(
+                    f"class_names must be a list with one name per class, got {type(class_names).__name__}: pass a "
+                    "list, e.g. ['cat', 'dog']."
+                )
+            class_names = [str(c) for c in class_names]
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
         if to_image is not None and not callable(to_image):
@@ -158,6 +222,12 @@ class InfluenceExplorer(anywidget.AnyWidget):
         if self._n_train == 0:
             raise ValueError("train_dataset is empty.")
         _data.check_item(train_dataset[0], "train_dataset[i]")
+        self._n_outputs: Optional[int] = None  # classes the model outputs (width of its logits), once known
+        if class_names:  # one forward pass, so a wrong count is refused now rather than after the long passes
+            import torch
+
+            if isinstance(model, torch.nn.Module):
+                self._n_outputs = _data.n_outputs(model, train_dataset[0], device=device)
         self._to_image = to_image
         self._batch_size = batch_size
         self._device = device
@@ -186,7 +256,10 @@ class InfluenceExplorer(anywidget.AnyWidget):
         # computed state (filled by the background pipeline)
         self._lock = threading.RLock()  # guards the computed arrays and request generations
         self._engine_lock = threading.Lock()  # one user of the model / engine at a time
-        self._cancel = threading.Event()
+        self._cancel = threading.Event()  # set only while what it cancels is in flight (see _request_cancel)
+        self._run = 0  # id of the latest background computation (progress_info["run"]); a cancel names it
+        self._pipeline_running = False
+        self._gallery_busy = 0  # gallery computations in flight
         self._fitted = threading.Event()  # set once galleries may query the engine (fitted, or the pipeline ended)
         self._fit_done = False
         self._thumb_lock = threading.Lock()
@@ -209,10 +282,13 @@ class InfluenceExplorer(anywidget.AnyWidget):
         self.last_exception: Optional[BaseException] = None
         self._pipeline_thread: Optional[threading.Thread] = None
         self._gallery_worker = LatestWorker("tracin-gallery")
+        self._names_reported = False
+        if class_names and (problem := self._class_names_problem(class_names)):
+            raise ValueError(problem)
 
         super().__init__(
             k=k,
-            class_names=[str(c) for c in class_names] if class_names is not None else [],
+            class_names=class_names if class_names is not None else [],
             flagged=restored,
             info={
                 "n_train": self._n_train,
@@ -258,6 +334,9 @@ class InfluenceExplorer(anywidget.AnyWidget):
             self.last_exception = None
             if self.status in ("error", "cancelled"):
                 self.error = ""
+            self._run += 1
+            self._pipeline_running = True
+            self.progress_info = {**self.progress_info, "run": self._run}  # before the Cancel button shows
             self.status = "running"
             self._pipeline_thread = threading.Thread(target=self._pipeline, name="tracin-explorer", daemon=True)
             self._pipeline_thread.start()
@@ -266,8 +345,28 @@ class InfluenceExplorer(anywidget.AnyWidget):
         return self
 
     def cancel(self) -> None:
-        """Abort the background computation at the engine's next progress callback (``Cancelled``)."""
-        self._cancel.set()
+        """Abort the background computation (and any gallery computation) in flight at the engine's next progress
+        callback (``Cancelled``). With nothing in flight it does nothing: later computations are never cancelled."""
+        self._request_cancel(None)
+
+    def _request_cancel(self, run: Optional[int]) -> bool:
+        """Cancel what is in flight now: the background run ``run`` only (the id the page showed in
+        ``progress_info["run"]``), or everything when ``run`` is None. A late cancel (its run already over) is
+        dropped, so it never cancels a later computation. True if something was cancelled."""
+        with self._lock:
+            if run is not None:
+                target = self._pipeline_running and run == self._run
+            else:
+                target = self._pipeline_running or self._gallery_busy > 0
+            if target:
+                self._cancel.set()
+            return target
+
+    def _settle_cancel(self) -> None:
+        """Called (under ``_lock``) when a computation ends: once nothing is in flight a cancel has done its job and
+        is cleared, except after a cancelled background run (galleries then wait for Resume)."""
+        if not self._pipeline_running and self._gallery_busy == 0 and self.status != "cancelled":
+            self._cancel.clear()
 
     def wait(self, timeout: Optional[float] = None) -> "InfluenceExplorer":
         """Block until the background computation and pending gallery requests are done.
@@ -404,19 +503,25 @@ class InfluenceExplorer(anywidget.AnyWidget):
             steps.append(("Self-influence", self._step_self_influence))
         if self._train_preds is None:
             steps.append(("Predicting training examples", self._step_train_predictions))
+        run, status = self._run, None
         try:
             for i, (name, fn) in enumerate(steps):
                 with self.hold_sync():
                     self.progress_info = {"phase": name, "done": 0, "total": 0, "fraction": 0.0, "eta_s": None,
-                                          "step": i + 1, "steps": len(steps)}  # fmt: skip
+                                          "step": i + 1, "steps": len(steps), "run": run}  # fmt: skip
                     self.progress = 0.0
                 fn()
-            self.status = "ready"
+            status = "ready"
         except cancelled_class():
-            self.status = "cancelled"
+            status = "cancelled"
         except Exception as e:  # surfaced in the widget, the log and wait()
             self._fail(e, "background computation")
         finally:
+            with self._lock:  # status and the end of the run change together, so a cancel sees one or the other
+                self._pipeline_running = False
+                if status is not None:
+                    self.status = status
+                self._settle_cancel()  # a cancel that came after the last step cancels nothing
             self._fitted.set()  # never leave gallery requests waiting (they fail or compute lazily)
 
     def _fail(self, e: BaseException, where: str, prefix: str = "") -> None:
@@ -434,7 +539,12 @@ class InfluenceExplorer(anywidget.AnyWidget):
             self._progress_cb(phase, done, total)
 
         return _data.predict(self._model, dataset, ids, batch_size=self._batch_size, device=self._device,
-                             lock=self._engine_lock, progress=progress if phase else None)  # fmt: skip
+                             lock=self._engine_lock, progress=progress if phase else None,
+                             on_width=self._note_width)  # fmt: skip
+
+    def _note_width(self, width: int) -> None:
+        with self._lock:
+            self._n_outputs = width
 
     def _step_test_predictions(self) -> None:
         labels, preds, probs = self._predict(self._test, self._test_ids.tolist(), "test predictions")
@@ -474,11 +584,42 @@ class InfluenceExplorer(anywidget.AnyWidget):
         self._update_stats()
 
     def _note_classes(self) -> None:
+        names = list(self.class_names)
+        problem = self._class_names_problem(names) if names else None
+        if problem and not self._names_reported:  # e.g. labels beyond the names, seen only once predicted
+            self._names_reported = True
+            self._fail(ValueError(problem), "class names")
         if self.info.get("n_classes") is None:
             arrays = (self._train_labels, self._train_preds, self._test_labels, self._test_preds)
             seen = [a for a in arrays if a is not None and len(a)]
             if seen:
                 self.info = {**self.info, "n_classes": int(max(int(a.max()) for a in seen) + 1)}
+
+    def _class_names_problem(self, names: Sequence[str]) -> Optional[str]:
+        """Why ``names`` cannot name the classes (None if they can): the count must match what the model outputs and
+        cover every label seen so far."""
+        with self._lock:
+            width = self._n_outputs
+            labels = [a for a in (self._train_labels, self._test_labels) if a is not None and len(a)]
+        if width is not None and len(names) != width:
+            return (
+                f"class_names has {_names(len(names))} but the model outputs {width} classes: pass one name per "
+                "class, in class-index order (or leave class_names out)."
+            )
+        top = max((int(a.max()) for a in labels), default=None)
+        if top is not None and len(names) <= top:
+            return (
+                f"class_names has {_names(len(names))} but the labels go up to {top}: pass one name per class (at "
+                f"least {top + 1}), in class-index order (or leave class_names out)."
+            )
+        return None
+
+    @t.validate("class_names")
+    def _validate_class_names(self, proposal):
+        names = proposal["value"]
+        if names and (problem := self._class_names_problem(names)):
+            raise t.TraitError(problem)
+        return names
 
     # ------------------------------------------------------------------------------------------------------------------
     # data access (cached)
@@ -626,6 +767,16 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
     def _compute_gallery(self, q: dict, k: int, gen: int) -> bool:
         """Compute the galleries of query ``q``; publish only if no newer request came meanwhile. True if published."""
+        with self._lock:
+            self._gallery_busy += 1
+        try:
+            return self._compute_gallery_now(q, k, gen)
+        finally:
+            with self._lock:
+                self._gallery_busy -= 1
+                self._settle_cancel()
+
+    def _compute_gallery_now(self, q: dict, k: int, gen: int) -> bool:
         from . import _data
 
         try:
@@ -650,8 +801,9 @@ class InfluenceExplorer(anywidget.AnyWidget):
             if gen != self._gallery_gen:
                 return False
             if isinstance(e, cancelled_class()):
+                again = "select it again to compute" if self.status == "ready" else "press Resume to compute"
                 payload = {"query": dict(q), "k": k, "request": gen, "item": None, "proponents": [], "opponents": [],
-                           "error": "Cancelled: press Resume to compute."}  # fmt: skip
+                           "error": f"Cancelled: {again}."}  # fmt: skip
             else:
                 self._fail(e, "gallery")
                 payload = {"query": dict(q), "k": k, "request": gen, "item": None, "proponents": [], "opponents": [],
@@ -670,7 +822,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         try:
             return _flags.normalise(proposal["value"], self._n_train)
         except ValueError as e:
-            raise t.TraitError(str(e)) from None
+            raise t.TraitError(f"{e} Flag only indices into train_dataset.") from None
 
     def _on_flagged(self, change) -> None:
         if change["old"] == change["new"]:
@@ -711,6 +863,22 @@ class InfluenceExplorer(anywidget.AnyWidget):
             self._fail(e, "statistics")
 
     # ------------------------------------------------------------------------------------------------------------------
+    # state updates from the frontend
+    # ------------------------------------------------------------------------------------------------------------------
+    def set_state(self, sync_data: dict) -> None:
+        """Apply a state update from the frontend. An invalid one (a flag outside the training set, ``k = 0``, ...)
+        changes nothing (traitlets rolls the whole update back): the page is sent the kernel's values of those keys
+        again and the error banner says what was refused; the TraitError still propagates (ipywidgets logs it)."""
+        try:
+            super().set_state(sync_data)
+        except t.TraitError as e:
+            keys = [name for name in sync_data if name in self.keys]
+            log.warning("InfluenceExplorer refused a state update of %s from the frontend: %s", keys, e)
+            self.send_state(keys)  # the page shows what it sent until told otherwise
+            self.error = f"The page sent an invalid {', '.join(keys)} (not applied; the previous value is kept): {e}"
+            raise
+
+    # ------------------------------------------------------------------------------------------------------------------
     # custom messages (quak pattern: {"kind", "id"} requests answered with the same id)
     # ------------------------------------------------------------------------------------------------------------------
     def _reply(self, content: dict) -> None:
@@ -724,13 +892,27 @@ class InfluenceExplorer(anywidget.AnyWidget):
             if kind == "rows":
                 self._reply(self._rows(content))
             elif kind == "detail":
-                index = int(content["index"])
+                index = content.get("index")
+                if not isinstance(index, int) or isinstance(index, bool):
+                    raise ValueError(
+                        f"detail request: index must be an int training index in [0, {self._n_train}), got "
+                        f"{type(index).__name__} {index!r}: send the example's integer index."
+                    )
                 if not 0 <= index < self._n_train:
-                    raise ValueError(f"index {index} is outside the training set [0, {self._n_train}).")
+                    raise ValueError(
+                        f"detail request: index {index} is outside the training set [0, {self._n_train}): send the "
+                        "index of a training example."
+                    )
                 item = self._query_row("train", index, _payload.DETAIL_SIZE)
                 self._reply({"kind": "detail", "id": rid, "item": item})
             elif kind == "cancel":
-                self.cancel()
+                run = content.get("run")
+                if run is not None and (not isinstance(run, int) or isinstance(run, bool)):
+                    raise ValueError(
+                        f"cancel request: run must be the int id of progress_info['run'] (or absent), got "
+                        f"{type(run).__name__} {run!r}."
+                    )
+                self._request_cancel(run)
             elif kind == "start":
                 self.start()
             elif kind == "undo":
