@@ -94,12 +94,12 @@ def _big(tmp_path, dtype=torch.float32):
     return model, paths, x, y, test
 
 
-def _lr_load(lr):
-    def load(net, path):
-        net.load_state_dict(torch.load(path, weights_only=True))
-        return lr
+_LR = [1.0]  # read by _load_lr: a changed rate leaves the load function (and the files) exactly as they were
 
-    return load
+
+def _load_lr(net, path):
+    net.load_state_dict(torch.load(path, weights_only=True))
+    return _LR[0]
 
 
 BASE = dict(loss=lambda: nn.CrossEntropyLoss(reduction="sum"), layer="2", lr=1.0, data_version=None, label=False,
@@ -127,7 +127,8 @@ def _ingredient_run(kind, model, paths, x, y, test, cache, phases, cfg):
     loss = cfg["loss"]()
     if cfg["dtype"] != torch.float32 and getattr(loss, "weight", None) is not None:
         loss = loss.to(cfg["dtype"])
-    kw = dict(checkpoints_load_func=_lr_load(cfg["lr"]), batch_size=512, cache_dir=cache,
+    _LR[0] = cfg["lr"]
+    kw = dict(checkpoints_load_func=_load_lr, batch_size=512, cache_dir=cache,
               data_version=cfg["data_version"], progress_callback=lambda phase, done, total: phases.append(phase))
     if kind == "fast":
         obj = TracInCPFast(m, cfg["layer"], ds, paths, loss_fn=loss, **kw)
@@ -360,7 +361,8 @@ def test_unwritable_cache_dir_warns_before_the_pass(tmp_path, kind, how, monkeyp
         warnings.simplefilter("always")
         from tracin_widgets.influence import TracInCP, TracInCPFast
 
-        kw = dict(checkpoints_load_func=_lr_load(1.0), batch_size=512, cache_dir=cache,
+        _LR[0] = 1.0
+        kw = dict(checkpoints_load_func=_load_lr, batch_size=512, cache_dir=cache,
                   progress_callback=lambda p, d, t: seen.append((p, len(caught))))
         ds = TensorDataset(x, y)
         if kind == "fast":

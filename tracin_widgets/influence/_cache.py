@@ -11,8 +11,9 @@ without copies; any other dataset is hashed by type, length and a spread of ``n_
 see every change: the user names the data version with ``data_version=`` then.
 
 Hashing speed (600 MiB of uint8 on this project's 2-core AMD EPYC dev box, hashlib from a memoryview, no copy):
-sha256 0.35 s (SHA-NI), blake2b 0.67 s, md5 0.82 s; sha256 in 16 MiB chunks on 2 threads 0.19 s. The old
-``tobytes()`` copy alone took 0.76 s. So: sha256, chunked over threads for large buffers.
+sha256 0.35 s (SHA-NI), blake2b 0.67 s, md5 0.82 s; sha256 in chunks on 2 threads 0.19 s. The old ``tobytes()``
+copy alone took 0.76 s. So: sha256, chunked over threads for large buffers; ``dataset_fingerprint`` of a
+614 MB float32 TensorDataset (50k x 3x32x32) takes 0.27-0.35 s there (2 cores shared with other jobs).
 """
 
 from __future__ import annotations
