@@ -381,6 +381,44 @@ def test_unwritable_cache_dir_warns_before_the_pass(tmp_path, kind, how, monkeyp
     assert result.shape == (N_BIG,) and bool(torch.isfinite(result).all())
 
 
+def test_unwritable_cache_dir_warns_before_a_tracincp_influence_pass(tmp_path):
+    """TracInCP.influence saves the self-influence its pass computes on the side: the warning still comes first."""
+    from tracin_widgets.influence import TracInCP
+
+    model, paths, x, y, test = _big(tmp_path)
+    cache = _unwritable(tmp_path, "a file")
+    seen: list[tuple[str, int]] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        obj = TracInCP(model, TensorDataset(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="none"), cache_dir=cache,
+                       batch_size=512, progress_callback=lambda p, d, t: seen.append((p, len(caught))))
+        scores = obj.influence(test, k=None)
+    mine = [str(w.message) for w in caught if issubclass(w.category, TracInWarning)]
+    assert len(mine) == 1 and "cannot be written (FileExistsError" in mine[0], mine
+    assert [n for p, n in seen if p == "influence"][0] == 1, "the warning must come before the pass"
+    fresh = TracInCP(model, TensorDataset(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=512)
+    assert torch.equal(scores, fresh.influence(test, k=None))
+
+
+def test_read_only_cache_with_a_valid_file_is_read_without_warning(tmp_path, monkeypatch):
+    """A shared cache that holds the result: reused, and no warning about saving (nothing needs saving)."""
+    from tracin_widgets.influence import _cache
+
+    model, paths, x, y, test = _big(tmp_path)
+    cache = tmp_path / "cache"
+    first = _ingredient_run("fast", model, paths, x, y, test, cache, [], BASE)
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(_cache.tempfile, "mkstemp", denied)  # what a read-only folder gives
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TracInWarning)
+        phases: list[str] = []
+        again = _ingredient_run("fast", model, paths, x, y, test, cache, phases, BASE)
+    assert torch.equal(again, first) and "training factors" not in phases
+
+
 def test_failed_save_warns_and_keeps_the_result(tmp_path, monkeypatch):
     """The disk fills up while the factors are written: a warning, the result, and no file (nor temp file) left."""
     from tracin_widgets.influence import _cache

@@ -292,6 +292,8 @@ class TracInCPBase:
             model.load_state_dict(saved)
             prog.close()
         self._states, self._lrs = states, lrs
+        if self.cache_dir is not None and not any(self.cache_dir.glob(f"tracin-{self._cache_kind}-*.pt")):
+            self._probe_cache()  # nothing there to reuse: say now, before any pass, if nothing can be saved
         return states, lrs
 
     def _forward(self, state: dict[str, torch.Tensor], features: tuple, what: str) -> torch.Tensor:
@@ -400,12 +402,18 @@ class TracInCPBase:
         if self.cache_dir is None:
             return None
         path = _cache.cache_path(self.cache_dir, self._cache_kind, name, self._compute_fingerprint(extra))
-        if not self._cache_probed and not path.is_file():
-            self._cache_probed = True
-            self._cache_unwritable = _cache.unwritable_reason(self.cache_dir)
-            if self._cache_unwritable is not None:
-                _cache.warn_not_saved(self.cache_dir, self._cache_unwritable)
+        if not path.is_file():
+            self._probe_cache()
         return path
+
+    def _probe_cache(self) -> None:
+        """Once per instance: can results be saved in cache_dir? If not, warn now (before a pass)."""
+        if self.cache_dir is None or self._cache_probed:
+            return
+        self._cache_probed = True
+        self._cache_unwritable = _cache.unwritable_reason(self.cache_dir)
+        if self._cache_unwritable is not None:
+            _cache.warn_not_saved(self.cache_dir, self._cache_unwritable)
 
     def _cache_load(self, path: Path | None) -> dict | None:
         return _cache.cache_load(path, self.device)
