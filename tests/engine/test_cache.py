@@ -347,7 +347,7 @@ def _unwritable(tmp_path, how):
 @pytest.mark.parametrize("kind", ["fast", "cp"])
 @pytest.mark.parametrize("how", ["a file", "under a file", "read-only"])
 def test_unwritable_cache_dir_warns_before_the_pass(tmp_path, kind, how, monkeypatch):
-    model, paths, x, y, test = _big(tmp_path)
+    model, paths, x, y, _ = _big(tmp_path)
     cache = _unwritable(tmp_path, how)
     if how == "read-only" and os.geteuid() == 0:  # root writes anyway: give it what a user gets there
         from tracin_widgets.influence import _cache

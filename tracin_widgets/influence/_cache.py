@@ -40,11 +40,11 @@ _PARALLEL_MIN = 64 << 20  # buffers from this size are hashed chunk-wise on seve
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
-def new_hash() -> "hashlib._Hash":
+def new_hash() -> hashlib._Hash:
     return hashlib.sha256()
 
 
-def _hash_buffer(buf: memoryview, h: "hashlib._Hash") -> None:
+def _hash_buffer(buf: memoryview, h: hashlib._Hash) -> None:
     """Hash a contiguous byte buffer; a large one as a list of chunk digests computed on threads (hashlib
     releases the GIL), which is what makes 600 MB take a fraction of a second."""
     n = buf.nbytes
@@ -59,7 +59,7 @@ def _hash_buffer(buf: memoryview, h: "hashlib._Hash") -> None:
     h.update(b"".join(digests))
 
 
-def _hash_array(a: np.ndarray, h: "hashlib._Hash") -> None:
+def _hash_array(a: np.ndarray, h: hashlib._Hash) -> None:
     h.update(f"nd{a.shape}{a.dtype.str}".encode())
     if a.dtype.hasobject:  # pointers, not values: hash the elements
         hash_tensors(a.ravel().tolist(), h)
@@ -69,7 +69,7 @@ def _hash_array(a: np.ndarray, h: "hashlib._Hash") -> None:
         _hash_buffer(memoryview(a.reshape(-1).view(np.uint8)), h)
 
 
-def _hash_tensor(t: torch.Tensor, h: "hashlib._Hash") -> None:
+def _hash_tensor(t: torch.Tensor, h: hashlib._Hash) -> None:
     t = t.detach()
     if t.layout != torch.strided:
         t = t.to_dense()
@@ -79,7 +79,7 @@ def _hash_tensor(t: torch.Tensor, h: "hashlib._Hash") -> None:
         _hash_buffer(memoryview(t.reshape(-1).view(torch.uint8).numpy()), h)
 
 
-def hash_tensors(objs: Iterable[Any], h: "hashlib._Hash") -> None:
+def hash_tensors(objs: Iterable[Any], h: hashlib._Hash) -> None:
     """Hash tensors, arrays and (nested) containers of them by value; anything else by ``repr``."""
     for o in objs:
         if isinstance(o, torch.Tensor):
@@ -99,7 +99,7 @@ def hash_tensors(objs: Iterable[Any], h: "hashlib._Hash") -> None:
             h.update(repr(o).encode())
 
 
-def _hash_labels(targets: Any, h: "hashlib._Hash") -> None:
+def _hash_labels(targets: Any, h: hashlib._Hash) -> None:
     """A list of 50k int labels as one array (one buffer hash instead of 50k reprs)."""
     if isinstance(targets, list) and targets and all(type(t) is int for t in targets):
         _hash_array(np.asarray(targets, dtype=np.int64), h)
@@ -118,7 +118,7 @@ def _opaque_repr(obj: Any) -> tuple[str, bool]:
     return clean, clean == r and "Lambda" not in r
 
 
-def _hash_dataset(ds: Any, h: "hashlib._Hash") -> bool:
+def _hash_dataset(ds: Any, h: hashlib._Hash) -> bool:
     """Hash what a dataset's items are made of; True when that determines every item (no sampling needed)."""
     h.update(_qualname(type(ds)).encode())
     try:
@@ -148,7 +148,7 @@ def _hash_dataset(ds: Any, h: "hashlib._Hash") -> bool:
     return False
 
 
-def _hash_loader(loader: DataLoader, h: "hashlib._Hash") -> None:
+def _hash_loader(loader: DataLoader, h: hashlib._Hash) -> None:
     """What of a DataLoader changes which rows come in which order (not its batch size)."""
     sampler = loader.sampler
     h.update(_qualname(type(sampler)).encode())
@@ -190,7 +190,7 @@ def file_fingerprint(path: str) -> str:
     return h.hexdigest()[:32]
 
 
-def _public_state(obj: Any, h: "hashlib._Hash") -> None:
+def _public_state(obj: Any, h: hashlib._Hash) -> None:
     """Every public attribute of ``obj`` by value, sorted by name; for a module also those of its submodules,
     its buffers and parameters (e.g. a loss's ``reduction``, ``label_smoothing`` and class ``weight``)."""
     objs = list(obj.named_modules()) if isinstance(obj, nn.Module) else [("", obj)]
@@ -211,7 +211,7 @@ def _public_state(obj: Any, h: "hashlib._Hash") -> None:
             hash_tensors([v], h)
 
 
-def _code(fn: Any, h: "hashlib._Hash") -> None:
+def _code(fn: Any, h: hashlib._Hash) -> None:
     """A Python function's body: bytecode, names and constants (a lambda's ``reduction='sum'``...)."""
     code = getattr(fn, "__code__", None)
     if code is None:
@@ -247,11 +247,14 @@ def callable_fingerprint(fn: Any) -> str:
 
 
 def _has(cell: Any) -> bool:
+    """False for a closure cell not bound yet (reading it raises ValueError)."""
     try:
-        cell.cell_contents
+        return cell.cell_contents is not _UNSET
     except ValueError:
         return False
-    return True
+
+
+_UNSET = object()
 
 
 def model_fingerprint(model: nn.Module) -> str:

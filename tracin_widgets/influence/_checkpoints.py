@@ -134,9 +134,11 @@ def check_lr(lr: Any, path: str, is_default: bool) -> float:
         if is_default
         else f"Make checkpoints_load_func return {wanted}"
     )
-    if (isinstance(lr, torch.Tensor) and lr.numel() == 1) or (isinstance(lr, np.ndarray) and lr.size == 1):
-        lr = lr.item()
-    elif isinstance(lr, np.generic):
+    if (
+        (isinstance(lr, torch.Tensor) and lr.numel() == 1)
+        or (isinstance(lr, np.ndarray) and lr.size == 1)
+        or isinstance(lr, np.generic)
+    ):
         lr = lr.item()
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
         raise TypeError(f"the learning rate for checkpoint {path!r} is {type(lr).__name__} {_short(lr)}, not a number. {fix}")
