@@ -456,3 +456,30 @@ def test_atomic_write_replaces_whole_files_only(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="interrupted"):
         _cache.atomic_write(target, boom)
     assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_dataset_without_length_is_reused_only_with_data_version(tmp_path):
+    from torch.utils.data import IterableDataset
+
+    from tracin_widgets.influence import TracInCPFast
+
+    class Stream(IterableDataset):
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __iter__(self):
+            return iter(zip(self.x, self.y))
+
+    model, paths, x, y, _ = _big(tmp_path)
+    x, y = x[:300], y[:300]
+    cache = tmp_path / "cache"
+
+    def run(version):
+        phases: list[str] = []
+        TracInCPFast(model, "2", Stream(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=64,
+                     cache_dir=cache, data_version=version,
+                     progress_callback=lambda p, d, t: phases.append(p)).self_influence()
+        return "training factors" in phases
+
+    assert run(None) and run(None)  # nothing to verify the stream by: computed again
+    assert run("stream-v1") and not run("stream-v1")  # the user named the version: reused

@@ -282,7 +282,17 @@ def compute_fingerprint(
     for p in checkpoints:
         h.update(file_fingerprint(p).encode())
     h.update(dataset_fingerprint(loader).encode())
+    if data_version is None and not _has_len(getattr(loader, "dataset", None)):
+        h.update(os.urandom(16))  # nothing to verify an IterableDataset by: never reused without data_version
     return h.hexdigest()[:32]
+
+
+def _has_len(ds: Any) -> bool:
+    try:
+        len(ds)
+    except TypeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------------
