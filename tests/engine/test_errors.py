@@ -44,7 +44,10 @@ def test_empty_checkpoint_list(eng, mlp, kind):
 
 
 def test_empty_checkpoint_folder(eng, mlp, tmp_path):
-    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    """Every regular, non-hidden file of a folder is a checkpoint (see test_config.py); hidden files and
+    subfolders are not, so this folder holds none."""
+    (tmp_path / ".notes.txt").write_text("not a checkpoint")
+    (tmp_path / "old").mkdir()
     with pytest.raises(ValueError, match=r"(?i)no checkpoints|checkpoints.*empty|empty.*checkpoints") as ei:
         _run(eng, mlp, str(tmp_path))
     assert str(tmp_path) in str(ei.value) or tmp_path.name in str(ei.value)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import math
 import os
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
@@ -16,11 +14,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ._checkpoints import call_load_func, load_checkpoint, resolve_checkpoints
+from . import _cache
+from ._checkpoints import call_load_func, checkpoint_folder, load_checkpoint, resolve_checkpoints
 from ._data import (
     batch_len,
-    dataset_fingerprint,
-    file_fingerprint,
     auto_workers,
     iter_input_batches,
     iter_tensor_batches,
@@ -84,6 +81,44 @@ class _Progress:
             self.bar.close()
 
 
+def resolve_device(device: Any, model: nn.Module) -> torch.device:
+    """``device=`` checked against this machine (None: the model's device), so that a typo or a missing GPU is
+    an error here rather than deep inside the first pass."""
+    if device is None:
+        return model_device(model)
+    fix = "use device='cpu' or omit it (the model's device is used)"
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(
+            f"device must be a str such as 'cpu' or 'cuda:0', a torch.device or None, not {type(device).__name__}: "
+            f"{fix}."
+        )
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a device name ({e}): {fix}, or name one like 'cuda:0'.") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device={device!r} but no CUDA GPU is available here (torch.cuda.is_available() is False): {fix}.")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"device={device!r} but this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1}): "
+                f"pick one of those, or {fix}."
+            )
+        return dev
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} but MPS (Apple GPU) is not available here: {fix}.")
+    if dev.type == "meta":
+        raise ValueError(f"device={device!r} holds no data, so nothing can be computed there: {fix}.")
+    try:
+        torch.empty(1, device=dev)
+    except Exception as e:  # an accelerator torch was not built with, or that is absent: say which
+        raise ValueError(f"device={device!r} cannot be used here ({type(e).__name__}: {e}): {fix}.") from None
+    return dev
+
+
 def check_k(k: Any) -> int | None:
     if k is None:
         return None
@@ -133,6 +168,20 @@ def _cat(batches: list) -> tuple:
     return batches[0] if len(batches) == 1 else tuple(torch.cat(parts) for parts in zip(*batches))
 
 
+def _check_cache_dir(cache_dir: Any, ckpt_folder: str | None) -> Path | None:
+    if cache_dir is None:
+        return None
+    if not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"cache_dir must be a folder path (str or os.PathLike) or None, not {type(cache_dir).__name__}.")
+    path = Path(cache_dir)
+    if ckpt_folder is not None and path.resolve() == Path(ckpt_folder).resolve():
+        raise ValueError(
+            f"cache_dir {str(path)!r} is the checkpoints folder: every file there is read as a checkpoint, the "
+            "cache files too. Pass another folder as cache_dir, e.g. a 'tracin-cache' folder next to it."
+        )
+    return path
+
+
 class TracInCPBase:
     """Common base (Captum's ``TracInCPBase`` counterpart)."""
 
@@ -155,11 +204,24 @@ class TracInCPBase:
         progress_callback: ProgressCallback | None = None,
         cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
+        data_version: str | None = None,
     ) -> None:
+        """Captum's arguments, plus keyword-only extras:
+
+        ``device``: where to compute (``'cpu'``, ``'cuda:0'``, a ``torch.device``; None: the model's device).
+        ``cache_dir``: a folder where the training-set factors (TracInCPFast/RandProj) or self-influence
+        (TracInCP) are saved and reused. They are reused only when the data, loss, layers, checkpoint files,
+        learning rates, model architecture, precision and device type are the same; an unwritable folder warns
+        and the results stay in memory. ``data_version``: a string of your choice naming the version of the
+        training data, part of that key. Datasets backed by arrays (TensorDataset, torchvision's CIFAR/MNIST,
+        Subsets of them) are hashed in full; any other dataset only by type, length and 24 items spread over
+        it, so change ``data_version`` when its contents change.
+        """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
         self.model = model
         self.checkpoints = resolve_checkpoints(checkpoints)
+        self._checkpoint_dir = checkpoint_folder(checkpoints)
         self._default_loader = checkpoints_load_func is None
         if checkpoints_load_func is None:
             checkpoints_load_func = partial(load_checkpoint, weights_only=weights_only)
@@ -169,7 +231,7 @@ class TracInCPBase:
         self.weights_only = weights_only
         self.train_dataset = train_dataset
         self.batch_size = batch_size
-        self.device = torch.device(device) if device is not None else model_device(model)
+        self.device = resolve_device(device, model)
         self._auto_workers = num_workers is None
         if num_workers is None:
             num_workers = auto_workers(train_dataset, self.device)
@@ -180,7 +242,15 @@ class TracInCPBase:
         self.loss_fn = loss_fn
         self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
         self.progress_callback = progress_callback
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_dir = _check_cache_dir(cache_dir, checkpoint_folder(checkpoints))
+        self._cache_unwritable: str | None = None  # why saving failed (warned once), or None
+        self._cache_probed = False
+        if data_version is not None and not isinstance(data_version, str):
+            raise TypeError(
+                f"data_version must be a str naming the version of the training data (or None), not "
+                f"{type(data_version).__name__}: e.g. data_version='labels-2024-06-01'."
+            )
+        self.data_version = data_version
         self._states: list[dict[str, torch.Tensor]] | None = None
         self._lrs: list[float] | None = None
         self._fingerprint: str | None = None
@@ -214,7 +284,7 @@ class TracInCPBase:
         prog = _Progress("load checkpoints", len(self.checkpoints), show_progress, self.progress_callback)
         try:
             for path in self.checkpoints:
-                lr = call_load_func(self.checkpoints_load_func, model, path, self._default_loader)
+                lr = call_load_func(self.checkpoints_load_func, model, path, self._default_loader, self._checkpoint_dir)
                 states.append({k: v.detach().to(self.device, copy=True) for k, v in model.state_dict().items()})
                 lrs.append(lr)
                 prog.update(1)
@@ -222,6 +292,8 @@ class TracInCPBase:
             model.load_state_dict(saved)
             prog.close()
         self._states, self._lrs = states, lrs
+        if self.cache_dir is not None and not any(self.cache_dir.glob(f"tracin-{self._cache_kind}-*.pt")):
+            self._probe_cache()  # nothing there to reuse: say now, before any pass, if nothing can be saved
         return states, lrs
 
     def _forward(self, state: dict[str, torch.Tensor], features: tuple, what: str) -> torch.Tensor:
@@ -313,53 +385,47 @@ class TracInCPBase:
         j, c = (int(v) for v in (~ok).nonzero()[0])
         self._check_finite(sums[j, c], self.checkpoints[c], whats[j])
 
-    # ------------------------------------------------------------------ disk cache
+    # ------------------------------------------------------------------ disk cache (influence/_cache.py)
     def _compute_fingerprint(self, extra: str) -> str:
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            h.update(self._cache_kind.encode())
-            h.update(extra.encode())
-            h.update(type(self.model).__qualname__.encode())
-            for k, v in self.model.state_dict().items():
-                h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
-            fn = self.checkpoints_load_func
-            h.update(getattr(getattr(fn, "func", fn), "__qualname__", type(fn).__name__).encode())
-            for p in self.checkpoints:
-                h.update(file_fingerprint(p).encode())
-            h.update(dataset_fingerprint(self.train_dataloader).encode())
-            self._fingerprint = h.hexdigest()[:32]
+            _, lrs = self._checkpoint_states()  # the learning rates are part of the key
+            self._fingerprint = _cache.compute_fingerprint(
+                kind=self._cache_kind, extra=extra, model=self.model, load_func=self.checkpoints_load_func,
+                checkpoints=self.checkpoints, lrs=lrs, loss_fn=self.loss_fn, loader=self.train_dataloader,
+                device=self.device, data_version=self.data_version,
+            )
         return self._fingerprint
 
     def _cache_file(self, name: str, extra: str) -> Path | None:
+        """The cache file for ``name``; when it does not exist yet, check (once, before the pass that will
+        compute it) that it can be saved, and warn if not."""
         if self.cache_dir is None:
             return None
-        return self.cache_dir / f"tracin-{self._cache_kind}-{name}-{self._compute_fingerprint(extra)}.pt"
+        path = _cache.cache_path(self.cache_dir, self._cache_kind, name, self._compute_fingerprint(extra))
+        if not path.is_file():
+            self._probe_cache()
+        return path
+
+    def _probe_cache(self) -> None:
+        """Once per instance: can results be saved in cache_dir? If not, warn now (before a pass)."""
+        if self.cache_dir is None or self._cache_probed:
+            return
+        self._cache_probed = True
+        self._cache_unwritable = _cache.unwritable_reason(self.cache_dir)
+        if self._cache_unwritable is not None:
+            _cache.warn_not_saved(self.cache_dir, self._cache_unwritable)
 
     def _cache_load(self, path: Path | None) -> dict | None:
-        if path is None or not path.is_file():
-            return None
-        try:
-            obj = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception:  # noqa: BLE001 - a corrupt cache is recomputed, never trusted
-            return None
-        if not isinstance(obj, dict) or obj.get("fingerprint") != path.stem.rsplit("-", 1)[-1]:
-            return None
-        return obj
+        return _cache.cache_load(path, self.device)
 
-    @staticmethod
-    def _cache_save(path: Path | None, obj: dict) -> None:
-        if path is None:
+    def _cache_save(self, path: Path | None, obj: dict) -> None:
+        """Save atomically; a failure warns (once) and never costs the result that was just computed."""
+        if path is None or self._cache_unwritable is not None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        obj = {**obj, "fingerprint": path.stem.rsplit("-", 1)[-1]}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(obj, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        reason = _cache.cache_save(path, obj)
+        if reason is not None:
+            self._cache_unwritable = reason
+            _cache.warn_not_saved(path.parent, reason)
 
     # ------------------------------------------------------------------ results
     @staticmethod

@@ -2,33 +2,43 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".pkl")
 
 
 def _natural_key(path: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
 
 
+def checkpoint_folder(checkpoints: Any) -> str | None:
+    """The folder when ``checkpoints`` names one (its files are the checkpoints), else None."""
+    if isinstance(checkpoints, (str, os.PathLike)) and Path(checkpoints).is_dir():
+        return str(checkpoints)
+    return None
+
+
 def resolve_checkpoints(checkpoints: Any) -> list[str]:
-    """Turn ``checkpoints`` (a folder, a path, or a list of paths) into a natural-sorted list of files."""
+    """Turn ``checkpoints`` (a folder, a path, or a list of paths) into a natural-sorted list of files.
+
+    A folder contributes every regular, non-hidden file in it, whatever its extension (as Captum does)."""
     if isinstance(checkpoints, (str, os.PathLike)):
         p = Path(checkpoints)
         if p.is_dir():
-            files = [str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in CHECKPOINT_SUFFIXES]
+            files = [str(f) for f in p.iterdir() if f.is_file() and not f.name.startswith(".")]
             if not files:
                 raise ValueError(
-                    f"no checkpoints: the folder {str(p)!r} holds no checkpoint files "
-                    f"({', '.join('*' + s for s in CHECKPOINT_SUFFIXES)}). Save checkpoints there "
-                    "(e.g. torch.save(model.state_dict(), 'ckpt-1.pt')) or pass a list of paths."
+                    f"no checkpoints: the folder {str(p)!r} holds no files (hidden files and subfolders are "
+                    "skipped). Save checkpoints there (e.g. torch.save(model.state_dict(), 'ckpt-1.pt')) or pass "
+                    "a list of paths."
                 )
             return sorted(files, key=_natural_key)
         if p.is_file():
@@ -115,22 +125,54 @@ def load_checkpoint(model: nn.Module, path: str, *, weights_only: bool = True) -
     return lr
 
 
-def call_load_func(load_func: Callable, model: nn.Module, path: str, is_default: bool) -> float:
-    """Run a checkpoints_load_func and validate what it returns."""
-    if is_default:
-        lr = load_func(model, path)
-    else:
-        try:
-            lr = load_func(model, path)
-        except Exception as e:  # noqa: BLE001 - name the file
-            raise ValueError(
-                f"checkpoints_load_func failed on checkpoint {path!r}: {type(e).__name__}: {e}"
-            ) from e
-    if isinstance(lr, torch.Tensor) and lr.numel() == 1:
+def check_lr(lr: Any, path: str, is_default: bool) -> float:
+    """A learning rate is a finite number >= 0 (0: the checkpoint contributes nothing); numpy scalars and
+    one-element tensors/arrays count as numbers."""
+    wanted = "the learning rate used up to that checkpoint as a float (1.0 if it is unknown)."
+    fix = (
+        f"Fix the checkpoint's 'learning_rate'/'lr' entry, or pass a checkpoints_load_func that returns {wanted}"
+        if is_default
+        else f"Make checkpoints_load_func return {wanted}"
+    )
+    if (
+        (isinstance(lr, torch.Tensor) and lr.numel() == 1)
+        or (isinstance(lr, np.ndarray) and lr.size == 1)
+        or isinstance(lr, np.generic)
+    ):
         lr = lr.item()
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-        raise TypeError(
-            f"checkpoints_load_func must return the learning rate as a float (got {type(lr).__name__} "
-            f"for {path!r}); return 1.0 if it is unknown."
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"the learning rate for checkpoint {path!r} is {type(lr).__name__} {_short(lr)}, not a number. {fix}")
+    lr = float(lr)
+    if not math.isfinite(lr) or lr < 0:
+        what = "negative" if lr < 0 else "not finite"
+        raise ValueError(
+            f"the learning rate for checkpoint {path!r} is {lr} ({what}): TracIn needs a finite learning rate "
+            f">= 0 (0 makes that checkpoint contribute nothing). {fix}"
         )
-    return float(lr)
+    return lr
+
+
+def _short(obj: Any) -> str:
+    r = repr(obj)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def call_load_func(load_func: Callable, model: nn.Module, path: str, is_default: bool, folder: str | None = None) -> float:
+    """Run a checkpoints_load_func and validate what it returns. ``folder``: the checkpoints folder the file
+    was found in (its every file is read), named in the error with the way out."""
+    hint = (
+        f" Every non-hidden file of the checkpoints folder {folder!r} is read as a checkpoint (as Captum does): "
+        "remove that file from it, or pass a list of checkpoint paths."
+        if folder is not None
+        else ""
+    )
+    try:
+        lr = load_func(model, path)
+    except Exception as e:
+        if is_default and isinstance(e, ValueError):  # load_checkpoint's message names the file and the fix
+            if not hint:
+                raise
+            raise ValueError(f"{e}{hint}") from e
+        who = "loading" if is_default else "checkpoints_load_func"
+        raise ValueError(f"{who} failed on checkpoint {path!r}: {type(e).__name__}: {e}{hint}") from e
+    return check_lr(lr, path, is_default)

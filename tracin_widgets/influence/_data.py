@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
 from collections.abc import Sequence
-from typing import Any, Iterable
+from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
 from torch.utils.data._utils.collate import default_collate
@@ -179,42 +177,3 @@ def batch_len(batch: tuple) -> int:
 
 def as_label_tensor(labels: Any) -> torch.Tensor:
     return labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)
-
-
-def hash_tensors(objs: Iterable[Any], h: "hashlib._Hash") -> None:
-    for o in objs:
-        if isinstance(o, torch.Tensor):
-            t = o.detach().cpu().contiguous()
-            h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        elif isinstance(o, (list, tuple)):
-            hash_tensors(o, h)
-        elif isinstance(o, np.ndarray):
-            h.update(np.ascontiguousarray(o).tobytes())
-        else:
-            h.update(repr(o).encode())
-
-
-def dataset_fingerprint(loader: DataLoader, n_samples: int = 24) -> str:
-    """Cheap fingerprint of a training set: type, length and a spread of items."""
-    h = hashlib.sha256()
-    ds = getattr(loader, "dataset", None)
-    h.update(type(ds).__name__.encode())
-    try:
-        n = len(ds)  # type: ignore[arg-type]
-    except TypeError:
-        n = -1
-    h.update(str(n).encode())
-    if n > 0 and hasattr(ds, "__getitem__"):
-        idx = sorted(set(np.linspace(0, n - 1, min(n, n_samples)).round().astype(int).tolist()))
-        for i in idx:
-            hash_tensors([ds[i]], h)
-    return h.hexdigest()[:24]
-
-
-def file_fingerprint(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:24]

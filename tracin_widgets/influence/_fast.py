@@ -79,10 +79,11 @@ class TracInCPFast(TracInCPBase):
         progress_callback: Any = None,
         cache_dir: Any = None,
         weights_only: bool = True,
+        data_version: str | None = None,
     ) -> None:
         super().__init__(
             model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
-            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only,
+            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only, data_version=data_version,
         )
         self.final_fc_layer = final_fc_layer
         self.vectorize = vectorize  # accepted for compatibility; gradients here need no jacobian
@@ -385,11 +386,12 @@ class TracInCPFastRandProj(TracInCPFast):
         progress_callback: Any = None,
         cache_dir: Any = None,
         weights_only: bool = True,
+        data_version: str | None = None,
     ) -> None:
         super().__init__(
             model, final_fc_layer, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size,
             test_loss_fn, vectorize,
-            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only,
+            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only, data_version=data_version,
         )
         if projection_dim is not None and (
             isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim <= 0

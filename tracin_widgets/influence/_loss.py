@@ -8,6 +8,7 @@ and ``loss_fn=None`` (TracInCP only) differentiates the summed model outputs.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -33,6 +34,7 @@ def loss_mode(loss_fn: Any, argname: str, allowed: tuple[str, ...], context: str
         )
     if not callable(loss_fn):
         raise TypeError(f"{argname} must be callable (loss_fn(outputs, labels)), not {type(loss_fn).__name__}.")
+    check_takes_outputs_and_labels(loss_fn, argname, allowed)
     red = getattr(loss_fn, "reduction", None)
     if red is None:
         warnings.warn(
@@ -49,6 +51,27 @@ def loss_mode(loss_fn: Any, argname: str, allowed: tuple[str, ...], context: str
             f"{' or '.join(repr(a) for a in ok)}: e.g. {_EXAMPLES[ok[0]]}."
         )
     return red
+
+
+def check_takes_outputs_and_labels(loss_fn: Any, argname: str, allowed: tuple[str, ...]) -> None:
+    """A loss is called as ``loss_fn(outputs, labels)``: refuse at once what cannot take two positional
+    arguments (``nn.ReLU()``, ``nn.Softmax(dim=1)``, a three-input loss...). The signature of a module's
+    ``forward`` is checked, else of the callable; one without a readable signature (some builtins) passes."""
+    fn = loss_fn.forward if isinstance(loss_fn, torch.nn.Module) else loss_fn
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(object(), object())
+    except TypeError as e:
+        name = type(loss_fn).__name__ if isinstance(loss_fn, torch.nn.Module) else getattr(fn, "__qualname__", repr(fn))
+        what = f"{name}.forward{sig}" if isinstance(loss_fn, torch.nn.Module) else f"{name}{sig}"
+        ok = [a for a in allowed if a != "outputs"]
+        raise TypeError(
+            f"{argname} is not a loss: it is called as {argname}(outputs, labels), but {what} cannot take "
+            f"those two arguments ({e}). Pass a loss such as {_EXAMPLES[ok[0]]}."
+        ) from None
 
 
 def total_loss(mode: str, loss_fn: Any, out: torch.Tensor, labels: Any, n: int) -> torch.Tensor:

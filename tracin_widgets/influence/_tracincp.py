@@ -20,7 +20,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ._base import KMostInfluentialResults, TracInCPBase, _Progress, check_k, locked
-from ._data import batch_len, hash_tensors, split_rows
+from ._cache import hash_tensors
+from ._data import batch_len, split_rows
 from ._errors import TracInWarning
 from ._layers import resolve_module
 from ._loss import loss_mode, total_loss
@@ -112,10 +113,11 @@ class TracInCP(TracInCPBase):
         progress_callback: Any = None,
         cache_dir: Any = None,
         weights_only: bool = True,
+        data_version: str | None = None,
     ) -> None:
         super().__init__(
             model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
-            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only,
+            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only, data_version=data_version,
         )
         self.sample_wise_grads_per_batch = sample_wise_grads_per_batch
         if sample_wise_grads_per_batch:
