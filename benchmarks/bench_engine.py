@@ -30,10 +30,11 @@ Tasks (``--tasks``, comma separated):
   floor     no library: one pass over the Dataset through a DataLoader (batch --batch-size, with 0 and
             --floor-workers workers), and 6 checkpoints' no-grad forward over preprocessed tensors
 
-Examples:
-  .venv/bin/python benchmarks/bench_engine.py --n-train 10000 --reps 3 --tasks fast,self,workflow
-  .venv/bin/python benchmarks/bench_engine.py --n-train 50000 --reps 1 --tasks workflow,query
-  python3 benchmarks/bench_engine.py --device cuda --reps 3 --out benchmarks/out/h200.json
+The named scenarios of ``python -m benchmarks`` run this module with fixed options (benchmarks/suite.py); to run
+one configuration by hand (from the repository root):
+  .venv/bin/python -m benchmarks.bench_engine --n-train 10000 --reps 3 --tasks fast,self,workflow
+  .venv/bin/python -m benchmarks.bench_engine --n-train 50000 --reps 1 --tasks workflow,query
+  python3 -m benchmarks.bench_engine --device cuda --reps 3 --out benchmarks/out/h200.json
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from tracin_widgets.tutorial import Net, checkpoints_load_func  # the tutorial's network and checkpoint loader
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 N_FULL = 50_000
 N_TEST_POOL = 2_000
@@ -72,41 +73,6 @@ N_CLASSES = 10
 LABEL_NOISE = 0.05
 K = 10
 TASKS = ("fast", "self", "workflow", "query", "randproj", "cp", "floor")
-
-
-# ----------------------------------------------------------------------------------------------- model
-class Net(nn.Module):
-    """The tutorial's network, verbatim (children registered conv1, pool1, pool2, conv2, fc1..3, relu1..4)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool1 = nn.MaxPool2d(2, 2)
-        self.pool2 = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-        self.relu1 = nn.ReLU()
-        self.relu2 = nn.ReLU()
-        self.relu3 = nn.ReLU()
-        self.relu4 = nn.ReLU()
-
-    def forward(self, x):
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        x = x.view(-1, 16 * 5 * 5)
-        x = self.relu3(self.fc1(x))
-        x = self.relu4(self.fc2(x))
-        x = self.fc3(x)
-        return x
-
-
-def checkpoints_load_func(net: nn.Module, path: str) -> float:
-    """The tutorial's loader (weights_only made explicit)."""
-    weights = torch.load(path, map_location="cpu", weights_only=True)
-    net.load_state_dict(weights["model_state_dict"])
-    return 1.0
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -169,19 +135,24 @@ def train_checkpoints(x: torch.Tensor, y: torch.Tensor, ckpt_dir: Path, device: 
     return log
 
 
-def prepare_data(data_dir: Path, seed: int, device: str) -> dict:
-    """Generate (once) the images and the 6 checkpoints; return the arrays and the checkpoint paths."""
+def prepare_data(data_dir: Path, seed: int, device: str, n_full: int = N_FULL) -> dict:
+    """Generate (once) the images and the 6 checkpoints; return the arrays and the checkpoint paths.
+
+    ``n_full`` below the tutorial's 50,000 makes a smaller workload (with n_full // 25 test images, at least 64) for
+    smoke runs, cached under its own file names."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    npz = data_dir / f"synth-cifar-seed{seed}.npz"
-    ckpt_dir = data_dir / f"checkpoints-seed{seed}"
-    meta_path = data_dir / f"meta-seed{seed}.json"
+    n_test = N_TEST_POOL if n_full == N_FULL else max(64, n_full // 25)
+    tag = f"seed{seed}" if n_full == N_FULL else f"seed{seed}-n{n_full}"
+    npz = data_dir / f"synth-cifar-{tag}.npz"
+    ckpt_dir = data_dir / f"checkpoints-{tag}"
+    meta_path = data_dir / f"meta-{tag}.json"
     if not npz.is_file():
         t0 = time.perf_counter()
         templates = make_templates(seed)
-        xtr, ytr_clean = generate_images(N_FULL, seed + 1, templates)
-        xte, yte = generate_images(N_TEST_POOL, seed + 2, templates)
+        xtr, ytr_clean = generate_images(n_full, seed + 1, templates)
+        xte, yte = generate_images(n_test, seed + 2, templates)
         rng = np.random.default_rng(seed + 3)
-        flipped = rng.random(N_FULL) < LABEL_NOISE
+        flipped = rng.random(n_full) < LABEL_NOISE
         ytr = ytr_clean.copy()
         ytr[flipped] = (ytr_clean[flipped] + rng.integers(1, N_CLASSES, size=int(flipped.sum()))) % N_CLASSES
         tmp = npz.with_suffix(".tmp.npz")
@@ -350,7 +321,7 @@ class Bench:
         self.args = args
         self.device = torch.device(args.device)
         self.loss_sum = nn.CrossEntropyLoss(reduction="sum")
-        self.data = prepare_data(Path(args.data_dir), args.seed, args.device)
+        self.data = prepare_data(Path(args.data_dir), args.seed, args.device, getattr(args, "data_size", N_FULL))
         self.ckpts = self.data["checkpoints"]
         self.net = Net().to(self.device)
         checkpoints_load_func(self.net, self.ckpts[-1])
@@ -360,7 +331,7 @@ class Bench:
         self.test_batch = self.test_batch_at(0)
         if self.device.type == "cuda":  # CUDA context, cuDNN and allocator warm-up, outside every timing
             for m in (2048, 128, 4):
-                xb = self.pool_x[:m].repeat(max(1, 2048 // N_TEST_POOL + 1), 1, 1, 1)[:m].to(self.device)
+                xb = self.pool_x[:m].repeat(max(1, 2048 // len(self.pool_x) + 1), 1, 1, 1)[:m].to(self.device)
                 self.loss_sum(self.net(xb), torch.zeros(m, dtype=torch.long, device=self.device)).backward()
             self.net.zero_grad(set_to_none=True)
             sync(self.device)
@@ -370,7 +341,7 @@ class Bench:
         self.profiles: dict[str, str] = {}
 
     def test_batch_at(self, i: int):
-        s = (4 * i) % (N_TEST_POOL - 4)
+        s = (4 * i) % (len(self.pool_y) - 4)
         return (self.pool_x[s : s + 4].to(self.device), self.pool_y[s : s + 4].to(self.device))
 
     # datasets -------------------------------------------------------------------------------------
@@ -722,7 +693,7 @@ def machine_info(device: torch.device) -> dict:
         from importlib.metadata import version
 
         info["annoy"] = version("annoy")
-    except Exception:  # noqa: BLE001
+    except Exception:
         info["annoy"] = None
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -736,7 +707,7 @@ def machine_info(device: torch.device) -> dict:
     try:
         info["git_head"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                           text=True, timeout=10).stdout.strip() or None
-    except Exception:  # noqa: BLE001
+    except Exception:
         info["git_head"] = None
     return info
 
@@ -797,6 +768,8 @@ def table(results: dict, device: torch.device) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-train", type=int, default=N_FULL, help="training examples (first N of the 50k; default 50000)")
+    p.add_argument("--data-size", type=int, default=N_FULL,
+                   help="training images to generate (default the tutorial's 50000; smaller for smoke runs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--reps", type=int, default=1, help="interleaved repetitions of each Captum-vs-ours task")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
@@ -835,8 +808,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    if args.n_train > N_FULL:
-        p.error(f"--n-train is at most {N_FULL}")
+    if args.n_train > args.data_size:
+        p.error(f"--n-train is at most --data-size ({args.data_size})")
 
     info = machine_info(device)
     print(json.dumps(info), flush=True)

@@ -31,12 +31,13 @@ Parts (``--parts``, comma separated):
            received -> reply sent) is recorded by the kernel's explorer.
 
 Medians and p90 over ``--reps`` (>= 10) new selections / new pages. Results: JSON in benchmarks/out/ (gitignored),
-summary on stdout; recorded in benchmarks/WIDGET_RESULTS.md.
+summary on stdout. ``python -m benchmarks widget`` runs it and records the figures in benchmarks/results/ and
+benchmarks/RESULTS.md.
 
-Examples:
-  .venv/bin/python benchmarks/bench_widget.py                     # prepare data, python + browser, 15 reps
-  .venv/bin/python benchmarks/bench_widget.py --parts python --reps 20 --profile
-  .venv/bin/python benchmarks/bench_widget.py --n-train 5000 --reps 10   # quick smoke run
+Examples (from the repository root):
+  .venv/bin/python -m benchmarks widget                               # prepare data, python + browser, 15 reps
+  .venv/bin/python -m benchmarks.bench_widget --parts python --reps 20 --profile
+  .venv/bin/python -m benchmarks.bench_widget --n-train 5000 --reps 10   # quick smoke run
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ import platform
 import pstats
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -63,12 +63,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from tracin_widgets.tutorial import Net  # the tutorial's network; 3x32x32 by default
+from tracin_widgets.widget import InfluenceExplorer
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tracin_widgets.widget import InfluenceExplorer  # noqa: E402
 
 TARGETS_MS = {"gallery": 300.0, "table_page": 200.0, "first_progress": 1000.0}
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -79,9 +78,6 @@ FLIP_FRACTION = 0.05
 # ---------------------------------------------------------------------------------------------------------------------
 # data, model, checkpoints
 # ---------------------------------------------------------------------------------------------------------------------
-from tracin_widgets.tutorial import Net  # noqa: E402  (the tutorial's network; 3x32x32 by default)
-
-
 class SynthCIFAR(Dataset):
     """uint8 NHWC images -> (normalised float 3x32x32 tensor, int label), like ToTensor() + Normalize(0.5, 0.5)."""
 
@@ -157,7 +153,7 @@ def prepare(data_dir: Path, n_train: int, n_test: int, seed: int, log: Callable[
                 opt.step()
             torch.save(model.state_dict(), path)
         with torch.no_grad():
-            xt = torch.from_numpy(d["x_test"]).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+            xt = torch.from_numpy(d["x_test"]).permute(0, 3, 1, 2).contiguous().float().div(255).sub(0.5).div(0.5)
             acc = float((model(xt).argmax(1).numpy() == d["y_test"]).mean())
         p["meta"].write_text(json.dumps({"train_seconds": time.perf_counter() - t0, "test_accuracy": acc}))
         log(f"trained {len(ckpts)} checkpoints in {time.perf_counter() - t0:.1f} s (test accuracy {acc:.3f})")
@@ -400,8 +396,8 @@ def _top(prof: cProfile.Profile, n: int = 25) -> str:
 NOTEBOOK_CELLS = [
     # 0: load the workload
     "import sys, json\n"
-    "sys.path[:0] = [{repo!r}, {bench!r}]\n"
-    "import bench_widget as B\n"
+    "sys.path[:0] = [{repo!r}]\n"
+    "import benchmarks.bench_widget as B\n"
     "d = B.load({data_dir!r}, {n_train}, {n_test}, {seed})\n"
     "rec = B.Recorder()\n"
     "print('LOADED')",
@@ -517,7 +513,7 @@ def browser_part(paths: dict, args, log) -> dict:
         raise SystemExit("Debian chromium is needed for --parts browser (bash .ci/setup --test)")
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # the kernel: torch's default threads
     out: dict[str, Any] = {"loadavg_start": loadavg()}
-    fmt = dict(repo=str(REPO), bench=str(HERE), data_dir=str(paths["npz"].parent), n_train=args.n_train,
+    fmt = dict(repo=str(REPO), data_dir=str(paths["npz"].parent), n_train=args.n_train,
                n_test=args.n_test, seed=args.seed, k=args.k, cache=str(paths["cache"]))  # fmt: skip
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c.format(**fmt)) for c in NOTEBOOK_CELLS]

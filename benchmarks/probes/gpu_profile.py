@@ -3,7 +3,7 @@
 floors (worker counts, loader batch sizes), host-to-device copies, the 6-checkpoint forward floor, and the
 engine's cold workflow with a cProfile summary. Prints a report; ``--out`` writes it as JSON too.
 
-  python3 benchmarks/gpu_profile.py --out benchmarks/out/h200/gpu-profile.json
+  python3 -m benchmarks.probes.gpu_profile --out benchmarks/out/h200/gpu-profile.json
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ import io
 import json
 import pstats
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-from bench_engine import N_CKPT, Net, PILDataset, _preprocess, checkpoints_load_func, prepare_data  # noqa: E402
+from benchmarks.bench_engine import N_CKPT, PILDataset, _preprocess, prepare_data
+from tracin_widgets.tutorial import Net, checkpoints_load_func
+
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 REPORT: dict = {}
 
@@ -53,7 +52,7 @@ def main() -> None:
     args = p.parse_args()
     sections = set(args.sections.split(","))
     dev = torch.device("cuda")
-    data = prepare_data(HERE / "data", 0, "cuda")
+    data = prepare_data(DATA, 0, "cuda")
     paths = data["checkpoints"]
     x_cpu = _preprocess(data["x_train"])
     y_cpu = torch.from_numpy(data["y_train"]).long()

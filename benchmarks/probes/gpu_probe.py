@@ -5,23 +5,22 @@
 * the tutorial Net's 6-checkpoint forward at 16k rows: cudnn.benchmark, channels_last, vmap over checkpoints;
 * host-to-device: pageable chunk copies on a side stream overlapped with the forward, and a pinned double buffer.
 
-  python3 benchmarks/gpu_probe.py
+  python3 -m benchmarks.probes.gpu_probe
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-from bench_engine import N_CKPT, Net, PILDataset, _preprocess, checkpoints_load_func, prepare_data  # noqa: E402
-from gpu_profile import timed as _timed  # noqa: E402
+from benchmarks.bench_engine import N_CKPT, PILDataset, _preprocess, prepare_data
+from benchmarks.probes.gpu_profile import timed as _timed
+from tracin_widgets.tutorial import Net, checkpoints_load_func
+
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 class Trivial(Dataset):
@@ -39,7 +38,7 @@ def timed(name, fn, reps=3, sync=True):
 
 def main() -> None:
     dev = torch.device("cuda")
-    data = prepare_data(HERE / "data", 0, "cuda")
+    data = prepare_data(DATA, 0, "cuda")
     torch.zeros(1, device=dev)
     print("tf32 cudnn", torch.backends.cudnn.allow_tf32, "matmul", torch.backends.cuda.matmul.allow_tf32)
     # --- worker start-up

@@ -6,21 +6,20 @@ This bounds any cold TracInCPFast factor pass (one forward per checkpoint per ex
 speed-up over Captum, whose passes cost about the same per pass. Wall and process CPU time are printed;
 on a shared machine, trust the CPU time.
 
-  .venv/bin/python benchmarks/floor_forward.py --n 10000 --threads 1
+  .venv/bin/python -m benchmarks.probes.floor_forward --n 10000 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import N_CKPT, Net, _preprocess, checkpoints_load_func, prepare_data  # noqa: E402
+from benchmarks.bench_engine import N_CKPT, _preprocess, prepare_data
+from tracin_widgets.tutorial import Net, checkpoints_load_func
 
 
 def main() -> None:
@@ -29,7 +28,7 @@ def main() -> None:
     p.add_argument("--threads", default="1", help="comma separated thread counts")
     p.add_argument("--batch-sizes", default="128,256,512,1024,2048")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parent / "data"))
+    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "data"))
     args = p.parse_args()
     data = prepare_data(Path(args.data_dir), 0, "cpu")
     x = _preprocess(data["x_train"][: args.n])

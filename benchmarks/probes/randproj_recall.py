@@ -9,7 +9,8 @@ embeddings instead of Annoy's: the recall that the projection alone allows, i.e.
 ``--captum-n`` also builds Captum's TracInCPFastRandProj (for its recall; slow). The "cached" timing is our RandProj
 ``__init__`` when a TracInCPFast with the same ``cache_dir`` has already computed the factors (index build only).
 
-  .venv/bin/python benchmarks/randproj_recall.py --threads 2 --n-train 10000,50000 --captum-n 10000
+  .venv/bin/python -m benchmarks recall            # the recorded run: 10k and 50k, Captum's recall at 10k
+  .venv/bin/python -m benchmarks.probes.randproj_recall --threads 2 --n-train 10000,50000 --captum-n 10000
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import bench_engine as be  # noqa: E402
+from benchmarks import bench_engine as be
+
+BENCH = Path(__file__).resolve().parent.parent  # benchmarks/
 
 
 def main(argv=None) -> int:
@@ -38,13 +39,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--source", default="pil")
-    p.add_argument("--out", default=str(HERE / "out" / "randproj-recall.json"))
+    p.add_argument("--out", default=str(BENCH / "out" / "randproj-recall.json"))
+    p.add_argument("--data-dir", default=str(BENCH / "data"))
+    p.add_argument("--data-size", type=int, default=be.N_FULL, help="training images to generate (smoke runs: fewer)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    args = argparse.Namespace(data_dir=str(HERE / "data"), seed=0, device=a.device, num_workers=-1, final_fc="fc3",
-                              batch_size=2048, captum_workers=0, profile="", skip_captum="")
+    args = argparse.Namespace(data_dir=a.data_dir, data_size=a.data_size, seed=0, device=a.device, num_workers=-1,
+                              final_fc="fc3", batch_size=2048, captum_workers=0, profile="", skip_captum="")
     bench = be.Bench(args)
     from captum.influence import TracInCPFastRandProj as C
     from captum.influence._utils.nearest_neighbors import AnnoyNearestNeighbors as CAnnoy

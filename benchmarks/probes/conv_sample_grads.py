@@ -9,7 +9,7 @@ padding), each computes gw[i] = sum_{y,x} g[i, :, y, x] (outer) x[i, :, y:y+k, x
   offsets      a bmm for each of the k*k kernel offsets over a shifted slice
 Relative error is against the float64 einsum. ``--device cuda`` times with synchronisation.
 
-  .venv/bin/python benchmarks/conv_sample_grads.py --threads 1
+  .venv/bin/python -m benchmarks.probes.conv_sample_grads --threads 1
 """
 
 from __future__ import annotations

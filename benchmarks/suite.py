@@ -1,0 +1,405 @@
+"""The named scenarios of ``python -m benchmarks``, and how their figures become ``benchmarks/results/*.json``.
+
+A scenario is a fixed list of steps; each step runs ``bench_engine`` (or ``bench_widget`` / the recall probe) in its
+own process with fixed options, as the per-run shell scripts used to, and writes its raw JSON under
+``benchmarks/out/`` (git-ignored). The suite then collects the figures of every step into one results file,
+``<results-dir>/<scenario>-<machine-tag>.json`` (machine, torch version, date, git commit, the figures), which
+``python -m benchmarks report`` renders into ``benchmarks/RESULTS.md``.
+
+``--quick`` runs one tiny step instead (128 generated images, one rep) to check that the scenario works; its
+file is ``<scenario>-<machine-tag>-quick.json`` so that it never replaces recorded figures, and ``report`` skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS_DIR = BENCH / "results"
+RESULTS_MD = BENCH / "RESULTS.md"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One process of a scenario: ``python -m <module> <argv> --out <raw json>``, stopped after ``timeout_s``."""
+
+    name: str
+    argv: tuple[str, ...]
+    what: str
+    timeout_s: float | None = None
+    module: str = "benchmarks.bench_engine"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    help: str
+    steps: tuple[Step, ...]
+    quick: Step
+    kind: str = "engine"  # how the raw JSON is read: engine, widget or recall
+    common: tuple[str, ...] = field(default_factory=tuple)  # options of every step (full and quick)
+
+
+def _a(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+# The workload and options of every step are bench_engine's (see its docstring); ``--tasks`` names what is measured.
+_ENGINE_QUICK = "--data-size 128 --n-train 128 --cp-n-train 32 --sources cifar10 --tasks workflow,self,query,cp,randproj "
+_ENGINE_QUICK += "--reps 1 --query-reps 3 --warm-reps 1 --randproj-query-reps 1 --batch-size 128"
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "cpu",
+            "Captum vs ours side by side on the CPU (2-core figures: about 45 minutes, plus 13 for the data once)",
+            (
+                Step("10k-cifar10", _a("--threads 1 --n-train 10000 --sources cifar10 --tasks workflow,self,cp,randproj "
+                                       "--cp-n-train 1000 --reps 3 --randproj-reps 2"),
+                     "10k, 1 thread, torchvision's CIFAR10 class: workflow, self, TracInCP on 1,000, RandProj"),
+                Step("10k-pil", _a("--threads 1 --n-train 10000 --sources pil --tasks workflow,randproj --reps 2"),
+                     "10k, 1 thread, a generic per-item Dataset: workflow and RandProj"),
+                Step("50k", _a("--threads 2 --n-train 50000 --sources cifar10,pil --tasks workflow,query --reps 1"),
+                     "the tutorial's 50k, 2 threads: workflow and warm query"),
+                Step("50k-randproj", _a("--threads 2 --n-train 50000 --sources cifar10,pil --tasks randproj --reps 1"),
+                     "the tutorial's 50k, 2 threads: RandProj set-up and query"),
+            ),
+            Step("quick", _a("--threads 1 " + _ENGINE_QUICK), "smoke run: 128 images, every task once"),
+        ),
+        Scenario(
+            "gpu",
+            "Captum vs ours on one CUDA GPU, N = 50,000 (an H200: about 14 minutes; split it with --only)",
+            (
+                Step("cifar10", _a("--sources cifar10 --tasks workflow,self,cp --reps 3"),
+                     "torchvision's CIFAR10 class: workflow, self, TracInCP on 5,000", 200),
+                Step("cifar10-randproj10k", _a("--sources cifar10 --n-train 10000 --tasks randproj --reps 1 "
+                                               "--captum-timeout 100"),
+                     "RandProj set-up and query at 10k, Captum side by side (stopped after 100 s)", 130),
+                Step("cifar10-randproj", _a("--sources cifar10 --tasks randproj --skip-captum randproj --reps 2"),
+                     "RandProj at 50k, ours only (Captum takes > 400 s)", 60),
+                Step("tensor", _a("--sources tensor --tasks workflow,self,query --reps 5"),
+                     "a TensorDataset: workflow, self, warm query", 100),
+                Step("pil", _a("--sources pil --tasks workflow --reps 3"), "a generic per-item Dataset: workflow", 150),
+                Step("cp", _a("--sources tensor,pil --tasks cp --reps 3"),
+                     "TracInCP on 5,000 from a TensorDataset and a generic per-item Dataset", 200),
+                Step("pil-randproj", _a("--sources pil --tasks randproj --skip-captum randproj --reps 2"),
+                     "RandProj at 50k from a generic per-item Dataset, ours only", 60),
+            ),
+            Step("quick", _a(_ENGINE_QUICK), "smoke run: 128 images, every task once", 300),
+            common=_a("--device cuda --cp-n-train 5000"),
+        ),
+        Scenario(
+            "widget",
+            "InfluenceExplorer latency: Python-side and in a real browser (JupyterLab + chromium); about 15 minutes",
+            (Step("widget", _a("--reps 15"), "50k training examples, Python-side and browser parts",
+                  module="benchmarks.bench_widget"),),
+            Step("quick", _a("--n-train 1000 --n-test 100 --reps 10 --parts python"),
+                 "smoke run: 1,000 examples, Python-side part only", module="benchmarks.bench_widget"),
+            kind="widget",
+        ),
+        Scenario(
+            "recall",
+            "TracInCPFastRandProj recall@10 against the exact top-10, by rerank (CPU, about 25 minutes)",
+            (Step("recall", _a("--threads 2 --n-train 10000,50000 --captum-n 10000"),
+                  "10k and 50k, Captum's recall at 10k", module="benchmarks.probes.randproj_recall"),),
+            Step("quick", _a("--threads 1 --data-size 256 --n-train 256 --captum-n 256 --batches 2 --reranks none,5,50"),
+                 "smoke run: 256 images", module="benchmarks.probes.randproj_recall"),
+            kind="recall",
+        ),
+    )
+}
+
+# bench_engine result (task) -> rows: (row task, Captum's segment, ours' segment)
+ENGINE_ROWS: dict[str, tuple[tuple[str, str | None, str], ...]] = {
+    "fast": (("fast", "total", "total"),),
+    "self": (("self", "total", "total"),),
+    "workflow": (("workflow", "total", "total"), ("workflow_proopp", "pro+opp", "pro+opp"),
+                 ("workflow_warm", "total", "warm_total_median")),
+    "query": (("query", None, "pro+opp"),),
+    "randproj": (("randproj_init", "init", "init"), ("randproj_query", "query_median", "query_median")),
+    "cp": (("cp_proopp", "pro+opp", "pro+opp"), ("cp_self", "self", "self"), ("cp_total", "total", "total")),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------- machine
+def git_commit() -> str | None:
+    """The short commit of the working tree, with ``-dirty`` when tracked files differ from it (None without git)."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=False).stdout.strip()
+        if not head:
+            return None
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_tag(machine: dict) -> str:
+    """``h200`` for an NVIDIA H200 (the GPU's model), else ``<cores>core`` for the CPU."""
+    gpu = machine.get("gpu")
+    if gpu:
+        m = re.search(r"\b([A-Z]+\d{2,4}[A-Za-z]?)\b", gpu)
+        return (m.group(1) if m else re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-")).lower()
+    return f"{machine.get('cores') or os.cpu_count()}core"
+
+
+def machine_label(machine: dict) -> str:
+    gpu = machine.get("gpu")
+    if gpu:
+        return gpu.replace("NVIDIA ", "")
+    return f"CPU, {machine.get('cores')} cores"
+
+
+# ----------------------------------------------------------------------------------------------------------- setup
+def setup_site(wheels: Path, annoy_src: Path, site: Path) -> None:
+    """Make Captum and Annoy importable on a bare machine without internet (the device machines: torch 2.11, neither
+    installed). Captum comes from a carried wheel (``pip download captum==0.9.0 --no-deps -d .whl``); Annoy is built
+    from its carried source (``.carry/annoy-1.17.3``: the sdist with the ``setup_requires`` nose line removed, which
+    pip cannot fetch offline). Both go into ``site``, which is put first on this process's and the steps' path."""
+    site = site.resolve()
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-cache-dir", "--target", str(site)]
+    if importlib.util.find_spec("captum") is None:
+        whls = sorted(wheels.glob("*.whl"))
+        if not whls:
+            raise SystemExit(f"--setup: captum is not installed and --wheels {wheels} holds no .whl; carry Captum "
+                             "0.9's wheel there (pip download captum==0.9.0 --no-deps -d .whl)")
+        subprocess.run(pip + ["--no-index", "--no-compile", "--upgrade", *map(str, whls)], check=True)
+    if importlib.util.find_spec("annoy") is None:
+        if not annoy_src.is_dir():
+            print(f"--setup: annoy is not installed and --annoy-src {annoy_src} is missing: the RandProj steps will "
+                  "fail", flush=True)
+        elif subprocess.run(pip + ["--no-build-isolation", str(annoy_src)], check=False).returncode:
+            print("--setup: building annoy FAILED: the RandProj steps will fail", flush=True)
+    sys.path.insert(0, str(site))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+
+
+# ----------------------------------------------------------------------------------------------------------- running
+def run_step(step: Step, argv: list[str], raw: Path) -> dict[str, Any]:
+    """Run one step in its own process group; stop the group after its timeout (what it saved so far is kept)."""
+    cmd = [sys.executable, "-m", step.module, *argv, "--out", str(raw)]
+    print(f"\n== step {step.name}: {step.what}\n   {shlex.join(cmd)}", flush=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+    timed_out = False
+    try:
+        rc = proc.wait(timeout=step.timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        rc = proc.wait()
+        print(f"   step {step.name} stopped after {step.timeout_s:g} s", flush=True)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return {"name": step.name, "what": step.what, "argv": argv, "started": started,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "returncode": rc, "timed_out": timed_out,
+            "raw": str(raw.relative_to(ROOT)) if raw.is_relative_to(ROOT) else str(raw)}
+
+
+def _summary(s: dict | None) -> dict | None:
+    if not s or s.get("median") is None:
+        return None
+    return {k: s[k] for k in ("median", "min", "max", "n") if s.get(k) is not None}
+
+
+def engine_rows(doc: dict, step: str) -> list[dict]:
+    """bench_engine's raw results -> the suite's rows (one per task, source, N; Captum's and our summaries)."""
+    args = doc["args"]
+    threads = args.get("threads") or doc["machine"].get("torch_threads")
+    rows = []
+    for name, rec in doc["results"].items():
+        task, source = name.rstrip("]").split("[")
+        n_train = rec.get("n_train", args["n_train"])
+        if task == "floor":
+            for seg, s in rec.get("ours_summary", {}).items():
+                rows.append({"task": "floor", "source": source, "n_train": n_train, "threads": threads,
+                             "reps": s.get("n"), "captum": None, "ours": _summary(s), "note": seg, "step": step})
+            continue
+        timeouts = [r for r in rec.get("captum", []) if "timeout" in r]
+        for row_task, cseg, oseg in ENGINE_ROWS.get(task, ()):
+            ours = _summary(rec.get("ours_summary", {}).get(oseg))
+            if ours is None:
+                continue
+            captum = _summary(rec.get("captum_summary", {}).get(cseg)) if cseg else None
+            row = {"task": row_task, "source": source, "n_train": n_train, "threads": threads,
+                   "reps": ours.get("n"), "captum": captum, "ours": ours, "step": step}
+            if captum is None and cseg and timeouts:
+                row["captum"] = {"more_than": args.get("captum_timeout")}
+            if row_task == "randproj_query" and rec.get("checks"):
+                rc = [c["recall_at_10_vs_exact"] for c in rec["checks"]]
+                row["recall"] = {lib: [statistics.mean(c[f"{lib}_{d}"] for c in rc) for d in ("pro", "opp")]
+                                 for lib in ("captum", "ours")}
+            rows.append(row)
+    return rows
+
+
+def engine_exactness(docs: list[dict]) -> dict:
+    """The largest relative differences to Captum over every check of every step, and whether the top-10 indices
+    came in the same order every time."""
+    out: dict[str, Any] = {}
+    same = []
+
+    def worst(key: str, value: float) -> None:
+        out[key] = max(out.get(key, 0.0), value)
+
+    for doc in docs:
+        for name, rec in doc["results"].items():
+            task = name.split("[")[0]
+            lib = "cp" if task == "cp" else "fast"
+            for c in rec.get("checks", []):
+                for d in ("pro", "opp"):
+                    if d in c:
+                        worst(f"{lib}_scores_max_rel", c[d]["max_rel_diff"])
+                        same.append(c[d]["same_order"])
+                if "self" in c:
+                    worst(f"{lib}_self_max_rel", c["self"]["max_rel_diff"])
+    if same:
+        out["same_top10_order"] = all(same)
+    return out
+
+
+def collect(scenario: Scenario, steps: list[dict], raws: list[Path]) -> dict:
+    """The results document of one scenario run from its steps' raw JSON files."""
+    docs = [json.loads(p.read_text()) if p.is_file() else None for p in raws]
+    found = [d for d in docs if d]
+    if not found:
+        raise SystemExit(f"no step of scenario {scenario.name!r} wrote results (see the output above)")
+    machine = dict(found[0]["machine"])
+    res: dict[str, Any] = {"scenario": scenario.name, "machine_tag": machine_tag(machine),
+                           "machine_label": machine_label(machine),
+                           "source": f"measured by python -m benchmarks {scenario.name}",
+                           "date": time.strftime("%Y-%m-%d %H:%M"), "git_commit": git_commit(),
+                           "torch": machine.get("torch"), "machine": machine, "steps": steps}
+    if scenario.kind == "engine":
+        res["rows"] = [r for step, d in zip(steps, docs) if d for r in engine_rows(d, step["name"])]
+        res["exactness"] = engine_exactness(found)
+    elif scenario.kind == "widget":
+        d = found[0]
+        res["runs"] = [{"label": "run", "reps": d["args"]["reps"], "n_train": d["args"]["n_train"],
+                        "figures": {k: d[k] for k in ("python", "browser") if k in d},
+                        "loadavg": [d.get("loadavg_start"), d.get("loadavg_end")]}]
+    else:
+        res["results"] = found[0]["results"]
+    return res
+
+
+def merge(previous: dict | None, new: dict) -> dict:
+    """A partial run (``--only``) replaces the rows of its steps in an earlier measured file of the same machine."""
+    if not previous or not str(previous.get("source", "")).startswith("measured") or "rows" not in previous:
+        return new
+    rerun = {s["name"] for s in new["steps"]}
+    new["steps"] = [s for s in previous["steps"] if s["name"] not in rerun] + new["steps"]
+    new["rows"] = [r for r in previous["rows"] if r.get("step") not in rerun] + new["rows"]
+    for key, value in previous.get("exactness", {}).items():
+        new["exactness"][key] = (value and new["exactness"].get(key, True)) if key == "same_top10_order" \
+            else max(value, new["exactness"].get(key, 0.0))
+    return new
+
+
+def run_scenario(scenario: Scenario, args: argparse.Namespace) -> list[str]:
+    """Run the scenario's steps, write its results file; return the names of the steps that failed or timed out."""
+    if args.setup:
+        setup_site(args.wheels, args.annoy_src, args.site)
+    if args.quick:
+        steps = [scenario.quick]
+    else:
+        steps = list(scenario.steps)
+        if args.only:
+            names = [n.strip() for n in args.only.split(",") if n.strip()]
+            unknown = sorted(set(names) - {s.name for s in steps})
+            if unknown:
+                raise SystemExit(f"--only: unknown step(s) {unknown} of scenario {scenario.name!r}; "
+                                 f"choose from {[s.name for s in steps]}")
+            steps = [s for s in steps if s.name in names]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    raw_dir = Path(args.raw_dir) / f"{scenario.name}{'-quick' if args.quick else ''}-{stamp}"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    extra = shlex.split(args.extra)
+    if args.data_dir and scenario.kind in ("engine", "recall", "widget"):
+        extra += ["--data-dir", str(args.data_dir)]
+    done, raws = [], []
+    for step in steps:
+        raw = raw_dir / f"{step.name}.json"
+        done.append(run_step(step, [*scenario.common, *step.argv, *extra], raw))
+        raws.append(raw)
+    res = collect(scenario, done, raws)
+    if args.tag:
+        res["machine_tag"] = args.tag
+    res["quick"] = bool(args.quick)
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / f"{scenario.name}-{res['machine_tag']}{'-quick' if args.quick else ''}.json"
+    if args.only and out.is_file():
+        res = merge(json.loads(out.read_text()), res)
+    out.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    failed = [s["name"] for s in done if s["returncode"] or s["timed_out"]]
+    print(f"\nwrote {out}" + (f" (steps that failed or timed out: {failed})" if failed else ""), flush=True)
+    if not args.quick and Path(args.results_dir).resolve() == RESULTS_DIR:
+        print("render it into benchmarks/RESULTS.md with: python -m benchmarks report", flush=True)
+    return failed
+
+
+# ----------------------------------------------------------------------------------------------------------- CLI
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join([*SCENARIOS, "report"]) + "}")
+    for sc in SCENARIOS.values():
+        steps = "\n".join(f"  {s.name:20s} {s.what}" for s in sc.steps)
+        sp = sub.add_parser(sc.name, help=sc.help, description=f"{sc.help}.\n\nsteps:\n{steps}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("--quick", action="store_true", help="one tiny smoke step instead of the full-size steps")
+        sp.add_argument("--only", default="", help="comma separated step names to run (merged into the results file)")
+        sp.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the results JSON goes")
+        sp.add_argument("--raw-dir", type=Path, default=BENCH / "out", help="where the steps' raw JSON goes")
+        sp.add_argument("--data-dir", type=Path, default=None,
+                        help="the generated workload's cache (default benchmarks/data/)")
+        sp.add_argument("--tag", default="", help="machine tag of the results file (default: GPU model or CPU cores)")
+        sp.add_argument("--extra", default="", help="more options for every step, e.g. \"--skip-captum cp\"")
+        sp.add_argument("--setup", action="store_true",
+                        help="first install Captum from --wheels and build Annoy from --annoy-src into --site when "
+                             "they are not importable (bare CUDA machines)")
+        sp.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="folder with captum-0.9.0's wheel")
+        sp.add_argument("--annoy-src", type=Path, default=ROOT / ".carry" / "annoy-1.17.3",
+                        help="annoy's source without its setup_requires nose line")
+        sp.add_argument("--site", type=Path, default=Path("/tmp/site"), help="install target of --setup")
+    rp = sub.add_parser("report", help="regenerate benchmarks/RESULTS.md's tables from the results JSON files")
+    rp.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    rp.add_argument("--results-md", type=Path, default=RESULTS_MD)
+    rp.add_argument("--check", action="store_true", help="only check that the file is up to date (exit 1 if not)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "report":
+        from benchmarks.report import update_results_md
+
+        changed = update_results_md(args.results_dir, args.results_md, check=args.check)
+        if args.check:
+            print(f"{args.results_md}: {'out of date' if changed else 'up to date'}")
+            return 1 if changed else 0
+        print(f"{args.results_md}: {'updated' if changed else 'unchanged'}")
+        return 0
+    return 1 if run_scenario(SCENARIOS[args.command], args) else 0

@@ -1,0 +1,118 @@
+"""The benchmark suite's plumbing (``python -m benchmarks``): its CLI, the report that renders benchmarks/RESULTS.md
+from benchmarks/results/*.json, and a smoke run of the cpu scenario. No timings are asserted."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report, suite
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def test_help_lists_the_scenarios():
+    out = _bench("--help")
+    assert out.returncode == 0, out.stderr
+    for name in ("cpu", "gpu", "widget", "recall", "report"):
+        assert name in out.stdout
+
+
+def test_report_reproduces_results_md_from_the_seeded_json(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    shutil.copy(RESULTS_MD, md)
+    assert not report.update_results_md(RESULTS, md), "RESULTS.md is stale: run python -m benchmarks report"
+    assert md.read_text() == RESULTS_MD.read_text()
+    out = _bench("report", "--check")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_report_tables_come_from_the_json(tmp_path):
+    """Changing a figure in a results file changes RESULTS.md, inside the markers only, and a second run is a no-op."""
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results)
+    doc = json.loads((results / "cpu-2core.json").read_text())
+    row = next(r for r in doc["rows"] if r["task"] == "workflow" and r["n_train"] == 50000 and r["source"] == "cifar10")
+    row["ours"]["median"] = 7.4443
+    (results / "cpu-2core.json").write_text(json.dumps(doc))
+    md = tmp_path / "RESULTS.md"
+    shutil.copy(RESULTS_MD, md)
+    assert report.update_results_md(results, md)
+    text = md.read_text()
+    assert "| 74.43 s | 7.44 s | 10.0× |" in text and "| 74.43 s | 6.64 s |" not in text
+    assert text.split("<!-- table:targets -->")[0] == RESULTS_MD.read_text().split("<!-- table:targets -->")[0]
+    assert not report.update_results_md(results, md)
+
+
+def test_report_rejects_an_unknown_marker(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    md.write_text("<!-- table:nope -->\n<!-- /table:nope -->\n")
+    with pytest.raises(ValueError, match=r"unknown table marker <!-- table:nope -->; known: targets, cpu"):
+        report.update_results_md(RESULTS, md)
+
+
+def test_engine_rows_from_raw_results():
+    """bench_engine's raw JSON -> rows: Captum's timed-out RandProj set-up becomes a lower bound."""
+    s = {"median": 2.0, "min": 1.0, "max": 3.0, "n": 2}
+    raw = {"args": {"threads": 1, "n_train": 100, "captum_timeout": 100.0}, "machine": {"torch_threads": 4},
+           "results": {"randproj[pil]": {
+               "n_train": 100, "captum": [{"timeout": "did not finish within 100.0 s"}],
+               "captum_summary": {"init": {"median": None, "min": None, "max": None, "n": 0}},
+               "ours_summary": {"init": s, "query_median": s}, "checks": []}}}
+    rows = suite.engine_rows(raw, "step")
+    init = next(r for r in rows if r["task"] == "randproj_init")
+    assert init["captum"] == {"more_than": 100.0} and init["ours"] == s and init["threads"] == 1
+    assert report.fmt_ratio(*report.ratio(init)) == "> 50×"
+
+
+def test_machine_tag():
+    assert suite.machine_tag({"gpu": "NVIDIA H200", "cores": 16}) == "h200"
+    assert suite.machine_tag({"gpu": "NVIDIA H100 80GB HBM3"}) == "h100"
+    assert suite.machine_tag({"cores": 2}) == "2core"
+
+
+def test_partial_run_replaces_only_its_steps():
+    old = {"source": "measured by python -m benchmarks gpu", "steps": [{"name": "a"}, {"name": "b"}],
+           "rows": [{"step": "a", "x": 1}, {"step": "b", "x": 2}], "exactness": {"fast_scores_max_rel": 1e-6}}
+    new = {"source": "measured by python -m benchmarks gpu", "steps": [{"name": "b"}],
+           "rows": [{"step": "b", "x": 3}], "exactness": {"fast_scores_max_rel": 1e-7}}
+    merged = suite.merge(copy.deepcopy(old), copy.deepcopy(new))
+    assert merged["rows"] == [{"step": "a", "x": 1}, {"step": "b", "x": 3}]
+    assert merged["exactness"]["fast_scores_max_rel"] == 1e-6
+    transcribed = dict(old, source="transcribed from RESULTS.md at commit 96c1434")
+    assert suite.merge(transcribed, copy.deepcopy(new))["rows"] == [{"step": "b", "x": 3}]
+
+
+def test_cpu_quick_writes_valid_results(tmp_path):
+    out = _bench("cpu", "--quick", "--results-dir", str(tmp_path / "results"), "--raw-dir", str(tmp_path / "raw"),
+                 "--data-dir", str(tmp_path / "data"), "--extra", "--skip-captum cp,randproj", timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    files = list((tmp_path / "results").glob("cpu-*-quick.json"))
+    assert len(files) == 1
+    doc = json.loads(files[0].read_text())
+    assert doc["scenario"] == "cpu" and doc["quick"] is True
+    assert doc["torch"] and doc["date"] and "git_commit" in doc and doc["machine"]["cores"]
+    tasks = {r["task"] for r in doc["rows"]}
+    assert {"workflow", "self", "query", "cp_proopp", "randproj_init"} <= tasks
+    assert all(r["ours"]["median"] > 0 for r in doc["rows"])
+    workflow = next(r for r in doc["rows"] if r["task"] == "workflow")
+    assert workflow["captum"]["median"] > 0 and workflow["n_train"] == 128
+    assert next(r for r in doc["rows"] if r["task"] == "cp_proopp")["captum"] is None  # skipped
+    assert doc["exactness"]["same_top10_order"] is True
+    assert doc["exactness"]["fast_scores_max_rel"] < 1e-4
+    assert report.load_results(tmp_path / "results") == {}  # quick results are never rendered
