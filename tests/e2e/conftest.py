@@ -1,7 +1,8 @@
 """Real-browser fixtures: JupyterLab / Notebook 7 servers on 127.0.0.1 driven by Playwright + Debian chromium.
 
-Recipe: /work/shared/research/widget-anchors.md sections 5-6. Everything the servers and the kernel write
-(config, settings, workspaces, runtime, data, IPython/matplotlib dirs, the notebooks) lives under pytest's tmp dirs.
+Recipe: each server gets its own config/data/runtime dirs and a token, listens on 127.0.0.1 only, and is stopped
+at the end of the session. Everything the servers and the kernel write (config, settings, workspaces, runtime,
+data, IPython/matplotlib dirs, the notebooks) lives under pytest's tmp dirs.
 No browser download: Playwright drives the system ``chromium`` through ``executable_path``.
 """
 
