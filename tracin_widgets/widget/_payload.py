@@ -12,6 +12,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from ._protocols import Row
+
 THUMB_SIZE = 64  # longest side of gallery / table thumbnails (smaller images are sent as they are)
 DETAIL_SIZE = 256  # longest side of the details view image
 SORT_KEYS = ("rank", "score", "index", "label", "pred")
@@ -163,8 +165,8 @@ def item_row(
     rank: Optional[int] = None,
     image: Optional[dict] = None,
     badge: Optional[str] = None,
-) -> dict:
-    """One tile / table row. Keys are stable: the JS reads exactly these."""
+) -> Row:
+    """One tile / table row (``_protocols.Row``). Keys are stable: the JS reads exactly these."""
     return {
         "index": int(index),
         "label": None if label is None else int(label),
@@ -201,7 +203,7 @@ def topk_rows(
     image: Callable[[int], dict],
     rank: Optional[np.ndarray] = None,
     preds: Optional[np.ndarray] = None,
-) -> list[dict]:
+) -> list[Row]:
     """Gallery rows for one query from the engine's (indices, scores) of that query."""
     rows = []
     for i, s in zip(np.asarray(indices).reshape(-1).tolist(), np.asarray(scores, dtype=np.float64).reshape(-1)):

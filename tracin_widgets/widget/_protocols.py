@@ -139,3 +139,15 @@ class Gallery(TypedDict):
     proponents: List[Row]
     opponents: List[Row]
     error: Optional[str]
+
+
+class StripPage(TypedDict):
+    """The ``test_strip`` trait: one page of test examples."""
+
+    page: int
+    n_pages: int
+    total: int  # test examples after the filter
+    page_size: int
+    filtered: bool  # only misclassified ones (once predictions are known)
+    has_preds: bool
+    items: List[Row]

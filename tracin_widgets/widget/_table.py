@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _payload
 from ._examples import Examples
-from ._protocols import RowsReply, RowsRequest
+from ._protocols import RowsReply, RowsRequest, StripPage
 
 ORDER_CACHE = 32  # sort orders of recent table queries
 
@@ -101,7 +101,7 @@ class Table:
                 out["found"] = _payload.found_vs_inspected(s, ex.truth)
         return out
 
-    def test_strip(self, page: int, page_size: int, misclassified_only: bool) -> dict:
+    def test_strip(self, page: int, page_size: int, misclassified_only: bool) -> StripPage:
         """The ``test_strip`` trait: one page of test examples (only misclassified ones when asked and known)."""
         ex = self.examples
         with ex.lock:
@@ -123,12 +123,12 @@ class Table:
                     image=ex.image("test", idx),
                 )
             )
-        return {
-            "page": page,
-            "n_pages": n_pages,
-            "total": int(len(pos)),
-            "page_size": size,
-            "filtered": filtered,
-            "has_preds": preds is not None,
-            "items": items,
-        }
+        return StripPage(
+            page=page,
+            n_pages=n_pages,
+            total=int(len(pos)),
+            page_size=size,
+            filtered=filtered,
+            has_preds=preds is not None,
+            items=items,
+        )
