@@ -56,7 +56,9 @@ def test_checker_reports_missing_unknown_and_mistyped_keys():
     sent = {"kind": "error", "id": 4, "request": "detail", "message": "ValueError: ..."}
     assert problems(sent, ErrorReply) == []
     assert problems(sent, OldErrorReply) == ["$: unknown key 'request' (not in OldErrorReply)"]
-    assert problems({"kind": "error", "id": 4, "message": "x"}, ErrorReply) == ["$: missing key 'request' of ErrorReply"]
+    assert problems({"kind": "error", "id": 4, "message": "x"}, ErrorReply) == [
+        "$: missing key 'request' of ErrorReply"
+    ]
     assert problems({**sent, "id": True}, ErrorReply) == [
         "$.id: True is none of int | str | NoneType: $.id: expected int, got bool True; "
         "$.id: expected str, got bool True; $.id: expected None, got True"
@@ -72,8 +74,8 @@ def test_checker_reports_missing_unknown_and_mistyped_keys():
     ]
 
 
-# --- Python side: what the controller sends ----------------------------------------------------------------------------
-def test_every_reply_and_gallery_the_controller_sends_has_its_typeddict_shape(make, fake, data, sent):
+# --- Python side: what the controller sends --------------------------------------------------------------------------
+def test_every_reply_and_gallery_the_controller_sends_has_its_typeddict_shape(make, fake, sent):
     fake.gate = threading.Event()
     w = make(wait=False, class_names=["a", "b", "c"], is_mislabelled=[0, 1] * (N_TRAIN // 2), k=3)
     galleries, strips = [], []
@@ -92,8 +94,17 @@ def test_every_reply_and_gallery_the_controller_sends_has_its_typeddict_shape(ma
     w._handle_custom_msg({"kind": "undo"}, [])
     requests = [
         {"kind": "rows", "id": 3, "offset": 0, "limit": 10},
-        {"kind": "rows", "id": 4, "offset": 5, "limit": 5, "sort": "score", "descending": True, "label": 1,
-         "only": "mislabelled", "score_range": [0.0, 1e9]},
+        {
+            "kind": "rows",
+            "id": 4,
+            "offset": 5,
+            "limit": 5,
+            "sort": "score",
+            "descending": True,
+            "label": 1,
+            "only": "mislabelled",
+            "score_range": [0.0, 1e9],
+        },
         {"kind": "rows", "id": 5, "sort": "pred", "only": "disagree"},
         {"kind": "detail", "id": 6, "index": 7},
         {"kind": "detail", "id": 7, "index": N_TRAIN},  # errors
@@ -123,7 +134,7 @@ def test_every_reply_and_gallery_the_controller_sends_has_its_typeddict_shape(ma
     assert check_all(strips, tp=StripPage) == []
 
 
-# --- JS side: what the front end sends, and what it makes of Python's replies ------------------------------------------
+# --- JS side: what the front end sends, and what it makes of Python's replies ----------------------------------------
 def run_session(replies_file: Path | None = None) -> dict:
     node = shutil.which("node")
     if node is None or not (JS / "node_modules" / "happy-dom").is_dir():
@@ -169,12 +180,27 @@ def test_the_front_end_renders_the_replies_python_sends(make, sent, tmp_path):
     (rows, rows_buf), (detail, detail_buf), (error, _) = sent
     assert check_all([rows, detail, error], REPLIES) == []
     file = tmp_path / "replies.json"
-    as_json = lambda content, buffers: {"content": content, "buffers": [list(bytes(b)) for b in buffers]}
-    file.write_text(json.dumps({"info": w.info, "rows": as_json(rows, rows_buf),
-                                "detail": as_json(detail, detail_buf), "error": as_json(error, [])}))
+
+    def as_json(content: dict, buffers: list) -> dict:
+        return {"content": content, "buffers": [list(bytes(b)) for b in buffers]}
+
+    file.write_text(
+        json.dumps(
+            {
+                "info": w.info,
+                "rows": as_json(rows, rows_buf),
+                "detail": as_json(detail, detail_buf),
+                "error": as_json(error, []),
+            }
+        )
+    )
     shown = run_session(file)["rendered"]
     assert shown["table_rows"] == [r["index"] for r in rows["rows"]]
     assert shown["table_page"].endswith(f"of {N_TRAIN} · page 1/{-(-N_TRAIN // 50)}")
     assert shown["details_index"] == 17 and shown["details_label"] == "abc"[detail["item"]["label"]]
     assert f"rank {detail['item']['rank']} of {N_TRAIN}" in shown["details_rank"]
-    assert shown["error_text"] == error["message"] == "ValueError: sort must be one of ('rank', 'score', 'index', 'label', 'pred'), got 'bogus'."
+    assert (
+        shown["error_text"]
+        == error["message"]
+        == "ValueError: sort must be one of ('rank', 'score', 'index', 'label', 'pred'), got 'bogus'."
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import operator
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import traitlets as t
 
@@ -59,8 +59,47 @@ def suggest(name: str) -> Optional[str]:
 def unexpected_kwargs_error(kwargs: dict) -> TypeError:
     hints = [f"{b!r} (did you mean {m!r}?)" if (m := suggest(b)) else repr(b) for b in sorted(kwargs)]
     return TypeError(
-        f"InfluenceExplorer() got unexpected keyword argument(s) {', '.join(hints)}. Valid arguments: {', '.join(ARGS)}."
+        f"InfluenceExplorer() got unexpected keyword argument(s) {', '.join(hints)}. "
+        f"Valid arguments: {', '.join(ARGS)}."
     )
+
+
+def check_arguments(
+    kwargs: dict,
+    train_dataset: Any,
+    test_dataset: Any,
+    k: Any,
+    class_names: Optional[Sequence[str]],
+    batch_size: Any,
+    to_image: Optional[Callable[[Any], Any]],
+) -> Optional[list[str]]:
+    """Refuse the constructor's arguments that cannot work, before anything is computed; returns ``class_names`` as a
+    list of str."""
+    if kwargs:
+        raise unexpected_kwargs_error(kwargs)
+    if train_dataset is None:
+        raise TypeError("InfluenceExplorer() needs train_dataset (a map-style dataset of (features, label) items).")
+    for name, ds in (("train_dataset", train_dataset), ("test_dataset", test_dataset)):
+        if ds is not None and not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):
+            raise TypeError(
+                f"{name} must be a map-style dataset (with __len__ and __getitem__), got {type(ds).__name__}."
+            )
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(k_error(k))
+    if class_names is not None:
+        if isinstance(class_names, (str, bytes)):
+            raise TypeError(single_string_error(class_names))
+        if not hasattr(class_names, "__iter__"):
+            raise TypeError(
+                f"class_names must be a list with one name per class, got {type(class_names).__name__}: pass a "
+                "list, e.g. ['cat', 'dog']."
+            )
+        class_names = [str(c) for c in class_names]
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    if to_image is not None and not callable(to_image):
+        raise TypeError("to_image must be a callable (tensor -> HxWxC uint8 or float image in [0, 1]).")
+    return class_names
 
 
 def k_error(value: Any) -> str:

@@ -33,7 +33,7 @@ from ._protocols import (
 )
 from ._table import Table
 from ._tasks import Progress
-from ._traits import ClassNames, IndexList, PositiveInt, k_error, single_string_error, unexpected_kwargs_error
+from ._traits import ClassNames, IndexList, PositiveInt, check_arguments
 
 log = logging.getLogger("tracin_widgets.widget")
 
@@ -214,34 +214,18 @@ class InfluenceExplorer(anywidget.AnyWidget):
         cache_dir: Any = None,
         **kwargs: Any,
     ):
-        if kwargs:
-            raise unexpected_kwargs_error(kwargs)
-        if train_dataset is None:
-            raise TypeError("InfluenceExplorer() needs train_dataset (a map-style dataset of (features, label) items).")
-        for name, ds in (("train_dataset", train_dataset), ("test_dataset", test_dataset)):
-            if ds is not None and not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):
-                raise TypeError(
-                    f"{name} must be a map-style dataset (with __len__ and __getitem__), got {type(ds).__name__}."
-                )
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(k_error(k))
-        if class_names is not None:
-            if isinstance(class_names, (str, bytes)):
-                raise TypeError(single_string_error(class_names))
-            if not hasattr(class_names, "__iter__"):
-                raise TypeError(
-                    f"class_names must be a list with one name per class, got {type(class_names).__name__}: pass a "
-                    "list, e.g. ['cat', 'dog']."
-                )
-            class_names = [str(c) for c in class_names]
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-        if to_image is not None and not callable(to_image):
-            raise TypeError("to_image must be a callable (tensor -> HxWxC uint8 or float image in [0, 1]).")
-
+        class_names = check_arguments(kwargs, train_dataset, test_dataset, k, class_names, batch_size, to_image)
         self._lock = threading.RLock()  # guards the computed arrays, request generations and the run state
-        ex = Examples(model, train_dataset, test_dataset, test_indices, to_image=to_image, batch_size=batch_size,
-                      device=device, lock=self._lock)
+        ex = Examples(
+            model,
+            train_dataset,
+            test_dataset,
+            test_indices,
+            to_image=to_image,
+            batch_size=batch_size,
+            device=device,
+            lock=self._lock,
+        )
         if class_names:  # one forward pass, so a wrong count is refused now rather than after the long passes
             ex.check_width()
         self._examples = ex
@@ -279,8 +263,15 @@ class InfluenceExplorer(anywidget.AnyWidget):
         self._names_reported = False
         self.last_exception: Optional[BaseException] = None
         self._table = Table(ex)
-        self._galleries = Galleries(ex, self._engine, lock=self._lock, fitted=self._fitted,
-                                    publish=self._publish_gallery, fail=self._fail, status=lambda: self.status)
+        self._galleries = Galleries(
+            ex,
+            self._engine,
+            lock=self._lock,
+            fitted=self._fitted,
+            publish=self._publish_gallery,
+            fail=self._fail,
+            status=lambda: self.status,
+        )
         if class_names and (problem := ex.class_names_problem(class_names)):
             raise ValueError(problem)
 
@@ -482,8 +473,9 @@ class InfluenceExplorer(anywidget.AnyWidget):
                 self.status = "error"
 
     def _predict(self, split: str, ids: Optional[list[int]], phase: str) -> tuple:
-        return self._examples.predict(split, ids, lock=self._engine.lock,
-                                      progress=lambda done, total: self._progress_cb(phase, done, total))
+        return self._examples.predict(
+            split, ids, lock=self._engine.lock, progress=lambda done, total: self._progress_cb(phase, done, total)
+        )
 
     def _step_test_predictions(self) -> None:
         ex = self._examples
