@@ -1,4 +1,5 @@
-"""The one Python -> JS codec of the explorer: pure functions, numpy only (torch tensors are accepted duck-typed).
+"""The one Python -> JS codec of the explorer: pure functions on numpy (sklearn for the ROC; torch tensors are accepted
+duck-typed).
 
 Nothing here imports anywidget, ipywidgets or torch. Images travel as ``{"data": bytes, "shape": [h, w, c]}``
 (uint8, row-major HWC, c in {1, 3, 4}); inside traits ipywidgets ships the bytes as binary buffers, inside custom
@@ -11,6 +12,7 @@ import math
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from ._protocols import Row
 
@@ -344,8 +346,6 @@ def roc(scores: np.ndarray, is_mislabelled: np.ndarray, max_points: int = 256) -
 
     None when the ground truth has a single class (ROC undefined).
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     y = np.asarray(is_mislabelled, dtype=bool)
     if y.all() or not y.any():
         return None
