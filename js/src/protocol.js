@@ -1,5 +1,8 @@
-// The wire format between tracin_widgets/widget/_widget.py and this front end (mirror of _protocols.py).
-// Documentation only (JSDoc types); nothing here runs.
+// The wire format between the Python controller (tracin_widgets/widget/_widget.py) and this front end.
+// Documentation only (JSDoc types); nothing here runs. The source of truth is the TypedDicts of
+// tracin_widgets/widget/_protocols.py: tests/widget/test_protocol.py drives these views under node
+// (js/test/protocol_session.mjs), checks every request they send against those TypedDicts and feeds them the replies
+// Python really sends, so a change on either side that the other does not follow fails there.
 
 /**
  * Traits (model.get / model.set). "both" = written by JS and Python.
@@ -17,8 +20,8 @@
  * @property {number} progress             Python: fraction of the current phase
  * @property {{phase: string, done: number, total: number, fraction: number, eta_s: number|null, step: number, steps: number, run: number}} progress_info
  * @property {{n_train: number, n_test: number, has_truth: boolean, engine: string, n_classes: number|null}} info
- * @property {{page: number, n_pages: number, total: number, page_size: number, filtered: boolean, has_preds: boolean, items: Row[]}} test_strip
- * @property {{query: object, k: number, request: number, item: Row|null, proponents: Row[], opponents: Row[], error: string|null}} gallery
+ * @property {{page: number, n_pages: number, total: number, page_size: number, filtered: boolean, has_preds: boolean, items: Row[]}} test_strip  (_protocols.StripPage)
+ * @property {{query: object, k: number, request: number, item: Row|null, proponents: Row[], opponents: Row[], error: string|null}} gallery  (_protocols.Gallery)
  * @property {{ready: boolean, has_preds: boolean, histogram?: {counts: number[], edges: number[], log: boolean},
  *   roc?: {fpr: number[], tpr: number[], auc: number}|null, found?: {inspected: number[], found: number[]}|null,
  *   flags: {n_flagged: number, n_train: number, n_mislabelled?: number, true_positives?: number,
@@ -26,7 +29,7 @@
  */
 
 /**
- * A tile / table row (_payload.item_row).
+ * A tile / table row (_protocols.Row, built by _payload.item_row).
  * @typedef {Object} Row
  * @property {number} index
  * @property {number|null} label
@@ -44,7 +47,7 @@
  */
 
 /**
- * Custom messages. JS -> Python:
+ * Custom messages (_protocols.REQUESTS / REPLIES). JS -> Python:
  *   {kind: "rows", id, offset, limit, sort: "rank"|"score"|"index"|"label"|"pred", descending, label: number|null,
  *    only: "all"|"flagged"|"disagree"|"mislabelled", score_range: [lo, hi]|null}
  *   {kind: "detail", id, index}
@@ -52,7 +55,7 @@
  * Python -> JS (same id):
  *   {kind: "rows", id, pending, total, offset, rows: Row[]}
  *   {kind: "detail", id, item: Row}
- *   {kind: "error", id, request, message}
+ *   {kind: "error", id, request, message}   (request: the failed request's kind; id null for actions)
  * @typedef {Object} Messages
  */
 

@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tracin_widgets.influence import TracInCPFast
+from tracin_widgets.influence import ExactNearestNeighbors, TracInCPFast, TracInCPFastRandProj
 from tracin_widgets.widget import InfluenceExplorer
 
 
@@ -106,3 +106,18 @@ def test_cache_dir_saves_the_factors_and_the_next_explorer_skips_the_factor_pass
     assert stats[1] == stats[0]
     np.testing.assert_array_equal(results[1][0], results[0][0])
     assert results[1][1] == results[0][1]
+
+
+# a neighbour-index engine is asked for its k best (EngineAdapter decides by capability, never by class name)
+def test_the_random_projection_engine_gives_the_galleries_its_own_top_k(digits_problem):
+    model, ckpts, train, test = digits_problem
+    exact, loss = ExactNearestNeighbors(), nn.CrossEntropyLoss(reduction="sum")
+    engine = TracInCPFastRandProj(model, model[3], train, ckpts, loss_fn=loss, nearest_neighbors=exact)
+    w = InfluenceExplorer(model, None, train, test, engine=engine, k=5).wait(120)
+    assert w.status == "ready" and w.error == ""
+    batch = (test.tensors[0][:1], test.tensors[1][:1])
+    for name, proponents in (("proponents", True), ("opponents", False)):
+        expected = engine.influence(batch, k=5, proponents=proponents)
+        assert [r["index"] for r in w.gallery[name]] == expected.indices[0].tolist()
+        got = [r["score"] for r in w.gallery[name]]
+        np.testing.assert_allclose(got, expected.influence_scores[0].to(torch.float64).numpy(), rtol=1e-6)

@@ -1,4 +1,5 @@
-"""The one Python -> JS codec of the explorer: pure functions, numpy only (torch tensors are accepted duck-typed).
+"""The one Python -> JS codec of the explorer: pure functions on numpy (sklearn for the ROC; torch tensors are accepted
+duck-typed).
 
 Nothing here imports anywidget, ipywidgets or torch. Images travel as ``{"data": bytes, "shape": [h, w, c]}``
 (uint8, row-major HWC, c in {1, 3, 4}); inside traits ipywidgets ships the bytes as binary buffers, inside custom
@@ -11,6 +12,9 @@ import math
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from ._protocols import Row
 
 THUMB_SIZE = 64  # longest side of gallery / table thumbnails (smaller images are sent as they are)
 DETAIL_SIZE = 256  # longest side of the details view image
@@ -163,8 +167,8 @@ def item_row(
     rank: Optional[int] = None,
     image: Optional[dict] = None,
     badge: Optional[str] = None,
-) -> dict:
-    """One tile / table row. Keys are stable: the JS reads exactly these."""
+) -> Row:
+    """One tile / table row (``_protocols.Row``). Keys are stable: the JS reads exactly these."""
     return {
         "index": int(index),
         "label": None if label is None else int(label),
@@ -201,7 +205,7 @@ def topk_rows(
     image: Callable[[int], dict],
     rank: Optional[np.ndarray] = None,
     preds: Optional[np.ndarray] = None,
-) -> list[dict]:
+) -> list[Row]:
     """Gallery rows for one query from the engine's (indices, scores) of that query."""
     rows = []
     for i, s in zip(np.asarray(indices).reshape(-1).tolist(), np.asarray(scores, dtype=np.float64).reshape(-1)):
@@ -342,8 +346,6 @@ def roc(scores: np.ndarray, is_mislabelled: np.ndarray, max_points: int = 256) -
 
     None when the ground truth has a single class (ROC undefined).
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     y = np.asarray(is_mislabelled, dtype=bool)
     if y.all() or not y.any():
         return None

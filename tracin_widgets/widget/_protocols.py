@@ -1,11 +1,12 @@
 """What the explorer needs from an influence engine, and the wire format of its custom messages.
 
-The JS side mirrors these in ``js/src/protocol.js``.
+The TypedDicts below are the one source of truth of the wire format; ``js/src/protocol.js`` documents them for the
+JS side and ``tests/widget/test_protocol.py`` checks both sides against them.
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Literal, Optional, Protocol, TypedDict, Union, runtime_checkable
+from typing import Any, Dict, List, Literal, Optional, Protocol, TypedDict, Union, runtime_checkable
 
 
 @runtime_checkable
@@ -22,6 +23,11 @@ class InfluenceSource(Protocol):
     def influence(self, inputs: Any, k: Optional[int] = None, proponents: bool = True) -> Any: ...
 
     def self_influence(self) -> Any: ...
+
+
+# --- the wire format: the one source of truth ------------------------------------------------------------------------
+# ``js/src/protocol.js`` documents the same shapes for the JS side; ``tests/widget/test_protocol.py`` checks every reply
+# the controller sends and every request the front end sends (recorded by running the views under node) against these.
 
 
 # --- front end -> Python (model.send) ---------------------------------------------------------------------------------
@@ -43,18 +49,52 @@ class DetailRequest(TypedDict):
     index: int
 
 
-class ActionRequest(TypedDict, total=False):
-    kind: Literal["cancel", "start", "undo"]
-    run: int  # cancel only: progress_info["run"] when the button was pressed (a later run is never cancelled)
+class CancelRequest(TypedDict, total=False):
+    kind: Literal["cancel"]
+    run: Optional[int]  # progress_info["run"] when the button was pressed (a later run is never cancelled)
 
 
-Request = Union[RowsRequest, DetailRequest, ActionRequest]
+class ActionRequest(TypedDict):
+    kind: Literal["start", "undo"]
 
 
-# --- Python -> front end (Widget.send) --------------------------------------------------------------------------------
+Request = Union[RowsRequest, DetailRequest, CancelRequest, ActionRequest]
+REQUESTS: Dict[str, type] = {
+    "rows": RowsRequest,
+    "detail": DetailRequest,
+    "cancel": CancelRequest,
+    "start": ActionRequest,
+    "undo": ActionRequest,
+}
+"""The TypedDict of each request ``kind``."""
+
+
+# --- Python -> front end (Widget.send, and the traits that carry rows) ------------------------------------------------
 class ImageRef(TypedDict):
+    """An image inside a custom message: its bytes are the message's ``buffer``-th buffer."""
+
     buffer: int  # index into the message's buffers
     shape: List[int]  # [h, w, c], uint8
+
+
+class ImageData(TypedDict):
+    """An image inside a trait (ipywidgets ships the bytes as a binary buffer)."""
+
+    data: bytes
+    shape: List[int]  # [h, w, c], uint8
+
+
+class Row(TypedDict):
+    """One tile / table row (``_payload.item_row``). Keys are stable: the JS reads exactly these."""
+
+    index: int
+    label: Optional[int]
+    pred: Optional[int]
+    prob: Optional[float]
+    score: Optional[float]
+    rank: Optional[int]  # 1 = highest self-influence
+    badge: Optional[str]  # suspicion cue of a gallery tile
+    image: Optional[Union[ImageRef, ImageData]]  # ImageRef in custom messages, ImageData in traits
 
 
 class RowsReply(TypedDict):
@@ -63,16 +103,51 @@ class RowsReply(TypedDict):
     pending: bool  # True while self-influence is not computed yet: ask again when status becomes "ready"
     total: int
     offset: int
-    rows: List[dict]  # _payload.item_row dicts, image -> ImageRef
+    rows: List[Row]
 
 
 class DetailReply(TypedDict):
     kind: Literal["detail"]
     id: Union[int, str]  # echoed back unchanged
-    item: dict
+    item: Row
 
 
 class ErrorReply(TypedDict):
     kind: Literal["error"]
-    id: Optional[Union[int, str]]
+    id: Optional[Union[int, str]]  # the failed request's id (None for actions, which carry none)
+    request: Optional[str]  # the failed request's kind: the front end drops errors of superseded requests
     message: str
+
+
+Reply = Union[RowsReply, DetailReply, ErrorReply]
+REPLIES: Dict[str, type] = {"rows": RowsReply, "detail": DetailReply, "error": ErrorReply}
+"""The TypedDict of each reply ``kind``."""
+
+
+class GalleryQuery(TypedDict):
+    source: Literal["test", "train"]
+    index: int
+
+
+class Gallery(TypedDict):
+    """The ``gallery`` trait: the galleries of one query (or why there are none)."""
+
+    query: Union[GalleryQuery, Dict[str, Any]]  # the request's query as sent, when it was refused
+    k: int
+    request: int  # the gallery request's generation: a newer one always wins
+    item: Optional[Row]
+    proponents: List[Row]
+    opponents: List[Row]
+    error: Optional[str]
+
+
+class StripPage(TypedDict):
+    """The ``test_strip`` trait: one page of test examples."""
+
+    page: int
+    n_pages: int
+    total: int  # test examples after the filter
+    page_size: int
+    filtered: bool  # only misclassified ones (once predictions are known)
+    has_preds: bool
+    items: List[Row]

@@ -6,12 +6,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-
-def cancelled_class() -> type[BaseException]:
-    """The engine's ``Cancelled`` (what a progress callback raises to abort)."""
-    from ..influence import Cancelled
-
-    return Cancelled
+from ..influence import Cancelled
 
 
 class Progress:
@@ -41,7 +36,7 @@ class Progress:
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if self.cancel_event.is_set():
-            raise cancelled_class()(f"cancelled during {phase!r}")
+            raise Cancelled(f"cancelled during {phase!r}")
         now = self.clock()
         with self._lock:
             new_phase = phase != self._phase or done < self._done_seen  # a phase restarts when done goes back

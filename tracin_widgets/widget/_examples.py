@@ -1,0 +1,178 @@
+"""The explorer's examples: the datasets, what was computed about them (labels, predictions, self-influence, ranks)
+and one example's row or thumbnail (cached). Shared by the galleries, the table and the details view."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import _data, _payload
+from ._protocols import Row
+from ._traits import names
+
+THUMB_CACHE = 4096  # encoded thumbnails kept (train and test)
+
+
+class Examples:
+    """The training and test sets and the arrays the background computation fills in.
+
+    Arrays are replaced whole, under ``lock`` (the explorer's), never modified in place, so a reader that took them
+    under the lock sees a consistent set.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        train_dataset: Any,
+        test_dataset: Any,
+        test_indices: Optional[Sequence[int]],
+        *,
+        to_image: Optional[Callable[[Any], Any]],
+        batch_size: int,
+        device: Any,
+        lock: threading.RLock,
+    ):
+        self.model = model
+        self.train = train_dataset
+        self.test = test_dataset
+        self.n_train = len(train_dataset)
+        if self.n_train == 0:
+            raise ValueError("train_dataset is empty.")
+        _data.check_item(train_dataset[0], "train_dataset[i]")
+        self.to_image = to_image
+        self.batch_size = batch_size
+        self.device = device
+        self.lock = lock
+        if test_dataset is None:
+            if test_indices is not None:
+                raise ValueError("test_indices needs a test_dataset.")
+            self.test_ids = np.zeros(0, dtype=np.int64)
+        else:
+            n_test = len(test_dataset)
+            ids = np.arange(n_test) if test_indices is None else np.asarray(list(test_indices), dtype=np.int64)
+            if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= n_test)):
+                raise ValueError(f"test_indices must be indices into test_dataset, i.e. in [0, {n_test}).")
+            self.test_ids = ids
+            if ids.size:
+                _data.check_item(test_dataset[int(ids[0])], "test_dataset[i]")
+        self.test_pos = {int(v): i for i, v in enumerate(self.test_ids)}
+        self.n_outputs: Optional[int] = None  # classes the model outputs (width of its logits), once known
+        self.truth: Optional[np.ndarray] = None  # the user's is_mislabelled mask
+        self.self_infl: Optional[np.ndarray] = None
+        self.rank: Optional[np.ndarray] = None
+        self.train_labels: Optional[np.ndarray] = _data.fast_labels(train_dataset)
+        self.train_preds: Optional[np.ndarray] = None
+        self.train_probs: Optional[np.ndarray] = None
+        self.test_labels: Optional[np.ndarray] = None
+        self.test_preds: Optional[np.ndarray] = None
+        self.test_probs: Optional[np.ndarray] = None
+        self._thumbs: OrderedDict = OrderedDict()
+        self._thumb_lock = threading.Lock()
+
+    def check_width(self) -> None:
+        """Learn the model's number of outputs now (one forward pass), so wrong class names are refused early."""
+        if isinstance(self.model, torch.nn.Module):
+            self.n_outputs = _data.n_outputs(self.model, self.train[0], device=self.device)
+
+    # --- one example ----------------------------------------------------------------------------------------------
+    def item(self, split: str, index: int) -> tuple:
+        ds = self.train if split == "train" else self.test
+        return _data.check_item(ds[int(index)], f"{split}_dataset[i]")
+
+    def image(self, split: str, index: int, size: int = _payload.THUMB_SIZE) -> dict:
+        key = (split, int(index), size)
+        with self._thumb_lock:
+            img = self._thumbs.get(key)
+        if img is None:
+            img = _payload.encode_image(self.item(split, index)[0], self.to_image, size)
+            with self._thumb_lock:
+                self._thumbs[key] = img
+                while len(self._thumbs) > THUMB_CACHE:
+                    self._thumbs.popitem(last=False)
+        return img
+
+    def train_label(self, i: int) -> int:
+        lab = self.train_labels
+        return int(lab[i]) if lab is not None else _data.as_int(self.item("train", i)[-1])
+
+    def test_label(self, i: int) -> int:
+        return _data.as_int(self.item("test", i)[-1])
+
+    def prediction(self, split: str, index: int, lock: threading.Lock) -> tuple[Optional[int], Optional[float]]:
+        if split == "train" and self.train_preds is not None:
+            return int(self.train_preds[index]), float(self.train_probs[index])
+        if split == "test" and self.test_preds is not None and index in self.test_pos:
+            p = self.test_pos[index]
+            return int(self.test_preds[p]), float(self.test_probs[p])
+        _, preds, probs = self.predict(split, [index], lock=lock)
+        return int(preds[0]), float(probs[0])
+
+    def query_row(self, split: str, index: int, size: int, lock: threading.Lock) -> Row:
+        """The row of the example a gallery or the details view shows (prediction computed now if not yet)."""
+        label = _data.as_int(self.item(split, index)[-1])
+        pred, prob = self.prediction(split, index, lock)
+        rank = score = None
+        if split == "train" and self.rank is not None:
+            rank, score = int(self.rank[index]), float(self.self_infl[index])
+        image = self.image(split, index, size)
+        return _payload.item_row(index, label, pred=pred, prob=prob, rank=rank, score=score, image=image)
+
+    # --- predictions ----------------------------------------------------------------------------------------------
+    def predict(
+        self,
+        split: str,
+        ids: Optional[Sequence[int]],
+        *,
+        lock: threading.Lock,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labels, predictions and probabilities of ``ids`` of ``split`` (all when None), holding ``lock`` (the
+        engine's) per batch."""
+        return _data.predict(
+            self.model,
+            self.train if split == "train" else self.test,
+            ids,
+            batch_size=self.batch_size,
+            device=self.device,
+            lock=lock,
+            progress=progress,
+            on_width=self._note_width,
+        )
+
+    def _note_width(self, width: int) -> None:
+        with self.lock:
+            self.n_outputs = width
+
+    def set_self_influence(self, scores: np.ndarray) -> None:
+        with self.lock:
+            self.self_infl = scores
+            self.rank = _payload.ranks_from_scores(scores)
+
+    def seen_classes(self) -> Optional[int]:
+        """Number of classes seen in the labels and predictions so far (None before any)."""
+        arrays = (self.train_labels, self.train_preds, self.test_labels, self.test_preds)
+        seen = [a for a in arrays if a is not None and len(a)]
+        return int(max(int(a.max()) for a in seen) + 1) if seen else None
+
+    def class_names_problem(self, class_names: Sequence[str]) -> Optional[str]:
+        """Why ``class_names`` cannot name the classes (None if they can): the count must match what the model
+        outputs and cover every label seen so far."""
+        with self.lock:
+            width = self.n_outputs
+            labels = [a for a in (self.train_labels, self.test_labels) if a is not None and len(a)]
+        if width is not None and len(class_names) != width:
+            return (
+                f"class_names has {names(len(class_names))} but the model outputs {width} classes: pass one name per "
+                "class, in class-index order (or leave class_names out)."
+            )
+        top = max((int(a.max()) for a in labels), default=None)
+        if top is not None and len(class_names) <= top:
+            return (
+                f"class_names has {names(len(class_names))} but the labels go up to {top}: pass one name per class "
+                f"(at least {top + 1}), in class-index order (or leave class_names out)."
+            )
+        return None

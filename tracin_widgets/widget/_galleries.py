@@ -1,0 +1,118 @@
+"""The galleries: the k proponents and k opponents of one query (a test or training example), computed on a worker
+thread. The newest request always wins: a stale answer is dropped, never shown over a newer selection."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+from ..influence import Cancelled
+from . import _data, _payload
+from ._engine import EngineAdapter
+from ._examples import Examples
+from ._protocols import Gallery
+from ._tasks import LatestWorker
+
+
+class Galleries:
+    """Gallery requests of one explorer.
+
+    ``publish`` sets the ``gallery`` trait (called under ``lock``, only for the newest request); ``fail`` reports an
+    error (banner, log, ``wait()``); ``status`` gives the explorer's status (a cancelled gallery says how to resume).
+    ``fitted`` is set once the engine may be queried.
+    """
+
+    def __init__(
+        self,
+        examples: Examples,
+        engine: EngineAdapter,
+        *,
+        lock: threading.RLock,
+        fitted: threading.Event,
+        publish: Callable[[Gallery], None],
+        fail: Callable[[BaseException, str], None],
+        status: Callable[[], str],
+    ):
+        self.examples = examples
+        self.engine = engine
+        self.lock = lock
+        self.fitted = fitted
+        self.publish = publish
+        self.fail = fail
+        self.status = status
+        self.generation = 0  # id of the newest request
+        self.worker = LatestWorker("tracin-gallery")
+
+    def new_request(self) -> int:
+        """A new request id: every request made before it is now stale."""
+        with self.lock:
+            self.generation += 1
+            return self.generation
+
+    def check_query(self, q: dict) -> tuple[str, int]:
+        src, idx = q.get("source"), q.get("index")
+        if src not in ("test", "train") or not isinstance(idx, int) or isinstance(idx, bool):
+            raise ValueError(f"query must be {{'source': 'test' | 'train', 'index': int}}, got {q!r}.")
+        ex = self.examples
+        n = ex.n_train if src == "train" else (len(ex.test) if ex.test is not None else 0)
+        if not 0 <= idx < n:
+            raise ValueError(f"query index {idx} is outside the {src} set [0, {n}).")
+        return src, idx
+
+    def compute(self, q: dict, k: int, gen: int) -> bool:
+        """Compute the galleries of query ``q``; publish only if no newer request came meanwhile. True if published."""
+        try:
+            if gen != self.generation:
+                return False
+            payload = self._payload(q, k, gen)
+            if payload is None:
+                return False
+        except Exception as e:
+            if gen != self.generation:
+                return False
+            if isinstance(e, Cancelled):
+                again = "select it again to compute" if self.status() == "ready" else "press Resume to compute"
+                error = f"Cancelled: {again}."
+            else:
+                self.fail(e, "gallery")
+                error = f"{type(e).__name__}: {e}"
+            payload = Gallery(query=dict(q), k=k, request=gen, item=None, proponents=[], opponents=[], error=error)
+        with self.lock:
+            if gen != self.generation:  # a newer selection won: never overwrite it with this stale answer
+                return False
+            self.publish(payload)
+        return True
+
+    def _payload(self, q: dict, k: int, gen: int) -> Optional[Gallery]:
+        src, idx = self.check_query(q)
+        self.fitted.wait()
+        if gen != self.generation:
+            return None
+        ex = self.examples
+        item = ex.query_row(src, idx, _payload.DETAIL_SIZE, self.engine.lock)
+        batch = _data.collate_one(ex.item(src, idx))
+        (pro, pro_scores), (opp, opp_scores) = self.engine.top_k(batch, min(k, ex.n_train), key=(src, idx))
+        with self.lock:
+            rank, preds = ex.rank, ex.train_preds
+
+        def rows(indices, scores, proponents: bool) -> list:
+            return _payload.topk_rows(
+                indices,
+                scores,
+                ex.train_label,
+                query_pred=item["pred"],
+                proponents=proponents,
+                image=lambda i: ex.image("train", i),
+                rank=rank,
+                preds=preds,
+            )
+
+        return Gallery(
+            query={"source": src, "index": idx},
+            k=k,
+            request=gen,
+            item=item,
+            proponents=rows(pro, pro_scores, True),
+            opponents=rows(opp, opp_scores, False),
+            error=None,
+        )
