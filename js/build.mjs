@@ -1,7 +1,8 @@
 // Bundles src/ into ../tracin_widgets/widget/static/{widget.js,widget.css} (gitignored build output).
-import * as esbuild from "esbuild";
-import { fileURLToPath } from "node:url";
+
 import path from "node:path";
+import { fileURLToPath } from "node:url";
+import * as esbuild from "esbuild";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const outdir = path.join(here, "..", "tracin_widgets", "widget", "static");

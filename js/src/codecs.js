@@ -21,9 +21,25 @@ export function toRGBA(bytes, h, w, c) {
   const out = new Uint8ClampedArray(n * 4);
   for (let i = 0; i < n; i++) {
     const o = i * 4;
-    if (c === 1) { const v = bytes[i]; out[o] = v; out[o + 1] = v; out[o + 2] = v; out[o + 3] = 255; }
-    else if (c === 3) { const s = i * 3; out[o] = bytes[s]; out[o + 1] = bytes[s + 1]; out[o + 2] = bytes[s + 2]; out[o + 3] = 255; }
-    else { const s = i * 4; out[o] = bytes[s]; out[o + 1] = bytes[s + 1]; out[o + 2] = bytes[s + 2]; out[o + 3] = bytes[s + 3]; }
+    if (c === 1) {
+      const v = bytes[i];
+      out[o] = v;
+      out[o + 1] = v;
+      out[o + 2] = v;
+      out[o + 3] = 255;
+    } else if (c === 3) {
+      const s = i * 3;
+      out[o] = bytes[s];
+      out[o + 1] = bytes[s + 1];
+      out[o + 2] = bytes[s + 2];
+      out[o + 3] = 255;
+    } else {
+      const s = i * 4;
+      out[o] = bytes[s];
+      out[o + 1] = bytes[s + 1];
+      out[o + 2] = bytes[s + 2];
+      out[o + 3] = bytes[s + 3];
+    }
   }
   return out;
 }
@@ -35,7 +51,7 @@ export function toRGBA(bytes, h, w, c) {
  * @param {string} label accessible label
  */
 export function imageElement(img, className, label) {
-  if (!img || !img.shape || img.data == null) {
+  if (!img?.shape || img.data == null) {
     return h("span", { className: `${className} tracin-img-missing`, attrs: { role: "img", "aria-label": label } });
   }
   const [ih, iw, ic] = img.shape;
@@ -45,7 +61,11 @@ export function imageElement(img, className, label) {
   // The CSS box keeps the image's aspect ratio (styles.css sizes .tracin-img from --tracin-ar): never stretched.
   canvas.style.setProperty("--tracin-ar", aspectRatio(ih, iw));
   let ctx = null;
-  try { ctx = canvas.getContext && canvas.getContext("2d"); } catch { ctx = null; }
+  try {
+    ctx = canvas.getContext?.("2d");
+  } catch {
+    ctx = null;
+  }
   if (ctx && typeof ctx.createImageData === "function") {
     const data = ctx.createImageData(iw, ih);
     data.data.set(toRGBA(toBytes(img.data), ih, iw, ic));
@@ -78,7 +98,9 @@ export function resolveBuffers(obj, buffers) {
 const nf = new Intl.NumberFormat("en-US");
 
 /** 12345 -> "12,345". */
-export function fmtInt(n) { return n === null || n === undefined ? "–" : nf.format(n); }
+export function fmtInt(n) {
+  return n === null || n === undefined ? "–" : nf.format(n);
+}
 
 /** A score with 3 significant digits; exponent for very large / small magnitudes. */
 export function fmtScore(x) {
@@ -89,13 +111,17 @@ export function fmtScore(x) {
 }
 
 /** 0.873 -> "87%". */
-export function fmtProb(p) { return p === null || p === undefined ? "" : `${Math.round(p * 100)}%`; }
+export function fmtProb(p) {
+  return p === null || p === undefined ? "" : `${Math.round(p * 100)}%`;
+}
 
 /** Seconds -> "0:42" / "1:02:03". */
 export function fmtDuration(s) {
   if (s === null || s === undefined || !Number.isFinite(s)) return "";
   s = Math.max(0, Math.round(s));
-  const hh = Math.floor(s / 3600), mm = Math.floor((s % 3600) / 60), ss = s % 60;
+  const hh = Math.floor(s / 3600),
+    mm = Math.floor((s % 3600) / 60),
+    ss = s % 60;
   const pad = (v) => String(v).padStart(2, "0");
   return hh ? `${hh}:${pad(mm)}:${pad(ss)}` : `${mm}:${pad(ss)}`;
 }

@@ -16,7 +16,10 @@ export function h(tag, props = {}, ...children) {
     else if (k === "testid") el.setAttribute("data-testid", v);
     else if (k === "text") el.textContent = String(v);
     else if (k === "dataset") for (const [dk, dv] of Object.entries(v)) el.dataset[dk] = String(dv);
-    else if (k === "attrs") for (const [ak, av] of Object.entries(v)) { if (av !== null && av !== undefined && av !== false) el.setAttribute(ak, String(av)); }
+    else if (k === "attrs")
+      for (const [ak, av] of Object.entries(v)) {
+        if (av !== null && av !== undefined && av !== false) el.setAttribute(ak, String(av));
+      }
     else if (k === "style") el.setAttribute("style", v);
     else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2).toLowerCase(), v);
     else el[k] = v;

@@ -1,10 +1,14 @@
 // Flags: one `flagged` trait (sorted list of training indices) shared by every view.
 
 /** @returns {Set<number>} */
-export function flaggedSet(model) { return new Set(model.get("flagged") || []); }
+export function flaggedSet(model) {
+  return new Set(model.get("flagged") || []);
+}
 
 /** Whether training index i is flagged. */
-export function isFlagged(model, i) { return (model.get("flagged") || []).includes(i); }
+export function isFlagged(model, i) {
+  return (model.get("flagged") || []).includes(i);
+}
 
 /**
  * Toggle (or force with `on`) the flag of training index i; writes `flagged` and calls save_changes.
@@ -13,8 +17,12 @@ export function isFlagged(model, i) { return (model.get("flagged") || []).includ
 export function toggleFlag(model, i, on) {
   const s = flaggedSet(model);
   const next = on === undefined ? !s.has(i) : Boolean(on);
-  if (next) s.add(i); else s.delete(i);
-  model.set("flagged", [...s].sort((a, b) => a - b));
+  if (next) s.add(i);
+  else s.delete(i);
+  model.set(
+    "flagged",
+    [...s].sort((a, b) => a - b),
+  );
   model.save_changes();
   return next;
 }

@@ -1,13 +1,14 @@
 // Proponents and opponents of the current query (a test example, or a training example when walking).
-import { h, setChildren } from "./dom.js";
+
 import { className, fmtInt, fmtProb, fmtScore, imageElement } from "./codecs.js";
+import { h, setChildren } from "./dom.js";
 import { isFlagged } from "./flags.js";
 
 const K_CHOICES = [5, 10, 20, 50];
 
 /** Whether the gallery payload answers query q. */
 export function answers(gallery, q) {
-  return Boolean(gallery && gallery.query && q && gallery.query.source === q.source && gallery.query.index === q.index);
+  return Boolean(gallery?.query && q && gallery.query.source === q.source && gallery.query.index === q.index);
 }
 
 /** One gallery tile (exported for tests). */
@@ -15,73 +16,155 @@ export function tile(ctx, row, kind) {
   const names = ctx.model.get("class_names");
   const lab = className(names, row.label);
   const flagged = isFlagged(ctx.model, row.index);
-  const title = `training #${row.index} · label ${lab} · influence ${fmtScore(row.score)}` +
-    (row.rank != null ? ` · self-influence rank ${fmtInt(row.rank)}` : "") + (row.badge ? ` · ⚠ ${row.badge}` : "");
-  return h("button", {
-    type: "button", className: `tracin-tile tracin-tile-${kind}` + (flagged ? " is-flagged" : "") + (row.badge ? " has-badge" : ""),
-    testid: kind === "proponents" ? "tracin-proponent" : "tracin-opponent",
-    dataset: { index: row.index, flagItem: "" }, title, attrs: { "aria-label": title },
-    onClick: () => ctx.openDetails(row.index),
-    onFocus: () => ctx.setCurrent(row.index),
-  },
-  imageElement(row.image, "tracin-img tracin-img-tile", `training example ${row.index}`),
-  row.badge ? h("span", { className: "tracin-badge", testid: "tracin-badge", title: row.badge, text: "!" }) : null,
-  h("span", { className: "tracin-flag-mark", attrs: { "aria-hidden": "true" }, text: "⚑" }),
-  h("span", { className: "tracin-tile-meta" },
-    h("span", { className: "tracin-tile-label", text: lab }),
-    h("span", { className: "tracin-tile-index", text: `#${row.index}` })),
-  h("span", { className: "tracin-tile-score", text: fmtScore(row.score) }));
+  const title =
+    `training #${row.index} · label ${lab} · influence ${fmtScore(row.score)}` +
+    (row.rank != null ? ` · self-influence rank ${fmtInt(row.rank)}` : "") +
+    (row.badge ? ` · ⚠ ${row.badge}` : "");
+  return h(
+    "button",
+    {
+      type: "button",
+      className: `tracin-tile tracin-tile-${kind}${flagged ? " is-flagged" : ""}${row.badge ? " has-badge" : ""}`,
+      testid: kind === "proponents" ? "tracin-proponent" : "tracin-opponent",
+      dataset: { index: row.index, flagItem: "" },
+      title,
+      attrs: { "aria-label": title },
+      onClick: () => ctx.openDetails(row.index),
+      onFocus: () => ctx.setCurrent(row.index),
+    },
+    imageElement(row.image, "tracin-img tracin-img-tile", `training example ${row.index}`),
+    row.badge ? h("span", { className: "tracin-badge", testid: "tracin-badge", title: row.badge, text: "!" }) : null,
+    h("span", { className: "tracin-flag-mark", attrs: { "aria-hidden": "true" }, text: "⚑" }),
+    h(
+      "span",
+      { className: "tracin-tile-meta" },
+      h("span", { className: "tracin-tile-label", text: lab }),
+      h("span", { className: "tracin-tile-index", text: `#${row.index}` }),
+    ),
+    h("span", { className: "tracin-tile-score", text: fmtScore(row.score) }),
+  );
 }
 
 export function createGallery(ctx) {
   const { model } = ctx;
   const card = h("div", { className: "tracin-query", testid: "tracin-query" });
-  const back = h("button", { type: "button", className: "tracin-btn", testid: "tracin-back", text: "← back",
-    title: "Back to the previous query", onClick: () => ctx.back() });
-  const kSel = h("select", { className: "tracin-select", testid: "tracin-k", attrs: { "aria-label": "Number of proponents and opponents" },
-    onChange: () => { model.set("k", Number(kSel.value)); model.save_changes(); } });
-  const status = h("span", { className: "tracin-muted tracin-gallery-status", testid: "tracin-gallery-status", attrs: { "aria-live": "polite" } });
+  const back = h("button", {
+    type: "button",
+    className: "tracin-btn",
+    testid: "tracin-back",
+    text: "← back",
+    title: "Back to the previous query",
+    onClick: () => ctx.back(),
+  });
+  const kSel = h("select", {
+    className: "tracin-select",
+    testid: "tracin-k",
+    attrs: { "aria-label": "Number of proponents and opponents" },
+    onChange: () => {
+      model.set("k", Number(kSel.value));
+      model.save_changes();
+    },
+  });
+  const status = h("span", {
+    className: "tracin-muted tracin-gallery-status",
+    testid: "tracin-gallery-status",
+    attrs: { "aria-live": "polite" },
+  });
   const pro = h("div", { className: "tracin-grid", testid: "tracin-proponents" });
   const opp = h("div", { className: "tracin-grid", testid: "tracin-opponents" });
-  const body = h("div", { className: "tracin-columns" },
-    h("div", { className: "tracin-column" },
-      h("div", { className: "tracin-column-title" }, h("span", { className: "tracin-dot tracin-dot-pro" }), "Proponents",
-        h("span", { className: "tracin-muted", text: " · pushed the prediction up" })),
-      pro),
-    h("div", { className: "tracin-column" },
-      h("div", { className: "tracin-column-title" }, h("span", { className: "tracin-dot tracin-dot-opp" }), "Opponents",
-        h("span", { className: "tracin-muted", text: " · pushed it down" })),
-      opp));
-  const el = h("section", { className: "tracin-gallery", attrs: { "aria-label": "Influential training examples" } },
-    h("div", { className: "tracin-toolbar" },
+  const body = h(
+    "div",
+    { className: "tracin-columns" },
+    h(
+      "div",
+      { className: "tracin-column" },
+      h(
+        "div",
+        { className: "tracin-column-title" },
+        h("span", { className: "tracin-dot tracin-dot-pro" }),
+        "Proponents",
+        h("span", { className: "tracin-muted", text: " · pushed the prediction up" }),
+      ),
+      pro,
+    ),
+    h(
+      "div",
+      { className: "tracin-column" },
+      h(
+        "div",
+        { className: "tracin-column-title" },
+        h("span", { className: "tracin-dot tracin-dot-opp" }),
+        "Opponents",
+        h("span", { className: "tracin-muted", text: " · pushed it down" }),
+      ),
+      opp,
+    ),
+  );
+  const el = h(
+    "section",
+    { className: "tracin-gallery", attrs: { "aria-label": "Influential training examples" } },
+    h(
+      "div",
+      { className: "tracin-toolbar" },
       h("span", { className: "tracin-section-title", text: "Most influential training examples" }),
-      status, h("span", { className: "tracin-spacer" }), back,
-      h("label", { className: "tracin-inline" }, "k ", kSel)),
-    h("div", { className: "tracin-gallery-body" }, card, body));
+      status,
+      h("span", { className: "tracin-spacer" }),
+      back,
+      h("label", { className: "tracin-inline" }, "k ", kSel),
+    ),
+    h("div", { className: "tracin-gallery-body" }, card, body),
+  );
 
   function renderK() {
     const k = model.get("k");
     const opts = K_CHOICES.includes(k) ? K_CHOICES : [...K_CHOICES, k].sort((a, b) => a - b);
-    setChildren(kSel, opts.map((v) => h("option", { value: String(v), text: String(v), selected: v === k })));
+    setChildren(
+      kSel,
+      opts.map((v) => h("option", { value: String(v), text: String(v), selected: v === k })),
+    );
     kSel.value = String(k);
   }
 
   function renderCard(g, q) {
     const names = model.get("class_names");
-    if (!q || !q.source) { setChildren(card); return; }
+    if (!q?.source) {
+      setChildren(card);
+      return;
+    }
     const item = answers(g, q) ? g.item : null;
     const what = q.source === "test" ? `Test #${q.index}` : `Training #${q.index}`;
-    if (!item) { setChildren(card, h("div", { className: "tracin-query-title", text: what })); return; }
+    if (!item) {
+      setChildren(card, h("div", { className: "tracin-query-title", text: what }));
+      return;
+    }
     const wrong = item.pred != null && item.pred !== item.label;
-    setChildren(card,
+    setChildren(
+      card,
       imageElement(item.image, "tracin-img tracin-img-query", `${what} image`),
-      h("div", { className: "tracin-query-text" },
+      h(
+        "div",
+        { className: "tracin-query-text" },
         h("div", { className: "tracin-query-title", text: what }),
-        h("div", {}, h("span", { className: "tracin-muted", text: "label " }), h("strong", { text: className(names, item.label) })),
-        item.pred != null ? h("div", { className: wrong ? "tracin-wrong" : "" },
-          h("span", { className: "tracin-muted", text: "predicted " }),
-          h("strong", { text: className(names, item.pred) }), ` ${fmtProb(item.prob)}`) : null,
-        item.rank != null ? h("div", { className: "tracin-muted", text: `self-influence rank ${fmtInt(item.rank)}` }) : null));
+        h(
+          "div",
+          {},
+          h("span", { className: "tracin-muted", text: "label " }),
+          h("strong", { text: className(names, item.label) }),
+        ),
+        item.pred != null
+          ? h(
+              "div",
+              { className: wrong ? "tracin-wrong" : "" },
+              h("span", { className: "tracin-muted", text: "predicted " }),
+              h("strong", { text: className(names, item.pred) }),
+              ` ${fmtProb(item.prob)}`,
+            )
+          : null,
+        item.rank != null
+          ? h("div", { className: "tracin-muted", text: `self-influence rank ${fmtInt(item.rank)}` })
+          : null,
+      ),
+    );
   }
 
   function render() {
@@ -91,7 +174,13 @@ export function createGallery(ctx) {
     renderCard(g, q);
     if (!q.source) {
       status.textContent = "";
-      setChildren(pro, h("div", { className: "tracin-empty", text: "Select a test example, or open a training example from the table." }));
+      setChildren(
+        pro,
+        h("div", {
+          className: "tracin-empty",
+          text: "Select a test example, or open a training example from the table.",
+        }),
+      );
       setChildren(opp);
       el.classList.remove("is-stale");
       return;
@@ -100,7 +189,10 @@ export function createGallery(ctx) {
     el.classList.toggle("is-stale", !fresh);
     const what = q.source === "test" ? `test #${q.index}` : `training #${q.index}`;
     if (!fresh) {
-      status.textContent = model.get("status") === "running" ? `computing influence for ${what} (waiting for the background computation)…` : `computing influence for ${what}…`;
+      status.textContent =
+        model.get("status") === "running"
+          ? `computing influence for ${what} (waiting for the background computation)…`
+          : `computing influence for ${what}…`;
       if (!answers(g, q) && !(g.proponents || []).length) {
         setChildren(pro, h("div", { className: "tracin-empty", text: "…" }));
         setChildren(opp);
@@ -109,20 +201,32 @@ export function createGallery(ctx) {
     }
     if (g.error) {
       status.textContent = "";
-      setChildren(pro, h("div", { className: "tracin-empty tracin-wrong", testid: "tracin-gallery-error", text: g.error }));
+      setChildren(
+        pro,
+        h("div", { className: "tracin-empty tracin-wrong", testid: "tracin-gallery-error", text: g.error }),
+      );
       setChildren(opp);
       return;
     }
     const nb = (g.proponents || []).filter((r) => r.badge).length + (g.opponents || []).filter((r) => r.badge).length;
-    status.textContent = `${what}` + (nb ? ` · ${nb} suspicious (!)` : "");
-    setChildren(pro, (g.proponents || []).map((r) => tile(ctx, r, "proponents")));
-    setChildren(opp, (g.opponents || []).map((r) => tile(ctx, r, "opponents")));
+    status.textContent = `${what}${nb ? ` · ${nb} suspicious (!)` : ""}`;
+    setChildren(
+      pro,
+      (g.proponents || []).map((r) => tile(ctx, r, "proponents")),
+    );
+    setChildren(
+      opp,
+      (g.opponents || []).map((r) => tile(ctx, r, "opponents")),
+    );
   }
 
   ctx.listen("change:gallery", render);
   ctx.listen("change:query", render);
   ctx.listen("change:class_names", render);
-  ctx.listen("change:k", () => { renderK(); render(); });
+  ctx.listen("change:k", () => {
+    renderK();
+    render();
+  });
   renderK();
   render();
   return { el, render };

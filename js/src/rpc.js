@@ -28,13 +28,19 @@ export class Rpc {
   }
 
   /** Fire-and-forget action (cancel, start, undo), with optional extra fields. */
-  action(kind, payload = {}) { this.model.send({ kind, ...payload }); }
+  action(kind, payload = {}) {
+    this.model.send({ kind, ...payload });
+  }
 
   /** Register the handler of reply kind `kind`. */
-  on(kind, fn) { this.handlers[kind] = fn; }
+  on(kind, fn) {
+    this.handlers[kind] = fn;
+  }
 
   /** True when id is the newest request of kind. */
-  isLatest(kind, id) { return this.latest[kind] === id; }
+  isLatest(kind, id) {
+    return this.latest[kind] === id;
+  }
 
   receive(msg, buffers) {
     if (!msg || typeof msg !== "object") return;
@@ -50,5 +56,7 @@ export class Rpc {
     fn(resolveBuffers(msg, buffers || []));
   }
 
-  dispose() { this.model.off("msg:custom", this.onMessage); }
+  dispose() {
+    this.model.off("msg:custom", this.onMessage);
+  }
 }

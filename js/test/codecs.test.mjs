@@ -1,7 +1,16 @@
-import { test } from "node:test";
 import assert from "node:assert/strict";
+import { test } from "node:test";
 import "./setup.mjs";
-import { aspectRatio, className, fmtDuration, fmtScore, imageElement, resolveBuffers, toBytes, toRGBA } from "../src/codecs.js";
+import {
+  aspectRatio,
+  className,
+  fmtDuration,
+  fmtScore,
+  imageElement,
+  resolveBuffers,
+  toBytes,
+  toRGBA,
+} from "../src/codecs.js";
 import { Rpc } from "../src/rpc.js";
 import { FakeModel } from "./setup.mjs";
 
@@ -13,7 +22,12 @@ test("toRGBA expands gray, RGB and RGBA", () => {
 });
 
 test("imageElement: canvas of the image's own size, CSS aspect ratio = width / height (never stretched)", () => {
-  for (const [h, w, want] of [[8, 8, 1], [4, 16, 4], [32, 8, 0.25], [3, 7, 7 / 3]]) {
+  for (const [h, w, want] of [
+    [8, 8, 1],
+    [4, 16, 4],
+    [32, 8, 0.25],
+    [3, 7, 7 / 3],
+  ]) {
     const c = imageElement({ data: new Uint8Array(h * w), shape: [h, w, 1] }, "tracin-img tracin-img-row", "x");
     assert.equal(c.tagName, "CANVAS");
     assert.equal(c.width, w);
@@ -34,8 +48,12 @@ test("toBytes accepts DataView (with offset), ArrayBuffer and typed arrays", () 
 });
 
 test("resolveBuffers swaps {buffer: i} refs for data", () => {
-  const b0 = new DataView(new ArrayBuffer(1)), b1 = new DataView(new ArrayBuffer(2));
-  const out = resolveBuffers({ rows: [{ image: { buffer: 1, shape: [1, 2, 1] } }, { image: { buffer: 0, shape: [1, 1, 1] } }] }, [b0, b1]);
+  const b0 = new DataView(new ArrayBuffer(1)),
+    b1 = new DataView(new ArrayBuffer(2));
+  const out = resolveBuffers(
+    { rows: [{ image: { buffer: 1, shape: [1, 2, 1] } }, { image: { buffer: 0, shape: [1, 1, 1] } }] },
+    [b0, b1],
+  );
   assert.equal(out.rows[0].image.data, b1);
   assert.equal(out.rows[1].image.data, b0);
   assert.equal(out.rows[0].image.buffer, undefined);
@@ -68,7 +86,8 @@ test("rpc drops stale replies and unknown kinds", () => {
 
 test("two views of one model never take each other's replies", () => {
   const m = new FakeModel();
-  const a = new Rpc(m), b = new Rpc(m);
+  const a = new Rpc(m),
+    b = new Rpc(m);
   const got = [];
   a.on("rows", () => got.push("a"));
   b.on("rows", () => got.push("b"));

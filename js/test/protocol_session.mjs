@@ -6,25 +6,42 @@
 // each reply is fed back as the answer to the newest request of its kind and `rendered` says what the views show.
 import { readFileSync } from "node:fs";
 import { GlobalRegistrator } from "@happy-dom/global-registrator";
-import { FakeModel, mount, q, row } from "./setup.mjs";
 import { render } from "../src/index.js";
+import { FakeModel, mount, q, row } from "./setup.mjs";
 
 const replies = process.argv[2] ? JSON.parse(readFileSync(process.argv[2], "utf8")) : null;
 const detailIndex = replies ? replies.detail.content.item.index : 10;
 
 function feed(m, reply) {
   const id = m.lastSent(reply.content.kind === "error" ? reply.content.request : reply.content.kind).id;
-  m.reply({ ...reply.content, id }, reply.buffers.map((b) => new DataView(new Uint8Array(b).buffer)));
+  m.reply(
+    { ...reply.content, id },
+    reply.buffers.map((b) => new DataView(new Uint8Array(b).buffer)),
+  );
 }
 
 const q0 = { source: "test", index: 3 };
 const m = new FakeModel({
-  status: "running", class_names: ["a", "b", "c"],
+  status: "running",
+  class_names: ["a", "b", "c"],
   progress_info: { phase: "Self-influence", done: 1, total: 4, fraction: 0.25, eta_s: 3, step: 3, steps: 4, run: 3 },
   info: replies ? replies.info : { n_train: 120, n_test: 12, has_truth: true, engine: "Fake", n_classes: 3 },
-  stats: { ready: true, has_preds: true, histogram: { counts: [5, 3, 2], edges: [0, 1, 2, 3], log: false },
-    flags: { n_flagged: 0, n_train: 120 } },
-  query: q0, gallery: { query: q0, k: 10, request: 1, item: row(3), proponents: [row(detailIndex)], opponents: [row(20)], error: null },
+  stats: {
+    ready: true,
+    has_preds: true,
+    histogram: { counts: [5, 3, 2], edges: [0, 1, 2, 3], log: false },
+    flags: { n_flagged: 0, n_train: 120 },
+  },
+  query: q0,
+  gallery: {
+    query: q0,
+    k: 10,
+    request: 1,
+    item: row(3),
+    proponents: [row(detailIndex)],
+    opponents: [row(20)],
+    error: null,
+  },
 });
 const { el, cleanup } = mount(render, m);
 const root = q(el, "tracin-root")[0];

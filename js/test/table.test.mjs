@@ -1,11 +1,14 @@
-import { test } from "node:test";
 import assert from "node:assert/strict";
-import { FakeModel, img, mount, q, row } from "./setup.mjs";
+import { test } from "node:test";
 import { render } from "../src/index.js";
+import { FakeModel, img, mount, q, row } from "./setup.mjs";
 
 function rowsReply(id, rows, total = 120, offset = 0) {
   const buffers = [];
-  const packed = rows.map((r) => { buffers.push(img().data); return { ...r, image: { buffer: buffers.length - 1, shape: [2, 2, 1] } }; });
+  const packed = rows.map((r) => {
+    buffers.push(img().data);
+    return { ...r, image: { buffer: buffers.length - 1, shape: [2, 2, 1] } };
+  });
   return [{ kind: "rows", id, pending: false, total, offset, rows: packed }, buffers];
 }
 
@@ -16,14 +19,20 @@ function openTable(m) {
 }
 
 test("opening the table sends a rows request; the reply renders rows with testids and data-index", () => {
-  const m = new FakeModel({ status: "ready", stats: { ready: true, has_preds: true, flags: { n_flagged: 0, n_train: 120 } } });
+  const m = new FakeModel({
+    status: "ready",
+    stats: { ready: true, has_preds: true, flags: { n_flagged: 0, n_train: 120 } },
+  });
   const { el, cleanup } = openTable(m);
   const req = m.lastSent("rows");
   assert.equal(req.offset, 0);
   assert.equal(req.limit, 50);
   assert.equal(req.sort, "rank");
   m.reply(...rowsReply(req.id, [row(5), row(9)]));
-  assert.deepEqual(q(el, "tracin-table-row").map((r) => r.dataset.index), ["5", "9"]);
+  assert.deepEqual(
+    q(el, "tracin-table-row").map((r) => r.dataset.index),
+    ["5", "9"],
+  );
   assert.match(q(el, "tracin-table-page")[0].textContent, /1–50 of 120 · page 1\/3/);
   cleanup();
 });
@@ -42,12 +51,19 @@ test("paging sends a request for the next window; stale replies are ignored", ()
   assert.equal(third.offset, 100);
   m.reply(...rowsReply(third.id, [row(77)], 120, 100));
   m.reply(...rowsReply(second.id, [row(33)], 120, 50)); // late answer to an older request
-  assert.deepEqual(q(el, "tracin-table-row").map((r) => r.dataset.index), ["77"]);
+  assert.deepEqual(
+    q(el, "tracin-table-row").map((r) => r.dataset.index),
+    ["77"],
+  );
   cleanup();
 });
 
 test("sorting and class filter go into the request", () => {
-  const m = new FakeModel({ status: "ready", class_names: ["zero", "one", "two"], stats: { ready: true, has_preds: true, flags: {} } });
+  const m = new FakeModel({
+    status: "ready",
+    class_names: ["zero", "one", "two"],
+    stats: { ready: true, has_preds: true, flags: {} },
+  });
   const { el, cleanup } = openTable(m);
   q(el, "tracin-sort-score")[0].click();
   let req = m.lastSent("rows");
@@ -56,7 +72,10 @@ test("sorting and class filter go into the request", () => {
   q(el, "tracin-sort-score")[0].click();
   assert.equal(m.lastSent("rows").descending, false);
   const sel = q(el, "tracin-class-filter")[0];
-  assert.deepEqual([...sel.options].map((o) => o.textContent), ["all classes", "zero", "one", "two"]);
+  assert.deepEqual(
+    [...sel.options].map((o) => o.textContent),
+    ["all classes", "zero", "one", "two"],
+  );
   sel.value = "2";
   sel.dispatchEvent(new Event("change"));
   req = m.lastSent("rows");
@@ -117,11 +136,20 @@ test("charts: histogram bars filter the table by score range; ROC AUC and flag s
     status: "ready",
     info: { n_train: 100, n_test: 0, has_truth: true, engine: "Fake", n_classes: 3 },
     stats: {
-      ready: true, has_preds: true,
+      ready: true,
+      has_preds: true,
       histogram: { counts: [5, 3, 2], edges: [0, 1, 2, 3], log: false },
       roc: { fpr: [0, 0.5, 1], tpr: [0, 0.9, 1], auc: 0.875 },
       found: { inspected: [0, 0.5, 1], found: [0, 0.8, 1] },
-      flags: { n_flagged: 4, n_train: 100, n_mislabelled: 10, true_positives: 3, precision: 0.75, recall: 0.3, inspected: 0.04 },
+      flags: {
+        n_flagged: 4,
+        n_train: 100,
+        n_mislabelled: 10,
+        true_positives: 3,
+        precision: 0.75,
+        recall: 0.3,
+        inspected: 0.04,
+      },
     },
   });
   const { el, cleanup } = openTable(m);

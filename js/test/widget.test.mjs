@@ -1,7 +1,7 @@
-import { test } from "node:test";
 import assert from "node:assert/strict";
-import { FakeModel, img, mount, q, row } from "./setup.mjs";
+import { test } from "node:test";
 import widget, { render } from "../src/index.js";
+import { FakeModel, img, mount, q, row } from "./setup.mjs";
 
 function strip(items, extra = {}) {
   return { page: 0, n_pages: 2, total: 48, page_size: 24, filtered: false, has_preds: true, items, ...extra };
@@ -15,7 +15,10 @@ test("test strip renders items with data-testid and data-index; click selects", 
   const m = new FakeModel({ test_strip: strip([row(4), row(7, { pred: 2, label: 1 })]) });
   const { el, cleanup } = mount(render, m);
   const items = q(el, "tracin-test-item");
-  assert.deepEqual(items.map((b) => b.dataset.index), ["4", "7"]);
+  assert.deepEqual(
+    items.map((b) => b.dataset.index),
+    ["4", "7"],
+  );
   assert.ok(items[1].classList.contains("is-wrong"));
   items[1].click();
   assert.equal(m.get("selected_test"), 7);
@@ -42,12 +45,24 @@ test("galleries render proponents/opponents with testids, data-index and badges"
   const q0 = { source: "test", index: 3 };
   const m = new FakeModel({
     query: q0,
-    gallery: { query: q0, k: 10, item: row(3), proponents: [row(10), row(11, { badge: "label differs from the prediction" })],
-      opponents: [row(20)], error: null },
+    gallery: {
+      query: q0,
+      k: 10,
+      item: row(3),
+      proponents: [row(10), row(11, { badge: "label differs from the prediction" })],
+      opponents: [row(20)],
+      error: null,
+    },
   });
   const { el, cleanup } = mount(render, m);
-  assert.deepEqual(q(el, "tracin-proponent").map((t) => t.dataset.index), ["10", "11"]);
-  assert.deepEqual(q(el, "tracin-opponent").map((t) => t.dataset.index), ["20"]);
+  assert.deepEqual(
+    q(el, "tracin-proponent").map((t) => t.dataset.index),
+    ["10", "11"],
+  );
+  assert.deepEqual(
+    q(el, "tracin-opponent").map((t) => t.dataset.index),
+    ["20"],
+  );
   assert.equal(q(el, "tracin-badge").length, 1);
   assert.ok(q(el, "tracin-proponent")[1].contains(q(el, "tracin-badge")[0]));
   cleanup();
@@ -56,7 +71,14 @@ test("galleries render proponents/opponents with testids, data-index and badges"
 test("a gallery for another query is shown as stale, not as the answer", () => {
   const m = new FakeModel({
     query: { source: "test", index: 5 },
-    gallery: { query: { source: "test", index: 3 }, k: 10, item: row(3), proponents: [row(10)], opponents: [], error: null },
+    gallery: {
+      query: { source: "test", index: 3 },
+      k: 10,
+      item: row(3),
+      proponents: [row(10)],
+      opponents: [],
+      error: null,
+    },
   });
   const { el, cleanup } = mount(render, m);
   assert.ok(el.querySelector(".tracin-gallery").classList.contains("is-stale"));
@@ -66,7 +88,10 @@ test("a gallery for another query is shown as stale, not as the answer", () => {
 
 test("clicking a tile opens details; flag toggle writes flagged and saves; walk sets a train query", () => {
   const q0 = { source: "test", index: 3 };
-  const m = new FakeModel({ query: q0, gallery: { query: q0, k: 10, item: row(3), proponents: [row(10)], opponents: [], error: null } });
+  const m = new FakeModel({
+    query: q0,
+    gallery: { query: q0, k: 10, item: row(3), proponents: [row(10)], opponents: [], error: null },
+  });
   const { el, cleanup } = mount(render, m);
   q(el, "tracin-proponent")[0].click();
   const req = m.lastSent("detail");
@@ -92,7 +117,11 @@ test("clicking a tile opens details; flag toggle writes flagged and saves; walk 
 
 test("keys: f flags the current item, u sends undo, ? toggles help", () => {
   const q0 = { source: "test", index: 3 };
-  const m = new FakeModel({ flagged: [1], query: q0, gallery: { query: q0, k: 10, item: row(3), proponents: [row(10)], opponents: [], error: null } });
+  const m = new FakeModel({
+    flagged: [1],
+    query: q0,
+    gallery: { query: q0, k: 10, item: row(3), proponents: [row(10)], opponents: [], error: null },
+  });
   const { el, cleanup } = mount(render, m);
   const root = q(el, "tracin-root")[0];
   const key = (k) => root.dispatchEvent(new KeyboardEvent("keydown", { key: k, bubbles: true }));
@@ -112,7 +141,10 @@ test("text is inserted as text: a class name with HTML shows literally", () => {
   const evil = "<img src=x onerror=alert(1)>";
   const q0 = { source: "test", index: 3 };
   const m = new FakeModel({
-    class_names: [evil, "b", "c"], error: "<b>boom</b>", test_strip: strip([row(0)]), query: q0,
+    class_names: [evil, "b", "c"],
+    error: "<b>boom</b>",
+    test_strip: strip([row(0)]),
+    query: q0,
     gallery: { query: q0, k: 10, item: row(3), proponents: [row(0)], opponents: [], error: null },
   });
   const { el, cleanup } = mount(render, m);
@@ -125,8 +157,20 @@ test("text is inserted as text: a class name with HTML shows literally", () => {
 });
 
 test("progress bar shows phase, counts and ETA; cancel sends a cancel message", () => {
-  const m = new FakeModel({ status: "running", progress: 0.25,
-    progress_info: { phase: "Training factors", done: 250, total: 1000, fraction: 0.25, eta_s: 42, step: 2, steps: 4, run: 3 } });
+  const m = new FakeModel({
+    status: "running",
+    progress: 0.25,
+    progress_info: {
+      phase: "Training factors",
+      done: 250,
+      total: 1000,
+      fraction: 0.25,
+      eta_s: 42,
+      step: 2,
+      steps: 4,
+      run: 3,
+    },
+  });
   const { el, cleanup } = mount(render, m);
   const p = q(el, "tracin-progress")[0];
   assert.equal(p.hidden, false);
