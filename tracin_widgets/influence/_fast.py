@@ -260,6 +260,8 @@ class TracInCPFast(TracInCPBase):
         cached = self._cache_load(cache_path)
         if cached is not None:
             self._factors = (cached["A"], cached["G"])
+            if show_progress:
+                _Progress("training factors (cache file)", cached["A"].shape[0], True, None).finish()
             return self._factors
         with self._computing():
             states, _ = self._checkpoint_states(show_progress)
@@ -268,8 +270,9 @@ class TracInCPFast(TracInCPBase):
             try:
                 merge = self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
                 for _, batch in self._train_batches(self._pass_rows(states[-1], merge)):
-                    if not self._layer_checked:
-                        self._check_layer(states[-1], batch)
+                    if not self._layer_checked:  # on the rows one forward may take
+                        self._measure_rows(states[-1], batch, "training batch")
+                        self._check_layer(states[-1], split_rows(batch, batch_len(batch), self._rows(merge))[0])
                     # on a GPU, checked once after the pass: a check per batch would make the host wait for it
                     A, G = self._factors_of(
                         [batch], states, self.reduction_type, self.loss_fn, "training batch", self.device.type == "cpu"
@@ -291,6 +294,8 @@ class TracInCPFast(TracInCPBase):
     @locked
     def fit(self, show_progress: bool = False):
         """Compute and cache the training-set factors now (otherwise done on the first query). Returns self."""
+        if self._factors is not None and show_progress:  # nothing to do: still show that the call ran
+            _Progress("training factors (cached)", self._factors[0].shape[0], True, None).finish()
         self._ensure_factors(show_progress)
         return self
 
