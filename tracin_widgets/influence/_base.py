@@ -281,7 +281,7 @@ class TracInCPBase:
                 batch = loader.collate_fn([ds[i] for i in range(min(PROBE_ROWS, len(ds)))])  # type: ignore[arg-type]
             else:
                 return None
-        except Exception:  # noqa: BLE001 - only a probe: the pass itself reports a bad dataset
+        except Exception:  # only a probe: the pass itself reports a bad dataset
             return None
         if not isinstance(batch, (list, tuple)) or len(batch) < 2 or batch_len(tuple(batch)) == 0:
             return None

@@ -105,7 +105,7 @@ class TracInCPFast(TracInCPBase):
 
     @final_fc_layer.setter
     def final_fc_layer(self, layer: nn.Module | str) -> None:
-        self.final_fc_layer_name, self._final_fc_layer = resolve_module(self.model, layer, "final_fc_layer")  # inner name
+        self.final_fc_layer_name, self._final_fc_layer = resolve_module(self.model, layer, "final_fc_layer")
         self._factors = None
         self._self_influence = None
         self._layer_checked = False
