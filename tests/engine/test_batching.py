@@ -112,3 +112,115 @@ def test_auto_workers_only_for_per_item_datasets_on_a_gpu(problem, monkeypatch):
     assert _data.auto_workers(PlainDataset(x, y), cpu) == 0
     monkeypatch.setattr(_data, "usable_cores", lambda: 1)
     assert _data.auto_workers(PlainDataset(x, y), gpu) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# rows per forward follow the model's activation memory
+# ---------------------------------------------------------------------------------------------------------------------
+def test_rows_per_forward_arithmetic():
+    from tracin_widgets.influence._memory import rows_per_forward
+
+    cpu = torch.device("cpu")
+    # 512 rows x 1 kB x safety 2 = 1 MB <= half of 1 GB: the merge target
+    assert rows_per_forward(1000, 512, 64, cpu, free_bytes=10**9) == 512
+    # 1 MB x 2 per row: 25 rows fit in half of 100 MB (below batch_size 64)
+    assert rows_per_forward(10**6, 512, 64, cpu, free_bytes=10**8) == 25
+    # 250 rows fit, but a model too large to merge runs at most batch_size rows
+    assert rows_per_forward(10**5, 512, 64, cpu, free_bytes=10**8) == 64
+    assert rows_per_forward(10**5, 512, None, cpu, free_bytes=10**8) == 250
+    # a vmapped forward runs 5 checkpoints at once: 5x the memory per row
+    assert rows_per_forward(10**5, 100, None, cpu, copies=5, free_bytes=10**8) == 50
+    assert rows_per_forward(10**5, 100, None, cpu, safety=4.0, free_bytes=10**8) == 100
+    assert rows_per_forward(10**5, 1000, None, cpu, safety=4.0, free_bytes=10**8) == 125
+    assert rows_per_forward(10**9, 512, 64, cpu, free_bytes=10**6) == 1  # never below one row
+
+
+def test_activation_bytes_and_free_memory():
+    from tracin_widgets.influence._memory import activation_bytes, free_memory
+
+    lin = nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    assert activation_bytes(lin, lambda: lin(x), (x,)) == 2 * 4 * 4 + 2 * 3 * 4  # input + output, float32
+    assert free_memory(torch.device("cpu")) > 0
+
+
+def test_small_models_stay_merged(cnn):
+    """The tutorial's Net: 16,384 rows per forward fit in a modest GPU's free memory, so batches stay merged."""
+    from tracin_widgets.influence import TracInCPFast
+    from tracin_widgets.influence._memory import rows_per_forward
+
+    ours = TracInCPFast(cnn.model(), "fc3", cnn.train_dataset(), cnn.ckpts, cnn.load_func,
+                        loss_fn=cnn.loss("sum"), batch_size=16)
+    ours.fit()
+    assert 20_000 < ours._row_bytes < 100_000  # ~58 kB of module outputs per 3x32x32 image
+    gpu_free = 8 << 30
+    assert rows_per_forward(ours._row_bytes, 16384, 16, torch.device("cuda"), free_bytes=gpu_free) == 16384
+    assert rows_per_forward(ours._row_bytes, 16384 // 3, 16, torch.device("cuda"), copies=3, free_bytes=gpu_free) == 5461
+
+
+class WideConv(nn.Module):
+    """Large activations for its size: 64 channels at 16x16 (~130 kB of module outputs per row)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 64, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    torch.manual_seed(3)
+    model = WideConv()
+    paths = save_perturbed_checkpoints(model, tmp_path_factory.mktemp("wide"), 3, 0.1)
+    x, y = torch.randn(40, 3, 16, 16), torch.randint(0, 3, (40,))
+    return model, paths, x, y, (torch.randn(5, 3, 16, 16), torch.randint(0, 3, (5,)))
+
+
+def _rows_seen(obj):
+    seen: list[int] = []
+    obj._net.conv.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["loop", "vmap", "cp"])
+def test_rows_per_forward_drop_when_memory_is_short_and_scores_do_not_change(wide, monkeypatch, kind):
+    from tracin_widgets.influence import TracInCP, TracInCPFast
+    from tracin_widgets.influence import _memory
+
+    model, paths, x, y, test = wide
+    if kind == "vmap":
+        monkeypatch.setattr(TracInCPFast, "_use_vmap", lambda self: True)
+
+    def build():
+        if kind == "cp":
+            return TracInCP(model, TensorDataset(x, y), paths, layers=["fc", "conv"],
+                            loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=16)
+        return TracInCPFast(model, "fc", TensorDataset(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+                            batch_size=16)
+
+    def run(obj):
+        return obj.influence(test), obj.self_influence()
+
+    default = build()
+    seen_default = _rows_seen(default)
+    want = run(default)
+    assert max(seen_default) == 40  # plenty of memory: the 16-row batches are merged (CPU target: 512 rows)
+
+    monkeypatch.setattr(_memory, "free_memory", lambda device: 4_000_000)  # 4 MB: a few rows of ~130 kB
+    short = build()
+    seen = _rows_seen(short)
+    got = run(short)
+    rows = short._rows(short.cpu_chunk, backward=kind == "cp")
+    assert 1 <= rows < 16  # below the merge target, and below batch_size
+    assert seen[0] == 4 and max(seen[1:]) == rows  # after the 4-row no-grad probe of the activation memory
+    if kind == "vmap":  # all 3 checkpoints in one forward: a third of the rows
+        assert short._vmap_ok is True
+        vrows = short._rows(max(short.vmap_min_rows, short.gpu_rows // 3), copies=3)
+        assert vrows == rows // 3 and vrows in seen
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

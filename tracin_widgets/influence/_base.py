@@ -26,7 +26,8 @@ from ._data import (
     tensor_fast_path,
     to_device,
 )
-from ._model import eval_mode, model_device, model_lock
+from ._memory import BACKWARD_SAFETY, NO_GRAD_SAFETY, PROBE_ROWS, activation_bytes, rows_per_forward
+from ._model import eval_mode, inner_module, model_device, model_lock
 from ._vision import VectorisedImages, vectorised_source
 
 
@@ -79,6 +80,12 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def finish(self) -> None:
+        """Mark the phase complete (e.g. its result was cached) and close it."""
+        if self.total is not None and self.done < self.total:
+            self.update(self.total - self.done)
+        self.close()
 
 
 def resolve_device(device: Any, model: nn.Module) -> torch.device:
@@ -254,8 +261,21 @@ class TracInCPBase:
         self._states: list[dict[str, torch.Tensor]] | None = None
         self._lrs: list[float] | None = None
         self._fingerprint: str | None = None
+        self._row_bytes: float | None = None  # activation bytes of one row (measured once, see _memory.py)
+
+    @classmethod
+    def get_name(cls) -> str:
+        """The class name (Captum's ``DataInfluence.get_name``)."""
+        return cls.__name__
 
     # ------------------------------------------------------------------ model hygiene
+    @property
+    def _net(self) -> nn.Module:
+        """The module computed on: ``self.model``, or the module inside its ``nn.DataParallel`` /
+        ``DistributedDataParallel`` wrapper (``functional_call`` refuses the wrappers). Checkpoint states and
+        layer names are those of this module (no ``module.`` prefix)."""
+        return inner_module(self.model)
+
     @contextlib.contextmanager
     def _computing(self) -> Iterator[None]:
         """Eval mode on the compute device; afterwards the model is exactly as the user left it."""
@@ -275,17 +295,22 @@ class TracInCPBase:
                 p.requires_grad_(rg)
 
     def _checkpoint_states(self, show_progress: bool = False) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
-        """Load every checkpoint once (per instance); keep its tensors on the compute device."""
+        """Load every checkpoint once (per instance); keep its tensors on the compute device.
+
+        A ``checkpoints_load_func`` of the user's gets the model as the user passed it (a DataParallel/DDP
+        wrapper included); the default loader gets the wrapped module, so checkpoints saved with or without
+        the wrapper's ``module.`` prefix both load. The states are keyed like ``self._net``'s state dict."""
         if self._states is not None:
             return self._states, self._lrs  # type: ignore[return-value]
-        model = self.model
+        model, net = self.model, self._net
+        target = net if self._default_loader else model
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         states, lrs = [], []
         prog = _Progress("load checkpoints", len(self.checkpoints), show_progress, self.progress_callback)
         try:
             for path in self.checkpoints:
-                lr = call_load_func(self.checkpoints_load_func, model, path, self._default_loader, self._checkpoint_dir)
-                states.append({k: v.detach().to(self.device, copy=True) for k, v in model.state_dict().items()})
+                lr = call_load_func(self.checkpoints_load_func, target, path, self._default_loader, self._checkpoint_dir)
+                states.append({k: v.detach().to(self.device, copy=True) for k, v in net.state_dict().items()})
                 lrs.append(lr)
                 prog.update(1)
         finally:
@@ -298,7 +323,7 @@ class TracInCPBase:
 
     def _forward(self, state: dict[str, torch.Tensor], features: tuple, what: str) -> torch.Tensor:
         try:
-            out = functional_call(self.model, state, features)
+            out = functional_call(self._net, state, features)
         except Exception as e:  # noqa: BLE001 - say which batch the model could not take
             shapes = [tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__ for f in features]
             raise ValueError(
@@ -311,6 +336,59 @@ class TracInCPBase:
         if out.dim() == 0:
             raise ValueError("the model output must have a batch dimension, got a 0-dim tensor.")
         return out
+
+    # ------------------------------------------------------------------ rows per forward
+    def _probe_batch(self) -> tuple | None:
+        """A few training rows on the compute device, read without starting a pass (for the memory probe);
+        None when the training set cannot be read item by item (the first batch of the pass is used then)."""
+        loader = self.train_dataloader
+        vec = self._vectorised()
+        try:
+            if vec is not None:
+                batch = vec.block(0, min(PROBE_ROWS, vec.n), self.device)
+            elif tensor_fast_path(loader):
+                batch = tuple(t[:PROBE_ROWS] for t in loader.dataset.tensors)  # type: ignore[attr-defined]
+            elif loader.batch_size is not None and not isinstance(loader.dataset, torch.utils.data.IterableDataset):
+                ds = loader.dataset
+                batch = loader.collate_fn([ds[i] for i in range(min(PROBE_ROWS, len(ds)))])  # type: ignore[arg-type]
+            else:
+                return None
+        except Exception:  # only a probe: the pass itself reports a bad dataset
+            return None
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2 or batch_len(tuple(batch)) == 0:
+            return None
+        return to_device(tuple(batch), self.device)
+
+    def _measure_rows(self, state: dict[str, torch.Tensor], batch: tuple, what: str) -> None:
+        """Measure (once) the activation bytes of one row on a few rows of ``batch``."""
+        if self._row_bytes is not None:
+            return
+        n = batch_len(batch)
+        k = min(n, PROBE_ROWS)
+        probe = tuple(x[:k] if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n else x for x in batch)
+        feats = tuple(probe[:-1])
+        with torch.no_grad():
+            total = activation_bytes(self._net, lambda: self._forward(state, feats, what), feats)
+        self._row_bytes = total / max(1, k)
+
+    def _rows(self, merge_rows: int, copies: int = 1, backward: bool = False) -> int:
+        """Rows per forward (``_memory.rows_per_forward``) once ``_measure_rows`` has run; ``merge_rows`` before."""
+        if self._row_bytes is None:
+            return merge_rows
+        return rows_per_forward(
+            self._row_bytes, merge_rows, self.train_dataloader.batch_size, self.device, copies=copies,
+            safety=BACKWARD_SAFETY if backward else NO_GRAD_SAFETY,
+        )
+
+    def _pass_rows(self, state: dict[str, torch.Tensor], merge_rows: int, backward: bool = False) -> int:
+        """The merge target of a training pass: measured on a probe of the training set first. 0 (no merging:
+        the loader's own batches, split further when needed) when no probe could be read."""
+        if self._row_bytes is None:
+            probe = self._probe_batch()
+            if probe is None:
+                return 0
+            self._measure_rows(state, probe, "training batch")
+        return self._rows(merge_rows, backward=backward)
 
     def _train_batches(self, min_rows: int = 0) -> Iterator[tuple[int, tuple]]:
         """Training batches on the compute device with their row offset. ``min_rows`` merges consecutive

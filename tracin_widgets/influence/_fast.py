@@ -118,7 +118,7 @@ class TracInCPFast(TracInCPBase):
         self._layer_checked = True
         with torch.no_grad():
             producers, records = trace_output_module(
-                self.model, lambda: functional_call(self.model, state, tuple(batch[:-1]))
+                self._net, lambda: functional_call(self._net, state, tuple(batch[:-1]))
             )
         if isinstance(self._final_fc_layer, nn.Linear) and any(m is self._final_fc_layer for _, m in producers):
             return
@@ -140,8 +140,10 @@ class TracInCPFast(TracInCPBase):
         self, state: dict, batch: tuple, mode: str, loss_fn: Any, what: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = batch_len(batch)
-        if self.device.type == "cpu" and n > self.cpu_chunk:
-            parts = [self._chunk_factors(state, b, mode, loss_fn, what) for b in split_rows(batch, n, self.cpu_chunk)]
+        self._measure_rows(state, batch, what)
+        rows = self._rows(self.cpu_chunk if self.device.type == "cpu" else self.gpu_rows)
+        if n > rows:
+            parts = [self._chunk_factors(state, b, mode, loss_fn, what) for b in split_rows(batch, n, rows)]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return self._chunk_factors(state, batch, mode, loss_fn, what)
 
@@ -180,7 +182,7 @@ class TracInCPFast(TracInCPBase):
             return None
         if self._stacked is None or self._stacked[0] is not states:
             self._stacked = (states, {k: torch.stack([st[k] for st in states]) for k in states[0]})
-        stacked, model, layer = self._stacked[1], self.model, self._final_fc_layer
+        stacked, model, layer = self._stacked[1], self._net, self._final_fc_layer
 
         def one(params, *features):
             captured: list[torch.Tensor] = []
@@ -196,7 +198,8 @@ class TracInCPFast(TracInCPBase):
         n, C = batch_len(batch), len(states)
         G_parts, A_parts = [], []
         try:
-            for part in split_rows(batch, n, max(self.vmap_min_rows, self.gpu_rows // C)):
+            rows = self._rows(max(self.vmap_min_rows, self.gpu_rows // C), copies=C)  # bounded by memory
+            for part in split_rows(batch, n, rows):
                 m = batch_len(part)
                 feats = tuple(part[:-1])
                 # exact fp32: a grouped conv may otherwise take TF32 tensor cores (1e-3 relative error)
@@ -216,11 +219,13 @@ class TracInCPFast(TracInCPBase):
         return torch.cat(G_parts), torch.cat(A_parts)
 
     def _factors_of(
-        self, batches: list[tuple], states: list[dict], mode: str, loss_fn: Any, what: str, check: bool = True
+        self, batches: list[tuple], states: list[dict], mode: str, loss_fn: Any, what: str, check: bool = True,
+        prog: _Progress | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         A_parts, G_parts = [], []
         for batch in batches:
             both = None
+            self._measure_rows(states[-1], batch, what)  # a bad batch gets the clear error here
             if self._use_vmap() and len(states) > 1:
                 both = self._vmapped_factors(states, batch, mode, loss_fn)
             if both is not None:
@@ -234,6 +239,8 @@ class TracInCPFast(TracInCPBase):
                 G, A = torch.stack(gs, 1), torch.stack(as_, 1)
             G_parts.append(G)
             A_parts.append(A)
+            if prog is not None:
+                prog.update(batch_len(batch))
         A, G = torch.cat(A_parts), torch.cat(G_parts)
         if check:
             self._check_factors(A, G, what)
@@ -254,16 +261,19 @@ class TracInCPFast(TracInCPBase):
         cached = self._cache_load(cache_path)
         if cached is not None:
             self._factors = (cached["A"], cached["G"])
+            if show_progress:
+                _Progress("training factors (cache file)", cached["A"].shape[0], True, None).finish()
             return self._factors
         with self._computing():
             states, _ = self._checkpoint_states(show_progress)
             A_parts, G_parts = [], []
             prog = _Progress("training factors", self._n_train(), show_progress, self.progress_callback)
             try:
-                min_rows = self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
-                for _, batch in self._train_batches(min_rows):
-                    if not self._layer_checked:
-                        self._check_layer(states[-1], batch)
+                merge = self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
+                for _, batch in self._train_batches(self._pass_rows(states[-1], merge)):
+                    if not self._layer_checked:  # on the rows one forward may take
+                        self._measure_rows(states[-1], batch, "training batch")
+                        self._check_layer(states[-1], split_rows(batch, batch_len(batch), self._rows(merge))[0])
                     # on a GPU, checked once after the pass: a check per batch would make the host wait for it
                     A, G = self._factors_of(
                         [batch], states, self.reduction_type, self.loss_fn, "training batch", self.device.type == "cpu"
@@ -285,19 +295,31 @@ class TracInCPFast(TracInCPBase):
     @locked
     def fit(self, show_progress: bool = False):
         """Compute and cache the training-set factors now (otherwise done on the first query). Returns self."""
+        if self._factors is not None and show_progress:  # nothing to do: still show that the call ran
+            _Progress("training factors (cached)", self._factors[0].shape[0], True, None).finish()
         self._ensure_factors(show_progress)
         return self
 
     def _test_factors(
-        self, inputs: Any, loss: str = "test", batches: list[tuple] | None = None
+        self, inputs: Any, loss: str = "test", batches: list[tuple] | None = None, show_progress: bool = False,
+        phase: str = "test factors", callback: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Factors of ``inputs`` (a batch or a DataLoader); ``batches`` = the same, already checked and moved."""
+        """Factors of ``inputs`` (a batch or a DataLoader); ``batches`` = the same, already checked and moved.
+        ``show_progress``: a tqdm bar over the rows; ``callback``: report the phase to ``progress_callback``
+        too (a pass over a DataLoader; per-query steps stay off the callback)."""
         batches = self._test_batches(inputs) if batches is None else batches
         with self._computing():
-            states, _ = self._checkpoint_states()
-            if loss == "test":
-                return self._factors_of(batches, states, self.test_reduction_type, self.test_loss_fn, "test batch")
-            return self._factors_of(batches, states, self.reduction_type, self.loss_fn, "batch")
+            states, _ = self._checkpoint_states(show_progress)
+            total = sum(batch_len(b) for b in batches)
+            prog = _Progress(phase, total, show_progress, self.progress_callback if callback else None)
+            try:
+                if loss == "test":
+                    return self._factors_of(
+                        batches, states, self.test_reduction_type, self.test_loss_fn, "test batch", prog=prog
+                    )
+                return self._factors_of(batches, states, self.reduction_type, self.loss_fn, "batch", prog=prog)
+            finally:
+                prog.close()
 
     # ------------------------------------------------------------------ scores
     def _lr_tensor(self, like: torch.Tensor) -> torch.Tensor:
@@ -313,13 +335,25 @@ class TracInCPFast(TracInCPBase):
             aa = torch.einsum("ncd,mcd->cnm", At, A[s : s + step])
             yield s, (gg * aa * lr).sum(0)
 
-    def _scores_or_topk(self, At: torch.Tensor, Gt: torch.Tensor, k: int | None, proponents: bool):
-        if k is None:
-            return torch.cat([sc.cpu() for _, sc in self._score_chunks(At, Gt)], dim=1)
-        best = None
-        for s, sc in self._score_chunks(At, Gt):
-            best = merge_topk(best, sc, s, k, largest=proponents)
-        return self._finish_topk(best, At.shape[0])
+    def _scores_or_topk(
+        self, At: torch.Tensor, Gt: torch.Tensor, k: int | None, proponents: bool, show_progress: bool = False
+    ):
+        n_train = self._factors[0].shape[0]  # type: ignore[index]
+        prog = _Progress("influence", n_train, show_progress, None)  # a per-query step: tqdm only
+        try:
+            if k is None:
+                parts = []
+                for s, sc in self._score_chunks(At, Gt):
+                    parts.append(sc.cpu())
+                    prog.update(sc.shape[1])
+                return torch.cat(parts, dim=1)
+            best = None
+            for s, sc in self._score_chunks(At, Gt):
+                best = merge_topk(best, sc, s, k, largest=proponents)
+                prog.update(sc.shape[1])
+            return self._finish_topk(best, At.shape[0])
+        finally:
+            prog.close()
 
     @locked
     def influence(self, inputs: Any = None, k: int | None = None, proponents: bool = True, show_progress: bool = False):
@@ -331,18 +365,23 @@ class TracInCPFast(TracInCPBase):
         k = check_k(k)
         batches = self._test_batches(inputs)  # validate before the (possibly long) training pass
         self._ensure_factors(show_progress)
-        At, Gt = self._test_factors(inputs, batches=batches)
-        return self._scores_or_topk(At, Gt, k, proponents)
+        At, Gt = self._test_factors(inputs, batches=batches, show_progress=show_progress)
+        return self._scores_or_topk(At, Gt, k, proponents, show_progress)
 
     @locked
     def self_influence(self, inputs: Any = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False):
         """Self-influence ``sum_c lr_c |grad_c|^2`` of each example (training set when ``inputs`` is None)."""
         if inputs is None:
             if self._self_influence is None:
+                cached = self._factors is not None
                 A, G = self._ensure_factors(show_progress)
                 self._self_influence = self._self_from_factors(A, G).cpu()
+                if cached and show_progress:  # the factors were ready: still show that the call ran
+                    _Progress("self influence", len(self._self_influence), True, None).finish()
+            elif show_progress:
+                _Progress("self influence (cached)", len(self._self_influence), True, None).finish()
             return self._self_influence.clone()
-        A, G = self._test_factors(inputs, loss="train")
+        A, G = self._test_factors(inputs, loss="train", show_progress=show_progress, phase="self influence", callback=True)
         return self._self_from_factors(A, G).cpu()
 
     def _self_from_factors(self, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
@@ -447,26 +486,34 @@ class TracInCPFastRandProj(TracInCPFast):
         return torch.cat(parts, dim=1)
 
     @locked
-    def compute_intermediate_quantities(self, inputs: Any) -> torch.Tensor:
-        """Embeddings ``(n, D*C)`` of ``inputs``; their dot products are the (approximate) scores."""
+    def compute_intermediate_quantities(self, inputs: Any, aggregate: bool = False) -> torch.Tensor:
+        """Embeddings ``(n, D*C)`` of ``inputs``; their dot products are the (approximate) scores.
+        ``aggregate=True``: their sum over the examples, ``(1, D*C)`` (as TracInCP's; Captum's RandProj has
+        no ``aggregate``)."""
         At, Gt = self._test_factors(inputs)
-        return self._embed(At, Gt).cpu()
+        emb = self._embed(At, Gt)
+        return (emb.sum(0, keepdim=True) if aggregate else emb).cpu()
 
     @locked
     def influence(self, inputs: Any = None, k: int | None = 5, proponents: bool = True, show_progress: bool = False):
         """As Captum: note the default ``k=5``; pass ``k=None`` for the score matrix."""
         k = check_k(k)
-        At, Gt = self._test_factors(inputs)
+        At, Gt = self._test_factors(inputs, show_progress=show_progress)
         if k is None:
             if self._train_embeddings is None:
-                return self._scores_or_topk(At, Gt, None, proponents)
-            return (self._embed(At, Gt) @ self._train_embeddings.T).cpu()
+                return self._scores_or_topk(At, Gt, None, proponents, show_progress)
+            prog = _Progress("influence", self._train_embeddings.shape[0], show_progress, None)
+            scores = (self._embed(At, Gt) @ self._train_embeddings.T).cpu()
+            prog.finish()
+            return scores
         q = self._embed(At, Gt)
         n_train = self._factors[0].shape[0]  # type: ignore[index]
         kk = min(n_train, k * self.rerank) if self.rerank else k
+        prog = _Progress("nearest neighbours", q.shape[0], show_progress, None)
         idx, vals = self.nearest_neighbors.get_nearest_neighbors(q if proponents else -q, kk)
+        prog.finish()
         idx = torch.as_tensor(idx).to(torch.int64)
-        vals = torch.as_tensor(vals)
+        vals = torch.as_tensor(vals).to(q.dtype)  # an index may return float64 (annoy's Python floats)
         if not self.rerank:
             return KMostInfluentialResults(idx.cpu(), (vals if proponents else -vals).cpu())
         # exact rerank of the candidates from the cached factors

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._model import eval_mode, model_lock
+from ._model import eval_mode, inner_module, model_lock, wrapper_depth
 
 
 def module_name(model: nn.Module, module: nn.Module) -> str | None:
@@ -19,12 +19,23 @@ def module_name(model: nn.Module, module: nn.Module) -> str | None:
 
 
 def resolve_module(model: nn.Module, layer: Any, argname: str) -> tuple[str, nn.Module]:
-    """A module of ``model`` given by dotted name or by reference."""
+    """A module of ``model`` given by dotted name or by reference.
+
+    For a model wrapped in ``nn.DataParallel`` / ``DistributedDataParallel`` the module is looked up in the
+    wrapped module and its name is returned without the wrapper's ``module.`` prefix; the name may be given
+    with or without that prefix.
+    """
+    depth = wrapper_depth(model)
+    model = inner_module(model)
     names = [n for n, _ in model.named_modules() if n]
     if isinstance(layer, str):
         mods = dict(model.named_modules())
-        if layer in mods and layer:
-            return layer, mods[layer]
+        name = layer
+        for _ in range(depth):
+            if name not in mods and name.startswith("module."):
+                name = name[len("module."):]
+        if name in mods and name:
+            return name, mods[name]
         close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(

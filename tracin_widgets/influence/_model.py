@@ -45,3 +45,24 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, t in modes:
             m.training = t
+
+
+def _is_parallel_wrapper(model: nn.Module) -> bool:
+    return isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+
+
+def inner_module(model: nn.Module) -> nn.Module:
+    """The module a ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper holds (``model`` itself when it is
+    not wrapped). The engine computes on it: ``torch.func.functional_call`` refuses the wrappers, and on one
+    device a wrapper's forward is its module's forward."""
+    while _is_parallel_wrapper(model):
+        model = model.module
+    return model
+
+
+def wrapper_depth(model: nn.Module) -> int:
+    """How many ``module.`` prefixes the wrapper(s) around ``model`` add to its parameter names."""
+    depth = 0
+    while _is_parallel_wrapper(model):
+        model, depth = model.module, depth + 1
+    return depth

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ._base import KMostInfluentialResults, TracInCPBase, _Progress, check_k, locked
+from ._base import KMostInfluentialResults, TracInCPBase, _Progress, check_k, locked, sqrt_lr
 from ._cache import hash_tensors
 from ._data import batch_len, split_rows
 from ._errors import TracInWarning
@@ -139,7 +139,7 @@ class TracInCP(TracInCPBase):
 
     # ------------------------------------------------------------------ parameters
     def _select_params(self, layers: Any) -> list[str]:
-        model = self.model
+        model = self._net
         if layers is None:
             names = [n for n, p in model.named_parameters() if p.requires_grad]
             if not names:
@@ -152,7 +152,7 @@ class TracInCP(TracInCPBase):
             raise ValueError("layers is empty: pass None to use every trainable parameter, or a list of layer names.")
         names: list[str] = []
         for layer in layers:
-            lname, mod = resolve_module(model, layer, "layers")
+            lname, mod = resolve_module(self.model, layer, "layers")
             own = [f"{lname}.{n}" for n, _ in mod.named_parameters()]
             if not own:
                 raise ValueError(f"layers: {lname!r} ({type(mod).__name__}) has no parameters; pick layers with weights.")
@@ -164,12 +164,12 @@ class TracInCP(TracInCPBase):
         selected = set(self._param_names)
         candidates = {
             name: m
-            for name, m in self.model.named_modules()
+            for name, m in self._net.named_modules()
             if isinstance(m, nn.Linear) and f"{name}.weight" in selected
         }
         convs = {
             name: m
-            for name, m in self.model.named_modules()
+            for name, m in self._net.named_modules()
             if isinstance(m, nn.Conv2d) and f"{name}.weight" in selected and m.groups == 1
             and not isinstance(m.padding, str) and m.padding_mode == "zeros"
         }
@@ -240,7 +240,7 @@ class TracInCP(TracInCPBase):
     def _dense_grads(self, state: dict, dense: list[str], batch: tuple, mode: str, loss_fn: Any, what: str) -> torch.Tensor:
         dp = {k: state[k] for k in dense}
         rest = {k: v for k, v in state.items() if k not in dp}
-        model = self.model
+        model = self._net
         n_feat = len(batch) - 1
 
         def loss_one(params, *ex):
@@ -281,7 +281,7 @@ class TracInCP(TracInCPBase):
             feats = tuple(x[i : i + 1] if isinstance(x, torch.Tensor) else x for x in batch[:-1])
             lab = batch[-1][i : i + 1]
             with torch.enable_grad():
-                out = functional_call(self.model, {**rest, **params}, feats)
+                out = functional_call(self._net, {**rest, **params}, feats)
                 gs = torch.autograd.grad(total_loss(mode, loss_fn, out, lab, 1), [params[k] for k in dense], allow_unused=True)
             rows.append(torch.cat([(torch.zeros_like(params[k]) if g is None else g).reshape(-1) for k, g in zip(dense, gs)]))
         return torch.stack(rows)
@@ -290,17 +290,26 @@ class TracInCP(TracInCPBase):
     gpu_rows = 2048  # small loader batches (workers) are merged up to this many rows on a GPU
     max_grad_floats = 1 << 27  # cap on materialised per-example gradient floats per chunk (512 MB)
 
+    def _merge_rows(self) -> int:
+        return self.cpu_chunk if self.device.type == "cpu" else self.gpu_rows
+
     def _row_chunk(self, n: int) -> int:
         factored, conv, dense = self._plan  # type: ignore[misc]
         names = [f"{m}.weight" for m, _, _ in conv] + [f"{m}.bias" for m, _, b in conv if b] + list(dense)
-        sizes = dict((k, v.numel()) for k, v in self.model.state_dict().items())
+        sizes = dict((k, v.numel()) for k, v in self._net.state_dict().items())
         per_row = max(1, sum(sizes.get(k, 0) for k in names))
         cap = max(1, self.max_grad_floats // per_row)
-        return min(n, cap, self.cpu_chunk) if self.device.type == "cpu" else min(n, cap)
+        return min(n, cap, self._rows(self._merge_rows(), backward=True))  # activation memory bounds the rows
+
+    def _ensure_plan(self, states: list[dict], batch: tuple, what: str) -> None:
+        """Measure the activation memory of a row and make the plan (on at most the rows one forward takes)."""
+        self._measure_rows(states[0], batch, what)
+        if self._plan is None:
+            n = batch_len(batch)
+            self._make_plan(states[0], split_rows(batch, n, self._rows(self._merge_rows(), backward=True))[0], what)
 
     def _all_blocks(self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str) -> list[list[Block]]:
-        if self._plan is None:
-            self._make_plan(states[0], batch, what)
+        self._ensure_plan(states, batch, what)
         n = batch_len(batch)
         chunk = self._row_chunk(n)
         if chunk < n:
@@ -324,7 +333,7 @@ class TracInCP(TracInCPBase):
         score_parts, self_parts = [], []
         prog = _Progress(phase, self._n_train(), show_progress, self.progress_callback)
         try:
-            for _, batch in self._train_batches(self.cpu_chunk if self.device.type == "cpu" else self.gpu_rows):
+            for _, batch in self._train_batches(self._pass_rows(states[0], self._merge_rows(), backward=True)):
                 per_ckpt = self._all_blocks(batch, states, self.reduction_type, self.loss_fn, "training batch")
                 sq = sum(lr * _blocks_sq(b) for lr, b in zip(lrs, per_ckpt))
                 self_parts.append(sq.cpu())
@@ -371,12 +380,21 @@ class TracInCP(TracInCPBase):
         if scores is None:
             with self._computing():
                 states, _ = self._checkpoint_states(show_progress)
-                parts = [self._all_blocks(b, states, self.test_reduction_type, self.test_loss_fn, "test batch") for b in batches]
+                prog = _Progress("test gradients", sum(batch_len(b) for b in batches), show_progress, None)
+                parts = []
+                try:
+                    for b in batches:
+                        parts.append(self._all_blocks(b, states, self.test_reduction_type, self.test_loss_fn, "test batch"))
+                        prog.update(batch_len(b))
+                finally:
+                    prog.close()
                 test_blocks = [_blocks_cat([p[c] for p in parts]) for c in range(len(states))]
                 scores, _ = self._pass(test_blocks, show_progress, "influence")
             self._score_cache[key] = scores
             while len(self._score_cache) > 8:
                 self._score_cache.popitem(last=False)
+        elif show_progress:  # no pass needed: still show that the call ran
+            _Progress("influence (cached)", scores.shape[1], True, None).finish()
         if aggregate:
             scores = scores.sum(0, keepdim=True)
         if k is None:
@@ -393,15 +411,85 @@ class TracInCP(TracInCPBase):
                 cached = self._cache_load(self._cache_file("self", self._key()))
                 if cached is not None:
                     self._self_influence = cached["self"].cpu()
+                    if show_progress:
+                        _Progress("self influence (cached)", len(self._self_influence), True, None).finish()
                 else:
                     with self._computing():
                         self._pass(None, show_progress, "self influence")
+            elif show_progress:
+                _Progress("self influence (cached)", len(self._self_influence), True, None).finish()
             return self._self_influence.clone()  # type: ignore[union-attr]
         batches = self._test_batches(inputs)
         with self._computing():
             states, lrs = self._checkpoint_states(show_progress)
             out = []
-            for b in batches:
-                per_ckpt = self._all_blocks(b, states, self.reduction_type, self.loss_fn, "batch")
-                out.append(sum(lr * _blocks_sq(x) for lr, x in zip(lrs, per_ckpt)).cpu())
+            prog = _Progress("self influence", sum(batch_len(b) for b in batches), show_progress, self.progress_callback)
+            try:
+                for b in batches:
+                    per_ckpt = self._all_blocks(b, states, self.reduction_type, self.loss_fn, "batch")
+                    out.append(sum(lr * _blocks_sq(x) for lr, x in zip(lrs, per_ckpt)).cpu())
+                    prog.update(batch_len(b))
+            finally:
+                prog.close()
         return torch.cat(out)
+
+    # ------------------------------------------------------------------ embeddings
+    @locked
+    def compute_intermediate_quantities(self, inputs: Any, aggregate: bool = False) -> torch.Tensor:
+        """Captum's per-example "embeddings" of ``inputs`` (a batch or a DataLoader): per checkpoint c,
+        ``sqrt(lr_c)`` times the per-example gradient of the training loss (``loss_fn``) w.r.t. the selected
+        parameters (in ``layers`` order, each flattened), concatenated over the checkpoints: ``(n, D * C)`` on
+        the CPU. The dot product of two rows is their influence score. ``aggregate=True``: the sum over the
+        examples, ``(1, D * C)``.
+
+        The gradients of factorised Linear layers are materialised here (a bounded number of rows at a time).
+        Captum scales each checkpoint by ``lr_c`` instead of ``sqrt(lr_c)``, so its dot products carry
+        ``lr_c ** 2`` (they equal with lr 1); ours are the influence scores its docstring promises.
+        """
+        batches = self._test_batches(inputs)
+        with self._computing():
+            states, lrs = self._checkpoint_states()
+            roots = [sqrt_lr(lr, p) for lr, p in zip(lrs, self.checkpoints)]
+            sizes = [states[0][k].numel() for k in self._param_names]
+            D, C = sum(sizes), len(states)
+            dtype = states[0][self._param_names[0]].dtype
+            n_all = sum(batch_len(b) for b in batches)
+            out = torch.zeros(1 if aggregate else n_all, D * C, dtype=dtype, device=self.device if aggregate else "cpu")
+            row = 0
+            for b in batches:
+                self._ensure_plan(states, b, "batch")
+                n = batch_len(b)
+                step = max(1, min(self._row_chunk(n), self.max_grad_floats // max(1, D)))
+                for part in split_rows(b, n, step):
+                    m = batch_len(part)
+                    per_ckpt = self._all_blocks_rows(part, states, self.reduction_type, self.loss_fn, "batch")
+                    for c, (root, blocks) in enumerate(zip(roots, per_ckpt)):
+                        named = self._named_grads(blocks, m)
+                        cols = torch.cat([named[k] for k in self._param_names], dim=1) * root
+                        if aggregate:
+                            out[0, c * D : (c + 1) * D] += cols.sum(0)
+                        else:
+                            out[row : row + m, c * D : (c + 1) * D] = cols
+                    row += m
+        return out.cpu()
+
+    def _named_grads(self, blocks: list[Block], m: int) -> dict[str, torch.Tensor]:
+        """Per-example gradients ``(m, numel)`` of every selected parameter, by name, from one checkpoint's
+        blocks (a factorised Linear's weight gradient is the outer product g a^T, row-major like the weight)."""
+        factored, conv, dense = self._plan  # type: ignore[misc]
+        sizes = {k: v.numel() for k, v in self._net.state_dict().items()}
+        out: dict[str, torch.Tensor] = {}
+        it = iter(blocks)
+        for name, _, has_bias in factored:
+            _, g, a, _ = next(it)
+            out[f"{name}.weight"] = (g.unsqueeze(2) * a.unsqueeze(1)).reshape(m, -1)
+            if has_bias:
+                out[f"{name}.bias"] = g
+        for names in ([k for name, _, b in conv for k in [f"{name}.weight"] + ([f"{name}.bias"] if b else [])], dense):
+            if not names:
+                continue
+            rows, off = next(it)[1], 0
+            for k in names:
+                out[k] = rows[:, off : off + sizes[k]]
+                off += sizes[k]
+        return out

@@ -1,0 +1,95 @@
+"""How many rows go through the model at once.
+
+Merging small loader batches into large forwards pays for small models (fewer launches), but a large model's
+activations grow with the rows: ResNet-50 on 224x224 images needs ~100 MB per row, so the GPU merge target of
+16,384 rows would ask for terabytes. ``rows_per_forward`` keeps the merge target when it fits in the free
+memory and otherwise runs as many rows as fit, never more than the loader's ``batch_size``. The activation
+memory of one row is measured once per engine on a few rows (``activation_bytes``); scores never depend on
+the row count.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+MEMORY_FRACTION = 0.5  # of the free memory one forward's activations may take (the rest: data, factors, caches)
+NO_GRAD_SAFETY = 2.0  # no-grad forward: the summed module outputs, twice (workspaces, temporaries)
+BACKWARD_SAFETY = 4.0  # forward kept for a backward pass, the activation gradients, per-example gradients
+PROBE_ROWS = 4
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes a computation on ``device`` may still allocate: ``torch.cuda.mem_get_info`` plus what PyTorch's
+    caching allocator holds unused on CUDA; MemAvailable from /proc/meminfo on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) + max(0, torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 1 << 40
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(o) for o in obj)
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(o) for o in obj.values())
+    return 0
+
+
+def activation_bytes(net: nn.Module, call: Callable[[], Any], inputs: Any = ()) -> int:
+    """Bytes of every module output (and of ``inputs``) produced while ``call()`` runs ``net``: an upper
+    bound on a forward pass's activation memory."""
+    total = [_tensor_bytes(inputs)]
+
+    def hook(mod, inp, out):
+        total[0] += _tensor_bytes(out)
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    try:
+        call()
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def rows_per_forward(
+    row_bytes: float,
+    merge_rows: int,
+    batch_rows: int | None,
+    device: torch.device,
+    *,
+    copies: int = 1,
+    safety: float = NO_GRAD_SAFETY,
+    free_bytes: int | None = None,
+) -> int:
+    """Rows per forward pass for a model whose activations take ``row_bytes`` per row.
+
+    ``merge_rows`` (the merge target) when ``copies`` forwards of that many rows (a vmapped forward runs every
+    checkpoint at once) need at most ``MEMORY_FRACTION`` of the free memory, counting ``row_bytes * safety``
+    per row; otherwise the rows that fit, at most ``batch_rows`` (the loader's batch size), and at least 1.
+    """
+    if free_bytes is None:
+        free_bytes = free_memory(device)
+    need = max(1.0, float(row_bytes) * safety * max(1, copies))
+    fit = int(free_bytes * MEMORY_FRACTION // need)
+    if fit >= merge_rows:
+        return merge_rows
+    if batch_rows:
+        fit = min(fit, batch_rows)
+    return max(1, fit)
