@@ -10,6 +10,7 @@ scores for a test batch and the self-influence of every training example; both a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from collections import OrderedDict
@@ -19,8 +20,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ._base import KMostInfluentialResults, TracInCPBase, _Progress, check_k, locked
-from ._data import batch_len, hash_tensors, split_rows
+from ._base import KMostInfluentialResults, TracInCPBase, _Progress, check_k, check_proponents, locked
+from ._data import batch_len, hash_tensors, rows_getter, split_rows
 from ._errors import TracInWarning
 from ._layers import resolve_module
 from ._loss import loss_mode, total_loss
@@ -296,23 +297,42 @@ class TracInCP(TracInCPBase):
         cap = max(1, self.max_grad_floats // per_row)
         return min(n, cap, self.cpu_chunk) if self.device.type == "cpu" else min(n, cap)
 
-    def _all_blocks(self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str) -> list[list[Block]]:
+    def _all_blocks(
+        self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str, offset: int = 0
+    ) -> list[list[Block]]:
+        """Per-checkpoint blocks of ``batch`` (rows ``offset``.. of its source, for error messages)."""
         if self._plan is None:
             self._make_plan(states[0], batch, what)
         n = batch_len(batch)
         chunk = self._row_chunk(n)
         if chunk < n:
-            parts = [self._all_blocks_rows(b, states, mode, loss_fn, what) for b in split_rows(batch, n, chunk)]
+            parts = [
+                self._all_blocks_rows(b, states, mode, loss_fn, what, offset + i * chunk)
+                for i, b in enumerate(split_rows(batch, n, chunk))
+            ]
             return [_blocks_cat([p[c] for p in parts]) for c in range(len(states))]
-        return self._all_blocks_rows(batch, states, mode, loss_fn, what)
+        return self._all_blocks_rows(batch, states, mode, loss_fn, what, offset)
 
-    def _all_blocks_rows(self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str) -> list[list[Block]]:
+    def _all_blocks_rows(
+        self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str, offset: int = 0
+    ) -> list[list[Block]]:
         out, sums = [], []
         for state in states:
             blocks = self._blocks(state, batch, mode, loss_fn, what)
             sums.append(sum((t.sum() for b in blocks for t in (b[1:3] if b[0] == "f" else b[1:2])), torch.zeros((), device=self.device)))
             out.append(blocks)
-        self._check_all_finite(torch.stack(sums).reshape(1, -1), [f"gradients for the {what}"])
+
+        def locate() -> None:
+            n = batch_len(batch)
+            bad = torch.stack([
+                functools.reduce(torch.logical_or, [
+                    ~torch.isfinite(t.reshape(n, -1)).all(1) for b in blocks for t in (b[1:3] if b[0] == "f" else b[1:2])
+                ])
+                for blocks in out
+            ], 1)
+            self._raise_nonfinite({"gradients": bad}, offset, what, rows_getter([batch], offset), False)
+
+        self._check_all_finite(torch.stack(sums).reshape(1, -1), [f"gradients for the {what}"], locate)
         return out
 
     # ------------------------------------------------------------------ passes
@@ -322,8 +342,8 @@ class TracInCP(TracInCPBase):
         score_parts, self_parts = [], []
         prog = _Progress(phase, self._n_train(), show_progress, self.progress_callback)
         try:
-            for _, batch in self._train_batches(self.cpu_chunk if self.device.type == "cpu" else self.gpu_rows):
-                per_ckpt = self._all_blocks(batch, states, self.reduction_type, self.loss_fn, "training batch")
+            for offset, batch in self._train_batches(self.cpu_chunk if self.device.type == "cpu" else self.gpu_rows):
+                per_ckpt = self._all_blocks(batch, states, self.reduction_type, self.loss_fn, "training batch", offset)
                 sq = sum(lr * _blocks_sq(b) for lr, b in zip(lrs, per_ckpt))
                 self_parts.append(sq.cpu())
                 if test_blocks is not None:
@@ -363,13 +383,18 @@ class TracInCP(TracInCPBase):
         k mode -> ``KMostInfluentialResults``. The scores of a test batch are cached, so asking for the
         opponents after the proponents costs no second pass."""
         k = check_k(k)
+        proponents = check_proponents(proponents)
         batches = self._test_batches(inputs)
         key = self._test_key(batches)
         scores = self._score_cache.get(key)
         if scores is None:
             with self._computing():
                 states, _ = self._checkpoint_states(show_progress)
-                parts = [self._all_blocks(b, states, self.test_reduction_type, self.test_loss_fn, "test batch") for b in batches]
+                starts = [sum(batch_len(x) for x in batches[:i]) for i in range(len(batches))]
+                parts = [
+                    self._all_blocks(b, states, self.test_reduction_type, self.test_loss_fn, "test batch", s)
+                    for b, s in zip(batches, starts)
+                ]
                 test_blocks = [_blocks_cat([p[c] for p in parts]) for c in range(len(states))]
                 scores, _ = self._pass(test_blocks, show_progress, "influence")
             self._score_cache[key] = scores
@@ -395,11 +420,12 @@ class TracInCP(TracInCPBase):
                     with self._computing():
                         self._pass(None, show_progress, "self influence")
             return self._self_influence.clone()  # type: ignore[union-attr]
-        batches = self._test_batches(inputs)
+        batches = self._test_batches(inputs, loss="train")
         with self._computing():
             states, lrs = self._checkpoint_states(show_progress)
-            out = []
+            out, start = [], 0
             for b in batches:
-                per_ckpt = self._all_blocks(b, states, self.reduction_type, self.loss_fn, "batch")
+                per_ckpt = self._all_blocks(b, states, self.reduction_type, self.loss_fn, "batch", start)
                 out.append(sum(lr * _blocks_sq(x) for lr, x in zip(lrs, per_ckpt)).cpu())
+                start += batch_len(b)
         return torch.cat(out)
