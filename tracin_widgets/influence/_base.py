@@ -194,6 +194,7 @@ class TracInCPBase:
         self._example_shapes = check_train_items(self.train_dataloader)  # one dataset[0]: refuse misread forms now
         self._out_tail: tuple | None = None  # the model output's shape after the batch dimension (first forward)
         self._labels_checked = False  # every training label checked at once (TensorDataset / CIFAR arrays)
+        self._test_rows: int | None = None  # rows of the last inputs checked by _test_batches (for messages)
         self._vector_source: VectorisedImages | None | bool = False  # False: not looked at yet
         self.loss_fn = loss_fn
         self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
@@ -294,9 +295,8 @@ class TracInCPBase:
         else:
             if self._own_loader:  # workers only here: the paths above read arrays directly
                 loader = pass_loader(loader, self.num_workers, self.device, self._auto_workers)
-            batches = iter(loader)
-            if rule is not None:  # on the host, before the copy: no device sync
-                batches = self._labels_per_batch(batches, rule)
+            # labels checked on the host, before the copy: no device sync
+            batches = self._labels_per_batch(iter(loader), rule)
             if self.device.type != "cpu":
                 batches = (to_device(b, self.device) if isinstance(b, (list, tuple)) else b for b in batches)
             if min_rows:
@@ -343,13 +343,19 @@ class TracInCPBase:
         check_labels(labels, self._output_tail(first, "training batch"), rule, "train_dataset", 0)
         self._labels_checked = True
 
-    def _labels_per_batch(self, batches: Iterator, rule: tuple[str, int]) -> Iterator:
+    def _labels_per_batch(self, batches: Iterator, rule: tuple[str, int] | None) -> Iterator:
         """Check each loader batch's labels as it arrives (the error names the global row)."""
         offset = 0
         for b in batches:
             if isinstance(b, (list, tuple)) and len(b) >= 2:
+                if isinstance(b[-1], torch.Tensor) and b[-1].dim() == 0:
+                    raise ValueError(
+                        "train_dataset yields single examples with a 0-dim label, not batches: a DataLoader with "
+                        "batch_size=None does not batch. Pass the Dataset itself, or DataLoader(dataset, "
+                        "batch_size=..., shuffle=False)."
+                    )
                 n = batch_len(tuple(b))
-                if n:
+                if n and rule is not None:
                     check_labels(b[-1], self._output_tail(tuple(b), "training batch"), rule, "train_dataset", offset)
                 offset += n
             yield b
@@ -382,6 +388,7 @@ class TracInCPBase:
             if rule is not None:
                 check_labels(b[-1], tail, rule, what, offset)
             offset += batch_len(b)
+        self._test_rows = offset
         return batches
 
     def _train_row(self, i: int) -> Any:
@@ -421,7 +428,10 @@ class TracInCPBase:
         first, glob = int(rows[0]), [offset + int(r) for r in rows]
         ckpt = int(bad[first].nonzero()[0])
         quantity = next(q for q, m in masks.items() if bool(m[first, ckpt]))
-        scope = "" if complete else f" among rows {offset}..{offset + n_rows - 1}, the first read"
+        total = self._n_train() if src == "train_dataset" else self._test_rows
+        if total is not None and offset + n_rows >= total:
+            complete = True  # the rows before ``offset`` were checked already
+        scope = "" if complete else f"; rows after {offset + n_rows - 1} were not checked yet"
 
         def show(ix: list[int]) -> str:
             return ", ".join(map(str, ix[:5])) + (", ..." if len(ix) > 5 else "")

@@ -143,6 +143,14 @@ def check_train_items(loader: DataLoader, what: str = "train_dataset") -> list |
         raise TypeError(
             f"{what} items have {len(item)} element(s) but need features and a label. {ACCEPTED_FORMS}"
         )
+    if loader.batch_size is None:  # unbatched loader: its items must be batches already
+        lab = item[-1]
+        if isinstance(lab, (int, float, np.number)) or (isinstance(lab, (torch.Tensor, np.ndarray)) and lab.ndim == 0):
+            raise TypeError(
+                f"{what} is a DataLoader with batch_size=None, which does not batch: its items are single examples "
+                "(a scalar label). Pass the Dataset itself, or DataLoader(dataset, batch_size=..., shuffle=False)."
+            )
+        return None
     return [tuple(x.shape) if isinstance(x, (torch.Tensor, np.ndarray)) else type(x).__name__ for x in item[:-1]]
 
 
@@ -184,8 +192,8 @@ def check_labels(labels: Any, out_tail: tuple, rule: tuple[str, int], what: str,
     also = f" ({ignore} = ignore_index is also allowed)" if ignore < 0 else ""
     raise ValueError(
         f"{what} row {offset + r} has the {kind} label {value}, but the model outputs {c} classes "
-        f"(0..{c - 1}){also}; {rows.numel()} of the {flat.shape[0]} rows checked have such labels. {name} would "
-        f"fail deep inside torch. {fix}: fix these labels, or give the model's last layer one output per class."
+        f"(0..{c - 1}){also}; rows with such labels: {rows.numel()} of the {flat.shape[0]} checked. {name} "
+        f"would fail deep inside torch. {fix}: fix these labels, or give the model's last layer one output per class."
     )
 
 
