@@ -509,3 +509,19 @@ def test_gpu_style_check_after_the_pass_locates_the_rows(eng, tb, mlp):
         obj._check_factors(A, G, "training batch")
     # finite factors whose sums overflow are not a false alarm
     obj._check_factors(torch.full((50, 3, 16), 3e38), G, "training batch")
+
+
+@pytest.mark.parametrize("kind", ["cp", "fast"])
+def test_bad_cifar_label_is_found_from_the_arrays(eng, tb, cnn, kind):
+    """torchvision CIFAR read as whole arrays: every target is checked at once; in a Subset the row is the subset's."""
+    import torchvision.transforms as T
+    from torch.utils.data import Subset
+
+    from .test_vision import make_cifar
+
+    ds = make_cifar(n=40, transform=T.ToTensor())
+    ds.targets[25] = 12
+    for train, row in ((ds, 25), (Subset(ds, list(range(39, -1, -1))), 14)):
+        with pytest.raises(ValueError, match=rf"^train_dataset row {row} has the out-of-range label 12, but the model "
+                           r"outputs 10 classes \(0\.\.9\) .*rows with such labels: 1 of the 40 checked"):
+            build(eng, tb, cnn, kind, train=train).self_influence()
