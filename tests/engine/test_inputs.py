@@ -525,3 +525,14 @@ def test_bad_cifar_label_is_found_from_the_arrays(eng, tb, cnn, kind):
         with pytest.raises(ValueError, match=rf"^train_dataset row {row} has the out-of-range label 12, but the model "
                            r"outputs 10 classes \(0\.\.9\) .*rows with such labels: 1 of the 40 checked"):
             build(eng, tb, cnn, kind, train=train).self_influence()
+
+
+@pytest.mark.parametrize("kind", ["cp", "fast"])
+def test_nan_rows_found_mid_pass_say_what_was_not_checked(eng, tb, mlp, kind):
+    """On the CPU a per-item dataset is checked batch by batch: the message says which rows were not read yet."""
+    x = _with_value(_with_value(mlp.train[0], [20, 22], float("nan")), [40], float("nan"))
+    obj = build(eng, tb, mlp, kind, train=Items(x, mlp.train[1]), batch_size=16)
+    obj.cpu_chunk = 16  # one loader batch per step
+    with pytest.raises(ValueError, match=r"^train_dataset has non-finite \(NaN or inf\) features in row\(s\) 20, 22 "
+                       r"\(2 row\(s\); rows after 31 were not checked yet\)"):
+        obj.self_influence()
