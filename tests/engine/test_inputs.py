@@ -536,3 +536,14 @@ def test_nan_rows_found_mid_pass_say_what_was_not_checked(eng, tb, mlp, kind):
     with pytest.raises(ValueError, match=r"^train_dataset has non-finite \(NaN or inf\) features in row\(s\) 20, 22 "
                        r"\(2 row\(s\); rows after 31 were not checked yet\)"):
         obj.self_influence()
+
+
+def test_nan_rows_through_the_vmapped_gpu_forward(eng, tb, mlp, monkeypatch):
+    """The GPU's all-checkpoints vmapped forward (run here on the CPU) names the same rows."""
+    monkeypatch.setattr(eng.TracInCPFast, "_use_vmap", lambda self: True)
+    x = _with_value(mlp.train[0], [5, 33], float("nan"))
+    obj = build(eng, tb, mlp, "fast", train=Items(x, mlp.train[1]))
+    with pytest.raises(ValueError, match=r"^train_dataset has non-finite \(NaN or inf\) features in row\(s\) 5, 33 "
+                       r"\(2 row\(s\)\)"):
+        obj.self_influence()
+    assert obj._vmap_ok is True
