@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -18,6 +19,11 @@ from . import _cache
 from ._checkpoints import call_load_func, checkpoint_folder, load_checkpoint, resolve_checkpoints
 from ._data import (
     batch_len,
+    check_labels,
+    check_train_items,
+    label_rule,
+    nonfinite_parts,
+    nonfinite_rows,
     auto_workers,
     iter_input_batches,
     iter_tensor_batches,
@@ -124,6 +130,15 @@ def resolve_device(device: Any, model: nn.Module) -> torch.device:
     except Exception as e:  # an accelerator torch was not built with, or that is absent: say which
         raise ValueError(f"device={device!r} cannot be used here ({type(e).__name__}: {e}): {fix}.") from None
     return dev
+
+
+def check_proponents(proponents: Any) -> bool:
+    if not isinstance(proponents, (bool, np.bool_)):
+        raise TypeError(
+            f"proponents must be True (most helpful examples, highest scores first) or False (opponents, lowest "
+            f"first), got {type(proponents).__name__} {proponents!r}."
+        )
+    return bool(proponents)
 
 
 def check_k(k: Any) -> int | None:
@@ -245,6 +260,10 @@ class TracInCPBase:
         self.num_workers = num_workers
         self.train_dataloader = make_train_loader(train_dataset, batch_size, num_workers)
         self._own_loader = not isinstance(train_dataset, torch.utils.data.DataLoader)
+        self._example_shapes = check_train_items(self.train_dataloader)  # one dataset[0]: refuse misread forms now
+        self._out_tail: tuple | None = None  # the model output's shape after the batch dimension (first forward)
+        self._labels_checked = False  # every training label checked at once (TensorDataset / CIFAR arrays)
+        self._test_rows: int | None = None  # rows of the last inputs checked by _test_batches (for messages)
         self._vector_source: VectorisedImages | None | bool = False  # False: not looked at yet
         self.loss_fn = loss_fn
         self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
@@ -311,6 +330,7 @@ class TracInCPBase:
             for path in self.checkpoints:
                 lr = call_load_func(self.checkpoints_load_func, target, path, self._default_loader, self._checkpoint_dir)
                 states.append({k: v.detach().to(self.device, copy=True) for k, v in net.state_dict().items()})
+                self._check_weights(states[-1], path)
                 lrs.append(lr)
                 prog.update(1)
         finally:
@@ -326,10 +346,18 @@ class TracInCPBase:
             out = functional_call(self._net, state, features)
         except Exception as e:  # noqa: BLE001 - say which batch the model could not take
             shapes = [tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__ for f in features]
+            ex = getattr(self, "_example_shapes", None)
+            train = (
+                " (n rows: features of shape "
+                + ", ".join("(" + ", ".join(map(str, ("n", *s))) + ")" if isinstance(s, tuple) else s for s in ex)
+                + ", as the training examples)"
+                if ex else ""
+            )
+            arg = "train_dataset" if what.startswith("train") else "inputs"
             raise ValueError(
-                f"the model could not take the {what}: model(*batch[:-1]) raised {type(e).__name__}: {e}. "
-                f"Feature shapes were {shapes}; a batch must be (features..., labels) shaped like a training "
-                "batch."
+                f"the model could not take the {what} ({arg}): model(*batch[:-1]) raised {type(e).__name__}: "
+                f"{e}. Feature shapes were {shapes}. Fix: pass {arg} as (features..., labels) with features "
+                f"shaped like a training batch{train}."
             ) from e
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model must return a tensor of outputs, got {type(out).__name__} for the {what}.")
@@ -398,6 +426,9 @@ class TracInCPBase:
         loader = self.train_dataloader
         cuda = self.device.type == "cuda"
         vec = self._vectorised()
+        rule = label_rule(self.loss_fn)
+        if rule is not None and not self._labels_checked and (vec is not None or tensor_fast_path(loader)):
+            self._check_all_train_labels(vec, rule)  # every label at once, before the pass
         if vec is not None:  # torchvision CIFAR: the transform on whole blocks of the uint8 array, exactly
             batches = vec.batches(self.copy_rows if cuda else max(loader.batch_size or 1, min_rows), self.device)
             batches = _merge_batches(batches, min_rows) if cuda and min_rows else batches
@@ -414,21 +445,70 @@ class TracInCPBase:
         else:
             if self._own_loader:  # workers only here: the paths above read arrays directly
                 loader = pass_loader(loader, self.num_workers, self.device, self._auto_workers)
-            batches = iter(loader)
+            # labels checked on the host, before the copy: no device sync
+            batches = self._labels_per_batch(iter(loader), rule)
             if self.device.type != "cpu":
                 batches = (to_device(b, self.device) if isinstance(b, (list, tuple)) else b for b in batches)
             if min_rows:
                 batches = _merge_batches(batches, min_rows)
         for batch in batches:
-            if isinstance(batch, torch.Tensor) or len(batch) < 2:
+            if isinstance(batch, (torch.Tensor, dict)) or len(batch) < 2:
                 raise ValueError(
                     "train_dataset batches must be (features..., labels); the dataset yields "
-                    f"{type(batch).__name__} batches without labels."
+                    f"{type(batch).__name__} batches" + (" (a dict: return (features, label) tuples from the "
+                    "collate_fn or the dataset's __getitem__)." if isinstance(batch, dict) else " without labels.")
                 )
             batch = to_device(tuple(batch), self.device)
             n = batch_len(batch)
             yield offset, batch
             offset += n
+
+    def _output_tail(self, batch: tuple, what: str, cached: bool = True, show_progress: bool = False) -> tuple:
+        """The model output's shape after the batch dimension, from a forward of the batch's first two rows
+        at the first checkpoint (the class count of a classifier is its first entry). ``cached=False``: run the
+        forward anyway (to check that the model takes ``batch`` before any long pass)."""
+        if cached and self._out_tail is not None:
+            return self._out_tail
+        n = batch_len(batch)
+        rows = min(2, n)
+        feats = tuple(
+            x[:rows] if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n else x for x in batch[:-1]
+        )
+        states, _ = self._checkpoint_states(show_progress)
+        with self._computing(), torch.no_grad():
+            out = self._forward(states[0], to_device(feats, self.device), what)
+        self._out_tail = tuple(out.shape[1:]) if out.dim() >= 2 and out.shape[0] == rows else ()
+        return self._out_tail
+
+    def _check_all_train_labels(self, vec: VectorisedImages | None, rule: tuple[str, int]) -> None:
+        """Every training label of a TensorDataset (or recognised CIFAR arrays) against the class count."""
+        if vec is not None:
+            first = vec.block(0, min(2, vec.n), torch.device("cpu"))
+            labels = torch.from_numpy(vec.targets if vec.index is None else vec.targets[vec.index])
+        else:
+            tensors = self.train_dataloader.dataset.tensors  # type: ignore[attr-defined]
+            first, labels = tuple(t[:2] for t in tensors), tensors[-1]
+        if labels.dim() == 0 or labels.shape[0] == 0:
+            return
+        check_labels(labels, self._output_tail(first, "training batch"), rule, "train_dataset", 0)
+        self._labels_checked = True
+
+    def _labels_per_batch(self, batches: Iterator, rule: tuple[str, int] | None) -> Iterator:
+        """Check each loader batch's labels as it arrives (the error names the global row)."""
+        offset = 0
+        for b in batches:
+            if isinstance(b, (list, tuple)) and len(b) >= 2:
+                if isinstance(b[-1], torch.Tensor) and b[-1].dim() == 0:
+                    raise ValueError(
+                        "train_dataset yields single examples with a 0-dim label, not batches: a DataLoader with "
+                        "batch_size=None does not batch. Pass the Dataset itself, or DataLoader(dataset, "
+                        "batch_size=..., shuffle=False)."
+                    )
+                n = batch_len(tuple(b))
+                if n and rule is not None:
+                    check_labels(b[-1], self._output_tail(tuple(b), "training batch"), rule, "train_dataset", offset)
+                offset += n
+            yield b
 
     def _vectorised(self) -> VectorisedImages | None:
         if not self._own_loader:
@@ -443,8 +523,99 @@ class TracInCPBase:
         except TypeError:
             return None
 
-    def _test_batches(self, inputs: Any, what: str = "inputs") -> list[tuple]:
-        return [to_device(b, self.device) for b in iter_input_batches(inputs, what)]
+    def _test_batches(
+        self, inputs: Any, what: str = "inputs", loss: str = "test", show_progress: bool = False
+    ) -> list[tuple]:
+        """``inputs`` as batches on the compute device, checked before any long pass: the model takes them
+        (a forward of two rows; again only when the feature shapes change) and, for a loss that takes class
+        indices (``loss``: "test" for ``test_loss_fn``, else ``loss_fn``), every label is a class."""
+        batches = [to_device(b, self.device) for b in iter_input_batches(inputs, what)]
+        rule = label_rule(self.test_loss_fn if loss == "test" else self.loss_fn)
+        offset, seen, tail = 0, None, ()
+        for b in batches:
+            shapes = [(tuple(x.shape[1:]), x.dtype) if isinstance(x, torch.Tensor) else type(x) for x in b[:-1]]
+            if shapes != seen:
+                probe = "test batch" if loss == "test" else "batch"
+                tail, seen = self._output_tail(b, probe, cached=False, show_progress=show_progress), shapes
+            if rule is not None:
+                check_labels(b[-1], tail, rule, what, offset)
+            offset += batch_len(b)
+        self._test_rows = offset
+        return batches
+
+    def _train_row(self, i: int) -> Any:
+        """Training example ``i`` as the dataset gives it (to say why its gradients are not finite)."""
+        loader = self.train_dataloader
+        if tensor_fast_path(loader):
+            return tuple(t[i] for t in loader.dataset.tensors)  # type: ignore[attr-defined]
+        return loader.dataset[i]
+
+    def _check_weights(self, state: dict[str, torch.Tensor], path: str) -> None:
+        """A checkpoint with a NaN/inf weight makes every score NaN: name it when it is loaded (one sync)."""
+        floats = [(k, v) for k, v in state.items() if v.is_floating_point() or v.is_complex()]
+        if not floats:
+            return
+        ok = torch.stack([torch.isfinite(v).all() for _, v in floats])
+        if bool(ok.all()):
+            return
+        bad = [(k, int((~torch.isfinite(v)).sum())) for (k, v), f in zip(floats, ok.tolist()) if not f]
+        names = ", ".join(f"{k} ({c} value{'s' * (c != 1)})" for k, c in bad[:4]) + (", ..." if len(bad) > 4 else "")
+        raise ValueError(
+            f"checkpoint {path!r} has non-finite (NaN or inf) weights: {names}. Every score would be NaN. The "
+            "training run had probably diverged by then: drop this file from `checkpoints`."
+        )
+
+    def _raise_nonfinite(
+        self, masks: dict[str, torch.Tensor], offset: int, what: str, row_of: Callable[[int], Any], complete: bool
+    ) -> None:
+        """``masks[quantity][i, c]``: that quantity of row ``offset + i`` is non-finite at checkpoint c.
+        Raise a ValueError naming the rows and why: their features or labels are non-finite, or (inputs and
+        weights finite) the model or loss overflows on them. Returns when no row is non-finite."""
+        bad = functools.reduce(torch.logical_or, masks.values())
+        rows = bad.any(1).nonzero().flatten().cpu()
+        if rows.numel() == 0:
+            return
+        src = "train_dataset" if what.startswith("train") else "inputs"
+        n_rows = bad.shape[0]
+        first, glob = int(rows[0]), [offset + int(r) for r in rows]
+        ckpt = int(bad[first].nonzero()[0])
+        quantity = next(q for q, m in masks.items() if bool(m[first, ckpt]))
+        total = self._n_train() if src == "train_dataset" else self._test_rows
+        if total is not None and offset + n_rows >= total:
+            complete = True  # the rows before ``offset`` were checked already
+        scope = "" if complete else f"; rows after {offset + n_rows - 1} were not checked yet"
+
+        def show(ix: list[int]) -> str:
+            return ", ".join(map(str, ix[:5])) + (", ..." if len(ix) > 5 else "")
+
+        in_rows: list[int] = []
+        feat = lab = False
+        if src == "train_dataset" and tensor_fast_path(self.train_dataloader):
+            found, feat, lab = nonfinite_rows(self.train_dataloader.dataset.tensors)  # type: ignore[attr-defined]
+            in_rows, scope_in = found.tolist(), ""
+        else:
+            scope_in = scope
+            for i in glob[:20]:
+                try:
+                    f, l = nonfinite_parts(row_of(i))
+                except Exception:  # noqa: BLE001 - a row that cannot be read back: say the cause is unknown
+                    continue
+                if f or l:
+                    in_rows.append(i)
+                    feat, lab = feat or f, lab or l
+        if in_rows:
+            parts = " and ".join(p for p, b in (("features", feat), ("labels", lab)) if b)
+            raise ValueError(
+                f"{src} has non-finite (NaN or inf) {parts} in row(s) {show(in_rows)} ({len(in_rows)} row(s)"
+                f"{scope_in}): every influence score involving them would be NaN. Fix or drop these rows (e.g. "
+                "torch.utils.data.Subset(dataset, kept_indices))."
+            )
+        raise ValueError(
+            f"{src} row(s) {show(glob)} ({len(glob)} row(s){scope}) give non-finite (NaN or inf) {quantity} at "
+            f"checkpoint {self.checkpoints[ckpt]!r}, although their features and labels and the checkpoint's "
+            "weights are finite: the model or the loss overflows on them (very large feature values? float16?). "
+            "Rescale these rows' features, or drop them (torch.utils.data.Subset)."
+        )
 
     @staticmethod
     def _check_finite(t: torch.Tensor, path: str, what: str) -> None:
@@ -454,11 +625,18 @@ class TracInCPBase:
                 "checkpoint's weights (a diverged training step?) or drop it from `checkpoints`."
             )
 
-    def _check_all_finite(self, sums: torch.Tensor, whats: list[str]) -> None:
+    def _check_all_finite(
+        self, sums: torch.Tensor, whats: list[str], locate: Callable[[], None] | None = None
+    ) -> None:
         """``sums[j, c]``: a sum over quantity ``whats[j]`` at checkpoint c. One device sync for all of them
-        (a per-tensor check would stall the GPU once per checkpoint and block)."""
+        (a per-tensor check would stall the GPU once per checkpoint and block). On failure ``locate`` raises
+        naming the rows (see ``_raise_nonfinite``); if it returns, every value is finite and only a sum
+        overflowed."""
         ok = torch.isfinite(sums)
         if bool(ok.all()):
+            return
+        if locate is not None:
+            locate()
             return
         j, c = (int(v) for v in (~ok).nonzero()[0])
         self._check_finite(sums[j, c], self.checkpoints[c], whats[j])

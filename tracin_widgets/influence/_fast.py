@@ -26,10 +26,11 @@ from ._base import (
     TracInCPBase,
     _Progress,
     check_k,
+    check_proponents,
     merge_topk,
     sqrt_lr,
 )
-from ._data import batch_len, split_rows
+from ._data import batch_len, rows_getter, split_rows
 from ._errors import TracInWarning
 from ._layers import resolve_module, trace_output_module
 from ._loss import loss_mode, total_loss
@@ -220,8 +221,9 @@ class TracInCPFast(TracInCPBase):
 
     def _factors_of(
         self, batches: list[tuple], states: list[dict], mode: str, loss_fn: Any, what: str, check: bool = True,
-        prog: _Progress | None = None,
+        offset: int = 0, complete: bool = True, prog: _Progress | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Factors of ``batches`` (rows ``offset``.. of their source; ``complete``: all of its rows)."""
         A_parts, G_parts = [], []
         for batch in batches:
             both = None
@@ -243,12 +245,25 @@ class TracInCPFast(TracInCPBase):
                 prog.update(batch_len(batch))
         A, G = torch.cat(A_parts), torch.cat(G_parts)
         if check:
-            self._check_factors(A, G, what)
+            self._check_factors(A, G, what, offset, rows_getter(batches, offset), complete)
         return A, G
 
-    def _check_factors(self, A: torch.Tensor, G: torch.Tensor, what: str) -> None:
+    def _check_factors(
+        self, A: torch.Tensor, G: torch.Tensor, what: str, offset: int = 0, row_of: Any = None, complete: bool = True
+    ) -> None:
+        """One sync; on failure name the rows whose factors are not finite (``row_of(i)``: row i's data)."""
+
+        def locate() -> None:
+            masks = {
+                "loss gradients": ~torch.isfinite(G).all(2),
+                f"inputs of final_fc_layer {self.final_fc_layer_name!r}": ~torch.isfinite(A).all(2),
+            }
+            self._raise_nonfinite(masks, offset, what, row_of or self._train_row, complete)
+
         self._check_all_finite(
-            torch.stack([G.sum((0, 2)), A.sum((0, 2))]), [f"loss gradients for the {what}", f"layer inputs for the {what}"]
+            torch.stack([G.sum((0, 2)), A.sum((0, 2))]),
+            [f"loss gradients for the {what}", f"layer inputs for the {what}"],
+            locate,
         )
 
     def _layer_key(self) -> str:
@@ -270,13 +285,14 @@ class TracInCPFast(TracInCPBase):
             prog = _Progress("training factors", self._n_train(), show_progress, self.progress_callback)
             try:
                 merge = self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
-                for _, batch in self._train_batches(self._pass_rows(states[-1], merge)):
+                for offset, batch in self._train_batches(self._pass_rows(states[-1], merge)):
                     if not self._layer_checked:  # on the rows one forward may take
                         self._measure_rows(states[-1], batch, "training batch")
                         self._check_layer(states[-1], split_rows(batch, batch_len(batch), self._rows(merge))[0])
                     # on a GPU, checked once after the pass: a check per batch would make the host wait for it
                     A, G = self._factors_of(
-                        [batch], states, self.reduction_type, self.loss_fn, "training batch", self.device.type == "cpu"
+                        [batch], states, self.reduction_type, self.loss_fn, "training batch", self.device.type == "cpu",
+                        offset, complete=False,
                     )
                     A_parts.append(A)
                     G_parts.append(G)
@@ -307,7 +323,7 @@ class TracInCPFast(TracInCPBase):
         """Factors of ``inputs`` (a batch or a DataLoader); ``batches`` = the same, already checked and moved.
         ``show_progress``: a tqdm bar over the rows; ``callback``: report the phase to ``progress_callback``
         too (a pass over a DataLoader; per-query steps stay off the callback)."""
-        batches = self._test_batches(inputs) if batches is None else batches
+        batches = self._test_batches(inputs, loss=loss, show_progress=show_progress) if batches is None else batches
         with self._computing():
             states, _ = self._checkpoint_states(show_progress)
             total = sum(batch_len(b) for b in batches)
@@ -363,7 +379,8 @@ class TracInCPFast(TracInCPBase):
         proponents (``proponents=True``, descending) or opponents (ascending).
         """
         k = check_k(k)
-        batches = self._test_batches(inputs)  # validate before the (possibly long) training pass
+        proponents = check_proponents(proponents)
+        batches = self._test_batches(inputs, show_progress=show_progress)  # validate before the (possibly long) training pass
         self._ensure_factors(show_progress)
         At, Gt = self._test_factors(inputs, batches=batches, show_progress=show_progress)
         return self._scores_or_topk(At, Gt, k, proponents, show_progress)
@@ -498,6 +515,7 @@ class TracInCPFastRandProj(TracInCPFast):
     def influence(self, inputs: Any = None, k: int | None = 5, proponents: bool = True, show_progress: bool = False):
         """As Captum: note the default ``k=5``; pass ``k=None`` for the score matrix."""
         k = check_k(k)
+        proponents = check_proponents(proponents)
         At, Gt = self._test_factors(inputs, show_progress=show_progress)
         if k is None:
             if self._train_embeddings is None:

@@ -10,6 +10,7 @@ scores for a test batch and the self-influence of every training example; both a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from collections import OrderedDict
@@ -19,9 +20,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ._base import KMostInfluentialResults, TracInCPBase, _Progress, check_k, locked, sqrt_lr
+from ._base import KMostInfluentialResults, TracInCPBase, _Progress, check_k, check_proponents, locked, sqrt_lr
 from ._cache import hash_tensors
-from ._data import batch_len, split_rows
+from ._data import batch_len, rows_getter, split_rows
 from ._errors import TracInWarning
 from ._layers import resolve_module
 from ._loss import loss_mode, total_loss
@@ -308,22 +309,41 @@ class TracInCP(TracInCPBase):
             n = batch_len(batch)
             self._make_plan(states[0], split_rows(batch, n, self._rows(self._merge_rows(), backward=True))[0], what)
 
-    def _all_blocks(self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str) -> list[list[Block]]:
+    def _all_blocks(
+        self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str, offset: int = 0
+    ) -> list[list[Block]]:
+        """Per-checkpoint blocks of ``batch`` (rows ``offset``.. of its source, for error messages)."""
         self._ensure_plan(states, batch, what)
         n = batch_len(batch)
         chunk = self._row_chunk(n)
         if chunk < n:
-            parts = [self._all_blocks_rows(b, states, mode, loss_fn, what) for b in split_rows(batch, n, chunk)]
+            parts = [
+                self._all_blocks_rows(b, states, mode, loss_fn, what, offset + i * chunk)
+                for i, b in enumerate(split_rows(batch, n, chunk))
+            ]
             return [_blocks_cat([p[c] for p in parts]) for c in range(len(states))]
-        return self._all_blocks_rows(batch, states, mode, loss_fn, what)
+        return self._all_blocks_rows(batch, states, mode, loss_fn, what, offset)
 
-    def _all_blocks_rows(self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str) -> list[list[Block]]:
+    def _all_blocks_rows(
+        self, batch: tuple, states: list[dict], mode: str, loss_fn: Any, what: str, offset: int = 0
+    ) -> list[list[Block]]:
         out, sums = [], []
         for state in states:
             blocks = self._blocks(state, batch, mode, loss_fn, what)
             sums.append(sum((t.sum() for b in blocks for t in (b[1:3] if b[0] == "f" else b[1:2])), torch.zeros((), device=self.device)))
             out.append(blocks)
-        self._check_all_finite(torch.stack(sums).reshape(1, -1), [f"gradients for the {what}"])
+
+        def locate() -> None:
+            n = batch_len(batch)
+            bad = torch.stack([
+                functools.reduce(torch.logical_or, [
+                    ~torch.isfinite(t.reshape(n, -1)).all(1) for b in blocks for t in (b[1:3] if b[0] == "f" else b[1:2])
+                ])
+                for blocks in out
+            ], 1)
+            self._raise_nonfinite({"gradients": bad}, offset, what, rows_getter([batch], offset), False)
+
+        self._check_all_finite(torch.stack(sums).reshape(1, -1), [f"gradients for the {what}"], locate)
         return out
 
     # ------------------------------------------------------------------ passes
@@ -333,8 +353,8 @@ class TracInCP(TracInCPBase):
         score_parts, self_parts = [], []
         prog = _Progress(phase, self._n_train(), show_progress, self.progress_callback)
         try:
-            for _, batch in self._train_batches(self._pass_rows(states[0], self._merge_rows(), backward=True)):
-                per_ckpt = self._all_blocks(batch, states, self.reduction_type, self.loss_fn, "training batch")
+            for offset, batch in self._train_batches(self._pass_rows(states[0], self._merge_rows(), backward=True)):
+                per_ckpt = self._all_blocks(batch, states, self.reduction_type, self.loss_fn, "training batch", offset)
                 sq = sum(lr * _blocks_sq(b) for lr, b in zip(lrs, per_ckpt))
                 self_parts.append(sq.cpu())
                 if test_blocks is not None:
@@ -374,17 +394,21 @@ class TracInCP(TracInCPBase):
         k mode -> ``KMostInfluentialResults``. The scores of a test batch are cached, so asking for the
         opponents after the proponents costs no second pass."""
         k = check_k(k)
-        batches = self._test_batches(inputs)
+        proponents = check_proponents(proponents)
+        batches = self._test_batches(inputs, show_progress=show_progress)
         key = self._test_key(batches)
         scores = self._score_cache.get(key)
         if scores is None:
             with self._computing():
                 states, _ = self._checkpoint_states(show_progress)
                 prog = _Progress("test gradients", sum(batch_len(b) for b in batches), show_progress, None)
-                parts = []
+                parts, start = [], 0
                 try:
                     for b in batches:
-                        parts.append(self._all_blocks(b, states, self.test_reduction_type, self.test_loss_fn, "test batch"))
+                        parts.append(
+                            self._all_blocks(b, states, self.test_reduction_type, self.test_loss_fn, "test batch", start)
+                        )
+                        start += batch_len(b)
                         prog.update(batch_len(b))
                 finally:
                     prog.close()
@@ -419,15 +443,16 @@ class TracInCP(TracInCPBase):
             elif show_progress:
                 _Progress("self influence (cached)", len(self._self_influence), True, None).finish()
             return self._self_influence.clone()  # type: ignore[union-attr]
-        batches = self._test_batches(inputs)
+        batches = self._test_batches(inputs, loss="train", show_progress=show_progress)
         with self._computing():
             states, lrs = self._checkpoint_states(show_progress)
-            out = []
+            out, start = [], 0
             prog = _Progress("self influence", sum(batch_len(b) for b in batches), show_progress, self.progress_callback)
             try:
                 for b in batches:
-                    per_ckpt = self._all_blocks(b, states, self.reduction_type, self.loss_fn, "batch")
+                    per_ckpt = self._all_blocks(b, states, self.reduction_type, self.loss_fn, "batch", start)
                     out.append(sum(lr * _blocks_sq(x) for lr, x in zip(lrs, per_ckpt)).cpu())
+                    start += batch_len(b)
                     prog.update(batch_len(b))
             finally:
                 prog.close()
@@ -446,7 +471,7 @@ class TracInCP(TracInCPBase):
         Captum scales each checkpoint by ``lr_c`` instead of ``sqrt(lr_c)``, so its dot products carry
         ``lr_c ** 2`` (they equal with lr 1); ours are the influence scores its docstring promises.
         """
-        batches = self._test_batches(inputs)
+        batches = self._test_batches(inputs, loss="train")
         with self._computing():
             states, lrs = self._checkpoint_states()
             roots = [sqrt_lr(lr, p) for lr, p in zip(lrs, self.checkpoints)]
