@@ -297,6 +297,40 @@ def test_float_training_labels_are_refused(eng, tb, mlp, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_labels_of_shape_n_by_1_are_refused(eng, tb, mlp, kind):
+    """A (n, 1) label column (a common export shape) crashed deep in torch ("0D or 1D target tensor expected")."""
+    train = TensorDataset(mlp.train[0], mlp.train[1][:, None])
+    with pytest.raises(ValueError, match=r"^train_dataset labels have shape \(50, 1\), but for a model output of shape "
+                       r"\(n, 4\) CrossEntropyLoss needs class indices of shape \(n,\): one class index per example "
+                       r"\(e\.g\. labels\.squeeze\(1\)\)\.$"):
+        build(eng, tb, mlp, kind, train=train).self_influence()
+    obj = build(eng, tb, mlp, kind)
+    with pytest.raises(ValueError, match=r"^inputs labels have shape \(3, 1\)"):
+        obj.influence((mlp.test[0][:3], mlp.test[1][:3, None]), k=None)
+
+
+class NamedLabels(Dataset):
+    """Items labelled by class name: ``(x_i, "class-3")``."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], f"class-{int(self.y[i])}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_string_labels_are_refused(eng, tb, mlp, kind):
+    """Class names as labels crashed deep in torch ("argument 'target' must be Tensor, not tuple")."""
+    with pytest.raises(TypeError, match=r"^train_dataset labels are tuples holding str 'class-\d', but "
+                       r"CrossEntropyLoss needs int class indices: map each label to its class index"):
+        build(eng, tb, mlp, kind, train=NamedLabels(*mlp.train), batch_size=16).self_influence()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_test_labels_as_a_python_list(eng, tb, mlp, kind):
     obj = build(eng, tb, mlp, kind)
     ref = obj.influence(mlp.test, k=None)

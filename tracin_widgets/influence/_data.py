@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -166,9 +167,20 @@ def label_rule(loss_fn: Any) -> tuple[str, int] | None:
 def check_labels(labels: Any, out_tail: tuple, rule: tuple[str, int], what: str, offset: int) -> None:
     """Raise a ValueError naming ``what``, the first bad row (``offset`` + its index) and the class count
     when ``labels`` cannot be class indices for a model output of shape ``(n, *out_tail)``."""
-    if not isinstance(labels, torch.Tensor) or not out_tail:
-        return
     name, ignore = rule
+    if not isinstance(labels, torch.Tensor):
+        if isinstance(labels, (list, tuple)) and any(
+            not isinstance(v, (numbers.Integral, torch.Tensor, np.ndarray)) or isinstance(v, bool) for v in labels
+        ):
+            first = next(v for v in labels if not isinstance(v, (numbers.Integral, torch.Tensor, np.ndarray)) or isinstance(v, bool))
+            raise TypeError(
+                f"{what} labels are {type(labels).__name__}s holding {type(first).__name__} {first!r}, but {name} "
+                "needs int class indices: map each label to its class index (e.g. classes.index(label)) in the "
+                "dataset's __getitem__ or before building the dataset."
+            )
+        return
+    if not out_tail:
+        return
     c = int(out_tail[0])
     fix = f"Labels must be int64 class indices in 0..{c - 1} (the model outputs {c} classes: dimension 1 of its output)"
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
@@ -181,6 +193,15 @@ def check_labels(labels: Any, out_tail: tuple, rule: tuple[str, int], what: str,
         )
     if labels.dtype not in (torch.int64, torch.uint8):
         raise ValueError(f"{what} labels are {labels.dtype}, which {name} does not accept. {fix}: pass labels.long().")
+    want = tuple(out_tail[1:])
+    if labels.dim() and tuple(labels.shape[1:]) != want:
+        shape = ", ".join(["n", *map(str, want)])
+        squeeze = " (e.g. labels.squeeze(1))" if labels.dim() == 2 and labels.shape[1] == 1 and not want else ""
+        raise ValueError(
+            f"{what} labels have shape {tuple(labels.shape)}, but for a model output of shape "
+            f"(n, {', '.join(map(str, out_tail))}) {name} needs class indices of shape ({shape},): one class index "
+            f"per example{squeeze}."
+        )
     flat = labels.reshape(labels.shape[0] if labels.dim() else 1, -1)
     bad = ((flat < 0) | (flat >= c)) & (flat != ignore)
     rows = bad.any(1).nonzero().flatten()
