@@ -1,7 +1,8 @@
-"""``InfluenceExplorer``: the anywidget controller. Traits, observers, the background run and the dispatch of the
-page's custom messages; no HTML and no heavy logic. The engine is used through ``_engine.EngineAdapter``, the examples
-and their computed arrays live in ``_examples.Examples``, the galleries in ``_galleries.py``, the table, its
-statistics and the test strip in ``_table.py``, the wire format in ``_protocols.py``."""
+"""``InfluenceExplorer``: the anywidget controller. Traits, observers and the dispatch of the page's custom messages;
+no HTML and no heavy logic. The engine is used through ``_engine.EngineAdapter``, the examples and their computed
+arrays live in ``_examples.Examples``, the background run and the cancel rules in ``_pipeline.Pipeline``, the galleries
+in ``_galleries.py``, the table, its statistics and the test strip in ``_table.py``, the flags file and undo history in
+``_flagstore.FlagStore``, the wire format in ``_protocols.py``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch.utils.data import Subset
 from . import _flags, _payload
 from ._engine import EngineAdapter
 from ._examples import Examples
+from ._flagstore import FlagStore
 from ._galleries import Galleries
 from ._pipeline import SELF_INFLUENCE, TEST_PREDICTIONS, Pipeline
 from ._protocols import (
@@ -247,12 +249,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
             cancel=self._cancel,
         )
         ex.truth = None if is_mislabelled is None else _payload.mislabelled_mask(is_mislabelled, self._n_train)
-        self._flags_path = None if flags_path is None else _flags.check_suffix(flags_path, "flags_path")
-        restored = []
-        if self._flags_path is not None and self._flags_path.exists():
-            restored = _flags.read(self._flags_path, self._n_train)  # a corrupt file raises here, untouched
-        self._history: list[list[int]] = []
-        self._undoing = False
+        self._flag_store = FlagStore(flags_path, self._n_train, self._lock)  # a corrupt file raises here, untouched
         self._names_reported = False
         self.last_exception: Optional[BaseException] = None
         self._table = Table(ex)
@@ -284,7 +281,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         super().__init__(
             k=k,
             class_names=class_names if class_names is not None else [],
-            flagged=restored,
+            flagged=self._flag_store.restored,
             info={
                 "n_train": self._n_train,
                 "n_test": int(len(ex.test_ids)),
@@ -348,15 +345,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
     def undo(self) -> None:
         """Undo the last change of ``flagged`` (from any view or from Python)."""
-        with self._lock:
-            if not self._history:
-                return
-            prev = self._history.pop()
-            self._undoing = True
-        try:
-            self.flagged = prev
-        finally:
-            self._undoing = False
+        self._flag_store.undo(lambda prev: setattr(self, "flagged", prev))
 
     def export_flagged(self, path: Any) -> Path:
         """Write the flagged indices to ``path``: ``.json`` (a list) or ``.csv`` (an ``index`` column)."""
@@ -457,17 +446,12 @@ class InfluenceExplorer(anywidget.AnyWidget):
     def _on_flagged(self, change) -> None:
         if change["old"] == change["new"]:
             return
-        if not self._undoing:
-            with self._lock:
-                self._history.append(list(change["old"]))
-                del self._history[:-1000]
         self._table.forget_orders(flagged_only=True)
         self._update_stats(flags_only=True)
-        if self._flags_path is not None:
-            try:
-                _flags.write(self._flags_path, list(change["new"]))
-            except Exception as e:  # never lose the failure: banner + log
-                self._fail(e, "autosave", prefix=f"could not save flags to {self._flags_path}: ")
+        try:  # the undo history and the autosave to flags_path
+            self._flag_store.changed(change["old"], change["new"])
+        except Exception as e:  # never lose the failure: banner + log
+            self._fail(e, "autosave", prefix=f"could not save flags to {self._flag_store.path}: ")
 
     def _update_stats(self, flags_only: bool = False) -> None:
         try:
@@ -568,19 +552,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         return self._table.rows(msg, self.flagged)
 
     def _detail(self, msg: DetailRequest) -> DetailReply:
-        index = msg.get("index")
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise ValueError(
-                f"detail request: index must be an int training index in [0, {self._n_train}), got "
-                f"{type(index).__name__} {index!r}: send the example's integer index."
-            )
-        if not 0 <= index < self._n_train:
-            raise ValueError(
-                f"detail request: index {index} is outside the training set [0, {self._n_train}): send the "
-                "index of a training example."
-            )
-        item = self._examples.query_row("train", index, _payload.DETAIL_SIZE, self._engine.lock)
-        return DetailReply(kind="detail", id=msg.get("id"), item=item)
+        return self._table.detail(msg, self._engine.lock)
 
     def _on_cancel(self, msg: CancelRequest) -> None:
         run = msg.get("run")
