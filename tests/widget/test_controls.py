@@ -14,6 +14,7 @@ import traitlets
 from torch.utils.data import TensorDataset
 
 from tracin_widgets.widget import InfluenceExplorer
+from tracin_widgets.widget._pipeline import TRAIN_PREDICTIONS
 
 from .conftest import N_TEST, N_TRAIN
 
@@ -157,9 +158,10 @@ def test_a_cancel_arriving_after_the_computation_finished_cancels_nothing_later(
 
 def test_a_cancel_just_after_the_last_step_leaves_the_explorer_ready(data, fake):
     class CancelAfterLastStep(InfluenceExplorer):
-        def _step_train_predictions(self):
-            super()._step_train_predictions()
-            self._handle_custom_msg({"kind": "cancel"}, [])  # arrives after the last progress callback
+        def _on_computed(self, what):  # the pipeline's hook once a step stored its arrays
+            super()._on_computed(what)
+            if what == TRAIN_PREDICTIONS:  # the last step
+                self._handle_custom_msg({"kind": "cancel"}, [])  # arrives after the last progress callback
 
     w = CancelAfterLastStep(data["model"], None, data["train"], data["test"], engine=fake, k=2).wait(30)
     assert w.status == "ready" and w.self_influence is not None

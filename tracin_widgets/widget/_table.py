@@ -3,13 +3,14 @@ pages of rows built from what ``Examples`` holds."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import _payload
 from ._examples import Examples
-from ._protocols import RowsReply, RowsRequest, StripPage
+from ._protocols import DetailReply, DetailRequest, RowsReply, RowsRequest, StripPage
 
 ORDER_CACHE = 32  # sort orders of recent table queries
 
@@ -82,6 +83,22 @@ class Table:
             for i in order[offset : offset + limit].tolist()
         ]
         return RowsReply(kind="rows", id=rid, pending=False, total=int(len(order)), offset=offset, rows=rows)
+
+    def detail(self, msg: DetailRequest, lock: threading.Lock) -> DetailReply:
+        """One training example, larger (the row the page opened); ``lock`` guards the model's forward pass."""
+        n_train, index = self.examples.n_train, msg.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise ValueError(
+                f"detail request: index must be an int training index in [0, {n_train}), got "
+                f"{type(index).__name__} {index!r}: send the example's integer index."
+            )
+        if not 0 <= index < n_train:
+            raise ValueError(
+                f"detail request: index {index} is outside the training set [0, {n_train}): send the "
+                "index of a training example."
+            )
+        item = self.examples.query_row("train", index, _payload.DETAIL_SIZE, lock)
+        return DetailReply(kind="detail", id=msg.get("id"), item=item)
 
     def stats(self, flagged: Sequence[int], previous: dict, flags_only: bool = False) -> dict:
         """The ``stats`` trait: flag metrics, and (once self-influence is known) its histogram, ROC and found curve.

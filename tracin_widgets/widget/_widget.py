@@ -1,7 +1,8 @@
-"""``InfluenceExplorer``: the anywidget controller. Traits, observers, the background run and the dispatch of the
-page's custom messages; no HTML and no heavy logic. The engine is used through ``_engine.EngineAdapter``, the examples
-and their computed arrays live in ``_examples.Examples``, the galleries in ``_galleries.py``, the table, its
-statistics and the test strip in ``_table.py``, the wire format in ``_protocols.py``."""
+"""``InfluenceExplorer``: the anywidget controller. Traits, observers and the dispatch of the page's custom messages;
+no HTML and no heavy logic. The engine is used through ``_engine.EngineAdapter``, the examples and their computed
+arrays live in ``_examples.Examples``, the background run and the cancel rules in ``_pipeline.Pipeline``, the galleries
+in ``_galleries.py``, the table, its statistics and the test strip in ``_table.py``, the flags file and undo history in
+``_flagstore.FlagStore``, the wire format in ``_protocols.py``."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import numpy as np
 import traitlets as t
 from torch.utils.data import Subset
 
-from ..influence import Cancelled
 from . import _flags, _payload
 from ._engine import EngineAdapter
 from ._examples import Examples
+from ._flagstore import FlagStore
 from ._galleries import Galleries
+from ._pipeline import SELF_INFLUENCE, TEST_PREDICTIONS, Pipeline
 from ._protocols import (
     CancelRequest,
     DetailReply,
@@ -230,8 +232,8 @@ class InfluenceExplorer(anywidget.AnyWidget):
             ex.check_width()
         self._examples = ex
         self._n_train = ex.n_train
-        self._cancel = threading.Event()  # set only while what it cancels is in flight (see _request_cancel)
-        self._progress_cb = Progress(self._publish_progress, self._cancel)
+        self._cancel = threading.Event()  # set only while what it cancels is in flight (see Pipeline.request_cancel)
+        progress = Progress(self._publish_progress, self._cancel)
         self._engine = EngineAdapter.create(
             engine,
             model=model,
@@ -243,31 +245,32 @@ class InfluenceExplorer(anywidget.AnyWidget):
             cache_dir=cache_dir,
             batch_size=batch_size,
             device=device,
-            progress=self._progress_cb,
+            progress=progress,
             cancel=self._cancel,
         )
         ex.truth = None if is_mislabelled is None else _payload.mislabelled_mask(is_mislabelled, self._n_train)
-        self._flags_path = None if flags_path is None else _flags.check_suffix(flags_path, "flags_path")
-        restored = []
-        if self._flags_path is not None and self._flags_path.exists():
-            restored = _flags.read(self._flags_path, self._n_train)  # a corrupt file raises here, untouched
-
-        self._run = 0  # id of the latest background computation (progress_info["run"]); a cancel names it
-        self._pipeline_running = False
-        self._pipeline_thread: Optional[threading.Thread] = None
-        self._gallery_busy = 0  # gallery computations in flight
-        self._fitted = threading.Event()  # set once galleries may query the engine (fitted, or the pipeline ended)
-        self._fit_done = False
-        self._history: list[list[int]] = []
-        self._undoing = False
+        self._flag_store = FlagStore(flags_path, self._n_train, self._lock)  # a corrupt file raises here, untouched
         self._names_reported = False
         self.last_exception: Optional[BaseException] = None
         self._table = Table(ex)
+        self._pipeline = Pipeline(
+            ex,
+            self._engine,
+            self._table,
+            lock=self._lock,
+            cancel=self._cancel,
+            progress=progress,
+            status=lambda: self.status,
+            begin=self._begin_run,
+            show=self._show,
+            fail=self._fail,
+            computed=self._on_computed,
+        )
         self._galleries = Galleries(
             ex,
             self._engine,
             lock=self._lock,
-            fitted=self._fitted,
+            fitted=self._pipeline.fitted,
             publish=self._publish_gallery,
             fail=self._fail,
             status=lambda: self.status,
@@ -278,7 +281,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         super().__init__(
             k=k,
             class_names=class_names if class_names is not None else [],
-            flagged=restored,
+            flagged=self._flag_store.restored,
             info={
                 "n_train": self._n_train,
                 "n_test": int(len(ex.test_ids)),
@@ -315,29 +318,14 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
     def start(self) -> "InfluenceExplorer":
         """(Re)start the background computation (after a cancel or an error); no-op while it runs."""
-        with self._lock:
-            if self._pipeline_thread is not None and self._pipeline_thread.is_alive() or self.status == "ready":
-                return self
-            self._cancel.clear()
-            if not self._fit_done:
-                self._fitted.clear()
-            self.last_exception = None
-            if self.status in ("error", "cancelled"):
-                self.error = ""
-            self._run += 1
-            self._pipeline_running = True
-            self.progress_info = {**self.progress_info, "run": self._run}  # before the Cancel button shows
-            self.status = "running"
-            self._pipeline_thread = threading.Thread(target=self._pipeline, name="tracin-explorer", daemon=True)
-            self._pipeline_thread.start()
-        if self.query and self.gallery.get("error"):
+        if self._pipeline.start() and self.query and self.gallery.get("error"):
             self._schedule_gallery()
         return self
 
     def cancel(self) -> None:
         """Abort the background computation (and any gallery computation) in flight at the engine's next progress
         callback (``Cancelled``). With nothing in flight it does nothing: later computations are never cancelled."""
-        self._request_cancel(None)
+        self._pipeline.request_cancel(None)
 
     def wait(self, timeout: Optional[float] = None) -> "InfluenceExplorer":
         """Block until the background computation and pending gallery requests are done.
@@ -346,11 +334,8 @@ class InfluenceExplorer(anywidget.AnyWidget):
         stays in ``error``).
         Raises TimeoutError when ``timeout`` seconds pass first.
         """
-        th = self._pipeline_thread
-        if th is not None:
-            th.join(timeout)
-            if th.is_alive():
-                raise TimeoutError(f"the explorer's background computation is still running after {timeout} s.")
+        if not self._pipeline.join(timeout):
+            raise TimeoutError(f"the explorer's background computation is still running after {timeout} s.")
         if not self._galleries.worker.join(timeout):
             raise TimeoutError(f"the gallery request is still running after {timeout} s.")
         exc, self.last_exception = self.last_exception, None
@@ -360,15 +345,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
     def undo(self) -> None:
         """Undo the last change of ``flagged`` (from any view or from Python)."""
-        with self._lock:
-            if not self._history:
-                return
-            prev = self._history.pop()
-            self._undoing = True
-        try:
-            self.flagged = prev
-        finally:
-            self._undoing = False
+        self._flag_store.undo(lambda prev: setattr(self, "flagged", prev))
 
     def export_flagged(self, path: Any) -> Path:
         """Write the flagged indices to ``path``: ``.json`` (a list) or ``.csv`` (an ``index`` column)."""
@@ -403,66 +380,25 @@ class InfluenceExplorer(anywidget.AnyWidget):
         return self._examples.test_probs
 
     # ------------------------------------------------------------------------------------------------------------------
-    # cancel
+    # background run (computed by _pipeline.Pipeline on its thread)
     # ------------------------------------------------------------------------------------------------------------------
-    def _request_cancel(self, run: Optional[int]) -> bool:
-        """Cancel what is in flight now: the background run ``run`` only (the id the page showed in
-        ``progress_info["run"]``), or everything when ``run`` is None. A late cancel (its run already over) is
-        dropped, so it never cancels a later computation. True if something was cancelled."""
-        with self._lock:
-            if run is not None:
-                target = self._pipeline_running and run == self._run
-            else:
-                target = self._pipeline_running or self._gallery_busy > 0
-            if target:
-                self._cancel.set()
-            return target
+    def _begin_run(self, run: int) -> None:
+        """A new background run (called under ``_lock`` before its thread starts)."""
+        self.last_exception = None
+        if self.status in ("error", "cancelled"):
+            self.error = ""
+        self.progress_info = {**self.progress_info, "run": run}  # before the Cancel button shows
+        self.status = "running"
 
-    def _settle_cancel(self) -> None:
-        """Called (under ``_lock``) when a computation ends: once nothing is in flight a cancel has done its job and
-        is cleared, except after a cancelled background run (galleries then wait for Resume)."""
-        if not self._pipeline_running and self._gallery_busy == 0 and self.status != "cancelled":
-            self._cancel.clear()
+    def _show(self, **traits: Any) -> None:
+        with self.hold_sync():
+            for name, value in traits.items():
+                setattr(self, name, value)
 
-    # ------------------------------------------------------------------------------------------------------------------
-    # background pipeline
-    # ------------------------------------------------------------------------------------------------------------------
     def _publish_progress(self, info: dict) -> None:
         with self.hold_sync():
             self.progress_info = {**self.progress_info, **info}
             self.progress = info["fraction"]
-
-    def _pipeline(self) -> None:
-        ex = self._examples
-        steps: list[tuple[str, Callable[[], None]]] = []
-        if len(ex.test_ids) and ex.test_preds is None:
-            steps.append(("Predicting test examples", self._step_test_predictions))
-        if not self._fit_done:
-            steps.append(("Training factors", self._step_fit))
-        if ex.self_infl is None:
-            steps.append(("Self-influence", self._step_self_influence))
-        if ex.train_preds is None:
-            steps.append(("Predicting training examples", self._step_train_predictions))
-        run, status = self._run, None
-        try:
-            for i, (name, fn) in enumerate(steps):
-                with self.hold_sync():
-                    info = {"phase": name, "done": 0, "total": 0, "fraction": 0.0, "eta_s": None}
-                    self.progress_info = {**info, "step": i + 1, "steps": len(steps), "run": run}
-                    self.progress = 0.0
-                fn()
-            status = "ready"
-        except Cancelled:
-            status = "cancelled"
-        except Exception as e:  # surfaced in the widget, the log and wait()
-            self._fail(e, "background computation")
-        finally:
-            with self._lock:  # status and the end of the run change together, so a cancel sees one or the other
-                self._pipeline_running = False
-                if status is not None:
-                    self.status = status
-                self._settle_cancel()  # a cancel that came after the last step cancels nothing
-            self._fitted.set()  # never leave gallery requests waiting (they fail or compute lazily)
 
     def _fail(self, e: BaseException, where: str, prefix: str = "") -> None:
         self.last_exception = e
@@ -472,39 +408,14 @@ class InfluenceExplorer(anywidget.AnyWidget):
             if where == "background computation":
                 self.status = "error"
 
-    def _predict(self, split: str, ids: Optional[list[int]], phase: str) -> tuple:
-        return self._examples.predict(
-            split, ids, lock=self._engine.lock, progress=lambda done, total: self._progress_cb(phase, done, total)
-        )
-
-    def _step_test_predictions(self) -> None:
-        ex = self._examples
-        labels, preds, probs = self._predict("test", ex.test_ids.tolist(), "test predictions")
-        with self._lock:
-            ex.test_labels, ex.test_preds, ex.test_probs = labels, preds, probs
-        self._note_classes()
-        self._refresh_strip()
-
-    def _step_fit(self) -> None:
-        self._engine.fit()
-        self._fit_done = True
-        self._fitted.set()
-
-    def _step_self_influence(self) -> None:
-        scores = self._engine.self_influence()
-        with self._lock:  # new scores and no order sorted by the old ones, together
-            self._examples.set_self_influence(scores)
-            self._table.forget_orders()
-        self._update_stats()
-
-    def _step_train_predictions(self) -> None:
-        ex = self._examples
-        labels, preds, probs = self._predict("train", None, "training predictions")
-        with self._lock:  # new predictions and no order sorted by the old ones, together
-            ex.train_labels, ex.train_preds, ex.train_probs = labels, preds, probs
-            self._table.forget_orders()
-        self._note_classes()
-        self._update_stats()
+    def _on_computed(self, what: str) -> None:
+        """Refresh the views once a pipeline step stored new arrays."""
+        if what != SELF_INFLUENCE:  # predictions: labels beyond the class names, the number of classes
+            self._note_classes()
+        if what == TEST_PREDICTIONS:
+            self._refresh_strip()
+        else:
+            self._update_stats()
 
     def _note_classes(self) -> None:
         names = list(self.class_names)
@@ -535,17 +446,12 @@ class InfluenceExplorer(anywidget.AnyWidget):
     def _on_flagged(self, change) -> None:
         if change["old"] == change["new"]:
             return
-        if not self._undoing:
-            with self._lock:
-                self._history.append(list(change["old"]))
-                del self._history[:-1000]
         self._table.forget_orders(flagged_only=True)
         self._update_stats(flags_only=True)
-        if self._flags_path is not None:
-            try:
-                _flags.write(self._flags_path, list(change["new"]))
-            except Exception as e:  # never lose the failure: banner + log
-                self._fail(e, "autosave", prefix=f"could not save flags to {self._flags_path}: ")
+        try:  # the undo history and the autosave to flags_path
+            self._flag_store.changed(change["old"], change["new"])
+        except Exception as e:  # never lose the failure: banner + log
+            self._fail(e, "autosave", prefix=f"could not save flags to {self._flag_store.path}: ")
 
     def _update_stats(self, flags_only: bool = False) -> None:
         try:
@@ -593,14 +499,8 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
     def _compute_gallery(self, q: dict, k: int, gen: int) -> bool:
         """Compute the galleries of query ``q``; publish only if no newer request came meanwhile. True if published."""
-        with self._lock:
-            self._gallery_busy += 1
-        try:
+        with self._pipeline.gallery():  # in flight: a Cancel reaches it
             return self._galleries.compute(q, k, gen)
-        finally:
-            with self._lock:
-                self._gallery_busy -= 1
-                self._settle_cancel()
 
     def _publish_gallery(self, payload: Gallery) -> None:
         self.gallery = payload
@@ -652,19 +552,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         return self._table.rows(msg, self.flagged)
 
     def _detail(self, msg: DetailRequest) -> DetailReply:
-        index = msg.get("index")
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise ValueError(
-                f"detail request: index must be an int training index in [0, {self._n_train}), got "
-                f"{type(index).__name__} {index!r}: send the example's integer index."
-            )
-        if not 0 <= index < self._n_train:
-            raise ValueError(
-                f"detail request: index {index} is outside the training set [0, {self._n_train}): send the "
-                "index of a training example."
-            )
-        item = self._examples.query_row("train", index, _payload.DETAIL_SIZE, self._engine.lock)
-        return DetailReply(kind="detail", id=msg.get("id"), item=item)
+        return self._table.detail(msg, self._engine.lock)
 
     def _on_cancel(self, msg: CancelRequest) -> None:
         run = msg.get("run")
@@ -673,4 +561,4 @@ class InfluenceExplorer(anywidget.AnyWidget):
                 f"cancel request: run must be the int id of progress_info['run'] (or absent), got "
                 f"{type(run).__name__} {run!r}."
             )
-        self._request_cancel(run)
+        self._pipeline.request_cancel(run)

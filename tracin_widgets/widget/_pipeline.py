@@ -1,0 +1,185 @@
+"""The explorer's background run: test predictions, the engine's fit (training factors), self-influence and training
+predictions, one step after another on a daemon thread, each with its progress; and the cancel rules it shares with
+the gallery requests (a cancel names its run, a late one cancels nothing)."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
+
+from ..influence import Cancelled
+from ._engine import EngineAdapter
+from ._examples import Examples
+from ._table import Table
+from ._tasks import Progress
+
+# what a step stored, as passed to ``computed``
+TEST_PREDICTIONS, SELF_INFLUENCE, TRAIN_PREDICTIONS = "test predictions", "self-influence", "training predictions"
+
+
+class Pipeline:
+    """The background run of one explorer, and what a Cancel reaches.
+
+    A run computes only what is still missing, so a Resume after a cancel or an error goes on where it stopped.
+    ``run`` is the id of the latest run (the page's ``progress_info["run"]``): a Cancel naming an earlier one is
+    dropped. A Cancel sets ``cancel`` (checked by the engine and by ``progress``) only while something is in flight:
+    the run, or a gallery computation inside :meth:`gallery`; once nothing is, it is cleared again (except after a
+    cancelled run: galleries then wait for Resume). ``fitted`` is set once galleries may query the engine.
+
+    The controller is reached through callbacks, all but ``show`` and ``computed`` called under ``lock``:
+    ``status()`` reads its status; ``begin(run)`` announces a new run (before its thread starts); ``show(**traits)``
+    sets traits in one sync; ``fail(e, where)`` reports an error; ``computed(what)`` refreshes the views once a step
+    stored new arrays (``what``: one of ``TEST_PREDICTIONS``, ``SELF_INFLUENCE``, ``TRAIN_PREDICTIONS``).
+    """
+
+    def __init__(
+        self,
+        examples: Examples,
+        engine: EngineAdapter,
+        table: Table,
+        *,
+        lock: threading.RLock,
+        cancel: threading.Event,
+        progress: Progress,
+        status: Callable[[], str],
+        begin: Callable[[int], None],
+        show: Callable[..., None],
+        fail: Callable[[BaseException, str], None],
+        computed: Callable[[str], None],
+    ):
+        self.examples = examples
+        self.engine = engine
+        self.table = table
+        self.lock = lock
+        self.cancel = cancel
+        self.progress = progress
+        self.status = status
+        self.begin = begin
+        self.show = show
+        self.fail = fail
+        self.computed = computed
+        self.run = 0  # id of the latest run; a cancel names it
+        self.running = False
+        self.fitted = threading.Event()  # set once galleries may query the engine (fitted, or the run ended)
+        self.fit_done = False
+        self._gallery_busy = 0  # gallery computations in flight
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> bool:
+        """Start a run on a new thread, unless one is alive or all is computed (``ready``). True if started."""
+        with self.lock:
+            if self._thread is not None and self._thread.is_alive() or self.status() == "ready":
+                return False
+            self.cancel.clear()
+            if not self.fit_done:
+                self.fitted.clear()
+            self.run += 1
+            self.running = True
+            self.begin(self.run)
+            self._thread = threading.Thread(target=self._main, name="tracin-explorer", daemon=True)
+            self._thread.start()
+        return True
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait for the run's thread (if any); False on timeout."""
+        th = self._thread
+        if th is None:
+            return True
+        th.join(timeout)
+        return not th.is_alive()
+
+    # --- cancel ---------------------------------------------------------------------------------------------------
+    def request_cancel(self, run: Optional[int]) -> bool:
+        """Cancel what is in flight now: the run ``run`` only (the id the page showed in ``progress_info["run"]``),
+        or everything when ``run`` is None. A late cancel (its run already over) is dropped, so it never cancels a
+        later computation. True if something was cancelled."""
+        with self.lock:
+            if run is not None:
+                target = self.running and run == self.run
+            else:
+                target = self.running or self._gallery_busy > 0
+            if target:
+                self.cancel.set()
+            return target
+
+    def _settle_cancel(self) -> None:
+        """Called (under ``lock``) when a computation ends: once nothing is in flight a cancel has done its job and
+        is cleared, except after a cancelled run (galleries then wait for Resume)."""
+        if not self.running and self._gallery_busy == 0 and self.status() != "cancelled":
+            self.cancel.clear()
+
+    @contextmanager
+    def gallery(self) -> Iterator[None]:
+        """Count a gallery computation as in flight (a Cancel reaches it) for the ``with`` block."""
+        with self.lock:
+            self._gallery_busy += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._gallery_busy -= 1
+                self._settle_cancel()
+
+    # --- the run ----------------------------------------------------------------------------------------------------
+    def _main(self) -> None:
+        ex = self.examples
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if len(ex.test_ids) and ex.test_preds is None:
+            steps.append(("Predicting test examples", self._step_test_predictions))
+        if not self.fit_done:
+            steps.append(("Training factors", self._step_fit))
+        if ex.self_infl is None:
+            steps.append(("Self-influence", self._step_self_influence))
+        if ex.train_preds is None:
+            steps.append(("Predicting training examples", self._step_train_predictions))
+        run, status = self.run, None
+        try:
+            for i, (name, fn) in enumerate(steps):
+                info = {"phase": name, "done": 0, "total": 0, "fraction": 0.0, "eta_s": None}
+                self.show(progress_info={**info, "step": i + 1, "steps": len(steps), "run": run}, progress=0.0)
+                fn()
+            status = "ready"
+        except Cancelled:
+            status = "cancelled"
+        except Exception as e:  # surfaced in the widget, the log and wait()
+            self.fail(e, "background computation")
+        finally:
+            with self.lock:  # status and the end of the run change together, so a cancel sees one or the other
+                self.running = False
+                if status is not None:
+                    self.show(status=status)
+                self._settle_cancel()  # a cancel that came after the last step cancels nothing
+            self.fitted.set()  # never leave gallery requests waiting (they fail or compute lazily)
+
+    def _predict(self, split: str, ids: Optional[list[int]], phase: str) -> tuple:
+        return self.examples.predict(
+            split, ids, lock=self.engine.lock, progress=lambda done, total: self.progress(phase, done, total)
+        )
+
+    def _step_test_predictions(self) -> None:
+        ex = self.examples
+        labels, preds, probs = self._predict("test", ex.test_ids.tolist(), "test predictions")
+        with self.lock:
+            ex.test_labels, ex.test_preds, ex.test_probs = labels, preds, probs
+        self.computed(TEST_PREDICTIONS)
+
+    def _step_fit(self) -> None:
+        self.engine.fit()
+        self.fit_done = True
+        self.fitted.set()
+
+    def _step_self_influence(self) -> None:
+        scores = self.engine.self_influence()
+        with self.lock:  # new scores and no order sorted by the old ones, together
+            self.examples.set_self_influence(scores)
+            self.table.forget_orders()
+        self.computed(SELF_INFLUENCE)
+
+    def _step_train_predictions(self) -> None:
+        ex = self.examples
+        labels, preds, probs = self._predict("train", None, "training predictions")
+        with self.lock:  # new predictions and no order sorted by the old ones, together
+            ex.train_labels, ex.train_preds, ex.train_probs = labels, preds, probs
+            self.table.forget_orders()
+        self.computed(TRAIN_PREDICTIONS)
