@@ -207,7 +207,6 @@ def _check_cache_dir(cache_dir: Any, ckpt_folder: str | None) -> Path | None:
 class TracInCPBase:
     """Common base (Captum's ``TracInCPBase`` counterpart)."""
 
-    _kind = "base"
     _cache_kind = "base"  # classes that compute the same training-set quantities share cache files
     copy_rows = 4096  # rows per pinned host-to-GPU copy of a TensorDataset
 

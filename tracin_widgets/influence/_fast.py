@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -38,6 +38,13 @@ from ._ops import FastCpuOps
 from ._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 
 
+class _Stacked(NamedTuple):
+    """The checkpoint states stacked along a new first dimension, for one vmapped forward over all of them."""
+
+    states: list[dict[str, torch.Tensor]]  # the states they were stacked from (identity marks them current)
+    params: dict[str, torch.Tensor]  # name -> (n_checkpoints, *shape)
+
+
 @contextlib.contextmanager
 def _no_tf32():
     cudnn = torch.backends.cudnn
@@ -57,7 +64,6 @@ class TracInCPFast(TracInCPBase):
     linear layer that produces the output.
     """
 
-    _kind = "fast"
     _cache_kind = "fast"  # TracInCPFastRandProj reuses TracInCPFast's cached factors
     cpu_chunk = 512  # rows per forward on the CPU (cache-friendlier than 2048; scores do not depend on it)
     gpu_rows = 16384  # rows per forward on a GPU (fewer launches)
@@ -97,7 +103,7 @@ class TracInCPFast(TracInCPBase):
         )
         self._factors: tuple[torch.Tensor, torch.Tensor] | None = None  # A (N, C, da), G (N, C, dg)
         self._vmap_ok: bool | None = None  # GPU: may all checkpoints run in one vmapped forward?
-        self._stacked: tuple | None = None
+        self._stacked: _Stacked | None = None
         self._self_influence: torch.Tensor | None = None
         self._layer_checked = False
 
@@ -181,9 +187,9 @@ class TracInCPFast(TracInCPBase):
         vmapped (random ops, data-dependent control flow, ...): the caller then loops over checkpoints."""
         if self._vmap_ok is False:
             return None
-        if self._stacked is None or self._stacked[0] is not states:
-            self._stacked = (states, {k: torch.stack([st[k] for st in states]) for k in states[0]})
-        stacked, model, layer = self._stacked[1], self._net, self._final_fc_layer
+        if self._stacked is None or self._stacked.states is not states:
+            self._stacked = _Stacked(states, {k: torch.stack([st[k] for st in states]) for k in states[0]})
+        stacked, model, layer = self._stacked.params, self._net, self._final_fc_layer
 
         def one(params, *features):
             captured: list[torch.Tensor] = []
@@ -418,8 +424,6 @@ class TracInCPFastRandProj(TracInCPFast):
     exactly from the cached factors, so the returned scores are exact and recall is much higher than the
     projection alone gives. ``rerank=None`` returns the index's approximate scores, as Captum does.
     """
-
-    _kind = "randproj"
 
     def __init__(
         self,

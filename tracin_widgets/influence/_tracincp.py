@@ -14,7 +14,7 @@ import functools
 import hashlib
 import warnings
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -27,7 +27,46 @@ from ._errors import TracInWarning
 from ._layers import resolve_module
 from ._loss import loss_mode, total_loss
 
-Block = tuple  # ("f", g, a, has_bias) | ("d", v)
+
+
+class FactoredBlock(NamedTuple):
+    """A factorised ``nn.Linear``'s per-example gradients, never materialised: the weight gradient of row i is
+    ``g[i] a[i]^T`` (plus ``g[i]`` for the bias when ``has_bias``)."""
+
+    g: torch.Tensor  # (n, out): the loss gradient w.r.t. the layer's output
+    a: torch.Tensor  # (n, in): the layer's input
+    has_bias: bool  # the layer's bias is selected too
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.g, self.a)
+
+
+class DenseBlock(NamedTuple):
+    """Materialised per-example gradients ``(n, numel)`` of some selected parameters, concatenated."""
+
+    v: torch.Tensor
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.v,)
+
+
+Block = FactoredBlock | DenseBlock  # one checkpoint's per-example gradients of a batch: a list of these
+
+
+class HookedLayer(NamedTuple):
+    """A selected layer whose per-example gradients come from a forward hook (its input and output gradient)."""
+
+    name: str
+    module: nn.Module  # an nn.Linear (factorised) or an nn.Conv2d
+    has_bias: bool  # its bias is selected too
+
+
+class Plan(NamedTuple):
+    """How the selected parameters get their per-example gradients (made once, on the first batch)."""
+
+    factored: list[HookedLayer]  # Linear layers run once per forward on a 2-D input: FactoredBlock
+    conv: list[HookedLayer]  # Conv2d layers run once per forward: one DenseBlock from their hooks
+    dense: list[str]  # every other selected parameter (by name): one DenseBlock from vmap(grad)
 
 
 def _conv2d_sample_grads(conv: nn.Conv2d, inp: torch.Tensor, gout: torch.Tensor, has_bias: bool) -> torch.Tensor:
@@ -57,44 +96,48 @@ def _conv2d_sample_grads(conv: nn.Conv2d, inp: torch.Tensor, gout: torch.Tensor,
     return torch.cat([gw, gout.sum((2, 3))], dim=1) if has_bias else gw
 
 
+def _block_dot(t: Block, r: Block) -> torch.Tensor:
+    """``(n_t, n_r)`` dot products of the per-example gradients of two blocks made by the same plan."""
+    if isinstance(t, FactoredBlock):
+        assert isinstance(r, FactoredBlock)
+        aa = t.a @ r.a.T
+        return (t.g @ r.g.T) * (aa + 1 if t.has_bias else aa)
+    assert isinstance(r, DenseBlock)
+    return t.v @ r.v.T
+
+
+def _block_sq(r: Block) -> torch.Tensor:
+    """``(n,)`` squared norms of a block's per-example gradients."""
+    if isinstance(r, FactoredBlock):
+        a2 = r.a.pow(2).sum(1)
+        return r.g.pow(2).sum(1) * (a2 + 1 if r.has_bias else a2)
+    return r.v.pow(2).sum(1)
+
+
+def _block_cat(blocks: tuple[Block, ...]) -> Block:
+    """The same block of consecutive row chunks, joined along the rows."""
+    first = blocks[0]
+    if isinstance(first, FactoredBlock):
+        fs = [b for b in blocks if isinstance(b, FactoredBlock)]
+        return FactoredBlock(torch.cat([b.g for b in fs]), torch.cat([b.a for b in fs]), first.has_bias)
+    return DenseBlock(torch.cat([b.v for b in blocks if isinstance(b, DenseBlock)]))
+
+
 def _blocks_dot(tb: list[Block], rb: list[Block]) -> torch.Tensor:
-    s = None
-    for t, r in zip(tb, rb):
-        if t[0] == "f":
-            aa = t[2] @ r[2].T
-            v = (t[1] @ r[1].T) * (aa + 1 if t[3] else aa)
-        else:
-            v = t[1] @ r[1].T
-        s = v if s is None else s + v
-    return s  # type: ignore[return-value]
+    return functools.reduce(torch.add, [_block_dot(t, r) for t, r in zip(tb, rb, strict=True)])
 
 
 def _blocks_sq(rb: list[Block]) -> torch.Tensor:
-    s = None
-    for r in rb:
-        if r[0] == "f":
-            a2 = r[2].pow(2).sum(1)
-            v = r[1].pow(2).sum(1) * (a2 + 1 if r[3] else a2)
-        else:
-            v = r[1].pow(2).sum(1)
-        s = v if s is None else s + v
-    return s  # type: ignore[return-value]
+    return functools.reduce(torch.add, [_block_sq(r) for r in rb])
 
 
 def _blocks_cat(parts: list[list[Block]]) -> list[Block]:
-    out = []
-    for blocks in zip(*parts):
-        if blocks[0][0] == "f":
-            out.append(("f", torch.cat([b[1] for b in blocks]), torch.cat([b[2] for b in blocks]), blocks[0][3]))
-        else:
-            out.append(("d", torch.cat([b[1] for b in blocks])))
-    return out
+    return [_block_cat(blocks) for blocks in zip(*parts, strict=True)]
 
 
 class TracInCP(TracInCPBase):
     """TracIn on the parameters of ``layers`` (all trainable parameters when None), Captum API."""
 
-    _kind = "cp"
     _cache_kind = "cp"
 
     def __init__(
@@ -133,7 +176,7 @@ class TracInCP(TracInCPBase):
         )
         self.layers = layers
         self._param_names = self._select_params(layers)
-        self._plan: tuple[list, list, list[str]] | None = None  # (linear, conv, dense)
+        self._plan: Plan | None = None
         self._self_influence: torch.Tensor | None = None
         self._score_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._warned_loop = False
@@ -187,23 +230,25 @@ class TracInCP(TracInCPBase):
             for h in handles:
                 h.remove()
         n = batch_len(batch)
-        factored, conv = [], []
+        factored: list[HookedLayer] = []
+        conv: list[HookedLayer] = []
         for name, m in candidates.items():
             shapes = seen[name]
             ndim = 4 if isinstance(m, nn.Conv2d) else 2
             if len(shapes) == 1 and len(shapes[0]) == ndim and shapes[0][0] == n:
-                entry = (name, m, m.bias is not None and f"{name}.bias" in selected)
+                entry = HookedLayer(name, m, m.bias is not None and f"{name}.bias" in selected)
                 (conv if ndim == 4 else factored).append(entry)
         hooked = factored + conv
-        fparams = {f"{n}.weight" for n, _, _ in hooked} | {f"{n}.bias" for n, _, b in hooked if b}
+        fparams = {f"{h.name}.weight" for h in hooked} | {f"{h.name}.bias" for h in hooked if h.has_bias}
         dense = [p for p in self._param_names if p not in fparams]
-        self._plan = (factored, conv, dense)
+        self._plan = Plan(factored, conv, dense)
 
     # ------------------------------------------------------------------ per-example gradients
     def _blocks(self, state: dict, batch: tuple, mode: str, loss_fn: Any, what: str) -> list[Block]:
         if self._plan is None:
             self._make_plan(state, batch, what)
-        factored, conv, dense = self._plan  # type: ignore[misc]
+        assert self._plan is not None
+        factored, conv, dense = self._plan
         n = batch_len(batch)
         blocks: list[Block] = []
         hooked = factored + conv
@@ -215,27 +260,29 @@ class TracInCP(TracInCPBase):
                 caps[_n] = (inp[0].detach(), o)
                 return o
 
-            handles = [m.register_forward_hook(lambda mod, i, o, _n=name: hook(mod, i, o, _n)) for name, m, _ in hooked]
+            handles = [
+                h.module.register_forward_hook(lambda mod, i, o, _n=h.name: hook(mod, i, o, _n)) for h in hooked
+            ]
             try:
                 with torch.enable_grad():
                     out = self._forward(state, tuple(batch[:-1]), what)
                     total = total_loss(mode, loss_fn, out, batch[-1], n)
-                    outs = [caps[name][1] for name, _, _ in hooked]
+                    outs = [caps[h.name][1] for h in hooked]
                     grads = torch.autograd.grad(total, outs, allow_unused=True)
             finally:
                 for h in handles:
                     h.remove()
             conv_rows = []
-            for (name, mod, has_bias), g, o in zip(hooked, grads, outs):
+            for (name, mod, has_bias), g, o in zip(hooked, grads, outs, strict=True):
                 g = torch.zeros_like(o) if g is None else g
                 if isinstance(mod, nn.Conv2d):
                     conv_rows.append(_conv2d_sample_grads(mod, caps[name][0], g, has_bias))
                 else:
-                    blocks.append(("f", g.reshape(n, -1), caps[name][0].reshape(n, -1), has_bias))
+                    blocks.append(FactoredBlock(g.reshape(n, -1), caps[name][0].reshape(n, -1), has_bias))
             if conv_rows:
-                blocks.append(("d", torch.cat(conv_rows, dim=1)))
+                blocks.append(DenseBlock(torch.cat(conv_rows, dim=1)))
         if dense:
-            blocks.append(("d", self._dense_grads(state, dense, batch, mode, loss_fn, what)))
+            blocks.append(DenseBlock(self._dense_grads(state, dense, batch, mode, loss_fn, what)))
         return blocks
 
     def _dense_grads(self, state: dict, dense: list[str], batch: tuple, mode: str, loss_fn: Any, what: str) -> torch.Tensor:
@@ -295,8 +342,9 @@ class TracInCP(TracInCPBase):
         return self.cpu_chunk if self.device.type == "cpu" else self.gpu_rows
 
     def _row_chunk(self, n: int) -> int:
-        factored, conv, dense = self._plan  # type: ignore[misc]
-        names = [f"{m}.weight" for m, _, _ in conv] + [f"{m}.bias" for m, _, b in conv if b] + list(dense)
+        assert self._plan is not None
+        conv, dense = self._plan.conv, self._plan.dense
+        names = [f"{h.name}.weight" for h in conv] + [f"{h.name}.bias" for h in conv if h.has_bias] + list(dense)
         sizes = dict((k, v.numel()) for k, v in self._net.state_dict().items())
         per_row = max(1, sum(sizes.get(k, 0) for k in names))
         cap = max(1, self.max_grad_floats // per_row)
@@ -330,14 +378,14 @@ class TracInCP(TracInCPBase):
         out, sums = [], []
         for state in states:
             blocks = self._blocks(state, batch, mode, loss_fn, what)
-            sums.append(sum((t.sum() for b in blocks for t in (b[1:3] if b[0] == "f" else b[1:2])), torch.zeros((), device=self.device)))
+            sums.append(sum((t.sum() for b in blocks for t in b.tensors()), torch.zeros((), device=self.device)))
             out.append(blocks)
 
         def locate() -> None:
             n = batch_len(batch)
             bad = torch.stack([
                 functools.reduce(torch.logical_or, [
-                    ~torch.isfinite(t.reshape(n, -1)).all(1) for b in blocks for t in (b[1:3] if b[0] == "f" else b[1:2])
+                    ~torch.isfinite(t.reshape(n, -1)).all(1) for b in blocks for t in b.tensors()
                 ])
                 for blocks in out
             ], 1)
@@ -501,19 +549,24 @@ class TracInCP(TracInCPBase):
     def _named_grads(self, blocks: list[Block], m: int) -> dict[str, torch.Tensor]:
         """Per-example gradients ``(m, numel)`` of every selected parameter, by name, from one checkpoint's
         blocks (a factorised Linear's weight gradient is the outer product g a^T, row-major like the weight)."""
-        factored, conv, dense = self._plan  # type: ignore[misc]
+        assert self._plan is not None
+        factored, conv, dense = self._plan
         sizes = {k: v.numel() for k, v in self._net.state_dict().items()}
         out: dict[str, torch.Tensor] = {}
         it = iter(blocks)
-        for name, _, has_bias in factored:
-            _, g, a, _ = next(it)
-            out[f"{name}.weight"] = (g.unsqueeze(2) * a.unsqueeze(1)).reshape(m, -1)
-            if has_bias:
-                out[f"{name}.bias"] = g
-        for names in ([k for name, _, b in conv for k in [f"{name}.weight"] + ([f"{name}.bias"] if b else [])], dense):
+        for layer in factored:
+            blk = next(it)
+            assert isinstance(blk, FactoredBlock)
+            out[f"{layer.name}.weight"] = (blk.g.unsqueeze(2) * blk.a.unsqueeze(1)).reshape(m, -1)
+            if layer.has_bias:
+                out[f"{layer.name}.bias"] = blk.g
+        conv_names = [k for h in conv for k in [f"{h.name}.weight"] + ([f"{h.name}.bias"] if h.has_bias else [])]
+        for names in (conv_names, dense):
             if not names:
                 continue
-            rows, off = next(it)[1], 0
+            dense_blk = next(it)
+            assert isinstance(dense_blk, DenseBlock)
+            rows, off = dense_blk.v, 0
             for k in names:
                 out[k] = rows[:, off : off + sizes[k]]
                 off += sizes[k]
