@@ -6,9 +6,10 @@ import contextlib
 import functools
 import math
 import os
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -18,16 +19,16 @@ from torch.func import functional_call
 from . import _cache
 from ._checkpoints import call_load_func, checkpoint_folder, load_checkpoint, resolve_checkpoints
 from ._data import (
+    auto_workers,
     batch_len,
     check_labels,
     check_train_items,
-    label_rule,
-    nonfinite_parts,
-    nonfinite_rows,
-    auto_workers,
     iter_input_batches,
     iter_tensor_batches,
+    label_rule,
     make_train_loader,
+    nonfinite_parts,
+    nonfinite_rows,
     pass_loader,
     tensor_fast_path,
     to_device,
@@ -114,7 +115,9 @@ def resolve_device(device: Any, model: nn.Module) -> torch.device:
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"device={device!r} but no CUDA GPU is available here (torch.cuda.is_available() is False): {fix}.")
+            raise ValueError(
+                f"device={device!r} but no CUDA GPU is available here (torch.cuda.is_available() is False): {fix}."
+            )
         if dev.index is not None and dev.index >= count:
             raise ValueError(
                 f"device={device!r} but this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1}): "
@@ -187,14 +190,16 @@ def _merge_batches(batches, min_rows: int):
 
 
 def _cat(batches: list) -> tuple:
-    return batches[0] if len(batches) == 1 else tuple(torch.cat(parts) for parts in zip(*batches))
+    return batches[0] if len(batches) == 1 else tuple(torch.cat(parts) for parts in zip(*batches, strict=True))
 
 
 def _check_cache_dir(cache_dir: Any, ckpt_folder: str | None) -> Path | None:
     if cache_dir is None:
         return None
     if not isinstance(cache_dir, (str, os.PathLike)):
-        raise TypeError(f"cache_dir must be a folder path (str or os.PathLike) or None, not {type(cache_dir).__name__}.")
+        raise TypeError(
+            f"cache_dir must be a folder path (str or os.PathLike) or None, not {type(cache_dir).__name__}."
+        )
     path = Path(cache_dir)
     if ckpt_folder is not None and path.resolve() == Path(ckpt_folder).resolve():
         raise ValueError(
@@ -327,7 +332,9 @@ class TracInCPBase:
         prog = _Progress("load checkpoints", len(self.checkpoints), show_progress, self.progress_callback)
         try:
             for path in self.checkpoints:
-                lr = call_load_func(self.checkpoints_load_func, target, path, self._default_loader, self._checkpoint_dir)
+                lr = call_load_func(
+                    self.checkpoints_load_func, target, path, self._default_loader, self._checkpoint_dir
+                )
                 states.append({k: v.detach().to(self.device, copy=True) for k, v in net.state_dict().items()})
                 self._check_weights(states[-1], path)
                 lrs.append(lr)
@@ -343,7 +350,7 @@ class TracInCPBase:
     def _forward(self, state: dict[str, torch.Tensor], features: tuple, what: str) -> torch.Tensor:
         try:
             out = functional_call(self._net, state, features)
-        except Exception as e:  # noqa: BLE001 - say which batch the model could not take
+        except Exception as e:  # any error of the user's model: say which batch it could not take
             shapes = [tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__ for f in features]
             ex = getattr(self, "_example_shapes", None)
             train = (
@@ -557,7 +564,7 @@ class TracInCPBase:
         ok = torch.stack([torch.isfinite(v).all() for _, v in floats])
         if bool(ok.all()):
             return
-        bad = [(k, int((~torch.isfinite(v)).sum())) for (k, v), f in zip(floats, ok.tolist()) if not f]
+        bad = [(k, int((~torch.isfinite(v)).sum())) for (k, v), f in zip(floats, ok.tolist(), strict=True) if not f]
         names = ", ".join(f"{k} ({c} value{'s' * (c != 1)})" for k, c in bad[:4]) + (", ..." if len(bad) > 4 else "")
         raise ValueError(
             f"checkpoint {path!r} has non-finite (NaN or inf) weights: {names}. Every score would be NaN. The "
@@ -596,12 +603,12 @@ class TracInCPBase:
             scope_in = scope
             for i in glob[:20]:
                 try:
-                    f, l = nonfinite_parts(row_of(i))
-                except Exception:  # noqa: BLE001 - a row that cannot be read back: say the cause is unknown
+                    bad_feat, bad_lab = nonfinite_parts(row_of(i))
+                except Exception:  # a row that cannot be read back: say the cause is unknown
                     continue
-                if f or l:
+                if bad_feat or bad_lab:
                     in_rows.append(i)
-                    feat, lab = feat or f, lab or l
+                    feat, lab = feat or bad_feat, lab or bad_lab
         if in_rows:
             parts = " and ".join(p for p, b in (("features", feat), ("labels", lab)) if b)
             raise ValueError(

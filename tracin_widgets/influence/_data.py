@@ -5,15 +5,20 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 import torch
 from torch import nn
 from torch.utils.data import (
-    BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler, TensorDataset,
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
 )
 from torch.utils.data._utils.collate import default_collate, default_convert
 
@@ -388,7 +393,9 @@ def iter_input_batches(inputs: Any, what: str = "inputs") -> list[tuple]:
         check_sequential_loader(inputs, what)
         batches = [check_batch(b, what) for b in inputs]
         if not batches:
-            raise ValueError(f"{what} is a DataLoader without batches (its dataset is empty): pass at least one example.")
+            raise ValueError(
+                f"{what} is a DataLoader without batches (its dataset is empty): pass at least one example."
+            )
     else:
         batches = [check_batch(inputs, what)]
     for b in batches:

@@ -12,6 +12,7 @@ after it every query is a couple of matrix products.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from typing import Any, NamedTuple
@@ -21,12 +22,12 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ._base import (
-    locked,
     KMostInfluentialResults,
     TracInCPBase,
     _Progress,
     check_k,
     check_proponents,
+    locked,
     merge_topk,
     sqrt_lr,
 )
@@ -34,8 +35,8 @@ from ._data import batch_len, rows_getter, split_rows
 from ._errors import TracInWarning
 from ._layers import resolve_module, trace_output_module
 from ._loss import loss_mode, total_loss
-from ._ops import FastCpuOps
 from ._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
+from ._ops import FastCpuOps
 
 
 class _Stacked(NamedTuple):
@@ -90,7 +91,8 @@ class TracInCPFast(TracInCPBase):
     ) -> None:
         super().__init__(
             model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
-            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only, data_version=data_version,
+            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir,
+            weights_only=weights_only, data_version=data_version,
         )
         self.final_fc_layer = final_fc_layer
         self.vectorize = vectorize  # accepted for compatibility; gradients here need no jacobian
@@ -214,11 +216,11 @@ class TracInCPFast(TracInCPBase):
                     out, a = vmap(one, in_dims=(0,) + (None,) * len(feats))(stacked, *feats)
                 outs = [out[c].detach().requires_grad_(True) for c in range(C)]
                 with torch.enable_grad():  # the checkpoints' losses are independent: one backward for all
-                    total = sum(total_loss(mode, loss_fn, o, part[-1], m) for o in outs)
+                    total = functools.reduce(torch.add, [total_loss(mode, loss_fn, o, part[-1], m) for o in outs])
                     gs = torch.autograd.grad(total, outs)
                 G_parts.append(torch.stack([g.reshape(m, -1) for g in gs], 1))
                 A_parts.append(a.reshape(C, m, -1).transpose(0, 1))
-        except Exception:  # noqa: BLE001 - a vmap limitation or a bad batch: the per-checkpoint loop decides
+        except Exception:  # a vmap limitation or a bad batch: the per-checkpoint loop decides
             if not self._vmap_ok:
                 self._vmap_ok = False
             return None
@@ -365,7 +367,7 @@ class TracInCPFast(TracInCPBase):
         try:
             if k is None:
                 parts = []
-                for s, sc in self._score_chunks(At, Gt):
+                for _s, sc in self._score_chunks(At, Gt):
                     parts.append(sc.cpu())
                     prog.update(sc.shape[1])
                 return torch.cat(parts, dim=1)
@@ -386,7 +388,8 @@ class TracInCPFast(TracInCPBase):
         """
         k = check_k(k)
         proponents = check_proponents(proponents)
-        batches = self._test_batches(inputs, show_progress=show_progress)  # validate before the (possibly long) training pass
+        # validate before the (possibly long) training pass
+        batches = self._test_batches(inputs, show_progress=show_progress)
         self._ensure_factors(show_progress)
         At, Gt = self._test_factors(inputs, batches=batches, show_progress=show_progress)
         return self._scores_or_topk(At, Gt, k, proponents, show_progress)
@@ -404,7 +407,9 @@ class TracInCPFast(TracInCPBase):
             elif show_progress:
                 _Progress("self influence (cached)", len(self._self_influence), True, None).finish()
             return self._self_influence.clone()
-        A, G = self._test_factors(inputs, loss="train", show_progress=show_progress, phase="self influence", callback=True)
+        A, G = self._test_factors(
+            inputs, loss="train", show_progress=show_progress, phase="self influence", callback=True
+        )
         return self._self_from_factors(A, G).cpu()
 
     def _self_from_factors(self, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
@@ -451,7 +456,8 @@ class TracInCPFastRandProj(TracInCPFast):
         super().__init__(
             model, final_fc_layer, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size,
             test_loss_fn, vectorize,
-            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only, data_version=data_version,
+            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir,
+            weights_only=weights_only, data_version=data_version,
         )
         if projection_dim is not None and (
             isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim <= 0
@@ -465,7 +471,9 @@ class TracInCPFastRandProj(TracInCPFast):
         self.projection_dim = projection_dim
         self.seed = seed
         if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 1):
-            raise ValueError(f"rerank must be a positive int (candidates per requested example) or None, got {rerank!r}.")
+            raise ValueError(
+                f"rerank must be a positive int (candidates per requested example) or None, got {rerank!r}."
+            )
         self.rerank = rerank
         self._projections: tuple[torch.Tensor, torch.Tensor] | None = None
         self._train_embeddings: torch.Tensor | None = None
@@ -496,7 +504,7 @@ class TracInCPFastRandProj(TracInCPFast):
 
     def _embed(self, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         _, lrs = self._checkpoint_states()
-        roots = [sqrt_lr(lr, p) for lr, p in zip(lrs, self.checkpoints)]
+        roots = [sqrt_lr(lr, p) for lr, p in zip(lrs, self.checkpoints, strict=True)]
         parts = []
         for c, root in enumerate(roots):
             g, a = G[:, c], A[:, c]

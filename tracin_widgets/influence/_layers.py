@@ -43,13 +43,13 @@ def resolve_module(model: nn.Module, layer: Any, argname: str) -> tuple[str, nn.
             f"{' …' if len(names) > 20 else ''}."
         )
     if isinstance(layer, nn.Module):
-        name = module_name(model, layer)
-        if name is None or name == "":
+        found = module_name(model, layer)
+        if found is None or found == "":
             raise ValueError(
                 f"{argname}: the module {type(layer).__name__} is not a submodule of the model. Pass one of "
                 f"the model's own layers (e.g. model.fc) or its name; layer names: {names[:20]}."
             )
-        return name, layer
+        return found, layer
     raise TypeError(f"{argname} must be a layer name (str) or an nn.Module of the model, not {type(layer).__name__}.")
 
 

@@ -42,7 +42,7 @@ def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
 def _fast_max_pool2d(args: tuple, kwargs: dict) -> torch.Tensor | None:
     if len(args) > len(_MAXPOOL_ARGS):
         return None
-    a = dict(zip(_MAXPOOL_ARGS, args))
+    a = dict(zip(_MAXPOOL_ARGS, args, strict=False))  # the trailing arguments may be left out
     for key, val in kwargs.items():
         if key not in _MAXPOOL_ARGS or key in a:
             return None

@@ -14,7 +14,8 @@ import functools
 import hashlib
 import warnings
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -26,7 +27,6 @@ from ._data import batch_len, rows_getter, split_rows
 from ._errors import TracInWarning
 from ._layers import resolve_module
 from ._loss import loss_mode, total_loss
-
 
 
 class FactoredBlock(NamedTuple):
@@ -76,7 +76,7 @@ def _conv2d_sample_grads(conv: nn.Conv2d, inp: torch.Tensor, gout: torch.Tensor,
     """
     n = inp.shape[0]
     (k0, k1), (s0, s1), (d0, d1) = conv.kernel_size, conv.stride, conv.dilation
-    p0, p1 = conv.padding  # type: ignore[misc]
+    p0, p1 = cast(tuple[int, int], conv.padding)  # the plan hooks no Conv2d with padding="same"/"valid"
     x = torch.nn.functional.pad(inp, (p1, p1, p0, p0)) if (p0 or p1) else inp
     win = x.unfold(2, d0 * (k0 - 1) + 1, s0).unfold(3, d1 * (k1 - 1) + 1, s1)[..., ::d0, ::d1]  # a view
     ho, wo = gout.shape[2], gout.shape[3]
@@ -123,12 +123,17 @@ def _block_cat(blocks: tuple[Block, ...]) -> Block:
     return DenseBlock(torch.cat([b.v for b in blocks if isinstance(b, DenseBlock)]))
 
 
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of one or more tensors, in order (``sum()`` would start from the int 0)."""
+    return functools.reduce(torch.add, terms)
+
+
 def _blocks_dot(tb: list[Block], rb: list[Block]) -> torch.Tensor:
-    return functools.reduce(torch.add, [_block_dot(t, r) for t, r in zip(tb, rb, strict=True)])
+    return _total(_block_dot(t, r) for t, r in zip(tb, rb, strict=True))
 
 
 def _blocks_sq(rb: list[Block]) -> torch.Tensor:
-    return functools.reduce(torch.add, [_block_sq(r) for r in rb])
+    return _total(_block_sq(r) for r in rb)
 
 
 def _blocks_cat(parts: list[list[Block]]) -> list[Block]:
@@ -161,18 +166,22 @@ class TracInCP(TracInCPBase):
     ) -> None:
         super().__init__(
             model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
-            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only, data_version=data_version,
+            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir,
+            weights_only=weights_only, data_version=data_version,
         )
         self.sample_wise_grads_per_batch = sample_wise_grads_per_batch
         if sample_wise_grads_per_batch:
-            allowed, missing = ("sum", "mean", "outputs"), "sum"
+            allowed: tuple[str, ...] = ("sum", "mean", "outputs")
+            missing = "sum"
             ctx = "TracInCP with sample_wise_grads_per_batch=True"
         else:
             allowed, missing = ("none", "outputs"), "none"
             ctx = "TracInCP with sample_wise_grads_per_batch=False (the default)"
         self.reduction_type = loss_mode(loss_fn, "loss_fn", allowed, ctx, missing)
         self.test_reduction_type = (
-            self.reduction_type if test_loss_fn is None else loss_mode(test_loss_fn, "test_loss_fn", allowed, ctx, missing)
+            self.reduction_type
+            if test_loss_fn is None
+            else loss_mode(test_loss_fn, "test_loss_fn", allowed, ctx, missing)
         )
         self.layers = layers
         self._param_names = self._select_params(layers)
@@ -185,10 +194,10 @@ class TracInCP(TracInCPBase):
     def _select_params(self, layers: Any) -> list[str]:
         model = self._net
         if layers is None:
-            names = [n for n, p in model.named_parameters() if p.requires_grad]
-            if not names:
+            trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+            if not trainable:
                 raise ValueError("the model has no parameter with requires_grad=True; pass layers=[...] explicitly.")
-            return names
+            return trainable
         if isinstance(layers, (str, nn.Module)) or not hasattr(layers, "__iter__"):
             raise TypeError(f"layers must be a list of layer names, e.g. ['fc2', 'fc3'], not {type(layers).__name__}.")
         layers = list(layers)
@@ -199,7 +208,9 @@ class TracInCP(TracInCPBase):
             lname, mod = resolve_module(self.model, layer, "layers")
             own = [f"{lname}.{n}" for n, _ in mod.named_parameters()]
             if not own:
-                raise ValueError(f"layers: {lname!r} ({type(mod).__name__}) has no parameters; pick layers with weights.")
+                raise ValueError(
+                    f"layers: {lname!r} ({type(mod).__name__}) has no parameters; pick layers with weights."
+                )
             names += [n for n in own if n not in names]
         return names
 
@@ -285,7 +296,9 @@ class TracInCP(TracInCPBase):
             blocks.append(DenseBlock(self._dense_grads(state, dense, batch, mode, loss_fn, what)))
         return blocks
 
-    def _dense_grads(self, state: dict, dense: list[str], batch: tuple, mode: str, loss_fn: Any, what: str) -> torch.Tensor:
+    def _dense_grads(
+        self, state: dict, dense: list[str], batch: tuple, mode: str, loss_fn: Any, what: str
+    ) -> torch.Tensor:
         dp = {k: state[k] for k in dense}
         rest = {k: v for k, v in state.items() if k not in dp}
         model = self._net
@@ -330,8 +343,10 @@ class TracInCP(TracInCPBase):
             lab = batch[-1][i : i + 1]
             with torch.enable_grad():
                 out = functional_call(self._net, {**rest, **params}, feats)
-                gs = torch.autograd.grad(total_loss(mode, loss_fn, out, lab, 1), [params[k] for k in dense], allow_unused=True)
-            rows.append(torch.cat([(torch.zeros_like(params[k]) if g is None else g).reshape(-1) for k, g in zip(dense, gs)]))
+                loss = total_loss(mode, loss_fn, out, lab, 1)
+                gs = torch.autograd.grad(loss, [params[k] for k in dense], allow_unused=True)
+            grads = [torch.zeros_like(params[k]) if g is None else g for k, g in zip(dense, gs, strict=True)]
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
         return torch.stack(rows)
 
     cpu_chunk = 512  # rows per forward/backward on the CPU (scores do not depend on it)
@@ -403,10 +418,10 @@ class TracInCP(TracInCPBase):
         try:
             for offset, batch in self._train_batches(self._pass_rows(states[0], self._merge_rows(), backward=True)):
                 per_ckpt = self._all_blocks(batch, states, self.reduction_type, self.loss_fn, "training batch", offset)
-                sq = sum(lr * _blocks_sq(b) for lr, b in zip(lrs, per_ckpt))
+                sq = _total(lr * _blocks_sq(b) for lr, b in zip(lrs, per_ckpt, strict=True))
                 self_parts.append(sq.cpu())
                 if test_blocks is not None:
-                    sc = sum(lr * _blocks_dot(tb, b) for lr, tb, b in zip(lrs, test_blocks, per_ckpt))
+                    sc = _total(lr * _blocks_dot(tb, b) for lr, tb, b in zip(lrs, test_blocks, per_ckpt, strict=True))
                     score_parts.append(sc.cpu())
                 prog.update(batch_len(batch))
         finally:
@@ -453,9 +468,8 @@ class TracInCP(TracInCPBase):
                 parts, start = [], 0
                 try:
                     for b in batches:
-                        parts.append(
-                            self._all_blocks(b, states, self.test_reduction_type, self.test_loss_fn, "test batch", start)
-                        )
+                        mode, loss_fn = self.test_reduction_type, self.test_loss_fn
+                        parts.append(self._all_blocks(b, states, mode, loss_fn, "test batch", start))
                         start += batch_len(b)
                         prog.update(batch_len(b))
                 finally:
@@ -495,11 +509,12 @@ class TracInCP(TracInCPBase):
         with self._computing():
             states, lrs = self._checkpoint_states(show_progress)
             out, start = [], 0
-            prog = _Progress("self influence", sum(batch_len(b) for b in batches), show_progress, self.progress_callback)
+            total = sum(batch_len(b) for b in batches)
+            prog = _Progress("self influence", total, show_progress, self.progress_callback)
             try:
                 for b in batches:
                     per_ckpt = self._all_blocks(b, states, self.reduction_type, self.loss_fn, "batch", start)
-                    out.append(sum(lr * _blocks_sq(x) for lr, x in zip(lrs, per_ckpt)).cpu())
+                    out.append(_total(lr * _blocks_sq(x) for lr, x in zip(lrs, per_ckpt, strict=True)).cpu())
                     start += batch_len(b)
                     prog.update(batch_len(b))
             finally:
@@ -522,7 +537,7 @@ class TracInCP(TracInCPBase):
         batches = self._test_batches(inputs, loss="train")
         with self._computing():
             states, lrs = self._checkpoint_states()
-            roots = [sqrt_lr(lr, p) for lr, p in zip(lrs, self.checkpoints)]
+            roots = [sqrt_lr(lr, p) for lr, p in zip(lrs, self.checkpoints, strict=True)]
             sizes = [states[0][k].numel() for k in self._param_names]
             D, C = sum(sizes), len(states)
             dtype = states[0][self._param_names[0]].dtype
@@ -536,7 +551,7 @@ class TracInCP(TracInCPBase):
                 for part in split_rows(b, n, step):
                     m = batch_len(part)
                     per_ckpt = self._all_blocks_rows(part, states, self.reduction_type, self.loss_fn, "batch")
-                    for c, (root, blocks) in enumerate(zip(roots, per_ckpt)):
+                    for c, (root, blocks) in enumerate(zip(roots, per_ckpt, strict=True)):
                         named = self._named_grads(blocks, m)
                         cols = torch.cat([named[k] for k in self._param_names], dim=1) * root
                         if aggregate:
