@@ -6,7 +6,7 @@ import contextlib
 import functools
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -170,7 +170,7 @@ def merge_topk(
     return vals, idx
 
 
-def _merge_batches(batches, min_rows: int):
+def _merge_batches(batches: Iterable[Any], min_rows: int) -> Iterator[Any]:
     pending: list = []
     rows = 0
     for b in batches:
@@ -433,6 +433,7 @@ class TracInCPBase:
         cuda = self.device.type == "cuda"
         vec = self._vectorised()
         rule = label_rule(self.loss_fn)
+        batches: Iterator[Any]
         if rule is not None and not self._labels_checked and (vec is not None or tensor_fast_path(loader)):
             self._check_all_train_labels(vec, rule)  # every label at once, before the pass
         if vec is not None:  # torchvision CIFAR: the transform on whole blocks of the uint8 array, exactly

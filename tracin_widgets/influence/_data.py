@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -270,7 +270,7 @@ def tensor_fast_path(loader: DataLoader) -> bool:
     )
 
 
-def iter_tensor_batches(loader: DataLoader, min_rows: int = 0):
+def iter_tensor_batches(loader: DataLoader, min_rows: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
     tensors, bs = loader.dataset.tensors, max(loader.batch_size or 1, min_rows)  # type: ignore[attr-defined]
     n = len(loader.dataset)  # type: ignore[arg-type]
     for s in range(0, n, bs):

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -47,7 +48,7 @@ class _Stacked(NamedTuple):
 
 
 @contextlib.contextmanager
-def _no_tf32():
+def _no_tf32() -> Iterator[None]:
     cudnn = torch.backends.cudnn
     saved = cudnn.allow_tf32
     cudnn.allow_tf32 = False
@@ -193,7 +194,7 @@ class TracInCPFast(TracInCPBase):
             self._stacked = _Stacked(states, {k: torch.stack([st[k] for st in states]) for k in states[0]})
         stacked, model, layer = self._stacked.params, self._net, self._final_fc_layer
 
-        def one(params, *features):
+        def one(params: dict[str, torch.Tensor], *features: Any) -> tuple[torch.Tensor, torch.Tensor]:
             captured: list[torch.Tensor] = []
             handle = layer.register_forward_hook(lambda m, i, o: captured.append(i[0]))
             try:
@@ -350,7 +351,7 @@ class TracInCPFast(TracInCPBase):
         _, lrs = self._checkpoint_states()
         return torch.tensor(lrs, dtype=like.dtype, device=like.device)
 
-    def _score_chunks(self, At: torch.Tensor, Gt: torch.Tensor):
+    def _score_chunks(self, At: torch.Tensor, Gt: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         A, G = self._factors  # type: ignore[misc]
         lr = self._lr_tensor(A).view(-1, 1, 1)
         step = self._chunk_rows(At.shape[0], A.shape[1])
@@ -361,7 +362,7 @@ class TracInCPFast(TracInCPBase):
 
     def _scores_or_topk(
         self, At: torch.Tensor, Gt: torch.Tensor, k: int | None, proponents: bool, show_progress: bool = False
-    ):
+    ) -> torch.Tensor | KMostInfluentialResults:
         n_train = self._factors[0].shape[0]  # type: ignore[index]
         prog = _Progress("influence", n_train, show_progress, None)  # a per-query step: tqdm only
         try:
@@ -491,7 +492,7 @@ class TracInCPFastRandProj(TracInCPFast):
         if self._projections is not None:
             self._train_embeddings = emb
 
-    def _make_projections(self, g_dim: int, a_dim: int):
+    def _make_projections(self, g_dim: int, a_dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         d = self.projection_dim
         if d is None or g_dim * a_dim <= d:
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,7 +54,7 @@ def resolve_module(model: nn.Module, layer: Any, argname: str) -> tuple[str, nn.
     raise TypeError(f"{argname} must be a layer name (str) or an nn.Module of the model, not {type(layer).__name__}.")
 
 
-def trace_output_module(model: nn.Module, call) -> tuple[list[tuple[str, nn.Module]], Any]:
+def trace_output_module(model: nn.Module, call: Callable[[], Any]) -> tuple[list[tuple[str, nn.Module]], Any]:
     """Run ``call()`` with hooks; return the modules whose output *is* the model output, innermost last."""
     records: list[tuple[str, nn.Module, Any]] = []
     handles = []

@@ -57,7 +57,7 @@ def activation_bytes(net: nn.Module, call: Callable[[], Any], inputs: Any = ()) 
     bound on a forward pass's activation memory."""
     total = [_tensor_bytes(inputs)]
 
-    def hook(mod, inp, out):
+    def hook(mod: nn.Module, inp: Any, out: Any) -> None:
         total[0] += _tensor_bytes(out)
 
     handles = [m.register_forward_hook(hook) for m in net.modules()]

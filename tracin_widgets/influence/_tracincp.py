@@ -266,7 +266,7 @@ class TracInCP(TracInCPBase):
         if hooked:
             caps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-            def hook(mod, inp, out, _n):
+            def hook(mod: nn.Module, inp: tuple, out: torch.Tensor, _n: str) -> torch.Tensor:
                 o = out if out.requires_grad else out.detach().requires_grad_(True)
                 caps[_n] = (inp[0].detach(), o)
                 return o
@@ -304,7 +304,7 @@ class TracInCP(TracInCPBase):
         model = self._net
         n_feat = len(batch) - 1
 
-        def loss_one(params, *ex):
+        def loss_one(params: dict[str, torch.Tensor], *ex: Any) -> torch.Tensor:
             feats = tuple(x.unsqueeze(0) if isinstance(x, torch.Tensor) else x for x in ex[:n_feat])
             lab = ex[-1].unsqueeze(0) if isinstance(ex[-1], torch.Tensor) else ex[-1]
             out = functional_call(model, {**rest, **params}, feats)
@@ -326,7 +326,16 @@ class TracInCP(TracInCPBase):
             return self._dense_grads_loop(dp, rest, dense, batch, mode, loss_fn, e)
         return torch.cat(outs)
 
-    def _dense_grads_loop(self, dp, rest, dense, batch, mode, loss_fn, err) -> torch.Tensor:
+    def _dense_grads_loop(
+        self,
+        dp: dict[str, torch.Tensor],
+        rest: dict[str, torch.Tensor],
+        dense: list[str],
+        batch: tuple,
+        mode: str,
+        loss_fn: Any,
+        err: Exception,
+    ) -> torch.Tensor:
         if not self._warned_loop:
             warnings.warn(
                 f"torch.func.vmap could not run this model ({type(err).__name__}: {str(err)[:200]}); falling back "
@@ -410,7 +419,9 @@ class TracInCP(TracInCPBase):
         return out
 
     # ------------------------------------------------------------------ passes
-    def _pass(self, test_blocks: list[list[Block]] | None, show_progress: bool, phase: str):
+    def _pass(
+        self, test_blocks: list[list[Block]] | None, show_progress: bool, phase: str
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """One pass over the training data: scores vs ``test_blocks`` (if any) and self-influence."""
         states, lrs = self._checkpoint_states(show_progress)
         score_parts, self_parts = [], []
@@ -476,6 +487,7 @@ class TracInCP(TracInCPBase):
                     prog.close()
                 test_blocks = [_blocks_cat([p[c] for p in parts]) for c in range(len(states))]
                 scores, _ = self._pass(test_blocks, show_progress, "influence")
+                assert scores is not None  # a pass with test blocks scores them
             self._score_cache[key] = scores
             while len(self._score_cache) > 8:
                 self._score_cache.popitem(last=False)
