@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -48,14 +48,21 @@ class KMostInfluentialResults(NamedTuple):
     influence_scores: torch.Tensor
 
 
-ProgressCallback = Callable[[str, int, int], Any]
+ProgressCallback = Callable[[str, int, int], Any]  # (phase, done, total); total is -1 when unknown
+Inputs = tuple | list | torch.utils.data.DataLoader  # one batch (*features, labels), or a DataLoader of them
+Checkpoints = str | os.PathLike | Iterable[str | os.PathLike]  # a folder, a file, or a list of files
 
-def locked(method):
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Engine = TypeVar("_Engine", bound="TracInCPBase")
+
+
+def locked(method: Callable[Concatenate[_Engine, _P], _R]) -> Callable[Concatenate[_Engine, _P], _R]:
     """Serialise public calls that touch the model (a widget may call from a worker thread), and leave the
     global RNG untouched (iterating a DataLoader draws a seed from it)."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: _Engine, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with model_lock(self.model), torch.random.fork_rng(devices=[]):
             return method(self, *args, **kwargs)
 
@@ -219,30 +226,21 @@ class TracInCPBase:
         self,
         model: nn.Module,
         train_dataset: Any,
-        checkpoints: Any,
-        checkpoints_load_func: Callable[[nn.Module, str], float] | None = None,
-        loss_fn: Any = None,
+        checkpoints: Checkpoints,
+        checkpoints_load_func: Callable[[nn.Module, str], Any] | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
         batch_size: int | None = None,
-        test_loss_fn: Any = None,
+        test_loss_fn: Callable[..., torch.Tensor] | None = None,
         *,
-        device: Any = None,
+        device: str | int | torch.device | None = None,
         num_workers: int | None = None,
         progress_callback: ProgressCallback | None = None,
         cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
         data_version: str | None = None,
     ) -> None:
-        """Captum's arguments, plus keyword-only extras:
-
-        ``device``: where to compute (``'cpu'``, ``'cuda:0'``, a ``torch.device``; None: the model's device).
-        ``cache_dir``: a folder where the training-set factors (TracInCPFast/RandProj) or self-influence
-        (TracInCP) are saved and reused. They are reused only when the data, loss, layers, checkpoint files,
-        learning rates, model architecture, precision and device type are the same; an unwritable folder warns
-        and the results stay in memory. ``data_version``: a string of your choice naming the version of the
-        training data, part of that key. Datasets backed by arrays (TensorDataset, torchvision's CIFAR/MNIST,
-        Subsets of them) are hashed in full; any other dataset only by type, length and 24 items spread over
-        it, so change ``data_version`` when its contents change.
-        """
+        """Captum's arguments, plus keyword-only extras; each is documented in the class docstring of
+        ``TracInCP``, ``TracInCPFast`` and ``TracInCPFastRandProj`` (``help(TracInCPFast)``)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
         self.model = model
@@ -288,7 +286,8 @@ class TracInCPBase:
 
     @classmethod
     def get_name(cls) -> str:
-        """The class name (Captum's ``DataInfluence.get_name``)."""
+        """Returns the class name, e.g. ``"TracInCPFast"`` (Captum's ``DataInfluence.get_name``). Takes no
+        arguments and never raises; callable on the class or an instance."""
         return cls.__name__
 
     # ------------------------------------------------------------------ model hygiene
@@ -704,7 +703,7 @@ class TracInCPBase:
         vals, idx = best
         return KMostInfluentialResults(idx.to(torch.int64).cpu(), vals.cpu())
 
-    def fit(self, show_progress: bool = False):
+    def fit(self: _Engine, show_progress: bool = False) -> _Engine:
         """Precompute what later queries need (optional: done lazily otherwise). Returns ``self``."""
         return self
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -23,7 +24,10 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ._base import (
+    Checkpoints,
+    Inputs,
     KMostInfluentialResults,
+    ProgressCallback,
     TracInCPBase,
     _Progress,
     check_k,
@@ -59,11 +63,65 @@ def _no_tf32() -> Iterator[None]:
 
 
 class TracInCPFast(TracInCPBase):
-    """TracIn on the last fully-connected layer with the rank-one trick (Captum ``TracInCPFast`` API).
+    """TracIn on the last fully-connected layer with the rank-one trick, with Captum 0.9's ``TracInCPFast`` API.
 
-    Like Captum, the layer's bias gradient is left out and ``final_fc_layer``'s *input* is hooked while the
-    loss gradient is taken w.r.t. the *model output*; a warning says so when ``final_fc_layer`` is not the
-    linear layer that produces the output.
+    The loss gradient w.r.t. ``final_fc_layer``'s weight is ``g a^T`` (``a``: the layer's input, ``g``: the loss
+    gradient w.r.t. the model output), so ``influence(t, i) = sum_c lr_c (g_t . g_i)(a_t . a_i)`` over the
+    checkpoints ``c``. One pass over the training data keeps ``a`` and ``g`` of every checkpoint (the
+    "factors"); after it every query is a couple of matrix products. Like Captum, the layer's bias gradient is
+    left out and ``final_fc_layer``'s *input* is hooked while the loss gradient is taken w.r.t. the *model
+    output*; a ``TracInWarning`` says so when ``final_fc_layer`` is not the linear layer that produces the
+    output.
+
+    Args:
+        model: the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
+            module inside is computed on). It is called as ``model(*batch[:-1])`` and must return a tensor whose
+            first dimension is the batch. Scores are computed in eval mode, and after every call the model is as
+            it was given (weights, train/eval flags, ``requires_grad``, device).
+        final_fc_layer: the model's last fully-connected layer, as the module (``model.fc3``) or its name
+            (``"fc3"``); ``find_final_linear_layer(model, x)`` finds it. It must run exactly once per forward
+            pass. An unknown name is a ``ValueError`` suggesting close ones.
+        train_dataset: the training data: a ``Dataset`` whose items are ``(*features, label)``, or a ``DataLoader``
+            of such batches that yields every row once, in order (no shuffling sampler, no ``drop_last``). Other
+            forms (a tuple ``(X, Y)``, dict items) are a ``TypeError`` at construction saying how to wrap them.
+        checkpoints: the checkpoint files: a list of paths (natural-sorted, as Captum), one file, or a folder
+            (every regular, non-hidden file in it, whatever its extension). Each is loaded once per instance.
+        checkpoints_load_func: ``f(model, path) -> lr``: loads the checkpoint at ``path`` into ``model`` and
+            returns its learning rate (a finite number >= 0; checked as each loads). Default None: a state dict,
+            or a dict holding one under ``"model_state_dict"`` / ``"state_dict"`` (learning rate from its
+            ``"learning_rate"`` or ``"lr"`` entry, else 1.0), loaded with ``torch.load(weights_only=weights_only)``.
+        loss_fn: the training loss ``loss_fn(outputs, labels)`` with ``reduction="sum"`` or ``"mean"`` (the
+            gradient is then multiplied back by the batch size, as Captum); required (None is a ``ValueError``).
+            A loss without a ``reduction`` attribute is assumed to sum, with a ``TracInWarning``.
+        batch_size: rows per batch when ``train_dataset`` is a Dataset (ignored for a DataLoader). Default None
+            means 512 (Captum's default is 1). Scores do not depend on it: the rows per forward pass follow
+            the measured activation memory.
+        test_loss_fn: the loss of the test examples in ``influence``, with the same rules (default None:
+            ``loss_fn``). ``self_influence(inputs)`` uses ``loss_fn``.
+        vectorize: accepted for Captum compatibility (Captum's jacobian switch); the gradients here need no
+            jacobian, so it changes nothing (default False).
+        device: where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` (default None: the
+            model's device). Checked against this machine at construction (a missing GPU is a ``ValueError``);
+            the model is moved there for each call and back afterwards, and batches are moved for you.
+        num_workers: ``DataLoader`` workers reading ``train_dataset`` (not used when it is a DataLoader). Default
+            None: none on the CPU, for a ``TensorDataset`` (sliced directly) or a recognised torchvision CIFAR
+            dataset (read vectorised); on a GPU up to one per spare core (at most 16), trimmed to
+            ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
+        progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
+            advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
+            aborts cleanly: the model is restored and nothing partial is cached. Default None.
+        cache_dir: a folder where the training-set factors (shared with ``TracInCPFastRandProj``) are saved
+            and reused by later instances (default None: kept in memory only). A file is reused only when the
+            loss (type and settings), the layers, the checkpoint files' contents and learning rates,
+            ``checkpoints_load_func``, the model's architecture and precision, the device type, ``data_version``
+            and the training data are all the same. A folder that cannot be written gives a ``TracInWarning``
+            before the pass (results stay in memory); the checkpoints folder itself is a ``ValueError``.
+        weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
+            tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
+        data_version: any string naming the version of the training data (default None), part of the cache
+            key. Array-backed datasets (``TensorDataset``, a ``Subset`` of one, torchvision's CIFAR/MNIST) are
+            hashed in full; any other dataset only by its type, length and 24 items spread over it, so change
+            ``data_version`` when its contents change (a dataset without a length is reused only with one).
     """
 
     _cache_kind = "fast"  # TracInCPFastRandProj reuses TracInCPFast's cached factors
@@ -76,17 +134,17 @@ class TracInCPFast(TracInCPBase):
         model: nn.Module,
         final_fc_layer: nn.Module | str,
         train_dataset: Any,
-        checkpoints: Any,
-        checkpoints_load_func=None,
-        loss_fn: Any = None,
+        checkpoints: Checkpoints,
+        checkpoints_load_func: Callable[[nn.Module, str], Any] | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
         batch_size: int | None = None,
-        test_loss_fn: Any = None,
+        test_loss_fn: Callable[..., torch.Tensor] | None = None,
         vectorize: bool = False,
         *,
-        device: Any = None,
+        device: str | int | torch.device | None = None,
         num_workers: int | None = None,
-        progress_callback: Any = None,
-        cache_dir: Any = None,
+        progress_callback: ProgressCallback | None = None,
+        cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
         data_version: str | None = None,
     ) -> None:
@@ -318,8 +376,14 @@ class TracInCPFast(TracInCPBase):
         return self._factors
 
     @locked
-    def fit(self, show_progress: bool = False):
-        """Compute and cache the training-set factors now (otherwise done on the first query). Returns self."""
+    def fit(self, show_progress: bool = False) -> TracInCPFast:
+        """Compute the training-set factors now (one pass over the training data, or a read of ``cache_dir``),
+        with tqdm bars when ``show_progress``; otherwise the first query does it. Returns ``self``.
+
+        Raises:
+            ValueError: the training set is empty, the model cannot take its batches, a label is not a class of
+                the model, or a factor is not finite (naming the rows).
+        """
         if self._factors is not None and show_progress:  # nothing to do: still show that the call ran
             _Progress("training factors (cached)", self._factors[0].shape[0], True, None).finish()
         self._ensure_factors(show_progress)
@@ -381,11 +445,33 @@ class TracInCPFast(TracInCPBase):
             prog.close()
 
     @locked
-    def influence(self, inputs: Any = None, k: int | None = None, proponents: bool = True, show_progress: bool = False):
-        """Influence of every training example on each test example of ``inputs``.
+    def influence(
+        self, inputs: Inputs | None = None, k: int | None = None, proponents: bool = True, show_progress: bool = False
+    ) -> torch.Tensor | KMostInfluentialResults:
+        """Influence of every training example on each example of ``inputs``.
 
-        ``k=None``: a ``(n_test, n_train)`` tensor. ``k`` int: ``KMostInfluentialResults`` of the k
-        proponents (``proponents=True``, descending) or opponents (ascending).
+        The first call computes the training-set factors (one pass); later calls only compute the factors of
+        ``inputs`` and a couple of matrix products.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            k: None (the default) for the full score matrix; a positive int for the ``k`` most influential
+                training examples of each test example.
+            proponents: with ``k``: True (the default) for the highest scores, False for the opponents (the
+                lowest scores, most negative first).
+            show_progress: show tqdm bars for the passes.
+
+        Returns:
+            ``k=None``: a float tensor ``(n_test, n_train)`` on the CPU, in the checkpoints' dtype. ``k`` int:
+            ``KMostInfluentialResults(indices, influence_scores)``, both ``(n_test, min(k, n_train))`` on the
+            CPU, ``indices`` int64, sorted by descending score (proponents) or ascending score (opponents).
+
+        Raises:
+            TypeError, ValueError: ``k`` is not a positive int or None, ``proponents`` is not a bool.
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
         """
         k = check_k(k)
         proponents = check_proponents(proponents)
@@ -396,8 +482,29 @@ class TracInCPFast(TracInCPBase):
         return self._scores_or_topk(At, Gt, k, proponents, show_progress)
 
     @locked
-    def self_influence(self, inputs: Any = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False):
-        """Self-influence ``sum_c lr_c |grad_c|^2`` of each example (training set when ``inputs`` is None)."""
+    def self_influence(
+        self, inputs: Inputs | None = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False
+    ) -> torch.Tensor:
+        """Self-influence ``sum_c lr_c |g_c|^2 |a_c|^2`` of each example (exact, from the factors): high values
+        flag unusual or mislabelled training examples.
+
+        Args:
+            inputs: None (the default) for the training set (from the training-set factors, computed once).
+                Or one batch ``(*features, labels)`` or a ``DataLoader`` of such batches (scored with
+                ``loss_fn``).
+            show_progress: show tqdm bars for the passes.
+            outer_loop_by_checkpoints: accepted for Captum compatibility; the result does not depend on it
+                (every checkpoint is loaded once per instance anyway).
+
+        Returns:
+            A float tensor ``(n,)`` on the CPU, in the checkpoints' dtype (``n = len(train_dataset)`` when
+            ``inputs`` is None).
+
+        Raises:
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+        """
         if inputs is None:
             if self._self_influence is None:
                 cached = self._factors is not None
@@ -419,16 +526,76 @@ class TracInCPFast(TracInCPBase):
 
 
 class TracInCPFastRandProj(TracInCPFast):
-    """TracInCPFast with an embedding index for constant-time queries (Captum ``TracInCPFastRandProj`` API).
+    """TracInCPFast with an embedding index for fast top-k queries, with Captum 0.9's ``TracInCPFastRandProj`` API.
 
-    Each example is embedded as ``concat_c sqrt(lr_c) * (g_c P_g) outer (a_c P_a)``; with
-    ``projection_dim=None`` nothing is projected and scores are exact. Projections use the class's own
-    ``torch.Generator(seed)`` (the global RNG is left alone). The index is built in ``__init__`` as in
-    Captum; ``self_influence`` is exact (from the factors).
+    Each example is embedded as ``concat_c sqrt(lr_c) * (g_c P_g) outer (a_c P_a)`` (``g``, ``a``: the factors of
+    ``TracInCPFast``; ``P``: random projections, or none), so that the dot product of two embeddings is their
+    (approximate) influence score. The training embeddings are put in ``nearest_neighbors`` in ``__init__``
+    (one pass over the training data, as in Captum). ``self_influence`` is exact (from the factors).
 
-    ``rerank`` (keyword, default 50): the index retrieves ``rerank * k`` candidates, which are then scored
-    exactly from the cached factors, so the returned scores are exact and recall is much higher than the
-    projection alone gives. ``rerank=None`` returns the index's approximate scores, as Captum does.
+    Args:
+        model: the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
+            module inside is computed on). It is called as ``model(*batch[:-1])`` and must return a tensor whose
+            first dimension is the batch. Scores are computed in eval mode, and after every call the model is as
+            it was given (weights, train/eval flags, ``requires_grad``, device).
+        final_fc_layer: the model's last fully-connected layer, as the module (``model.fc3``) or its name
+            (``"fc3"``); ``find_final_linear_layer(model, x)`` finds it. It must run exactly once per forward
+            pass. An unknown name is a ``ValueError`` suggesting close ones.
+        train_dataset: the training data: a ``Dataset`` whose items are ``(*features, label)``, or a ``DataLoader``
+            of such batches that yields every row once, in order (no shuffling sampler, no ``drop_last``). Other
+            forms (a tuple ``(X, Y)``, dict items) are a ``TypeError`` at construction saying how to wrap them.
+        checkpoints: the checkpoint files: a list of paths (natural-sorted, as Captum), one file, or a folder
+            (every regular, non-hidden file in it, whatever its extension). Each is loaded once per instance.
+        checkpoints_load_func: ``f(model, path) -> lr``: loads the checkpoint at ``path`` into ``model`` and
+            returns its learning rate (a finite number >= 0; checked as each loads). Default None: a state dict,
+            or a dict holding one under ``"model_state_dict"`` / ``"state_dict"`` (learning rate from its
+            ``"learning_rate"`` or ``"lr"`` entry, else 1.0), loaded with ``torch.load(weights_only=weights_only)``.
+        loss_fn: the training loss ``loss_fn(outputs, labels)`` with ``reduction="sum"`` or ``"mean"`` (the
+            gradient is then multiplied back by the batch size, as Captum); required (None is a ``ValueError``).
+            A loss without a ``reduction`` attribute is assumed to sum, with a ``TracInWarning``.
+        batch_size: rows per batch when ``train_dataset`` is a Dataset (ignored for a DataLoader). Default None
+            means 512 (Captum's default is 1). Scores do not depend on it: the rows per forward pass follow
+            the measured activation memory.
+        test_loss_fn: the loss of the test examples in ``influence`` and ``compute_intermediate_quantities``,
+            with the same rules (default None: ``loss_fn``). ``self_influence(inputs)`` uses ``loss_fn``.
+        vectorize: accepted for Captum compatibility (Captum's jacobian switch); the gradients here need no
+            jacobian, so it changes nothing (default False).
+        nearest_neighbors: the index answering top-k queries: a ``NearestNeighbors`` (``setup(data)``,
+            ``get_nearest_neighbors(query, k)``). Default None: ``AnnoyNearestNeighbors()`` (approximate);
+            ``ExactNearestNeighbors()`` searches exactly. Anything else is a ``TypeError``.
+        projection_dim: None (the default): nothing is projected, an embedding has ``dim(g) * dim(a)`` entries
+            per checkpoint and its dot products are the exact scores. A positive int: when ``dim(g) * dim(a)``
+            is larger, ``g`` and ``a`` are each projected to ``int(sqrt(projection_dim))`` dimensions (at most
+            their own) by Gaussian matrices: a smaller index, approximate scores. Anything else is a
+            ``ValueError``.
+        seed: the seed of the projection matrices' own ``torch.Generator`` (default 0; the global RNG is left
+            alone). Used only when something is projected.
+        rerank: keyword-only, default 50: ``influence(k=...)`` retrieves ``rerank * k`` candidates from the index
+            and scores them exactly from the cached factors, so the returned scores are exact and the recall is
+            much higher than the index alone gives. None returns the index's own (approximate) scores, as
+            Captum does. Anything but a positive int or None is a ``ValueError``.
+        device: where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` (default None: the
+            model's device). Checked against this machine at construction (a missing GPU is a ``ValueError``);
+            the model is moved there for each call and back afterwards, and batches are moved for you.
+        num_workers: ``DataLoader`` workers reading ``train_dataset`` (not used when it is a DataLoader). Default
+            None: none on the CPU, for a ``TensorDataset`` (sliced directly) or a recognised torchvision CIFAR
+            dataset (read vectorised); on a GPU up to one per spare core (at most 16), trimmed to
+            ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
+        progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
+            advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
+            aborts cleanly: the model is restored and nothing partial is cached. Default None.
+        cache_dir: a folder where the training-set factors (shared with ``TracInCPFast``) are saved
+            and reused by later instances (default None: kept in memory only). A file is reused only when the
+            loss (type and settings), the layers, the checkpoint files' contents and learning rates,
+            ``checkpoints_load_func``, the model's architecture and precision, the device type, ``data_version``
+            and the training data are all the same. A folder that cannot be written gives a ``TracInWarning``
+            before the pass (results stay in memory); the checkpoints folder itself is a ``ValueError``.
+        weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
+            tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
+        data_version: any string naming the version of the training data (default None), part of the cache
+            key. Array-backed datasets (``TensorDataset``, a ``Subset`` of one, torchvision's CIFAR/MNIST) are
+            hashed in full; any other dataset only by its type, length and 24 items spread over it, so change
+            ``data_version`` when its contents change (a dataset without a length is reused only with one).
     """
 
     def __init__(
@@ -436,21 +603,21 @@ class TracInCPFastRandProj(TracInCPFast):
         model: nn.Module,
         final_fc_layer: nn.Module | str,
         train_dataset: Any,
-        checkpoints: Any,
-        checkpoints_load_func=None,
-        loss_fn: Any = None,
+        checkpoints: Checkpoints,
+        checkpoints_load_func: Callable[[nn.Module, str], Any] | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
         batch_size: int | None = None,
-        test_loss_fn: Any = None,
+        test_loss_fn: Callable[..., torch.Tensor] | None = None,
         vectorize: bool = False,
         nearest_neighbors: NearestNeighbors | None = None,
         projection_dim: int | None = None,
         seed: int = 0,
         *,
         rerank: int | None = 50,
-        device: Any = None,
+        device: str | int | torch.device | None = None,
         num_workers: int | None = None,
-        progress_callback: Any = None,
-        cache_dir: Any = None,
+        progress_callback: ProgressCallback | None = None,
+        cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
         data_version: str | None = None,
     ) -> None:
@@ -516,17 +683,59 @@ class TracInCPFastRandProj(TracInCPFast):
         return torch.cat(parts, dim=1)
 
     @locked
-    def compute_intermediate_quantities(self, inputs: Any, aggregate: bool = False) -> torch.Tensor:
-        """Embeddings ``(n, D*C)`` of ``inputs``; their dot products are the (approximate) scores.
-        ``aggregate=True``: their sum over the examples, ``(1, D*C)`` (as TracInCP's; Captum's RandProj has
-        no ``aggregate``)."""
+    def compute_intermediate_quantities(self, inputs: Inputs, aggregate: bool = False) -> torch.Tensor:
+        """The embeddings of ``inputs`` (with ``test_loss_fn``): per checkpoint c, ``sqrt(lr_c)`` times
+        ``(g_c P_g) outer (a_c P_a)`` flattened, concatenated over the checkpoints. Their dot products with the
+        training embeddings are the (approximate; exact with ``projection_dim=None``) scores.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            aggregate: return the sum over the examples (one row) instead (as TracInCP's; Captum's RandProj has
+                no ``aggregate``).
+
+        Returns:
+            A float tensor ``(n, D * C)`` on the CPU (``(1, D * C)`` with ``aggregate=True``): ``D`` is
+            ``dim(g) * dim(a)``, or the projected dimensions' product, and ``C`` the number of checkpoints.
+
+        Raises:
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+        """
         At, Gt = self._test_factors(inputs)
         emb = self._embed(At, Gt)
         return (emb.sum(0, keepdim=True) if aggregate else emb).cpu()
 
     @locked
-    def influence(self, inputs: Any = None, k: int | None = 5, proponents: bool = True, show_progress: bool = False):
-        """As Captum: note the default ``k=5``; pass ``k=None`` for the score matrix."""
+    def influence(
+        self, inputs: Inputs | None = None, k: int | None = 5, proponents: bool = True, show_progress: bool = False
+    ) -> torch.Tensor | KMostInfluentialResults:
+        """The most influential training examples of each example of ``inputs``, from the index (as Captum,
+        note the default ``k=5``), or the score matrix with ``k=None``.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            k: a positive int (default 5): the ``k`` most influential training examples of each test example,
+                found as ``rerank`` says. None: the full score matrix, from the embeddings' dot products
+                (approximate when projected, exact with ``projection_dim=None``).
+            proponents: True (the default) for the highest scores, False for the opponents (the lowest scores,
+                most negative first).
+            show_progress: show tqdm bars for the passes.
+
+        Returns:
+            ``k=None``: a float tensor ``(n_test, n_train)`` on the CPU. ``k`` int:
+            ``KMostInfluentialResults(indices, influence_scores)``, both ``(n_test, k)`` (fewer columns when the
+            training set is smaller) on the CPU, ``indices`` int64, sorted by descending score (proponents) or
+            ascending score (opponents); the scores are exact with ``rerank``, the index's own without.
+
+        Raises:
+            TypeError, ValueError: ``k`` is not a positive int or None, ``proponents`` is not a bool.
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+        """
         k = check_k(k)
         proponents = check_proponents(proponents)
         At, Gt = self._test_factors(inputs, show_progress=show_progress)

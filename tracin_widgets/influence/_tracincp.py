@@ -12,16 +12,28 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ._base import KMostInfluentialResults, TracInCPBase, _Progress, check_k, check_proponents, locked, sqrt_lr
+from ._base import (
+    Checkpoints,
+    Inputs,
+    KMostInfluentialResults,
+    ProgressCallback,
+    TracInCPBase,
+    _Progress,
+    check_k,
+    check_proponents,
+    locked,
+    sqrt_lr,
+)
 from ._cache import hash_tensors
 from ._data import batch_len, rows_getter, split_rows
 from ._errors import TracInWarning
@@ -141,7 +153,67 @@ def _blocks_cat(parts: list[list[Block]]) -> list[Block]:
 
 
 class TracInCP(TracInCPBase):
-    """TracIn on the parameters of ``layers`` (all trainable parameters when None), Captum API."""
+    """TracIn over the parameters of ``layers`` (every trainable parameter when None), with Captum 0.9's API.
+
+    The influence of training example ``z`` on test example ``z'`` is ``sum_c lr_c grad_c(z) . grad_c(z')`` over
+    the checkpoints ``c``, with ``grad_c`` the per-example gradient of the loss w.r.t. the selected parameters.
+    ``nn.Linear`` layers are factorised (their gradients are never materialised), ``Conv2d`` gradients come from
+    hooks and anything else from ``torch.func.vmap``. One pass over the training data gives the scores of a test
+    batch and every self-influence; both are kept for later calls (the self-influence also in ``cache_dir``).
+
+    Args:
+        model: the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
+            module inside is computed on). It is called as ``model(*batch[:-1])`` and must return a tensor whose
+            first dimension is the batch. Scores are computed in eval mode, and after every call the model is as
+            it was given (weights, train/eval flags, ``requires_grad``, device).
+        train_dataset: the training data: a ``Dataset`` whose items are ``(*features, label)``, or a ``DataLoader``
+            of such batches that yields every row once, in order (no shuffling sampler, no ``drop_last``). Other
+            forms (a tuple ``(X, Y)``, dict items) are a ``TypeError`` at construction saying how to wrap them.
+        checkpoints: the checkpoint files: a list of paths (natural-sorted, as Captum), one file, or a folder
+            (every regular, non-hidden file in it, whatever its extension). Each is loaded once per instance.
+        checkpoints_load_func: ``f(model, path) -> lr``: loads the checkpoint at ``path`` into ``model`` and
+            returns its learning rate (a finite number >= 0; checked as each loads). Default None: a state dict,
+            or a dict holding one under ``"model_state_dict"`` / ``"state_dict"`` (learning rate from its
+            ``"learning_rate"`` or ``"lr"`` entry, else 1.0), loaded with ``torch.load(weights_only=weights_only)``.
+        layers: the layers whose parameters the gradients are taken of: a list of names such as
+            ``["fc2", "fc3"]`` (or the modules themselves). Default None: every parameter with
+            ``requires_grad=True``. An unknown name is a ``ValueError`` suggesting close ones.
+        loss_fn: the training loss ``loss_fn(outputs, labels)``. With ``sample_wise_grads_per_batch=False``
+            (the default) its ``reduction`` must be ``"none"`` (one loss per example); with True, ``"sum"`` or
+            ``"mean"`` (the gradient is then multiplied back by the batch size, as Captum). Default None: the
+            gradient of the summed model outputs. A loss without a ``reduction`` attribute is assumed to have
+            ``"none"`` (``"sum"`` with ``sample_wise_grads_per_batch=True``), with a ``TracInWarning``.
+        batch_size: rows per batch when ``train_dataset`` is a Dataset (ignored for a DataLoader). Default None
+            means 512 (Captum's default is 1). Scores do not depend on it: the rows per forward pass follow
+            the measured activation memory.
+        test_loss_fn: the loss of the test examples in ``influence``, with the same rules (default None:
+            ``loss_fn``). ``self_influence`` and ``compute_intermediate_quantities`` use ``loss_fn``.
+        sample_wise_grads_per_batch: Captum's switch between a per-example loss (False, the default) and a
+            batch loss (True) whose per-example gradients Captum takes with hooks. Here both give the same
+            per-example gradients; it only decides which ``loss_fn.reduction`` is accepted.
+        device: where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` (default None: the
+            model's device). Checked against this machine at construction (a missing GPU is a ``ValueError``);
+            the model is moved there for each call and back afterwards, and batches are moved for you.
+        num_workers: ``DataLoader`` workers reading ``train_dataset`` (not used when it is a DataLoader). Default
+            None: none on the CPU, for a ``TensorDataset`` (sliced directly) or a recognised torchvision CIFAR
+            dataset (read vectorised); on a GPU up to one per spare core (at most 16), trimmed to
+            ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
+        progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
+            advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
+            aborts cleanly: the model is restored and nothing partial is cached. Default None.
+        cache_dir: a folder where the training set's self-influence scores are saved and reused by later
+            instances (default None: kept in memory only). A file is reused only when the loss (type and
+            settings), the layers, the checkpoint files' contents and learning rates, ``checkpoints_load_func``,
+            the model's architecture and precision, the device type, ``data_version`` and the training data are
+            all the same. A folder that cannot be written gives a ``TracInWarning`` before the pass (results stay
+            in memory); the checkpoints folder itself is a ``ValueError``.
+        weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
+            tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
+        data_version: any string naming the version of the training data (default None), part of the cache
+            key. Array-backed datasets (``TensorDataset``, a ``Subset`` of one, torchvision's CIFAR/MNIST) are
+            hashed in full; any other dataset only by its type, length and 24 items spread over it, so change
+            ``data_version`` when its contents change (a dataset without a length is reused only with one).
+    """
 
     _cache_kind = "cp"
 
@@ -149,18 +221,18 @@ class TracInCP(TracInCPBase):
         self,
         model: nn.Module,
         train_dataset: Any,
-        checkpoints: Any,
-        checkpoints_load_func=None,
-        layers: list[str] | None = None,
-        loss_fn: Any = None,
+        checkpoints: Checkpoints,
+        checkpoints_load_func: Callable[[nn.Module, str], Any] | None = None,
+        layers: Sequence[str | nn.Module] | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
         batch_size: int | None = None,
-        test_loss_fn: Any = None,
+        test_loss_fn: Callable[..., torch.Tensor] | None = None,
         sample_wise_grads_per_batch: bool = False,
         *,
-        device: Any = None,
+        device: str | int | torch.device | None = None,
         num_workers: int | None = None,
-        progress_callback: Any = None,
-        cache_dir: Any = None,
+        progress_callback: ProgressCallback | None = None,
+        cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
         data_version: str | None = None,
     ) -> None:
@@ -454,19 +526,45 @@ class TracInCP(TracInCPBase):
         return h.hexdigest()
 
     @locked
-    def fit(self, show_progress: bool = False):
-        """Compute the training set's self-influence now (one pass). Returns ``self``."""
+    def fit(self, show_progress: bool = False) -> TracInCP:
+        """Compute the training set's self-influence now (one pass over the training data, or a read of
+        ``cache_dir``), with tqdm bars when ``show_progress``. Optional: ``self_influence()`` does it on first
+        use. Returns ``self``; raises what ``self_influence()`` raises."""
         self.self_influence(show_progress=show_progress)
         return self
 
     @locked
     def influence(
-        self, inputs: Any = None, k: int | None = None, proponents: bool = True, show_progress: bool = False,
-        aggregate: bool = False,
-    ):
-        """Score mode (``k=None``) -> ``(n_test, n_train)`` (``(1, n_train)`` with ``aggregate=True``);
-        k mode -> ``KMostInfluentialResults``. The scores of a test batch are cached, so asking for the
-        opponents after the proponents costs no second pass."""
+        self, inputs: Inputs | None = None, k: int | None = None, proponents: bool = True,
+        show_progress: bool = False, aggregate: bool = False,
+    ) -> torch.Tensor | KMostInfluentialResults:
+        """Influence of every training example on each example of ``inputs``.
+
+        The scores of a test batch are kept (the last eight batches), so asking for the opponents after the
+        proponents costs no second pass over the training data.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            k: None (the default) for the full score matrix; a positive int for the ``k`` most influential
+                training examples of each test example.
+            proponents: with ``k``: True (the default) for the highest scores, False for the opponents (the
+                lowest scores, most negative first).
+            show_progress: show tqdm bars for the passes.
+            aggregate: score the sum of the test examples' gradients instead: one row (Captum's ``aggregate``).
+
+        Returns:
+            ``k=None``: a float tensor ``(n_test, n_train)`` on the CPU (``(1, n_train)`` with
+            ``aggregate=True``), in the checkpoints' dtype. ``k`` int: ``KMostInfluentialResults(indices,
+            influence_scores)``, both ``(n_test, min(k, n_train))`` on the CPU, ``indices`` int64, sorted by
+            descending score (proponents) or ascending score (opponents).
+
+        Raises:
+            TypeError, ValueError: ``k`` is not a positive int or None, ``proponents`` is not a bool.
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+        """
         k = check_k(k)
         proponents = check_proponents(proponents)
         batches = self._test_batches(inputs, show_progress=show_progress)
@@ -502,8 +600,29 @@ class TracInCP(TracInCPBase):
         return KMostInfluentialResults(idx.to(torch.int64), vals)
 
     @locked
-    def self_influence(self, inputs: Any = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False):
-        """Self-influence of each example (the training set when ``inputs`` is None)."""
+    def self_influence(
+        self, inputs: Inputs | None = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False
+    ) -> torch.Tensor:
+        """Self-influence ``sum_c lr_c |grad_c(z)|^2`` of each example: high values flag unusual or mislabelled
+        training examples.
+
+        Args:
+            inputs: None (the default) for the training set: one pass, then kept (and saved in ``cache_dir``).
+                Or one batch ``(*features, labels)`` or a ``DataLoader`` of such batches (scored with
+                ``loss_fn``).
+            show_progress: show tqdm bars for the passes.
+            outer_loop_by_checkpoints: accepted for Captum compatibility; the result does not depend on it
+                (every checkpoint is loaded once per instance anyway).
+
+        Returns:
+            A float tensor ``(n,)`` on the CPU, in the checkpoints' dtype (``n = len(train_dataset)`` when
+            ``inputs`` is None).
+
+        Raises:
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+        """
         if inputs is None:
             if self._self_influence is None:
                 cached = self._cache_load(self._cache_file("self", self._key()))
@@ -535,16 +654,29 @@ class TracInCP(TracInCPBase):
 
     # ------------------------------------------------------------------ embeddings
     @locked
-    def compute_intermediate_quantities(self, inputs: Any, aggregate: bool = False) -> torch.Tensor:
-        """Captum's per-example "embeddings" of ``inputs`` (a batch or a DataLoader): per checkpoint c,
-        ``sqrt(lr_c)`` times the per-example gradient of the training loss (``loss_fn``) w.r.t. the selected
-        parameters (in ``layers`` order, each flattened), concatenated over the checkpoints: ``(n, D * C)`` on
-        the CPU. The dot product of two rows is their influence score. ``aggregate=True``: the sum over the
-        examples, ``(1, D * C)``.
+    def compute_intermediate_quantities(self, inputs: Inputs, aggregate: bool = False) -> torch.Tensor:
+        """Captum's per-example "embeddings" of ``inputs``: per checkpoint c, ``sqrt(lr_c)`` times the
+        per-example gradient of the training loss (``loss_fn``) w.r.t. the selected parameters (in ``layers``
+        order, each flattened), concatenated over the checkpoints. The dot product of two rows is their
+        influence score.
 
         The gradients of factorised Linear layers are materialised here (a bounded number of rows at a time).
         Captum scales each checkpoint by ``lr_c`` instead of ``sqrt(lr_c)``, so its dot products carry
         ``lr_c ** 2`` (they equal with lr 1); ours are the influence scores its docstring promises.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            aggregate: return the sum over the examples (one row) instead.
+
+        Returns:
+            A float tensor ``(n, D * C)`` on the CPU (``(1, D * C)`` with ``aggregate=True``), ``D`` the number
+            of selected parameters and ``C`` of checkpoints, in the checkpoints' dtype.
+
+        Raises:
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
         """
         batches = self._test_batches(inputs, loss="train")
         with self._computing():
