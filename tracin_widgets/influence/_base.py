@@ -322,8 +322,8 @@ class TracInCPBase:
         A ``checkpoints_load_func`` of the user's gets the model as the user passed it (a DataParallel/DDP
         wrapper included); the default loader gets the wrapped module, so checkpoints saved with or without
         the wrapper's ``module.`` prefix both load. The states are keyed like ``self._net``'s state dict."""
-        if self._states is not None:
-            return self._states, self._lrs  # type: ignore[return-value]
+        if self._states is not None and self._lrs is not None:  # both set together, below
+            return self._states, self._lrs
         model, net = self.model, self._net
         target = net if self._default_loader else model
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}

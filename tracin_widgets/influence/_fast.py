@@ -44,6 +44,13 @@ from ._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 from ._ops import FastCpuOps
 
 
+class Factors(NamedTuple):
+    """The training set's factors, one row per example and checkpoint."""
+
+    A: torch.Tensor  # (N, C, da): the inputs of final_fc_layer
+    G: torch.Tensor  # (N, C, dg): the loss gradients w.r.t. the model output
+
+
 class _Stacked(NamedTuple):
     """The checkpoint states stacked along a new first dimension, for one vmapped forward over all of them."""
 
@@ -162,7 +169,7 @@ class TracInCPFast(TracInCPBase):
             if test_loss_fn is None
             else loss_mode(test_loss_fn, "test_loss_fn", ("sum", "mean"), ctx, "sum")
         )
-        self._factors: tuple[torch.Tensor, torch.Tensor] | None = None  # A (N, C, da), G (N, C, dg)
+        self._factors: Factors | None = None
         self._vmap_ok: bool | None = None  # GPU: may all checkpoints run in one vmapped forward?
         self._stacked: _Stacked | None = None
         self._self_influence: torch.Tensor | None = None
@@ -336,13 +343,13 @@ class TracInCPFast(TracInCPBase):
     def _layer_key(self) -> str:
         return f"{self.final_fc_layer_name}|{self.reduction_type}"
 
-    def _ensure_factors(self, show_progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ensure_factors(self, show_progress: bool = False) -> Factors:
         if self._factors is not None:
             return self._factors
         cache_path = self._cache_file("factors", self._layer_key())
         cached = self._cache_load(cache_path)
         if cached is not None:
-            self._factors = (cached["A"], cached["G"])
+            self._factors = Factors(cached["A"], cached["G"])
             if show_progress:
                 _Progress("training factors (cache file)", cached["A"].shape[0], True, None).finish()
             return self._factors
@@ -371,8 +378,8 @@ class TracInCPFast(TracInCPBase):
         A, G = torch.cat(A_parts), torch.cat(G_parts)
         if self.device.type != "cpu":
             self._check_factors(A, G, "training batch")
-        self._factors = (A, G)
-        self._cache_save(cache_path, {"A": self._factors[0], "G": self._factors[1]})
+        self._factors = Factors(A, G)
+        self._cache_save(cache_path, {"A": A, "G": G})
         return self._factors
 
     @locked
@@ -385,7 +392,7 @@ class TracInCPFast(TracInCPBase):
                 the model, or a factor is not finite (naming the rows).
         """
         if self._factors is not None and show_progress:  # nothing to do: still show that the call ran
-            _Progress("training factors (cached)", self._factors[0].shape[0], True, None).finish()
+            _Progress("training factors (cached)", self._factors.A.shape[0], True, None).finish()
         self._ensure_factors(show_progress)
         return self
 
@@ -416,7 +423,8 @@ class TracInCPFast(TracInCPBase):
         return torch.tensor(lrs, dtype=like.dtype, device=like.device)
 
     def _score_chunks(self, At: torch.Tensor, Gt: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-        A, G = self._factors  # type: ignore[misc]
+        assert self._factors is not None
+        A, G = self._factors
         lr = self._lr_tensor(A).view(-1, 1, 1)
         step = self._chunk_rows(At.shape[0], A.shape[1])
         for s in range(0, A.shape[0], step):
@@ -427,7 +435,8 @@ class TracInCPFast(TracInCPBase):
     def _scores_or_topk(
         self, At: torch.Tensor, Gt: torch.Tensor, k: int | None, proponents: bool, show_progress: bool = False
     ) -> torch.Tensor | KMostInfluentialResults:
-        n_train = self._factors[0].shape[0]  # type: ignore[index]
+        assert self._factors is not None
+        n_train = self._factors.A.shape[0]
         prog = _Progress("influence", n_train, show_progress, None)  # a per-query step: tqdm only
         try:
             if k is None:
@@ -747,7 +756,8 @@ class TracInCPFastRandProj(TracInCPFast):
             prog.finish()
             return scores
         q = self._embed(At, Gt)
-        n_train = self._factors[0].shape[0]  # type: ignore[index]
+        assert self._factors is not None
+        n_train = self._factors.A.shape[0]
         kk = min(n_train, k * self.rerank) if self.rerank else k
         prog = _Progress("nearest neighbours", q.shape[0], show_progress, None)
         idx, vals = self.nearest_neighbors.get_nearest_neighbors(q if proponents else -q, kk)
@@ -757,7 +767,7 @@ class TracInCPFastRandProj(TracInCPFast):
         if not self.rerank:
             return KMostInfluentialResults(idx.cpu(), (vals if proponents else -vals).cpu())
         # exact rerank of the candidates from the cached factors
-        A, G = self._factors  # type: ignore[misc]
+        A, G = self._factors
         cand = idx.to(A.device)
         gg = torch.einsum("ncd,nkcd->nkc", Gt, G[cand])
         aa = torch.einsum("ncd,nkcd->nkc", At, A[cand])

@@ -635,7 +635,8 @@ class TracInCP(TracInCPBase):
                         self._pass(None, show_progress, "self influence")
             elif show_progress:
                 _Progress("self influence (cached)", len(self._self_influence), True, None).finish()
-            return self._self_influence.clone()  # type: ignore[union-attr]
+            assert self._self_influence is not None  # set by the cache read or the pass above
+            return self._self_influence.clone()
         batches = self._test_batches(inputs, loss="train", show_progress=show_progress)
         with self._computing():
             states, lrs = self._checkpoint_states(show_progress)
