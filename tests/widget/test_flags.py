@@ -74,3 +74,18 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         _flags.write(p, [1, 2])
     assert _flags.read(p) == [1]
     assert [f.name for f in tmp_path.iterdir()] == ["flags.json"]
+
+
+def test_write_goes_through_the_engines_atomic_write(tmp_path, monkeypatch):
+    # one atomic-write helper (with fsync) for the whole package: the flags file is fsynced before the replace
+    from tracin_widgets.influence import _cache
+
+    calls: list[str] = []
+    real_fsync, real_replace = _cache.os.fsync, _cache.os.replace
+    monkeypatch.setattr(_cache.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(_cache.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    used: list[object] = []
+    monkeypatch.setattr(_flags, "atomic_write", lambda p, w: (used.append(p), _cache.atomic_write(p, w))[1])
+    p = _flags.write(tmp_path / "flags.csv", [2, 7])
+    assert used == [p] and calls == ["fsync", "replace"]
+    assert p.read_bytes() == b"index\n2\n7\n"

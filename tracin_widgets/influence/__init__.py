@@ -3,6 +3,8 @@
 Only torch and numpy are imported here (annoy lazily); no widget library is ever imported.
 """
 
+from __future__ import annotations
+
 from ._base import KMostInfluentialResults, TracInCPBase
 from ._checkpoints import load_checkpoint
 from ._errors import Cancelled, TracInWarning

@@ -6,9 +6,10 @@ import contextlib
 import functools
 import math
 import os
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -18,16 +19,16 @@ from torch.func import functional_call
 from . import _cache
 from ._checkpoints import call_load_func, checkpoint_folder, load_checkpoint, resolve_checkpoints
 from ._data import (
+    auto_workers,
     batch_len,
     check_labels,
     check_train_items,
-    label_rule,
-    nonfinite_parts,
-    nonfinite_rows,
-    auto_workers,
     iter_input_batches,
     iter_tensor_batches,
+    label_rule,
     make_train_loader,
+    nonfinite_parts,
+    nonfinite_rows,
     pass_loader,
     tensor_fast_path,
     to_device,
@@ -47,14 +48,21 @@ class KMostInfluentialResults(NamedTuple):
     influence_scores: torch.Tensor
 
 
-ProgressCallback = Callable[[str, int, int], Any]
+ProgressCallback = Callable[[str, int, int], Any]  # (phase, done, total); total is -1 when unknown
+Inputs = tuple | list | torch.utils.data.DataLoader  # one batch (*features, labels), or a DataLoader of them
+Checkpoints = str | os.PathLike | Iterable[str | os.PathLike]  # a folder, a file, or a list of files
 
-def locked(method):
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Engine = TypeVar("_Engine", bound="TracInCPBase")
+
+
+def locked(method: Callable[Concatenate[_Engine, _P], _R]) -> Callable[Concatenate[_Engine, _P], _R]:
     """Serialise public calls that touch the model (a widget may call from a worker thread), and leave the
     global RNG untouched (iterating a DataLoader draws a seed from it)."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: _Engine, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with model_lock(self.model), torch.random.fork_rng(devices=[]):
             return method(self, *args, **kwargs)
 
@@ -114,7 +122,9 @@ def resolve_device(device: Any, model: nn.Module) -> torch.device:
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"device={device!r} but no CUDA GPU is available here (torch.cuda.is_available() is False): {fix}.")
+            raise ValueError(
+                f"device={device!r} but no CUDA GPU is available here (torch.cuda.is_available() is False): {fix}."
+            )
         if dev.index is not None and dev.index >= count:
             raise ValueError(
                 f"device={device!r} but this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1}): "
@@ -167,7 +177,7 @@ def merge_topk(
     return vals, idx
 
 
-def _merge_batches(batches, min_rows: int):
+def _merge_batches(batches: Iterable[Any], min_rows: int) -> Iterator[Any]:
     pending: list = []
     rows = 0
     for b in batches:
@@ -187,14 +197,16 @@ def _merge_batches(batches, min_rows: int):
 
 
 def _cat(batches: list) -> tuple:
-    return batches[0] if len(batches) == 1 else tuple(torch.cat(parts) for parts in zip(*batches))
+    return batches[0] if len(batches) == 1 else tuple(torch.cat(parts) for parts in zip(*batches, strict=True))
 
 
 def _check_cache_dir(cache_dir: Any, ckpt_folder: str | None) -> Path | None:
     if cache_dir is None:
         return None
     if not isinstance(cache_dir, (str, os.PathLike)):
-        raise TypeError(f"cache_dir must be a folder path (str or os.PathLike) or None, not {type(cache_dir).__name__}.")
+        raise TypeError(
+            f"cache_dir must be a folder path (str or os.PathLike) or None, not {type(cache_dir).__name__}."
+        )
     path = Path(cache_dir)
     if ckpt_folder is not None and path.resolve() == Path(ckpt_folder).resolve():
         raise ValueError(
@@ -207,7 +219,6 @@ def _check_cache_dir(cache_dir: Any, ckpt_folder: str | None) -> Path | None:
 class TracInCPBase:
     """Common base (Captum's ``TracInCPBase`` counterpart)."""
 
-    _kind = "base"
     _cache_kind = "base"  # classes that compute the same training-set quantities share cache files
     copy_rows = 4096  # rows per pinned host-to-GPU copy of a TensorDataset
 
@@ -215,30 +226,21 @@ class TracInCPBase:
         self,
         model: nn.Module,
         train_dataset: Any,
-        checkpoints: Any,
-        checkpoints_load_func: Callable[[nn.Module, str], float] | None = None,
-        loss_fn: Any = None,
+        checkpoints: Checkpoints,
+        checkpoints_load_func: Callable[[nn.Module, str], Any] | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
         batch_size: int | None = None,
-        test_loss_fn: Any = None,
+        test_loss_fn: Callable[..., torch.Tensor] | None = None,
         *,
-        device: Any = None,
+        device: str | int | torch.device | None = None,
         num_workers: int | None = None,
         progress_callback: ProgressCallback | None = None,
         cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
         data_version: str | None = None,
     ) -> None:
-        """Captum's arguments, plus keyword-only extras:
-
-        ``device``: where to compute (``'cpu'``, ``'cuda:0'``, a ``torch.device``; None: the model's device).
-        ``cache_dir``: a folder where the training-set factors (TracInCPFast/RandProj) or self-influence
-        (TracInCP) are saved and reused. They are reused only when the data, loss, layers, checkpoint files,
-        learning rates, model architecture, precision and device type are the same; an unwritable folder warns
-        and the results stay in memory. ``data_version``: a string of your choice naming the version of the
-        training data, part of that key. Datasets backed by arrays (TensorDataset, torchvision's CIFAR/MNIST,
-        Subsets of them) are hashed in full; any other dataset only by type, length and 24 items spread over
-        it, so change ``data_version`` when its contents change.
-        """
+        """Captum's arguments, plus keyword-only extras; each is documented in the class docstring of
+        ``TracInCP``, ``TracInCPFast`` and ``TracInCPFastRandProj`` (``help(TracInCPFast)``)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
         self.model = model
@@ -284,7 +286,8 @@ class TracInCPBase:
 
     @classmethod
     def get_name(cls) -> str:
-        """The class name (Captum's ``DataInfluence.get_name``)."""
+        """Returns the class name, e.g. ``"TracInCPFast"`` (Captum's ``DataInfluence.get_name``). Takes no
+        arguments and never raises; callable on the class or an instance."""
         return cls.__name__
 
     # ------------------------------------------------------------------ model hygiene
@@ -319,8 +322,8 @@ class TracInCPBase:
         A ``checkpoints_load_func`` of the user's gets the model as the user passed it (a DataParallel/DDP
         wrapper included); the default loader gets the wrapped module, so checkpoints saved with or without
         the wrapper's ``module.`` prefix both load. The states are keyed like ``self._net``'s state dict."""
-        if self._states is not None:
-            return self._states, self._lrs  # type: ignore[return-value]
+        if self._states is not None and self._lrs is not None:  # both set together, below
+            return self._states, self._lrs
         model, net = self.model, self._net
         target = net if self._default_loader else model
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -328,7 +331,9 @@ class TracInCPBase:
         prog = _Progress("load checkpoints", len(self.checkpoints), show_progress, self.progress_callback)
         try:
             for path in self.checkpoints:
-                lr = call_load_func(self.checkpoints_load_func, target, path, self._default_loader, self._checkpoint_dir)
+                lr = call_load_func(
+                    self.checkpoints_load_func, target, path, self._default_loader, self._checkpoint_dir
+                )
                 states.append({k: v.detach().to(self.device, copy=True) for k, v in net.state_dict().items()})
                 self._check_weights(states[-1], path)
                 lrs.append(lr)
@@ -344,7 +349,7 @@ class TracInCPBase:
     def _forward(self, state: dict[str, torch.Tensor], features: tuple, what: str) -> torch.Tensor:
         try:
             out = functional_call(self._net, state, features)
-        except Exception as e:  # noqa: BLE001 - say which batch the model could not take
+        except Exception as e:  # any error of the user's model: say which batch it could not take
             shapes = [tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__ for f in features]
             ex = getattr(self, "_example_shapes", None)
             train = (
@@ -427,6 +432,7 @@ class TracInCPBase:
         cuda = self.device.type == "cuda"
         vec = self._vectorised()
         rule = label_rule(self.loss_fn)
+        batches: Iterator[Any]
         if rule is not None and not self._labels_checked and (vec is not None or tensor_fast_path(loader)):
             self._check_all_train_labels(vec, rule)  # every label at once, before the pass
         if vec is not None:  # torchvision CIFAR: the transform on whole blocks of the uint8 array, exactly
@@ -558,7 +564,7 @@ class TracInCPBase:
         ok = torch.stack([torch.isfinite(v).all() for _, v in floats])
         if bool(ok.all()):
             return
-        bad = [(k, int((~torch.isfinite(v)).sum())) for (k, v), f in zip(floats, ok.tolist()) if not f]
+        bad = [(k, int((~torch.isfinite(v)).sum())) for (k, v), f in zip(floats, ok.tolist(), strict=True) if not f]
         names = ", ".join(f"{k} ({c} value{'s' * (c != 1)})" for k, c in bad[:4]) + (", ..." if len(bad) > 4 else "")
         raise ValueError(
             f"checkpoint {path!r} has non-finite (NaN or inf) weights: {names}. Every score would be NaN. The "
@@ -597,12 +603,12 @@ class TracInCPBase:
             scope_in = scope
             for i in glob[:20]:
                 try:
-                    f, l = nonfinite_parts(row_of(i))
-                except Exception:  # noqa: BLE001 - a row that cannot be read back: say the cause is unknown
+                    bad_feat, bad_lab = nonfinite_parts(row_of(i))
+                except Exception:  # a row that cannot be read back: say the cause is unknown
                     continue
-                if f or l:
+                if bad_feat or bad_lab:
                     in_rows.append(i)
-                    feat, lab = feat or f, lab or l
+                    feat, lab = feat or bad_feat, lab or bad_lab
         if in_rows:
             parts = " and ".join(p for p, b in (("features", feat), ("labels", lab)) if b)
             raise ValueError(
@@ -697,7 +703,7 @@ class TracInCPBase:
         vals, idx = best
         return KMostInfluentialResults(idx.to(torch.int64).cpu(), vals.cpu())
 
-    def fit(self, show_progress: bool = False):
+    def fit(self: _Engine, show_progress: bool = False) -> _Engine:
         """Precompute what later queries need (optional: done lazily otherwise). Returns ``self``."""
         return self
 

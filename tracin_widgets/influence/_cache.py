@@ -24,9 +24,10 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ def _hash_array(a: np.ndarray, h: hashlib._Hash) -> None:
         return
     a = np.ascontiguousarray(a)  # a copy only when the array is not contiguous already
     if a.size:
-        _hash_buffer(memoryview(a.reshape(-1).view(np.uint8)), h)
+        _hash_buffer(a.reshape(-1).view(np.uint8).data, h)
 
 
 def _hash_tensor(t: torch.Tensor, h: hashlib._Hash) -> None:
@@ -76,7 +77,7 @@ def _hash_tensor(t: torch.Tensor, h: hashlib._Hash) -> None:
     t = t.resolve_conj().resolve_neg().cpu().contiguous()  # no copy for a contiguous CPU tensor
     h.update(f"t{tuple(t.shape)}{t.dtype}".encode())
     if t.numel():
-        _hash_buffer(memoryview(t.reshape(-1).view(torch.uint8).numpy()), h)
+        _hash_buffer(t.reshape(-1).view(torch.uint8).numpy().data, h)
 
 
 def hash_tensors(objs: Iterable[Any], h: hashlib._Hash) -> None:
@@ -128,8 +129,9 @@ def _hash_dataset(ds: Any, h: hashlib._Hash) -> bool:
     if isinstance(ds, Subset):
         _hash_array(np.asarray(ds.indices, dtype=np.int64), h)
         return _hash_dataset(ds.dataset, h) and type(ds) is Subset
-    tensors = getattr(ds, "tensors", None)
-    if isinstance(tensors, (tuple, list)) and tensors and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in tensors):
+    tensors: Any = getattr(ds, "tensors", None)
+    arrays = isinstance(tensors, (tuple, list)) and len(tensors) > 0
+    if arrays and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in tensors):
         hash_tensors(list(tensors), h)
         return type(ds) is TensorDataset
     data, targets = getattr(ds, "data", None), getattr(ds, "targets", None)
@@ -166,11 +168,11 @@ def dataset_fingerprint(loader: DataLoader, n_samples: int = 24) -> str:
     """Fingerprint of a training set: every array/tensor it is made of where it has them (see the module
     docstring), else its type, length and ``n_samples`` items spread over it."""
     h = new_hash()
-    ds = getattr(loader, "dataset", None)
+    ds: Any = getattr(loader, "dataset", None)
     _hash_loader(loader, h)
     complete = _hash_dataset(ds, h)
     try:
-        n = len(ds)  # type: ignore[arg-type]
+        n = len(ds)
     except TypeError:
         n = -1
     if not complete and n > 0 and hasattr(ds, "__getitem__"):

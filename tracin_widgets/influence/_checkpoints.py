@@ -6,9 +6,9 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,12 +92,13 @@ def load_checkpoint(model: nn.Module, path: str, *, weights_only: bool = True) -
     """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name and the fix
+    except Exception as e:  # whatever torch.load raises: re-raised with the file name and the fix
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         hint = (
             " It holds objects that weights_only=True refuses to unpickle: if you trust the file, pass "
             "weights_only=False, or pass a checkpoints_load_func that loads it."
-            if weights_only and ("weights_only" in str(e) or "Unpickl" in type(e).__name__ or "pickle" in str(e).lower())
+            if weights_only
+            and ("weights_only" in str(e) or "Unpickl" in type(e).__name__ or "pickle" in str(e).lower())
             else " Is it a torch checkpoint? Pass a checkpoints_load_func for other formats."
         )
         raise ValueError(f"could not read checkpoint {path!r}: {type(e).__name__}: {first}.{hint}") from e
@@ -141,7 +142,9 @@ def check_lr(lr: Any, path: str, is_default: bool) -> float:
     ):
         lr = lr.item()
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-        raise TypeError(f"the learning rate for checkpoint {path!r} is {type(lr).__name__} {_short(lr)}, not a number. {fix}")
+        raise TypeError(
+            f"the learning rate for checkpoint {path!r} is {type(lr).__name__} {_short(lr)}, not a number. {fix}"
+        )
     lr = float(lr)
     if not math.isfinite(lr) or lr < 0:
         what = "negative" if lr < 0 else "not finite"
@@ -157,7 +160,9 @@ def _short(obj: Any) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
-def call_load_func(load_func: Callable, model: nn.Module, path: str, is_default: bool, folder: str | None = None) -> float:
+def call_load_func(
+    load_func: Callable, model: nn.Module, path: str, is_default: bool, folder: str | None = None
+) -> float:
     """Run a checkpoints_load_func and validate what it returns. ``folder``: the checkpoints folder the file
     was found in (its every file is read), named in the error with the way out."""
     hint = (

@@ -6,15 +6,20 @@ import math
 import numbers
 import os
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 import torch
 from torch import nn
 from torch.utils.data import (
-    BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler, TensorDataset,
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
 )
 from torch.utils.data._utils.collate import default_collate, default_convert
 
@@ -286,7 +291,7 @@ def tensor_fast_path(loader: DataLoader) -> bool:
     )
 
 
-def iter_tensor_batches(loader: DataLoader, min_rows: int = 0):
+def iter_tensor_batches(loader: DataLoader, min_rows: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
     tensors, bs = loader.dataset.tensors, max(loader.batch_size or 1, min_rows)  # type: ignore[attr-defined]
     n = len(loader.dataset)  # type: ignore[arg-type]
     for s in range(0, n, bs):
@@ -409,7 +414,9 @@ def iter_input_batches(inputs: Any, what: str = "inputs") -> list[tuple]:
         check_sequential_loader(inputs, what)
         batches = [check_batch(b, what) for b in inputs]
         if not batches:
-            raise ValueError(f"{what} is a DataLoader without batches (its dataset is empty): pass at least one example.")
+            raise ValueError(
+                f"{what} is a DataLoader without batches (its dataset is empty): pass at least one example."
+            )
     else:
         batches = [check_batch(inputs, what)]
     for b in batches:

@@ -12,21 +12,27 @@ after it every query is a couple of matrix products.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
 import warnings
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
 from ._base import (
-    locked,
+    Checkpoints,
+    Inputs,
     KMostInfluentialResults,
+    ProgressCallback,
     TracInCPBase,
     _Progress,
     check_k,
     check_proponents,
+    locked,
     merge_topk,
     sqrt_lr,
 )
@@ -34,12 +40,26 @@ from ._data import batch_len, rows_getter, split_rows
 from ._errors import TracInWarning
 from ._layers import resolve_module, trace_output_module
 from ._loss import loss_mode, total_loss
-from ._ops import FastCpuOps
 from ._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
+from ._ops import FastCpuOps
+
+
+class Factors(NamedTuple):
+    """The training set's factors, one row per example and checkpoint."""
+
+    A: torch.Tensor  # (N, C, da): the inputs of final_fc_layer
+    G: torch.Tensor  # (N, C, dg): the loss gradients w.r.t. the model output
+
+
+class _Stacked(NamedTuple):
+    """The checkpoint states stacked along a new first dimension, for one vmapped forward over all of them."""
+
+    states: list[dict[str, torch.Tensor]]  # the states they were stacked from (identity marks them current)
+    params: dict[str, torch.Tensor]  # name -> (n_checkpoints, *shape)
 
 
 @contextlib.contextmanager
-def _no_tf32():
+def _no_tf32() -> Iterator[None]:
     cudnn = torch.backends.cudnn
     saved = cudnn.allow_tf32
     cudnn.allow_tf32 = False
@@ -50,14 +70,67 @@ def _no_tf32():
 
 
 class TracInCPFast(TracInCPBase):
-    """TracIn on the last fully-connected layer with the rank-one trick (Captum ``TracInCPFast`` API).
+    """TracIn on the last fully-connected layer with the rank-one trick, with Captum 0.9's ``TracInCPFast`` API.
 
-    Like Captum, the layer's bias gradient is left out and ``final_fc_layer``'s *input* is hooked while the
-    loss gradient is taken w.r.t. the *model output*; a warning says so when ``final_fc_layer`` is not the
-    linear layer that produces the output.
+    The loss gradient w.r.t. ``final_fc_layer``'s weight is ``g a^T`` (``a``: the layer's input, ``g``: the loss
+    gradient w.r.t. the model output), so ``influence(t, i) = sum_c lr_c (g_t . g_i)(a_t . a_i)`` over the
+    checkpoints ``c``. One pass over the training data keeps ``a`` and ``g`` of every checkpoint (the
+    "factors"); after it every query is a couple of matrix products. Like Captum, the layer's bias gradient is
+    left out and ``final_fc_layer``'s *input* is hooked while the loss gradient is taken w.r.t. the *model
+    output*; a ``TracInWarning`` says so when ``final_fc_layer`` is not the linear layer that produces the
+    output.
+
+    Args:
+        model: the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
+            module inside is computed on). It is called as ``model(*batch[:-1])`` and must return a tensor whose
+            first dimension is the batch. Scores are computed in eval mode, and after every call the model is as
+            it was given (weights, train/eval flags, ``requires_grad``, device).
+        final_fc_layer: the model's last fully-connected layer, as the module (``model.fc3``) or its name
+            (``"fc3"``); ``find_final_linear_layer(model, x)`` finds it. It must run exactly once per forward
+            pass. An unknown name is a ``ValueError`` suggesting close ones.
+        train_dataset: the training data: a ``Dataset`` whose items are ``(*features, label)``, or a ``DataLoader``
+            of such batches that yields every row once, in order (no shuffling sampler, no ``drop_last``). Other
+            forms (a tuple ``(X, Y)``, dict items) are a ``TypeError`` at construction saying how to wrap them.
+        checkpoints: the checkpoint files: a list of paths (natural-sorted, as Captum), one file, or a folder
+            (every regular, non-hidden file in it, whatever its extension). Each is loaded once per instance.
+        checkpoints_load_func: ``f(model, path) -> lr``: loads the checkpoint at ``path`` into ``model`` and
+            returns its learning rate (a finite number >= 0; checked as each loads). Default None: a state dict,
+            or a dict holding one under ``"model_state_dict"`` / ``"state_dict"`` (learning rate from its
+            ``"learning_rate"`` or ``"lr"`` entry, else 1.0), loaded with ``torch.load(weights_only=weights_only)``.
+        loss_fn: the training loss ``loss_fn(outputs, labels)`` with ``reduction="sum"`` or ``"mean"`` (the
+            gradient is then multiplied back by the batch size, as Captum); required (None is a ``ValueError``).
+            A loss without a ``reduction`` attribute is assumed to sum, with a ``TracInWarning``.
+        batch_size: rows per batch when ``train_dataset`` is a Dataset (ignored for a DataLoader). Default None
+            means 512 (Captum's default is 1). Scores do not depend on it: the rows per forward pass follow
+            the measured activation memory.
+        test_loss_fn: the loss of the test examples in ``influence``, with the same rules (default None:
+            ``loss_fn``). ``self_influence(inputs)`` uses ``loss_fn``.
+        vectorize: accepted for Captum compatibility (Captum's jacobian switch); the gradients here need no
+            jacobian, so it changes nothing (default False).
+        device: where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` (default None: the
+            model's device). Checked against this machine at construction (a missing GPU is a ``ValueError``);
+            the model is moved there for each call and back afterwards, and batches are moved for you.
+        num_workers: ``DataLoader`` workers reading ``train_dataset`` (not used when it is a DataLoader). Default
+            None: none on the CPU, for a ``TensorDataset`` (sliced directly) or a recognised torchvision CIFAR
+            dataset (read vectorised); on a GPU up to one per spare core (at most 16), trimmed to
+            ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
+        progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
+            advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
+            aborts cleanly: the model is restored and nothing partial is cached. Default None.
+        cache_dir: a folder where the training-set factors (shared with ``TracInCPFastRandProj``) are saved
+            and reused by later instances (default None: kept in memory only). A file is reused only when the
+            loss (type and settings), the layers, the checkpoint files' contents and learning rates,
+            ``checkpoints_load_func``, the model's architecture and precision, the device type, ``data_version``
+            and the training data are all the same. A folder that cannot be written gives a ``TracInWarning``
+            before the pass (results stay in memory); the checkpoints folder itself is a ``ValueError``.
+        weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
+            tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
+        data_version: any string naming the version of the training data (default None), part of the cache
+            key. Array-backed datasets (``TensorDataset``, a ``Subset`` of one, torchvision's CIFAR/MNIST) are
+            hashed in full; any other dataset only by its type, length and 24 items spread over it, so change
+            ``data_version`` when its contents change (a dataset without a length is reused only with one).
     """
 
-    _kind = "fast"
     _cache_kind = "fast"  # TracInCPFastRandProj reuses TracInCPFast's cached factors
     cpu_chunk = 512  # rows per forward on the CPU (cache-friendlier than 2048; scores do not depend on it)
     gpu_rows = 16384  # rows per forward on a GPU (fewer launches)
@@ -68,23 +141,24 @@ class TracInCPFast(TracInCPBase):
         model: nn.Module,
         final_fc_layer: nn.Module | str,
         train_dataset: Any,
-        checkpoints: Any,
-        checkpoints_load_func=None,
-        loss_fn: Any = None,
+        checkpoints: Checkpoints,
+        checkpoints_load_func: Callable[[nn.Module, str], Any] | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
         batch_size: int | None = None,
-        test_loss_fn: Any = None,
+        test_loss_fn: Callable[..., torch.Tensor] | None = None,
         vectorize: bool = False,
         *,
-        device: Any = None,
+        device: str | int | torch.device | None = None,
         num_workers: int | None = None,
-        progress_callback: Any = None,
-        cache_dir: Any = None,
+        progress_callback: ProgressCallback | None = None,
+        cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
         data_version: str | None = None,
     ) -> None:
         super().__init__(
             model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
-            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only, data_version=data_version,
+            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir,
+            weights_only=weights_only, data_version=data_version,
         )
         self.final_fc_layer = final_fc_layer
         self.vectorize = vectorize  # accepted for compatibility; gradients here need no jacobian
@@ -95,9 +169,9 @@ class TracInCPFast(TracInCPBase):
             if test_loss_fn is None
             else loss_mode(test_loss_fn, "test_loss_fn", ("sum", "mean"), ctx, "sum")
         )
-        self._factors: tuple[torch.Tensor, torch.Tensor] | None = None  # A (N, C, da), G (N, C, dg)
+        self._factors: Factors | None = None
         self._vmap_ok: bool | None = None  # GPU: may all checkpoints run in one vmapped forward?
-        self._stacked: tuple | None = None
+        self._stacked: _Stacked | None = None
         self._self_influence: torch.Tensor | None = None
         self._layer_checked = False
 
@@ -181,11 +255,11 @@ class TracInCPFast(TracInCPBase):
         vmapped (random ops, data-dependent control flow, ...): the caller then loops over checkpoints."""
         if self._vmap_ok is False:
             return None
-        if self._stacked is None or self._stacked[0] is not states:
-            self._stacked = (states, {k: torch.stack([st[k] for st in states]) for k in states[0]})
-        stacked, model, layer = self._stacked[1], self._net, self._final_fc_layer
+        if self._stacked is None or self._stacked.states is not states:
+            self._stacked = _Stacked(states, {k: torch.stack([st[k] for st in states]) for k in states[0]})
+        stacked, model, layer = self._stacked.params, self._net, self._final_fc_layer
 
-        def one(params, *features):
+        def one(params: dict[str, torch.Tensor], *features: Any) -> tuple[torch.Tensor, torch.Tensor]:
             captured: list[torch.Tensor] = []
             handle = layer.register_forward_hook(lambda m, i, o: captured.append(i[0]))
             try:
@@ -208,11 +282,11 @@ class TracInCPFast(TracInCPBase):
                     out, a = vmap(one, in_dims=(0,) + (None,) * len(feats))(stacked, *feats)
                 outs = [out[c].detach().requires_grad_(True) for c in range(C)]
                 with torch.enable_grad():  # the checkpoints' losses are independent: one backward for all
-                    total = sum(total_loss(mode, loss_fn, o, part[-1], m) for o in outs)
+                    total = functools.reduce(torch.add, [total_loss(mode, loss_fn, o, part[-1], m) for o in outs])
                     gs = torch.autograd.grad(total, outs)
                 G_parts.append(torch.stack([g.reshape(m, -1) for g in gs], 1))
                 A_parts.append(a.reshape(C, m, -1).transpose(0, 1))
-        except Exception:  # noqa: BLE001 - a vmap limitation or a bad batch: the per-checkpoint loop decides
+        except Exception:  # a vmap limitation or a bad batch: the per-checkpoint loop decides
             if not self._vmap_ok:
                 self._vmap_ok = False
             return None
@@ -269,13 +343,13 @@ class TracInCPFast(TracInCPBase):
     def _layer_key(self) -> str:
         return f"{self.final_fc_layer_name}|{self.reduction_type}"
 
-    def _ensure_factors(self, show_progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ensure_factors(self, show_progress: bool = False) -> Factors:
         if self._factors is not None:
             return self._factors
         cache_path = self._cache_file("factors", self._layer_key())
         cached = self._cache_load(cache_path)
         if cached is not None:
-            self._factors = (cached["A"], cached["G"])
+            self._factors = Factors(cached["A"], cached["G"])
             if show_progress:
                 _Progress("training factors (cache file)", cached["A"].shape[0], True, None).finish()
             return self._factors
@@ -304,15 +378,21 @@ class TracInCPFast(TracInCPBase):
         A, G = torch.cat(A_parts), torch.cat(G_parts)
         if self.device.type != "cpu":
             self._check_factors(A, G, "training batch")
-        self._factors = (A, G)
-        self._cache_save(cache_path, {"A": self._factors[0], "G": self._factors[1]})
+        self._factors = Factors(A, G)
+        self._cache_save(cache_path, {"A": A, "G": G})
         return self._factors
 
     @locked
-    def fit(self, show_progress: bool = False):
-        """Compute and cache the training-set factors now (otherwise done on the first query). Returns self."""
+    def fit(self, show_progress: bool = False) -> TracInCPFast:
+        """Compute the training-set factors now (one pass over the training data, or a read of ``cache_dir``),
+        with tqdm bars when ``show_progress``; otherwise the first query does it. Returns ``self``.
+
+        Raises:
+            ValueError: the training set is empty, the model cannot take its batches, a label is not a class of
+                the model, or a factor is not finite (naming the rows).
+        """
         if self._factors is not None and show_progress:  # nothing to do: still show that the call ran
-            _Progress("training factors (cached)", self._factors[0].shape[0], True, None).finish()
+            _Progress("training factors (cached)", self._factors.A.shape[0], True, None).finish()
         self._ensure_factors(show_progress)
         return self
 
@@ -342,8 +422,9 @@ class TracInCPFast(TracInCPBase):
         _, lrs = self._checkpoint_states()
         return torch.tensor(lrs, dtype=like.dtype, device=like.device)
 
-    def _score_chunks(self, At: torch.Tensor, Gt: torch.Tensor):
-        A, G = self._factors  # type: ignore[misc]
+    def _score_chunks(self, At: torch.Tensor, Gt: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        assert self._factors is not None
+        A, G = self._factors
         lr = self._lr_tensor(A).view(-1, 1, 1)
         step = self._chunk_rows(At.shape[0], A.shape[1])
         for s in range(0, A.shape[0], step):
@@ -353,13 +434,14 @@ class TracInCPFast(TracInCPBase):
 
     def _scores_or_topk(
         self, At: torch.Tensor, Gt: torch.Tensor, k: int | None, proponents: bool, show_progress: bool = False
-    ):
-        n_train = self._factors[0].shape[0]  # type: ignore[index]
+    ) -> torch.Tensor | KMostInfluentialResults:
+        assert self._factors is not None
+        n_train = self._factors.A.shape[0]
         prog = _Progress("influence", n_train, show_progress, None)  # a per-query step: tqdm only
         try:
             if k is None:
                 parts = []
-                for s, sc in self._score_chunks(At, Gt):
+                for _s, sc in self._score_chunks(At, Gt):
                     parts.append(sc.cpu())
                     prog.update(sc.shape[1])
                 return torch.cat(parts, dim=1)
@@ -372,22 +454,66 @@ class TracInCPFast(TracInCPBase):
             prog.close()
 
     @locked
-    def influence(self, inputs: Any = None, k: int | None = None, proponents: bool = True, show_progress: bool = False):
-        """Influence of every training example on each test example of ``inputs``.
+    def influence(
+        self, inputs: Inputs | None = None, k: int | None = None, proponents: bool = True, show_progress: bool = False
+    ) -> torch.Tensor | KMostInfluentialResults:
+        """Influence of every training example on each example of ``inputs``.
 
-        ``k=None``: a ``(n_test, n_train)`` tensor. ``k`` int: ``KMostInfluentialResults`` of the k
-        proponents (``proponents=True``, descending) or opponents (ascending).
+        The first call computes the training-set factors (one pass); later calls only compute the factors of
+        ``inputs`` and a couple of matrix products.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            k: None (the default) for the full score matrix; a positive int for the ``k`` most influential
+                training examples of each test example.
+            proponents: with ``k``: True (the default) for the highest scores, False for the opponents (the
+                lowest scores, most negative first).
+            show_progress: show tqdm bars for the passes.
+
+        Returns:
+            ``k=None``: a float tensor ``(n_test, n_train)`` on the CPU, in the checkpoints' dtype. ``k`` int:
+            ``KMostInfluentialResults(indices, influence_scores)``, both ``(n_test, min(k, n_train))`` on the
+            CPU, ``indices`` int64, sorted by descending score (proponents) or ascending score (opponents).
+
+        Raises:
+            TypeError, ValueError: ``k`` is not a positive int or None, ``proponents`` is not a bool.
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
         """
         k = check_k(k)
         proponents = check_proponents(proponents)
-        batches = self._test_batches(inputs, show_progress=show_progress)  # validate before the (possibly long) training pass
+        # validate before the (possibly long) training pass
+        batches = self._test_batches(inputs, show_progress=show_progress)
         self._ensure_factors(show_progress)
         At, Gt = self._test_factors(inputs, batches=batches, show_progress=show_progress)
         return self._scores_or_topk(At, Gt, k, proponents, show_progress)
 
     @locked
-    def self_influence(self, inputs: Any = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False):
-        """Self-influence ``sum_c lr_c |grad_c|^2`` of each example (training set when ``inputs`` is None)."""
+    def self_influence(
+        self, inputs: Inputs | None = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False
+    ) -> torch.Tensor:
+        """Self-influence ``sum_c lr_c |g_c|^2 |a_c|^2`` of each example (exact, from the factors): high values
+        flag unusual or mislabelled training examples.
+
+        Args:
+            inputs: None (the default) for the training set (from the training-set factors, computed once).
+                Or one batch ``(*features, labels)`` or a ``DataLoader`` of such batches (scored with
+                ``loss_fn``).
+            show_progress: show tqdm bars for the passes.
+            outer_loop_by_checkpoints: accepted for Captum compatibility; the result does not depend on it
+                (every checkpoint is loaded once per instance anyway).
+
+        Returns:
+            A float tensor ``(n,)`` on the CPU, in the checkpoints' dtype (``n = len(train_dataset)`` when
+            ``inputs`` is None).
+
+        Raises:
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+        """
         if inputs is None:
             if self._self_influence is None:
                 cached = self._factors is not None
@@ -398,7 +524,9 @@ class TracInCPFast(TracInCPBase):
             elif show_progress:
                 _Progress("self influence (cached)", len(self._self_influence), True, None).finish()
             return self._self_influence.clone()
-        A, G = self._test_factors(inputs, loss="train", show_progress=show_progress, phase="self influence", callback=True)
+        A, G = self._test_factors(
+            inputs, loss="train", show_progress=show_progress, phase="self influence", callback=True
+        )
         return self._self_from_factors(A, G).cpu()
 
     def _self_from_factors(self, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
@@ -407,47 +535,106 @@ class TracInCPFast(TracInCPBase):
 
 
 class TracInCPFastRandProj(TracInCPFast):
-    """TracInCPFast with an embedding index for constant-time queries (Captum ``TracInCPFastRandProj`` API).
+    """TracInCPFast with an embedding index for fast top-k queries, with Captum 0.9's ``TracInCPFastRandProj`` API.
 
-    Each example is embedded as ``concat_c sqrt(lr_c) * (g_c P_g) outer (a_c P_a)``; with
-    ``projection_dim=None`` nothing is projected and scores are exact. Projections use the class's own
-    ``torch.Generator(seed)`` (the global RNG is left alone). The index is built in ``__init__`` as in
-    Captum; ``self_influence`` is exact (from the factors).
+    Each example is embedded as ``concat_c sqrt(lr_c) * (g_c P_g) outer (a_c P_a)`` (``g``, ``a``: the factors of
+    ``TracInCPFast``; ``P``: random projections, or none), so that the dot product of two embeddings is their
+    (approximate) influence score. The training embeddings are put in ``nearest_neighbors`` in ``__init__``
+    (one pass over the training data, as in Captum). ``self_influence`` is exact (from the factors).
 
-    ``rerank`` (keyword, default 50): the index retrieves ``rerank * k`` candidates, which are then scored
-    exactly from the cached factors, so the returned scores are exact and recall is much higher than the
-    projection alone gives. ``rerank=None`` returns the index's approximate scores, as Captum does.
+    Args:
+        model: the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
+            module inside is computed on). It is called as ``model(*batch[:-1])`` and must return a tensor whose
+            first dimension is the batch. Scores are computed in eval mode, and after every call the model is as
+            it was given (weights, train/eval flags, ``requires_grad``, device).
+        final_fc_layer: the model's last fully-connected layer, as the module (``model.fc3``) or its name
+            (``"fc3"``); ``find_final_linear_layer(model, x)`` finds it. It must run exactly once per forward
+            pass. An unknown name is a ``ValueError`` suggesting close ones.
+        train_dataset: the training data: a ``Dataset`` whose items are ``(*features, label)``, or a ``DataLoader``
+            of such batches that yields every row once, in order (no shuffling sampler, no ``drop_last``). Other
+            forms (a tuple ``(X, Y)``, dict items) are a ``TypeError`` at construction saying how to wrap them.
+        checkpoints: the checkpoint files: a list of paths (natural-sorted, as Captum), one file, or a folder
+            (every regular, non-hidden file in it, whatever its extension). Each is loaded once per instance.
+        checkpoints_load_func: ``f(model, path) -> lr``: loads the checkpoint at ``path`` into ``model`` and
+            returns its learning rate (a finite number >= 0; checked as each loads). Default None: a state dict,
+            or a dict holding one under ``"model_state_dict"`` / ``"state_dict"`` (learning rate from its
+            ``"learning_rate"`` or ``"lr"`` entry, else 1.0), loaded with ``torch.load(weights_only=weights_only)``.
+        loss_fn: the training loss ``loss_fn(outputs, labels)`` with ``reduction="sum"`` or ``"mean"`` (the
+            gradient is then multiplied back by the batch size, as Captum); required (None is a ``ValueError``).
+            A loss without a ``reduction`` attribute is assumed to sum, with a ``TracInWarning``.
+        batch_size: rows per batch when ``train_dataset`` is a Dataset (ignored for a DataLoader). Default None
+            means 512 (Captum's default is 1). Scores do not depend on it: the rows per forward pass follow
+            the measured activation memory.
+        test_loss_fn: the loss of the test examples in ``influence`` and ``compute_intermediate_quantities``,
+            with the same rules (default None: ``loss_fn``). ``self_influence(inputs)`` uses ``loss_fn``.
+        vectorize: accepted for Captum compatibility (Captum's jacobian switch); the gradients here need no
+            jacobian, so it changes nothing (default False).
+        nearest_neighbors: the index answering top-k queries: a ``NearestNeighbors`` (``setup(data)``,
+            ``get_nearest_neighbors(query, k)``). Default None: ``AnnoyNearestNeighbors()`` (approximate);
+            ``ExactNearestNeighbors()`` searches exactly. Anything else is a ``TypeError``.
+        projection_dim: None (the default): nothing is projected, an embedding has ``dim(g) * dim(a)`` entries
+            per checkpoint and its dot products are the exact scores. A positive int: when ``dim(g) * dim(a)``
+            is larger, ``g`` and ``a`` are each projected to ``int(sqrt(projection_dim))`` dimensions (at most
+            their own) by Gaussian matrices: a smaller index, approximate scores. Anything else is a
+            ``ValueError``.
+        seed: the seed of the projection matrices' own ``torch.Generator`` (default 0; the global RNG is left
+            alone). Used only when something is projected.
+        rerank: keyword-only, default 50: ``influence(k=...)`` retrieves ``rerank * k`` candidates from the index
+            and scores them exactly from the cached factors, so the returned scores are exact and the recall is
+            much higher than the index alone gives. None returns the index's own (approximate) scores, as
+            Captum does. Anything but a positive int or None is a ``ValueError``.
+        device: where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` (default None: the
+            model's device). Checked against this machine at construction (a missing GPU is a ``ValueError``);
+            the model is moved there for each call and back afterwards, and batches are moved for you.
+        num_workers: ``DataLoader`` workers reading ``train_dataset`` (not used when it is a DataLoader). Default
+            None: none on the CPU, for a ``TensorDataset`` (sliced directly) or a recognised torchvision CIFAR
+            dataset (read vectorised); on a GPU up to one per spare core (at most 16), trimmed to
+            ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
+        progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
+            advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
+            aborts cleanly: the model is restored and nothing partial is cached. Default None.
+        cache_dir: a folder where the training-set factors (shared with ``TracInCPFast``) are saved
+            and reused by later instances (default None: kept in memory only). A file is reused only when the
+            loss (type and settings), the layers, the checkpoint files' contents and learning rates,
+            ``checkpoints_load_func``, the model's architecture and precision, the device type, ``data_version``
+            and the training data are all the same. A folder that cannot be written gives a ``TracInWarning``
+            before the pass (results stay in memory); the checkpoints folder itself is a ``ValueError``.
+        weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
+            tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
+        data_version: any string naming the version of the training data (default None), part of the cache
+            key. Array-backed datasets (``TensorDataset``, a ``Subset`` of one, torchvision's CIFAR/MNIST) are
+            hashed in full; any other dataset only by its type, length and 24 items spread over it, so change
+            ``data_version`` when its contents change (a dataset without a length is reused only with one).
     """
-
-    _kind = "randproj"
 
     def __init__(
         self,
         model: nn.Module,
         final_fc_layer: nn.Module | str,
         train_dataset: Any,
-        checkpoints: Any,
-        checkpoints_load_func=None,
-        loss_fn: Any = None,
+        checkpoints: Checkpoints,
+        checkpoints_load_func: Callable[[nn.Module, str], Any] | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
         batch_size: int | None = None,
-        test_loss_fn: Any = None,
+        test_loss_fn: Callable[..., torch.Tensor] | None = None,
         vectorize: bool = False,
         nearest_neighbors: NearestNeighbors | None = None,
         projection_dim: int | None = None,
         seed: int = 0,
         *,
         rerank: int | None = 50,
-        device: Any = None,
+        device: str | int | torch.device | None = None,
         num_workers: int | None = None,
-        progress_callback: Any = None,
-        cache_dir: Any = None,
+        progress_callback: ProgressCallback | None = None,
+        cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
         data_version: str | None = None,
     ) -> None:
         super().__init__(
             model, final_fc_layer, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size,
             test_loss_fn, vectorize,
-            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir, weights_only=weights_only, data_version=data_version,
+            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir,
+            weights_only=weights_only, data_version=data_version,
         )
         if projection_dim is not None and (
             isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim <= 0
@@ -461,7 +648,9 @@ class TracInCPFastRandProj(TracInCPFast):
         self.projection_dim = projection_dim
         self.seed = seed
         if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 1):
-            raise ValueError(f"rerank must be a positive int (candidates per requested example) or None, got {rerank!r}.")
+            raise ValueError(
+                f"rerank must be a positive int (candidates per requested example) or None, got {rerank!r}."
+            )
         self.rerank = rerank
         self._projections: tuple[torch.Tensor, torch.Tensor] | None = None
         self._train_embeddings: torch.Tensor | None = None
@@ -479,7 +668,7 @@ class TracInCPFastRandProj(TracInCPFast):
         if self._projections is not None:
             self._train_embeddings = emb
 
-    def _make_projections(self, g_dim: int, a_dim: int):
+    def _make_projections(self, g_dim: int, a_dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         d = self.projection_dim
         if d is None or g_dim * a_dim <= d:
             return None
@@ -492,7 +681,7 @@ class TracInCPFastRandProj(TracInCPFast):
 
     def _embed(self, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         _, lrs = self._checkpoint_states()
-        roots = [sqrt_lr(lr, p) for lr, p in zip(lrs, self.checkpoints)]
+        roots = [sqrt_lr(lr, p) for lr, p in zip(lrs, self.checkpoints, strict=True)]
         parts = []
         for c, root in enumerate(roots):
             g, a = G[:, c], A[:, c]
@@ -503,17 +692,59 @@ class TracInCPFastRandProj(TracInCPFast):
         return torch.cat(parts, dim=1)
 
     @locked
-    def compute_intermediate_quantities(self, inputs: Any, aggregate: bool = False) -> torch.Tensor:
-        """Embeddings ``(n, D*C)`` of ``inputs``; their dot products are the (approximate) scores.
-        ``aggregate=True``: their sum over the examples, ``(1, D*C)`` (as TracInCP's; Captum's RandProj has
-        no ``aggregate``)."""
+    def compute_intermediate_quantities(self, inputs: Inputs, aggregate: bool = False) -> torch.Tensor:
+        """The embeddings of ``inputs`` (with ``test_loss_fn``): per checkpoint c, ``sqrt(lr_c)`` times
+        ``(g_c P_g) outer (a_c P_a)`` flattened, concatenated over the checkpoints. Their dot products with the
+        training embeddings are the (approximate; exact with ``projection_dim=None``) scores.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            aggregate: return the sum over the examples (one row) instead (as TracInCP's; Captum's RandProj has
+                no ``aggregate``).
+
+        Returns:
+            A float tensor ``(n, D * C)`` on the CPU (``(1, D * C)`` with ``aggregate=True``): ``D`` is
+            ``dim(g) * dim(a)``, or the projected dimensions' product, and ``C`` the number of checkpoints.
+
+        Raises:
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+        """
         At, Gt = self._test_factors(inputs)
         emb = self._embed(At, Gt)
         return (emb.sum(0, keepdim=True) if aggregate else emb).cpu()
 
     @locked
-    def influence(self, inputs: Any = None, k: int | None = 5, proponents: bool = True, show_progress: bool = False):
-        """As Captum: note the default ``k=5``; pass ``k=None`` for the score matrix."""
+    def influence(
+        self, inputs: Inputs | None = None, k: int | None = 5, proponents: bool = True, show_progress: bool = False
+    ) -> torch.Tensor | KMostInfluentialResults:
+        """The most influential training examples of each example of ``inputs``, from the index (as Captum,
+        note the default ``k=5``), or the score matrix with ``k=None``.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            k: a positive int (default 5): the ``k`` most influential training examples of each test example,
+                found as ``rerank`` says. None: the full score matrix, from the embeddings' dot products
+                (approximate when projected, exact with ``projection_dim=None``).
+            proponents: True (the default) for the highest scores, False for the opponents (the lowest scores,
+                most negative first).
+            show_progress: show tqdm bars for the passes.
+
+        Returns:
+            ``k=None``: a float tensor ``(n_test, n_train)`` on the CPU. ``k`` int:
+            ``KMostInfluentialResults(indices, influence_scores)``, both ``(n_test, k)`` (fewer columns when the
+            training set is smaller) on the CPU, ``indices`` int64, sorted by descending score (proponents) or
+            ascending score (opponents); the scores are exact with ``rerank``, the index's own without.
+
+        Raises:
+            TypeError, ValueError: ``k`` is not a positive int or None, ``proponents`` is not a bool.
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+        """
         k = check_k(k)
         proponents = check_proponents(proponents)
         At, Gt = self._test_factors(inputs, show_progress=show_progress)
@@ -525,7 +756,8 @@ class TracInCPFastRandProj(TracInCPFast):
             prog.finish()
             return scores
         q = self._embed(At, Gt)
-        n_train = self._factors[0].shape[0]  # type: ignore[index]
+        assert self._factors is not None
+        n_train = self._factors.A.shape[0]
         kk = min(n_train, k * self.rerank) if self.rerank else k
         prog = _Progress("nearest neighbours", q.shape[0], show_progress, None)
         idx, vals = self.nearest_neighbors.get_nearest_neighbors(q if proponents else -q, kk)
@@ -535,7 +767,7 @@ class TracInCPFastRandProj(TracInCPFast):
         if not self.rerank:
             return KMostInfluentialResults(idx.cpu(), (vals if proponents else -vals).cpu())
         # exact rerank of the candidates from the cached factors
-        A, G = self._factors  # type: ignore[misc]
+        A, G = self._factors
         cand = idx.to(A.device)
         gg = torch.einsum("ncd,nkcd->nkc", Gt, G[cand])
         aa = torch.einsum("ncd,nkcd->nkc", At, A[cand])

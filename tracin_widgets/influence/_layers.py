@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,17 +44,17 @@ def resolve_module(model: nn.Module, layer: Any, argname: str) -> tuple[str, nn.
             f"{' …' if len(names) > 20 else ''}."
         )
     if isinstance(layer, nn.Module):
-        name = module_name(model, layer)
-        if name is None or name == "":
+        found = module_name(model, layer)
+        if found is None or found == "":
             raise ValueError(
                 f"{argname}: the module {type(layer).__name__} is not a submodule of the model. Pass one of "
                 f"the model's own layers (e.g. model.fc) or its name; layer names: {names[:20]}."
             )
-        return name, layer
+        return found, layer
     raise TypeError(f"{argname} must be a layer name (str) or an nn.Module of the model, not {type(layer).__name__}.")
 
 
-def trace_output_module(model: nn.Module, call) -> tuple[list[tuple[str, nn.Module]], Any]:
+def trace_output_module(model: nn.Module, call: Callable[[], Any]) -> tuple[list[tuple[str, nn.Module]], Any]:
     """Run ``call()`` with hooks; return the modules whose output *is* the model output, innermost last."""
     records: list[tuple[str, nn.Module, Any]] = []
     handles = []

@@ -11,7 +11,8 @@ the row count.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ def activation_bytes(net: nn.Module, call: Callable[[], Any], inputs: Any = ()) 
     bound on a forward pass's activation memory."""
     total = [_tensor_bytes(inputs)]
 
-    def hook(mod, inp, out):
+    def hook(mod: nn.Module, inp: Any, out: Any) -> None:
         total[0] += _tensor_bytes(out)
 
     handles = [m.register_forward_hook(hook) for m in net.modules()]

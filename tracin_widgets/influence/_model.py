@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from typing import Iterator
+from collections.abc import Iterator
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = t
 
 
-def _is_parallel_wrapper(model: nn.Module) -> bool:
+def _is_parallel_wrapper(model: nn.Module) -> TypeGuard[nn.DataParallel | nn.parallel.DistributedDataParallel]:
     return isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,15 +55,13 @@ class AnnoyNearestNeighbors(NearestNeighbors):
     """
 
     def __init__(self, num_trees: int = 10, search_k: int | None = None) -> None:
-        try:
-            import annoy  # noqa: F401
-        except ImportError as e:  # pragma: no cover - annoy is a dependency
-            raise ImportError("AnnoyNearestNeighbors needs the `annoy` package: pip install annoy") from e
+        if importlib.util.find_spec("annoy") is None:  # pragma: no cover - annoy is a dependency
+            raise ImportError("AnnoyNearestNeighbors needs the `annoy` package: pip install annoy")
         if isinstance(num_trees, bool) or not isinstance(num_trees, int) or num_trees <= 0:
             raise ValueError(f"num_trees must be a positive int, got {num_trees!r}.")
         self.num_trees = num_trees
         self.search_k = search_k
-        self.index = None
+        self.index: Any = None  # an annoy.AnnoyIndex once set up
         self._n = 0
 
     def setup(self, data: torch.Tensor) -> None:

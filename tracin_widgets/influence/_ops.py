@@ -10,12 +10,15 @@ non-float inputs, autograd) goes to torch unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 
-def _pair(v) -> tuple | None:
+def _pair(v: Any) -> tuple | None:
     if isinstance(v, int) and not isinstance(v, bool):
         return (v, v)
     if isinstance(v, (tuple, list)) and len(v) == 1:
@@ -42,7 +45,7 @@ def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
 def _fast_max_pool2d(args: tuple, kwargs: dict) -> torch.Tensor | None:
     if len(args) > len(_MAXPOOL_ARGS):
         return None
-    a = dict(zip(_MAXPOOL_ARGS, args))
+    a = dict(zip(_MAXPOOL_ARGS, args, strict=False))  # the trailing arguments may be left out
     for key, val in kwargs.items():
         if key not in _MAXPOOL_ARGS or key in a:
             return None
@@ -67,7 +70,9 @@ class FastCpuOps(TorchFunctionMode):
 
     _pools = (F.max_pool2d, torch.max_pool2d)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable, types: Sequence[type], args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if func in self._pools and not torch.is_grad_enabled():
             out = _fast_max_pool2d(args, kwargs)

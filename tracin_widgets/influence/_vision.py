@@ -12,7 +12,8 @@ transform, subclass or target transform) keeps the per-item path.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,9 @@ from torch.utils.data import Subset
 class VectorisedImages:
     """Blocks ``(x, y)`` of a recognised dataset, computed from its arrays on ``device``."""
 
-    def __init__(self, data: np.ndarray, targets: np.ndarray, index: np.ndarray | None, normalizers: list, dataset: Any):
+    def __init__(
+        self, data: np.ndarray, targets: np.ndarray, index: np.ndarray | None, normalizers: list, dataset: Any
+    ) -> None:
         self.data, self.targets, self.index, self.normalizers, self.dataset = data, targets, index, normalizers, dataset
         self.n = len(index) if index is not None else len(data)
 

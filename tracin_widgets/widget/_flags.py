@@ -1,4 +1,5 @@
-"""Reading and writing flag files (JSON or CSV by suffix), atomically. Pure Python, no widget imports."""
+"""Reading and writing flag files (JSON or CSV by suffix), atomically (the engine's ``atomic_write``). No widget
+imports."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from ..influence._cache import atomic_write
 
 SUFFIXES = (".json", ".csv")
 
@@ -48,23 +50,12 @@ def dumps(flagged: Sequence[int], suffix: str) -> str:
 
 
 def write(path: os.PathLike | str, flagged: Sequence[int]) -> Path:
-    """Write flags to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    """Write flags to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``): a crash leaves
+    the old file or the new one, never half of one."""
     p = check_suffix(path)
-    text = dumps(flagged, p.suffix)
+    data = dumps(flagged, p.suffix).encode("utf-8")
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(p, lambda f: f.write(data))
     return p
 
 
