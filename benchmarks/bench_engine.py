@@ -52,14 +52,15 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tracin_widgets.tutorial import Net, checkpoints_load_func  # the tutorial's network and checkpoint loader
 
@@ -307,12 +308,17 @@ def topk_check(ours, ref) -> dict:
     """max relative difference of the top-k scores, and the fraction of top-k indices in common (row sets)."""
     oi, os_ = ours.indices.cpu(), ours.influence_scores.cpu()
     ri, rs = ref.indices.cpu(), ref.influence_scores.cpu()
-    common = [len(set(a.tolist()) & set(b.tolist())) / max(1, len(b)) for a, b in zip(oi, ri)]
-    return {"max_rel_diff": rel_diff(os_, rs), "index_overlap": float(np.mean(common)), "same_order": bool(torch.equal(oi, ri))}
+    common = [len(set(a.tolist()) & set(b.tolist())) / max(1, len(b)) for a, b in zip(oi, ri, strict=False)]
+    return {
+        "max_rel_diff": rel_diff(os_, rs),
+        "index_overlap": float(np.mean(common)),
+        "same_order": bool(torch.equal(oi, ri)),
+    }
 
 
 def recall(approx_idx: torch.Tensor, exact_idx: torch.Tensor) -> float:
-    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / len(b) for a, b in zip(approx_idx.cpu(), exact_idx.cpu())]))
+    pairs = zip(approx_idx.cpu(), exact_idx.cpu(), strict=True)
+    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / len(b) for a, b in pairs]))
 
 
 # ----------------------------------------------------------------------------------------------- benchmark
@@ -359,8 +365,9 @@ class Bench:
         """What Captum is given: the Dataset itself on the CPU; a batch-moving DataLoader on a GPU."""
         if self.device.type == "cpu" and self.args.captum_workers == 0:
             return ds
-        return DeviceLoader(ds, batch_size=batch_size, shuffle=False, num_workers=self.args.captum_workers,
-                            device=self.device)
+        return DeviceLoader(
+            ds, batch_size=batch_size, shuffle=False, num_workers=self.args.captum_workers, device=self.device
+        )
 
     def ours_extras(self) -> dict:
         return {"device": self.device, "num_workers": None if self.args.num_workers < 0 else self.args.num_workers}
@@ -369,15 +376,29 @@ class Bench:
     def captum_fast(self, ds, bs):
         from captum.influence import TracInCPFast as C
 
-        return C(self.net, self.net.fc3 if self.args.final_fc == "fc3" else self.net.relu4, self.captum_train(ds, bs),
-                 self.ckpts, checkpoints_load_func=checkpoints_load_func, loss_fn=self.loss_sum, batch_size=bs)
+        return C(
+            self.net,
+            self.net.fc3 if self.args.final_fc == "fc3" else self.net.relu4,
+            self.captum_train(ds, bs),
+            self.ckpts,
+            checkpoints_load_func=checkpoints_load_func,
+            loss_fn=self.loss_sum,
+            batch_size=bs,
+        )
 
     def ours_fast(self, ds, bs):
         from tracin_widgets.influence import TracInCPFast as O
 
-        return O(self.net, self.net.fc3 if self.args.final_fc == "fc3" else self.net.relu4, ds, self.ckpts,
-                 checkpoints_load_func=checkpoints_load_func, loss_fn=self.loss_sum, batch_size=bs,
-                 **self.ours_extras())
+        return O(
+            self.net,
+            self.net.fc3 if self.args.final_fc == "fc3" else self.net.relu4,
+            ds,
+            self.ckpts,
+            checkpoints_load_func=checkpoints_load_func,
+            loss_fn=self.loss_sum,
+            batch_size=bs,
+            **self.ours_extras(),
+        )
 
     # running --------------------------------------------------------------------------------------
     def interleaved(self, name: str, reps: int, run_captum, run_ours, check=None) -> dict:
@@ -418,9 +439,13 @@ class Bench:
                 if err:
                     r["timeout"] = err
                 rec[lib].append(r)
-                print(f"  [{name}] rep {rep} {lib:6s} " + ", ".join(f"{k} {fmt_s(v)}" for k, v in r["wall"].items())
-                      + (f"  TIMEOUT ({err})" if err else "") + f"  load {r['load'][0]:.2f}->{r['load'][1]:.2f}",
-                      flush=True)
+                print(
+                    f"  [{name}] rep {rep} {lib:6s} "
+                    + ", ".join(f"{k} {fmt_s(v)}" for k, v in r["wall"].items())
+                    + (f"  TIMEOUT ({err})" if err else "")
+                    + f"  load {r['load'][0]:.2f}->{r['load'][1]:.2f}",
+                    flush=True,
+                )
             if check and outs.get("captum") is not None and outs.get("ours") is not None:
                 c = check(outs["captum"], outs["ours"])
                 rec["checks"].append(c)
@@ -428,8 +453,12 @@ class Bench:
             outs.clear()
         for lib in ("captum", "ours"):
             segs = sorted({k for r in rec[lib] for k in r["wall"]})
-            rec[f"{lib}_summary"] = {k: summary([r["wall"].get(k) for r in rec[lib] if "timeout" not in r]) for k in segs}
-            rec[f"{lib}_cpu_summary"] = {k: summary([r["cpu"].get(k) for r in rec[lib] if "timeout" not in r]) for k in segs}
+            rec[f"{lib}_summary"] = {
+                k: summary([r["wall"].get(k) for r in rec[lib] if "timeout" not in r]) for k in segs
+            }
+            rec[f"{lib}_cpu_summary"] = {
+                k: summary([r["cpu"].get(k) for r in rec[lib] if "timeout" not in r]) for k in segs
+            }
         self.results[name] = rec
         return rec
 
@@ -509,8 +538,14 @@ class Bench:
             warm = []
             for _ in range(self.args.warm_reps):
                 w = Clock(self.device)
-                w("x", lambda: (inst.influence(tb, k=K, proponents=True), inst.influence(tb, k=K, proponents=False),
-                                inst.self_influence()))
+                w(
+                    "x",
+                    lambda: (
+                        inst.influence(tb, k=K, proponents=True),
+                        inst.influence(tb, k=K, proponents=False),
+                        inst.self_influence(),
+                    ),
+                )
                 warm.append(w.wall["x"])
             if warm:
                 clk.wall["warm_total_median"] = statistics.median(warm)
@@ -520,8 +555,12 @@ class Bench:
 
         def check(c, o):
             self.exact[(source, n)] = (o[0], o[1])
-            return {"pro": topk_check(o[0], c[0]), "opp": topk_check(o[1], c[1]),
-                    "self": {"max_rel_diff": rel_diff(o[2], c[2])}, **self.mislabel_auc(o[2])}
+            return {
+                "pro": topk_check(o[0], c[0]),
+                "opp": topk_check(o[1], c[1]),
+                "self": {"max_rel_diff": rel_diff(o[2], c[2])},
+                **self.mislabel_auc(o[2]),
+            }
 
         self.interleaved(f"workflow[{source}]", self.args.reps, cap, ours, check)
 
@@ -535,8 +574,10 @@ class Bench:
     def exact_topk(self, source: str, n: int):
         if (source, n) not in self.exact:
             inst = self.warm_instance(source, n)
-            self.exact[(source, n)] = (inst.influence(self.test_batch, k=K, proponents=True),
-                                       inst.influence(self.test_batch, k=K, proponents=False))
+            self.exact[(source, n)] = (
+                inst.influence(self.test_batch, k=K, proponents=True),
+                inst.influence(self.test_batch, k=K, proponents=False),
+            )
         return self.exact[(source, n)]
 
     def task_query(self, source: str):
@@ -556,6 +597,7 @@ class Bench:
     def task_randproj(self, source: str):
         from captum.influence import TracInCPFastRandProj as C
         from captum.influence._utils.nearest_neighbors import AnnoyNearestNeighbors as CAnnoy
+
         from tracin_widgets.influence import AnnoyNearestNeighbors as OAnnoy
         from tracin_widgets.influence import TracInCPFastRandProj as O
 
@@ -567,9 +609,11 @@ class Bench:
 
         def query(inst, clk):
             res = None
-            for q in range(self.args.randproj_query_reps):
+            for _ in range(self.args.randproj_query_reps):
                 w = Clock(self.device)
-                r = w("q", lambda: (inst.influence(tb, k=K, proponents=True), inst.influence(tb, k=K, proponents=False)))
+                r = w(
+                    "q", lambda: (inst.influence(tb, k=K, proponents=True), inst.influence(tb, k=K, proponents=False))
+                )
                 res = res or r
                 clk.wall.setdefault("_q", []).append(w.wall["q"])
             qs = clk.wall.pop("_q")
@@ -579,21 +623,49 @@ class Bench:
 
         def cap(rep, clk):
             with time_limit(self.args.captum_timeout):
-                inst = clk("init", lambda: C(self.net, fc, self.captum_train(ds, bs), self.ckpts,
-                                             checkpoints_load_func=checkpoints_load_func, loss_fn=self.loss_sum,
-                                             batch_size=bs, nearest_neighbors=CAnnoy(num_trees=100), projection_dim=100))
+                inst = clk(
+                    "init",
+                    lambda: C(
+                        self.net,
+                        fc,
+                        self.captum_train(ds, bs),
+                        self.ckpts,
+                        checkpoints_load_func=checkpoints_load_func,
+                        loss_fn=self.loss_sum,
+                        batch_size=bs,
+                        nearest_neighbors=CAnnoy(num_trees=100),
+                        projection_dim=100,
+                    ),
+                )
             return query(inst, clk)
 
         def ours(rep, clk):
-            inst = clk("init", lambda: O(self.net, fc, ds, self.ckpts, checkpoints_load_func=checkpoints_load_func,
-                                         loss_fn=self.loss_sum, batch_size=bs, nearest_neighbors=OAnnoy(num_trees=100),
-                                         projection_dim=100, **self.ours_extras()))
+            inst = clk(
+                "init",
+                lambda: O(
+                    self.net,
+                    fc,
+                    ds,
+                    self.ckpts,
+                    checkpoints_load_func=checkpoints_load_func,
+                    loss_fn=self.loss_sum,
+                    batch_size=bs,
+                    nearest_neighbors=OAnnoy(num_trees=100),
+                    projection_dim=100,
+                    **self.ours_extras(),
+                ),
+            )
             return query(inst, clk)
 
         def check(c, o):
-            return {"recall_at_10_vs_exact": {
-                "captum_pro": recall(c[0].indices, exact[0].indices), "captum_opp": recall(c[1].indices, exact[1].indices),
-                "ours_pro": recall(o[0].indices, exact[0].indices), "ours_opp": recall(o[1].indices, exact[1].indices)}}
+            return {
+                "recall_at_10_vs_exact": {
+                    "captum_pro": recall(c[0].indices, exact[0].indices),
+                    "captum_opp": recall(c[1].indices, exact[1].indices),
+                    "ours_pro": recall(o[0].indices, exact[0].indices),
+                    "ours_opp": recall(o[1].indices, exact[1].indices),
+                }
+            }
 
         self.interleaved(f"randproj[{source}]", self.args.randproj_reps or self.args.reps, cap, ours, check)
         self.results[f"randproj[{source}]"]["n_train"] = n
@@ -631,15 +703,26 @@ class Bench:
 
     def task_cp(self, source: str):
         from captum.influence import TracInCP as C
+
         from tracin_widgets.influence import TracInCP as O
 
         n, bs, tb = self.args.cp_n_train, self.args.cp_batch_size or self.args.batch_size, self.test_batch
         ds = self.dataset(source, n)
 
         def cap(rep, clk):
-            inst = clk("init", lambda: C(self.net, self.captum_train(ds, bs), self.ckpts,
-                                         checkpoints_load_func=checkpoints_load_func, layers=None,
-                                         loss_fn=self.loss_sum, batch_size=bs, sample_wise_grads_per_batch=True))
+            inst = clk(
+                "init",
+                lambda: C(
+                    self.net,
+                    self.captum_train(ds, bs),
+                    self.ckpts,
+                    checkpoints_load_func=checkpoints_load_func,
+                    layers=None,
+                    loss_fn=self.loss_sum,
+                    batch_size=bs,
+                    sample_wise_grads_per_batch=True,
+                ),
+            )
             pro = clk("pro", lambda: inst.influence(tb, k=K, proponents=True))
             opp = clk("opp", lambda: inst.influence(tb, k=K, proponents=False))
             si = clk("self", lambda: inst.self_influence())
@@ -649,8 +732,17 @@ class Bench:
 
         def ours(rep, clk):
             def make():
-                return O(self.net, ds, self.ckpts, checkpoints_load_func=checkpoints_load_func, layers=None,
-                         loss_fn=self.loss_sum, batch_size=bs, sample_wise_grads_per_batch=True, **self.ours_extras())
+                return O(
+                    self.net,
+                    ds,
+                    self.ckpts,
+                    checkpoints_load_func=checkpoints_load_func,
+                    layers=None,
+                    loss_fn=self.loss_sum,
+                    batch_size=bs,
+                    sample_wise_grads_per_batch=True,
+                    **self.ours_extras(),
+                )
 
             inst = clk("init", make)
             pro = clk("pro", lambda: inst.influence(tb, k=K, proponents=True))
@@ -664,8 +756,11 @@ class Bench:
             return pro, opp, si
 
         def check(c, o):
-            return {"pro": topk_check(o[0], c[0]), "opp": topk_check(o[1], c[1]),
-                    "self": {"max_rel_diff": rel_diff(o[2], c[2])}}
+            return {
+                "pro": topk_check(o[0], c[0]),
+                "opp": topk_check(o[1], c[1]),
+                "self": {"max_rel_diff": rel_diff(o[2], c[2])},
+            }
 
         self.interleaved(f"cp[{source}]", self.args.reps, cap, ours, check)
         self.results[f"cp[{source}]"]["n_train"] = n
@@ -681,8 +776,15 @@ def machine_info(device: torch.device) -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform()}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
     try:
         import captum
 
@@ -705,8 +807,12 @@ def machine_info(device: torch.device) -> dict:
         h.update(f.read_bytes())
     info["engine_sha256"] = h.hexdigest()[:16]  # which version of the engine was measured
     try:
-        info["git_head"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                          text=True, timeout=10).stdout.strip() or None
+        info["git_head"] = (
+            subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except Exception:
         info["git_head"] = None
     return info
@@ -730,8 +836,10 @@ ROWS = [
 
 
 def table(results: dict, device: torch.device) -> str:
-    lines = ["| task | Captum median (min–max) | ours median (min–max) | Captum / ours | target | pass |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | Captum median (min–max) | ours median (min–max) | Captum / ours | target | pass |",
+        "|---|---|---|---|---|---|",
+    ]
     for key, label, cseg, oseg, target in ROWS:
         for name, rec in results.items():
             if name.split("[")[0] != key:
@@ -743,7 +851,11 @@ def table(results: dict, device: torch.device) -> str:
                 continue
             lab = f"{label} [{src}" + (f", n={rec['n_train']}" if "n_train" in rec else "") + "]"
             timeouts = [r["timeout"] for r in rec.get("captum", []) if "timeout" in r]
-            ctext = fmt_sum(cs) if cs and cs.get("median") else (f"> {timeouts[0].split()[-2]} s (timeout)" if timeouts else "–")
+            ctext = (
+                fmt_sum(cs)
+                if cs and cs.get("median")
+                else (f"> {timeouts[0].split()[-2]} s (timeout)" if timeouts else "–")
+            )
             ratio = cs["median"] / os_["median"] if cs and cs.get("median") and os_.get("median") else None
             tgt, ok = "", ""
             if target == "workflow":
@@ -755,7 +867,11 @@ def table(results: dict, device: torch.device) -> str:
                     tgt = "≤ 100 ms (CPU target)"
             elif isinstance(target, float):
                 tgt = f"≥ {target:g}×"
-                ok = ("yes" if ratio and ratio >= target else "NO") if ratio else ("yes (Captum timed out)" if timeouts else "")
+                ok = (
+                    ("yes" if ratio and ratio >= target else "NO")
+                    if ratio
+                    else ("yes (Captum timed out)" if timeouts else "")
+                )
             rtext = f"{ratio:.1f}×" if ratio else "–"
             lines.append(f"| {lab} | {ctext} | {fmt_sum(os_)} | {rtext} | {tgt} | {ok} |")
     for name, rec in results.items():
@@ -768,15 +884,22 @@ def table(results: dict, device: torch.device) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-train", type=int, default=N_FULL, help="training examples (first N of the 50k; default 50000)")
-    p.add_argument("--data-size", type=int, default=N_FULL,
-                   help="training images to generate (default the tutorial's 50000; smaller for smoke runs)")
+    p.add_argument(
+        "--data-size",
+        type=int,
+        default=N_FULL,
+        help="training images to generate (default the tutorial's 50000; smaller for smoke runs)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--reps", type=int, default=1, help="interleaved repetitions of each Captum-vs-ours task")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--tasks", default="workflow,query", help=f"comma separated, from {','.join(TASKS)} (or 'all')")
-    p.add_argument("--sources", default="pil",
-                   help="comma separated: pil (a PIL-per-item Dataset like the tutorial's), cifar10 (torchvision's "
-                        "CIFAR10 class itself, holding the synthetic arrays), tensor")
+    p.add_argument(
+        "--sources",
+        default="pil",
+        help="comma separated: pil (a PIL-per-item Dataset like the tutorial's), cifar10 (torchvision's "
+        "CIFAR10 class itself, holding the synthetic arrays), tensor",
+    )
     p.add_argument("--out", default=str(HERE / "out" / "bench.json"), help="JSON results path")
     p.add_argument("--data-dir", default=str(HERE / "data"))
     p.add_argument("--seed", type=int, default=0)
@@ -789,13 +912,28 @@ def main(argv=None) -> int:
     p.add_argument("--cp-batch-size", type=int, default=0, help="TracInCP batch size (default --batch-size)")
     p.add_argument("--query-reps", type=int, default=20, help="reps of the warm query task")
     p.add_argument("--warm-reps", type=int, default=5, help="warm repeats after the cold workflow")
-    p.add_argument("--num-workers", type=int, default=-1, help="our engine's num_workers (DataLoader processes); -1 = the engine default (None: auto)")
-    p.add_argument("--floor-workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="workers of the extra data pass of the floor task (0: none)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=-1,
+        help="our engine's num_workers (DataLoader processes); -1 = the engine default (None: auto)",
+    )
+    p.add_argument(
+        "--floor-workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="workers of the extra data pass of the floor task (0: none)",
+    )
     p.add_argument("--captum-workers", type=int, default=0, help="num_workers of the DataLoader given to Captum")
-    p.add_argument("--captum-timeout", type=float, default=0, help="seconds; abort a Captum RandProj __init__ after this")
-    p.add_argument("--final-fc", choices=["fc3", "relu4"], default="fc3",
-                   help="final_fc_layer: fc3 (exact last layer) or relu4 (the tutorial's list(net.children())[-1])")
+    p.add_argument(
+        "--captum-timeout", type=float, default=0, help="seconds; abort a Captum RandProj __init__ after this"
+    )
+    p.add_argument(
+        "--final-fc",
+        choices=["fc3", "relu4"],
+        default="fc3",
+        help="final_fc_layer: fc3 (exact last layer) or relu4 (the tutorial's list(net.children())[-1])",
+    )
     p.add_argument("--skip-captum", default="", help="comma separated task names (e.g. randproj) to run ours only")
     p.add_argument("--profile", default="", help="e.g. ours:workflow[pil],captum:fast[pil]: cProfile the first rep")
     args = p.parse_args(argv)
@@ -820,8 +958,14 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(done: bool) -> None:  # after every task, so that a run stopped early keeps what it measured
-        doc = {"started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S") if done else None,
-               "machine": info, "args": vars(args), "data_meta": bench.data["meta"], "results": bench.results}
+        doc = {
+            "started": started,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S") if done else None,
+            "machine": info,
+            "args": vars(args),
+            "data_meta": bench.data["meta"],
+            "results": bench.results,
+        }
         out.write_text(json.dumps(doc, indent=1, default=str))
 
     for source in args.sources.split(","):

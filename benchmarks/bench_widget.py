@@ -55,8 +55,9 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,8 +96,12 @@ class SynthCIFAR(Dataset):
 
 def _paths(data_dir: Path, n_train: int, n_test: int, seed: int) -> dict[str, Path]:
     tag = f"n{n_train}-t{n_test}-seed{seed}"
-    return {"npz": data_dir / f"widget-synth-{tag}.npz", "ckpt": data_dir / f"widget-checkpoints-{tag}",
-            "cache": data_dir / f"widget-factor-cache-{tag}", "meta": data_dir / f"widget-meta-{tag}.json"}  # fmt: skip
+    return {
+        "npz": data_dir / f"widget-synth-{tag}.npz",
+        "ckpt": data_dir / f"widget-checkpoints-{tag}",
+        "cache": data_dir / f"widget-factor-cache-{tag}",
+        "meta": data_dir / f"widget-meta-{tag}.json",
+    }
 
 
 def _generate(n: int, rng: np.random.Generator, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +147,7 @@ def prepare(data_dir: Path, n_train: int, n_test: int, seed: int, log: Callable[
         g = torch.Generator().manual_seed(seed)
         chunk = min(10_000, len(train))
         p["ckpt"].mkdir(parents=True, exist_ok=True)
-        for i, path in enumerate(ckpts):  # one checkpoint per chunk of SGD on a random 10k examples
+        for path in ckpts:  # one checkpoint per chunk of SGD on a random 10k examples
             order = torch.randperm(len(train), generator=g)[:chunk]
             for s in range(0, chunk, 128):
                 idx = order[s : s + 128].tolist()
@@ -167,14 +172,28 @@ def load(data_dir: Path, n_train: int, n_test: int, seed: int) -> dict:
     model = Net()
     ckpts = [str(p["ckpt"] / f"checkpoint-{i}.pt") for i in range(N_CHECKPOINTS)]
     model.load_state_dict(torch.load(ckpts[-1], weights_only=True))
-    return {"model": model, "checkpoints": ckpts, "train": SynthCIFAR(d["x_train"], d["y_train"]),
-            "test": SynthCIFAR(d["x_test"], d["y_test"]), "is_mislabelled": d["flipped"], "cache_dir": p["cache"]}  # fmt: skip
+    return {
+        "model": model,
+        "checkpoints": ckpts,
+        "train": SynthCIFAR(d["x_train"], d["y_train"]),
+        "test": SynthCIFAR(d["x_test"], d["y_test"]),
+        "is_mislabelled": d["flipped"],
+        "cache_dir": p["cache"],
+    }
 
 
 def make_explorer(d: dict, *, k: int = 10, cache_dir: Any = None, cls: type = InfluenceExplorer) -> InfluenceExplorer:
     """The explorer as a user builds it (default engine); ``cache_dir`` for the cached factors."""
-    return cls(d["model"], d["checkpoints"], d["train"], d["test"], class_names=list(CLASSES), k=k,
-               is_mislabelled=d["is_mislabelled"], cache_dir=cache_dir)  # fmt: skip
+    return cls(
+        d["model"],
+        d["checkpoints"],
+        d["train"],
+        d["test"],
+        class_names=list(CLASSES),
+        k=k,
+        is_mislabelled=d["is_mislabelled"],
+        cache_dir=cache_dir,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -187,7 +206,7 @@ class Recorder:
         self.cv = threading.Condition()
         self.events: list[tuple[float, str, Any]] = []
 
-    def add(self, kind: str, payload: Any, t: Optional[float] = None) -> None:
+    def add(self, kind: str, payload: Any, t: float | None = None) -> None:
         with self.cv:
             self.events.append((time.perf_counter() if t is None else t, kind, payload))
             self.cv.notify_all()
@@ -227,7 +246,7 @@ def _state(kind: str, msg: Any, key: str) -> Any:
     return None
 
 
-def _progress_done(kind: str, msg: Any, phase: Optional[str] = None) -> bool:
+def _progress_done(kind: str, msg: Any, phase: str | None = None) -> bool:
     info = _state(kind, msg, "progress_info")
     return bool(info) and info.get("done", 0) > 0 and (phase is None or info.get("phase") == phase)
 
@@ -243,8 +262,17 @@ def custom_msg(content: dict) -> dict:
 
 
 def rows_request(rid: int, page: int) -> dict:
-    return {"kind": "rows", "id": rid, "offset": 50 * page, "limit": 50, "sort": "rank", "descending": False,
-            "label": None, "only": "all", "score_range": None}  # fmt: skip
+    return {
+        "kind": "rows",
+        "id": rid,
+        "offset": 50 * page,
+        "limit": 50,
+        "sort": "rank",
+        "descending": False,
+        "label": None,
+        "only": "all",
+        "score_range": None,
+    }
 
 
 def stats_ms(values_s: list[float]) -> dict:
@@ -252,8 +280,14 @@ def stats_ms(values_s: list[float]) -> dict:
     if not ms:
         return {}
     p90 = float(np.percentile(ms, 90, method="higher")) if len(ms) > 1 else ms[0]
-    return {"n": len(ms), "median_ms": round(statistics.median(ms), 1), "p90_ms": round(p90, 1),
-            "min_ms": round(ms[0], 1), "max_ms": round(ms[-1], 1), "all_ms": [round(v, 1) for v in ms]}  # fmt: skip
+    return {
+        "n": len(ms),
+        "median_ms": round(statistics.median(ms), 1),
+        "p90_ms": round(p90, 1),
+        "min_ms": round(ms[0], 1),
+        "max_ms": round(ms[-1], 1),
+        "all_ms": [round(v, 1) for v in ms],
+    }
 
 
 def loadavg() -> list[float]:
@@ -318,8 +352,12 @@ def python_part(d: dict, cache_dir: Path, args, log) -> dict:
         start, n_eng = len(rec.events), len(engine_s)
         t = time.perf_counter()
         w._handle_msg(update_msg({"selected_test": idx, "query": {"source": "test", "index": idx}}))
-        ev = rec.wait_for(lambda kd, m: (g := _state(kd, m, "gallery")) is not None
-                          and g.get("query", {}).get("index") == idx, start, timeout=120)  # fmt: skip
+
+        def drawn(kd, m, idx=idx):
+            g = _state(kd, m, "gallery")
+            return g is not None and g.get("query", {}).get("index") == idx
+
+        ev = rec.wait_for(drawn, start, timeout=120)
         g = _state(ev[1], ev[2], "gallery")
         assert g["error"] is None and len(g["proponents"]) == args.k and len(g["opponents"]) == args.k, g["error"]
         gallery_s.append(ev[0] - t)
@@ -339,8 +377,11 @@ def python_part(d: dict, cache_dir: Path, args, log) -> dict:
         start = len(rec.events)
         t = time.perf_counter()
         w._handle_msg(custom_msg(rows_request(page, page)))
-        ev = rec.wait_for(lambda kd, m: kd == "send" and m.get("method") == "custom"
-                          and m["content"].get("id") == page, start)  # fmt: skip
+
+        def answered(kd, m, page=page):
+            return kd == "send" and m.get("method") == "custom" and m["content"].get("id") == page
+
+        ev = rec.wait_for(answered, start)
         c = ev[2]["content"]
         assert c["kind"] == "rows" and len(c["rows"]) == 50 and all(r["image"] for r in c["rows"]), c.get("message")
         page_s.append(ev[0] - t)
@@ -513,8 +554,15 @@ def browser_part(paths: dict, args, log) -> dict:
         raise SystemExit("Debian chromium is needed for --parts browser (bash .ci/setup --test)")
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # the kernel: torch's default threads
     out: dict[str, Any] = {"loadavg_start": loadavg()}
-    fmt = dict(repo=str(REPO), data_dir=str(paths["npz"].parent), n_train=args.n_train,
-               n_test=args.n_test, seed=args.seed, k=args.k, cache=str(paths["cache"]))  # fmt: skip
+    fmt = dict(
+        repo=str(REPO),
+        data_dir=str(paths["npz"].parent),
+        n_train=args.n_train,
+        n_test=args.n_test,
+        seed=args.seed,
+        k=args.k,
+        cache=str(paths["cache"]),
+    )
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c.format(**fmt)) for c in NOTEBOOK_CELLS]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
@@ -538,8 +586,10 @@ def browser_part(paths: dict, args, log) -> dict:
             # (iii) cold explorer: run-cell -> progress bar visible, first "n / total" with n > 0
             prog = jp.page.evaluate(MEASURE_PROGRESS_JS, [1, 120_000])
             out["progress"] = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in prog.items()}
-            log(f"browser (iii): visible {prog['visible']:.0f} ms, first n>0 {prog['first_any']} ms, "
-                f"first factor n>0 {prog['first_factor']} ms")  # fmt: skip
+            log(
+                f"browser (iii): visible {prog['visible']:.0f} ms, first n>0 {prog['first_any']} ms, "
+                f"first factor n>0 {prog['first_factor']} ms"
+            )
             jp.cell_output(1).screenshot(path=str(shots / "widget-progress.png"))
             jp.run_cell(2)
             expect(jp.cell_output(2)).to_contain_text("COLD", timeout=600_000)
@@ -570,9 +620,11 @@ def browser_part(paths: dict, args, log) -> dict:
             out["gallery_dom"] = stats_ms([r["dom"] / 1000 for r in gal])
             out["gallery_frame"] = stats_ms([r["frame"] / 1000 for r in gal])
             out["gallery_kernel"] = stats_ms(ker)
-            log(f"browser (i) gallery: dom {out['gallery_dom']['median_ms']} / p90 {out['gallery_dom']['p90_ms']} ms, "
+            log(
+                f"browser (i) gallery: dom {out['gallery_dom']['median_ms']} / p90 {out['gallery_dom']['p90_ms']} ms, "
                 f"frame {out['gallery_frame']['median_ms']} / {out['gallery_frame']['p90_ms']} ms, "
-                f"kernel {out['gallery_kernel'].get('median_ms')} ms")  # fmt: skip
+                f"kernel {out['gallery_kernel'].get('median_ms')} ms"
+            )
             widget.screenshot(path=str(shots / "widget-gallery.png"))
 
             # (ii) the table: open it (first page), then next pages
@@ -589,9 +641,11 @@ def browser_part(paths: dict, args, log) -> dict:
             out["table_dom"] = stats_ms([r["dom"] / 1000 for r in pages])
             out["table_frame"] = stats_ms([r["frame"] / 1000 for r in pages])
             out["table_kernel"] = stats_ms(ker)
-            log(f"browser (ii) table page: dom {out['table_dom']['median_ms']} / p90 {out['table_dom']['p90_ms']} ms, "
+            log(
+                f"browser (ii) table page: dom {out['table_dom']['median_ms']} / p90 {out['table_dom']['p90_ms']} ms, "
                 f"frame {out['table_frame']['median_ms']} / {out['table_frame']['p90_ms']} ms, "
-                f"kernel {out['table_kernel'].get('median_ms')} ms")  # fmt: skip
+                f"kernel {out['table_kernel'].get('median_ms')} ms"
+            )
             widget.screenshot(path=str(shots / "widget-table.png"))
             out["page_errors"] = jp.unexpected_page_errors
             context.close()
@@ -647,10 +701,17 @@ def machine() -> dict:
     import anywidget
     import ipywidgets
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "anywidget": anywidget.__version__, "ipywidgets": ipywidgets.__version__,
-            "platform": platform.platform()}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "anywidget": anywidget.__version__,
+        "ipywidgets": ipywidgets.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def summary(res: dict) -> str:
@@ -677,19 +738,23 @@ def summary(res: dict) -> str:
     text = head + "\n".join(rows)
     if py.get("progress"):
         p = py["progress"]
-        text += (f"\n\n(iii) Python: constructor {p['constructor_ms']:.0f} ms; first progress with done > 0 at "
-                 f"{p['first_done_any_ms']:.0f} ms ({p['first_done_any_phase']}); first factor-pass progress at "
-                 f"{p['first_done_factor_ms']:.0f} ms; {p['factor_updates']} factor-pass updates, largest gap "
-                 f"{p['factor_max_gap_ms']:.0f} ms; ready after {p['ready_s']} s (cold); "
-                 f"{py.get('warm_ready_s')} s from the factor cache.")  # fmt: skip
+        text += (
+            f"\n\n(iii) Python: constructor {p['constructor_ms']:.0f} ms; first progress with done > 0 at "
+            f"{p['first_done_any_ms']:.0f} ms ({p['first_done_any_phase']}); first factor-pass progress at "
+            f"{p['first_done_factor_ms']:.0f} ms; {p['factor_updates']} factor-pass updates, largest gap "
+            f"{p['factor_max_gap_ms']:.0f} ms; ready after {p['ready_s']} s (cold); "
+            f"{py.get('warm_ready_s')} s from the factor cache."
+        )
     if br.get("progress"):
         p = br["progress"]
-        text += (f"\n(iii) browser: run-cell -> progress bar visible {p['visible']} ms; first 'n / total' with n > 0 "
-                 f"{p['first_any']} ms; first factor-pass n > 0 {p['first_factor']} ms.")  # fmt: skip
+        text += (
+            f"\n(iii) browser: run-cell -> progress bar visible {p['visible']} ms; first 'n / total' with n > 0 "
+            f"{p['first_any']} ms; first factor-pass n > 0 {p['first_factor']} ms."
+        )
     return text
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-train", type=int, default=50_000)
     ap.add_argument("--n-test", type=int, default=2_000)
@@ -711,9 +776,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
         print(f"[{time.strftime('%H:%M:%S')} load {' '.join(map(str, loadavg()))}] {msg}", flush=True)
 
     torch.manual_seed(args.seed)
-    res: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
-                           "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                           "targets_ms": TARGETS_MS, "loadavg_start": loadavg()}  # fmt: skip
+    res: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "targets_ms": TARGETS_MS,
+        "loadavg_start": loadavg(),
+    }
     paths = prepare(args.data_dir, args.n_train, args.n_test, args.seed, log)
     if "python" in parts:
         d = load(args.data_dir, args.n_train, args.n_test, args.seed)

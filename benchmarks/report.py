@@ -123,8 +123,14 @@ def fmt_rel(v: float) -> str:
 # ----------------------------------------------------------------------------------------------------------- engine
 def _sorted_rows(rows: list[dict]) -> list[dict]:
     order = list(TASKS)
-    return sorted(rows, key=lambda r: (order.index(r["task"]) if r["task"] in order else len(order),
-                                       r["n_train"], SOURCES.index(r["source"]) if r["source"] in SOURCES else 9))
+    return sorted(
+        rows,
+        key=lambda r: (
+            order.index(r["task"]) if r["task"] in order else len(order),
+            r["n_train"],
+            SOURCES.index(r["source"]) if r["source"] in SOURCES else 9,
+        ),
+    )
 
 
 def _cells(row: dict) -> tuple[str, str, str]:
@@ -144,13 +150,21 @@ def _cells(row: dict) -> tuple[str, str, str]:
 
 def machine_header(name: str, doc: dict) -> list[str]:
     m = doc.get("machine", {})
-    desc = m.get("description") or ", ".join(str(x) for x in (m.get("gpu"), m.get("cpu"),
-                                                                f"{m.get('cores')} cores") if x)
-    soft = ", ".join(f"{label} {m[k]}" for k, label in (("python", "Python"), ("torch", "torch"), ("captum", "captum"),
-                                                        ("annoy", "annoy")) if m.get(k))
+    desc = m.get("description") or ", ".join(
+        str(x) for x in (m.get("gpu"), m.get("cpu"), f"{m.get('cores')} cores") if x
+    )
+    soft = ", ".join(
+        f"{label} {m[k]}"
+        for k, label in (("python", "Python"), ("torch", "torch"), ("captum", "captum"), ("annoy", "annoy"))
+        if m.get(k)
+    )
     title = doc.get("machine_label", doc.get("machine_tag"))
-    lines = [(f"**{title}** (`results/{name}`): {desc}; {soft}. "
-              f"{doc.get('date', '–')}, commit {doc.get('git_commit') or '–'}; {doc.get('source', '')}.")]
+    lines = [
+        (
+            f"**{title}** (`results/{name}`): {desc}; {soft}. "
+            f"{doc.get('date', '–')}, commit {doc.get('git_commit') or '–'}; {doc.get('source', '')}."
+        )
+    ]
     lines += [f"* {n}" for n in doc.get("notes", [])]
     return lines
 
@@ -169,14 +183,21 @@ def engine_table(name: str, doc: dict) -> str:
     if ex:
         parts = []
         for lib, label in (("fast", "TracInCPFast"), ("cp", "TracInCP")):
-            got = [f"{what} {fmt_rel(ex[key])}" for what, key in (("scores", f"{lib}_scores_max_rel"),
-                                                                     ("self-influence", f"{lib}_self_max_rel"))
-                   if key in ex]
+            got = [
+                f"{what} {fmt_rel(ex[key])}"
+                for what, key in (("scores", f"{lib}_scores_max_rel"), ("self-influence", f"{lib}_self_max_rel"))
+                if key in ex
+            ]
             if got:
                 parts.append(f"{label} {', '.join(got)}")
         order = {True: "top-10 indices in the same order in every check", False: "**top-10 order differed**"}
-        lines += ["", (f"Exactness against Captum: {order[ex.get('same_top10_order', True)]}; largest relative "
-                       f"difference: {'; '.join(parts)}.")]
+        lines += [
+            "",
+            (
+                f"Exactness against Captum: {order[ex.get('same_top10_order', True)]}; largest relative "
+                f"difference: {'; '.join(parts)}."
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -210,8 +231,10 @@ def targets_table(results: dict[str, list[tuple[str, dict]]]) -> str:
                         setting += f", {row['threads']} thread{'s' if row['threads'] != 1 else ''}"
                     label = task_label if first else ""
                     first = False
-                    lines.append(f"| {label} | {doc.get('machine_label', doc.get('machine_tag'))} | {setting} | {cap} | "
-                                 f"{ours} | {x} | {text} | {'yes' if ok else '**NO**'} |")
+                    lines.append(
+                        f"| {label} | {doc.get('machine_label', doc.get('machine_tag'))} | {setting} | {cap} | "
+                        f"{ours} | {x} | {text} | {'yes' if ok else '**NO**'} |"
+                    )
     lines.append(f"\n**{met} of {total} met.**")
     return "\n".join(lines)
 
@@ -242,26 +265,32 @@ def _updates_gap(p: Any) -> str:
 
 
 WIDGET_ROWS: list[tuple[str, tuple[str, ...], Callable[[Any], str], str]] = [
-    ("(i) gallery, Python: `update` message → gallery state sent (median / p90 ms)", ("python", "gallery"),
-     _ms_stats, "300"),
+    (
+        "(i) gallery, Python: `update` message → gallery state sent (median / p90 ms)",
+        ("python", "gallery"),
+        _ms_stats,
+        "300",
+    ),
     ("… of which the engine's `influence()`", ("python", "gallery_engine"), _ms_stats, ""),
     ("(i) gallery, browser: click → all 2k tiles in the DOM", ("browser", "gallery_dom"), _ms_stats, "300"),
     ("(i) gallery, browser: click → the next animation frame", ("browser", "gallery_frame"), _ms_stats, "300"),
     ("(i) gallery, browser runs: kernel share", ("browser", "gallery_kernel"), _ms_stats, ""),
-    ("(ii) table page, Python: `rows` message → 50 rows + thumbnails sent", ("python", "table_page"), _ms_stats,
-     "200"),
+    ("(ii) table page, Python: `rows` message → 50 rows + thumbnails sent", ("python", "table_page"), _ms_stats, "200"),
     ("(ii) first table page, Python (sorts the scores once)", ("python", "table_first_page_ms"), _ms, ""),
-    ("(ii) table page, browser: click next → 50 rows with thumbnails in the DOM", ("browser", "table_dom"),
-     _ms_stats, "200"),
-    ("(ii) table page, browser: click next → the next animation frame", ("browser", "table_frame"), _ms_stats,
-     "200"),
+    (
+        "(ii) table page, browser: click next → 50 rows with thumbnails in the DOM",
+        ("browser", "table_dom"),
+        _ms_stats,
+        "200",
+    ),
+    ("(ii) table page, browser: click next → the next animation frame", ("browser", "table_frame"), _ms_stats, "200"),
     ("(ii) table page, browser runs: kernel share", ("browser", "table_kernel"), _ms_stats, ""),
     ("(iii) Python: constructor returns", ("python", "progress", "constructor_ms"), _ms, ""),
     ("(iii) Python: first progress with done > 0", ("python", "progress", "first_done_any_ms"), _ms, "1000"),
     ("(iii) Python: first done > 0 of the factor pass", ("python", "progress", "first_done_factor_ms"), _ms, ""),
     ("(iii) Python: factor-pass updates / largest gap", ("python", "progress"), _updates_gap, ""),
     ("(iii) browser: run-cell → progress bar visible", ("browser", "progress", "visible"), _ms, "1000"),
-    ("(iii) browser: run-cell → first \"n / total\" with n > 0", ("browser", "progress", "first_any"), _ms, "1000"),
+    ('(iii) browser: run-cell → first "n / total" with n > 0', ("browser", "progress", "first_any"), _ms, "1000"),
     ("(iii) browser: run-cell → first factor-pass n > 0", ("browser", "progress", "first_factor"), _ms, ""),
     ("cold explorer ready (no factor cache)", ("python", "progress", "ready_s"), _s, ""),
     ("explorer ready from the factor cache (`cache_dir=`)", ("python", "warm_ready_s"), _s, ""),
@@ -279,9 +308,11 @@ def widget_targets(runs: list[dict]) -> str:
         v = _get(fig, ("browser", "progress", "first_any"))
         return v if v is not None else _get(fig, ("python", "progress", "first_done_any_ms"))
 
-    checks = [("(i) gallery ≤ 300 ms", [p90(r["figures"], "gallery_dom", "gallery") for r in runs], 300.0),
-              ("(ii) table page ≤ 200 ms", [p90(r["figures"], "table_dom", "table_page") for r in runs], 200.0),
-              ("(iii) progress within the first second", [first(r["figures"]) for r in runs], 1000.0)]
+    checks = [
+        ("(i) gallery ≤ 300 ms", [p90(r["figures"], "gallery_dom", "gallery") for r in runs], 300.0),
+        ("(ii) table page ≤ 200 ms", [p90(r["figures"], "table_dom", "table_page") for r in runs], 200.0),
+        ("(iii) progress within the first second", [first(r["figures"]) for r in runs], 1000.0),
+    ]
     out = []
     for label, values, limit in checks:
         got = [v for v in values if v is not None]
@@ -291,8 +322,11 @@ def widget_targets(runs: list[dict]) -> str:
 
 def widget_table(name: str, doc: dict) -> str:
     runs = doc["runs"]
-    lines = machine_header(name, doc) + ["", "| measure | target ms | " + " | ".join(r["label"] for r in runs) + " |",
-                                         "|---|---:|" + "---:|" * len(runs)]
+    lines = machine_header(name, doc) + [
+        "",
+        "| measure | target ms | " + " | ".join(r["label"] for r in runs) + " |",
+        "|---|---:|" + "---:|" * len(runs),
+    ]
     lines.append("| training examples | | " + " | ".join(f"{r['n_train']:,}" for r in runs) + " |")
     lines.append("| reps (new selections / new pages) | | " + " | ".join(str(r["reps"]) for r in runs) + " |")
     for label, path, fmt, target in WIDGET_ROWS:
@@ -302,8 +336,9 @@ def widget_table(name: str, doc: dict) -> str:
         lines.append(f"| {label} | {target} | " + " | ".join(fmt(v) for v in values) + " |")
     loads = [r.get("loadavg") or [None, None] for r in runs]
     if any(any(x is not None for x in ld) for ld in loads):
-        cells = [" → ".join("–" if x is None else f"{x[0] if isinstance(x, list) else x:g}" for x in ld)
-                 for ld in loads]
+        cells = [
+            " → ".join("–" if x is None else f"{x[0] if isinstance(x, list) else x:g}" for x in ld) for ld in loads
+        ]
         lines.append("| 1-minute load average, start → end | | " + " | ".join(cells) + " |")
     lines += ["", widget_targets(runs)]
     return "\n".join(lines)
@@ -324,8 +359,10 @@ def recall_table(name: str, doc: dict) -> str:
 
     if any("captum" in res[n] for n in ns):
         lines.append("| Captum 0.9 | " + " | ".join(c for n in ns for c in cells(res[n].get("captum"))) + " |")
-    keys = sorted({k for n in ns for k in res[n].get("ours", {})},
-                  key=lambda k: (k.startswith("brute"), -1 if k == "None" else int(k.removeprefix("brute"))))
+    keys = sorted(
+        {k for n in ns for k in res[n].get("ours", {})},
+        key=lambda k: (k.startswith("brute"), -1 if k == "None" else int(k.removeprefix("brute"))),
+    )
     for k in keys:
         if k.startswith("brute"):
             label = f"upper bound: the same projection, brute-force candidates, `rerank={k[5:]}`"
@@ -333,15 +370,22 @@ def recall_table(name: str, doc: dict) -> str:
             label = "ours, `rerank=None` (the index's approximate top-k, as Captum)"
         else:
             label = f"ours, `rerank={k}`" + (" (default)" if k == "50" else "")
-        lines.append(f"| {label} | " + " | ".join(c for n in ns for c in cells(res[n].get("ours", {}).get(k),
-                                                                               not k.startswith("brute"))) + " |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(c for n in ns for c in cells(res[n].get("ours", {}).get(k), not k.startswith("brute")))
+            + " |"
+        )
     lines += ["", "Recall@10 is the mean over the test batches of 4, proponents / opponents."]
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------- RESULTS.md
-RENDER: dict[str, Callable[[str, dict], str]] = {"cpu": engine_table, "gpu": engine_table, "widget": widget_table,
-                                                 "recall": recall_table}
+RENDER: dict[str, Callable[[str, dict], str]] = {
+    "cpu": engine_table,
+    "gpu": engine_table,
+    "widget": widget_table,
+    "recall": recall_table,
+}
 
 
 def render(name: str, results: dict[str, list[tuple[str, dict]]]) -> str:

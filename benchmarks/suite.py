@@ -59,7 +59,9 @@ def _a(text: str) -> tuple[str, ...]:
 
 
 # The workload and options of every step are bench_engine's (see its docstring); ``--tasks`` names what is measured.
-_ENGINE_QUICK = "--data-size 128 --n-train 128 --cp-n-train 32 --sources cifar10 --tasks workflow,self,query,cp,randproj "
+_ENGINE_QUICK = (
+    "--data-size 128 --n-train 128 --cp-n-train 32 --sources cifar10 --tasks workflow,self,query,cp,randproj "
+)
 _ENGINE_QUICK += "--reps 1 --query-reps 3 --warm-reps 1 --randproj-query-reps 1 --batch-size 128"
 
 SCENARIOS: dict[str, Scenario] = {
@@ -69,15 +71,29 @@ SCENARIOS: dict[str, Scenario] = {
             "cpu",
             "Captum vs ours side by side on the CPU (2-core figures: about 45 minutes, plus 13 for the data once)",
             (
-                Step("10k-cifar10", _a("--threads 1 --n-train 10000 --sources cifar10 --tasks workflow,self,cp,randproj "
-                                       "--cp-n-train 1000 --reps 3 --randproj-reps 2"),
-                     "10k, 1 thread, torchvision's CIFAR10 class: workflow, self, TracInCP on 1,000, RandProj"),
-                Step("10k-pil", _a("--threads 1 --n-train 10000 --sources pil --tasks workflow,randproj --reps 2"),
-                     "10k, 1 thread, a generic per-item Dataset: workflow and RandProj"),
-                Step("50k", _a("--threads 2 --n-train 50000 --sources cifar10,pil --tasks workflow,query --reps 1"),
-                     "the tutorial's 50k, 2 threads: workflow and warm query"),
-                Step("50k-randproj", _a("--threads 2 --n-train 50000 --sources cifar10,pil --tasks randproj --reps 1"),
-                     "the tutorial's 50k, 2 threads: RandProj set-up and query"),
+                Step(
+                    "10k-cifar10",
+                    _a(
+                        "--threads 1 --n-train 10000 --sources cifar10 --tasks workflow,self,cp,randproj "
+                        "--cp-n-train 1000 --reps 3 --randproj-reps 2"
+                    ),
+                    "10k, 1 thread, torchvision's CIFAR10 class: workflow, self, TracInCP on 1,000, RandProj",
+                ),
+                Step(
+                    "10k-pil",
+                    _a("--threads 1 --n-train 10000 --sources pil --tasks workflow,randproj --reps 2"),
+                    "10k, 1 thread, a generic per-item Dataset: workflow and RandProj",
+                ),
+                Step(
+                    "50k",
+                    _a("--threads 2 --n-train 50000 --sources cifar10,pil --tasks workflow,query --reps 1"),
+                    "the tutorial's 50k, 2 threads: workflow and warm query",
+                ),
+                Step(
+                    "50k-randproj",
+                    _a("--threads 2 --n-train 50000 --sources cifar10,pil --tasks randproj --reps 1"),
+                    "the tutorial's 50k, 2 threads: RandProj set-up and query",
+                ),
             ),
             Step("quick", _a("--threads 1 " + _ENGINE_QUICK), "smoke run: 128 images, every task once"),
         ),
@@ -85,20 +101,43 @@ SCENARIOS: dict[str, Scenario] = {
             "gpu",
             "Captum vs ours on one CUDA GPU, N = 50,000 (an H200: about 14 minutes; split it with --only)",
             (
-                Step("cifar10", _a("--sources cifar10 --tasks workflow,self,cp --reps 3"),
-                     "torchvision's CIFAR10 class: workflow, self, TracInCP on 5,000", 200),
-                Step("cifar10-randproj10k", _a("--sources cifar10 --n-train 10000 --tasks randproj --reps 1 "
-                                               "--captum-timeout 100"),
-                     "RandProj set-up and query at 10k, Captum side by side (stopped after 100 s)", 130),
-                Step("cifar10-randproj", _a("--sources cifar10 --tasks randproj --skip-captum randproj --reps 2"),
-                     "RandProj at 50k, ours only (Captum takes > 400 s)", 60),
-                Step("tensor", _a("--sources tensor --tasks workflow,self,query --reps 5"),
-                     "a TensorDataset: workflow, self, warm query", 100),
+                Step(
+                    "cifar10",
+                    _a("--sources cifar10 --tasks workflow,self,cp --reps 3"),
+                    "torchvision's CIFAR10 class: workflow, self, TracInCP on 5,000",
+                    200,
+                ),
+                Step(
+                    "cifar10-randproj10k",
+                    _a("--sources cifar10 --n-train 10000 --tasks randproj --reps 1 --captum-timeout 100"),
+                    "RandProj set-up and query at 10k, Captum side by side (stopped after 100 s)",
+                    130,
+                ),
+                Step(
+                    "cifar10-randproj",
+                    _a("--sources cifar10 --tasks randproj --skip-captum randproj --reps 2"),
+                    "RandProj at 50k, ours only (Captum takes > 400 s)",
+                    60,
+                ),
+                Step(
+                    "tensor",
+                    _a("--sources tensor --tasks workflow,self,query --reps 5"),
+                    "a TensorDataset: workflow, self, warm query",
+                    100,
+                ),
                 Step("pil", _a("--sources pil --tasks workflow --reps 3"), "a generic per-item Dataset: workflow", 150),
-                Step("cp", _a("--sources tensor,pil --tasks cp --reps 3"),
-                     "TracInCP on 5,000 from a TensorDataset and a generic per-item Dataset", 200),
-                Step("pil-randproj", _a("--sources pil --tasks randproj --skip-captum randproj --reps 2"),
-                     "RandProj at 50k from a generic per-item Dataset, ours only", 60),
+                Step(
+                    "cp",
+                    _a("--sources tensor,pil --tasks cp --reps 3"),
+                    "TracInCP on 5,000 from a TensorDataset and a generic per-item Dataset",
+                    200,
+                ),
+                Step(
+                    "pil-randproj",
+                    _a("--sources pil --tasks randproj --skip-captum randproj --reps 2"),
+                    "RandProj at 50k from a generic per-item Dataset, ours only",
+                    60,
+                ),
             ),
             Step("quick", _a(_ENGINE_QUICK), "smoke run: 128 images, every task once", 300),
             common=_a("--device cuda --cp-n-train 5000"),
@@ -106,19 +145,39 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "widget",
             "InfluenceExplorer latency: Python-side and in a real browser (JupyterLab + chromium); about 15 minutes",
-            (Step("widget", _a("--reps 15"), "50k training examples, Python-side and browser parts",
-                  module="benchmarks.bench_widget"),),
-            Step("quick", _a("--n-train 1000 --n-test 100 --reps 10 --parts python"),
-                 "smoke run: 1,000 examples, Python-side part only", module="benchmarks.bench_widget"),
+            (
+                Step(
+                    "widget",
+                    _a("--reps 15"),
+                    "50k training examples, Python-side and browser parts",
+                    module="benchmarks.bench_widget",
+                ),
+            ),
+            Step(
+                "quick",
+                _a("--n-train 1000 --n-test 100 --reps 10 --parts python"),
+                "smoke run: 1,000 examples, Python-side part only",
+                module="benchmarks.bench_widget",
+            ),
             kind="widget",
         ),
         Scenario(
             "recall",
             "TracInCPFastRandProj recall@10 against the exact top-10, by rerank (CPU, about 25 minutes)",
-            (Step("recall", _a("--threads 2 --n-train 10000,50000 --captum-n 10000"),
-                  "10k and 50k, Captum's recall at 10k", module="benchmarks.probes.randproj_recall"),),
-            Step("quick", _a("--threads 1 --data-size 256 --n-train 256 --captum-n 256 --batches 2 --reranks none,5,50"),
-                 "smoke run: 256 images", module="benchmarks.probes.randproj_recall"),
+            (
+                Step(
+                    "recall",
+                    _a("--threads 2 --n-train 10000,50000 --captum-n 10000"),
+                    "10k and 50k, Captum's recall at 10k",
+                    module="benchmarks.probes.randproj_recall",
+                ),
+            ),
+            Step(
+                "quick",
+                _a("--threads 1 --data-size 256 --n-train 256 --captum-n 256 --batches 2 --reranks none,5,50"),
+                "smoke run: 256 images",
+                module="benchmarks.probes.randproj_recall",
+            ),
             kind="recall",
         ),
     )
@@ -128,8 +187,11 @@ SCENARIOS: dict[str, Scenario] = {
 ENGINE_ROWS: dict[str, tuple[tuple[str, str | None, str], ...]] = {
     "fast": (("fast", "total", "total"),),
     "self": (("self", "total", "total"),),
-    "workflow": (("workflow", "total", "total"), ("workflow_proopp", "pro+opp", "pro+opp"),
-                 ("workflow_warm", "total", "warm_total_median")),
+    "workflow": (
+        ("workflow", "total", "total"),
+        ("workflow_proopp", "pro+opp", "pro+opp"),
+        ("workflow_warm", "total", "warm_total_median"),
+    ),
     "query": (("query", None, "pro+opp"),),
     "randproj": (("randproj_init", "init", "init"), ("randproj_query", "query_median", "query_median")),
     "cp": (("cp_proopp", "pro+opp", "pro+opp"), ("cp_self", "self", "self"), ("cp_total", "total", "total")),
@@ -140,12 +202,22 @@ ENGINE_ROWS: dict[str, tuple[tuple[str, str | None, str], ...]] = {
 def git_commit() -> str | None:
     """The short commit of the working tree, with ``-dirty`` when tracked files differ from it (None without git)."""
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=False).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
         if not head:
             return None
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -178,13 +250,17 @@ def setup_site(wheels: Path, annoy_src: Path, site: Path) -> None:
     if importlib.util.find_spec("captum") is None:
         whls = sorted(wheels.glob("*.whl"))
         if not whls:
-            raise SystemExit(f"--setup: captum is not installed and --wheels {wheels} holds no .whl; carry Captum "
-                             "0.9's wheel there (pip download captum==0.9.0 --no-deps -d .whl)")
+            raise SystemExit(
+                f"--setup: captum is not installed and --wheels {wheels} holds no .whl; carry Captum "
+                "0.9's wheel there (pip download captum==0.9.0 --no-deps -d .whl)"
+            )
         subprocess.run(pip + ["--no-index", "--no-compile", "--upgrade", *map(str, whls)], check=True)
     if importlib.util.find_spec("annoy") is None:
         if not annoy_src.is_dir():
-            print(f"--setup: annoy is not installed and --annoy-src {annoy_src} is missing: the RandProj steps will "
-                  "fail", flush=True)
+            print(
+                f"--setup: annoy is not installed and --annoy-src {annoy_src} is missing: the RandProj steps will fail",
+                flush=True,
+            )
         elif subprocess.run(pip + ["--no-build-isolation", str(annoy_src)], check=False).returncode:
             print("--setup: building annoy FAILED: the RandProj steps will fail", flush=True)
     sys.path.insert(0, str(site))
@@ -212,9 +288,16 @@ def run_step(step: Step, argv: list[str], raw: Path) -> dict[str, Any]:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
-    return {"name": step.name, "what": step.what, "argv": argv, "started": started,
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "returncode": rc, "timed_out": timed_out,
-            "raw": str(raw.relative_to(ROOT)) if raw.is_relative_to(ROOT) else str(raw)}
+    return {
+        "name": step.name,
+        "what": step.what,
+        "argv": argv,
+        "started": started,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "returncode": rc,
+        "timed_out": timed_out,
+        "raw": str(raw.relative_to(ROOT)) if raw.is_relative_to(ROOT) else str(raw),
+    }
 
 
 def _summary(s: dict | None) -> dict | None:
@@ -233,8 +316,19 @@ def engine_rows(doc: dict, step: str) -> list[dict]:
         n_train = rec.get("n_train", args["n_train"])
         if task == "floor":
             for seg, s in rec.get("ours_summary", {}).items():
-                rows.append({"task": "floor", "source": source, "n_train": n_train, "threads": threads,
-                             "reps": s.get("n"), "captum": None, "ours": _summary(s), "note": seg, "step": step})
+                rows.append(
+                    {
+                        "task": "floor",
+                        "source": source,
+                        "n_train": n_train,
+                        "threads": threads,
+                        "reps": s.get("n"),
+                        "captum": None,
+                        "ours": _summary(s),
+                        "note": seg,
+                        "step": step,
+                    }
+                )
             continue
         timeouts = [r for r in rec.get("captum", []) if "timeout" in r]
         for row_task, cseg, oseg in ENGINE_ROWS.get(task, ()):
@@ -242,14 +336,24 @@ def engine_rows(doc: dict, step: str) -> list[dict]:
             if ours is None:
                 continue
             captum = _summary(rec.get("captum_summary", {}).get(cseg)) if cseg else None
-            row = {"task": row_task, "source": source, "n_train": n_train, "threads": threads,
-                   "reps": ours.get("n"), "captum": captum, "ours": ours, "step": step}
+            row = {
+                "task": row_task,
+                "source": source,
+                "n_train": n_train,
+                "threads": threads,
+                "reps": ours.get("n"),
+                "captum": captum,
+                "ours": ours,
+                "step": step,
+            }
             if captum is None and cseg and timeouts:
                 row["captum"] = {"more_than": args.get("captum_timeout")}
             if row_task == "randproj_query" and rec.get("checks"):
                 rc = [c["recall_at_10_vs_exact"] for c in rec["checks"]]
-                row["recall"] = {lib: [statistics.mean(c[f"{lib}_{d}"] for c in rc) for d in ("pro", "opp")]
-                                 for lib in ("captum", "ours")}
+                row["recall"] = {
+                    lib: [statistics.mean(c[f"{lib}_{d}"] for c in rc) for d in ("pro", "opp")]
+                    for lib in ("captum", "ours")
+                }
             rows.append(row)
     return rows
 
@@ -286,19 +390,31 @@ def collect(scenario: Scenario, steps: list[dict], raws: list[Path]) -> dict:
     if not found:
         raise SystemExit(f"no step of scenario {scenario.name!r} wrote results (see the output above)")
     machine = dict(found[0]["machine"])
-    res: dict[str, Any] = {"scenario": scenario.name, "machine_tag": machine_tag(machine),
-                           "machine_label": machine_label(machine),
-                           "source": f"measured by python -m benchmarks {scenario.name}",
-                           "date": time.strftime("%Y-%m-%d %H:%M"), "git_commit": git_commit(),
-                           "torch": machine.get("torch"), "machine": machine, "steps": steps}
+    res: dict[str, Any] = {
+        "scenario": scenario.name,
+        "machine_tag": machine_tag(machine),
+        "machine_label": machine_label(machine),
+        "source": f"measured by python -m benchmarks {scenario.name}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "git_commit": git_commit(),
+        "torch": machine.get("torch"),
+        "machine": machine,
+        "steps": steps,
+    }
     if scenario.kind == "engine":
-        res["rows"] = [r for step, d in zip(steps, docs) if d for r in engine_rows(d, step["name"])]
+        res["rows"] = [r for step, d in zip(steps, docs, strict=False) if d for r in engine_rows(d, step["name"])]
         res["exactness"] = engine_exactness(found)
     elif scenario.kind == "widget":
         d = found[0]
-        res["runs"] = [{"label": "run", "reps": d["args"]["reps"], "n_train": d["args"]["n_train"],
-                        "figures": {k: d[k] for k in ("python", "browser") if k in d},
-                        "loadavg": [d.get("loadavg_start"), d.get("loadavg_end")]}]
+        res["runs"] = [
+            {
+                "label": "run",
+                "reps": d["args"]["reps"],
+                "n_train": d["args"]["n_train"],
+                "figures": {k: d[k] for k in ("python", "browser") if k in d},
+                "loadavg": [d.get("loadavg_start"), d.get("loadavg_end")],
+            }
+        ]
     else:
         res["results"] = found[0]["results"]
     return res
@@ -312,8 +428,11 @@ def merge(previous: dict | None, new: dict) -> dict:
     new["steps"] = [s for s in previous["steps"] if s["name"] not in rerun] + new["steps"]
     new["rows"] = [r for r in previous["rows"] if r.get("step") not in rerun] + new["rows"]
     for key, value in previous.get("exactness", {}).items():
-        new["exactness"][key] = (value and new["exactness"].get(key, True)) if key == "same_top10_order" \
+        new["exactness"][key] = (
+            (value and new["exactness"].get(key, True))
+            if key == "same_top10_order"
             else max(value, new["exactness"].get(key, 0.0))
+        )
     return new
 
 
@@ -329,8 +448,10 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> list[str]:
             names = [n.strip() for n in args.only.split(",") if n.strip()]
             unknown = sorted(set(names) - {s.name for s in steps})
             if unknown:
-                raise SystemExit(f"--only: unknown step(s) {unknown} of scenario {scenario.name!r}; "
-                                 f"choose from {[s.name for s in steps]}")
+                raise SystemExit(
+                    f"--only: unknown step(s) {unknown} of scenario {scenario.name!r}; "
+                    f"choose from {[s.name for s in steps]}"
+                )
             steps = [s for s in steps if s.name in names]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     raw_dir = Path(args.raw_dir) / f"{scenario.name}{'-quick' if args.quick else ''}-{stamp}"
@@ -362,27 +483,40 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------- CLI
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join([*SCENARIOS, "report"]) + "}")
     for sc in SCENARIOS.values():
         steps = "\n".join(f"  {s.name:20s} {s.what}" for s in sc.steps)
-        sp = sub.add_parser(sc.name, help=sc.help, description=f"{sc.help}.\n\nsteps:\n{steps}",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp = sub.add_parser(
+            sc.name,
+            help=sc.help,
+            description=f"{sc.help}.\n\nsteps:\n{steps}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sp.add_argument("--quick", action="store_true", help="one tiny smoke step instead of the full-size steps")
         sp.add_argument("--only", default="", help="comma separated step names to run (merged into the results file)")
         sp.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the results JSON goes")
         sp.add_argument("--raw-dir", type=Path, default=BENCH / "out", help="where the steps' raw JSON goes")
-        sp.add_argument("--data-dir", type=Path, default=None,
-                        help="the generated workload's cache (default benchmarks/data/)")
+        sp.add_argument(
+            "--data-dir", type=Path, default=None, help="the generated workload's cache (default benchmarks/data/)"
+        )
         sp.add_argument("--tag", default="", help="machine tag of the results file (default: GPU model or CPU cores)")
-        sp.add_argument("--extra", default="", help="more options for every step, e.g. \"--skip-captum cp\"")
-        sp.add_argument("--setup", action="store_true",
-                        help="first install Captum from --wheels and build Annoy from --annoy-src into --site when "
-                             "they are not importable (bare CUDA machines)")
+        sp.add_argument("--extra", default="", help='more options for every step, e.g. "--skip-captum cp"')
+        sp.add_argument(
+            "--setup",
+            action="store_true",
+            help="first install Captum from --wheels and build Annoy from --annoy-src into --site when "
+            "they are not importable (bare CUDA machines)",
+        )
         sp.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="folder with captum-0.9.0's wheel")
-        sp.add_argument("--annoy-src", type=Path, default=ROOT / ".carry" / "annoy-1.17.3",
-                        help="annoy's source without its setup_requires nose line")
+        sp.add_argument(
+            "--annoy-src",
+            type=Path,
+            default=ROOT / ".carry" / "annoy-1.17.3",
+            help="annoy's source without its setup_requires nose line",
+        )
         sp.add_argument("--site", type=Path, default=Path("/tmp/site"), help="install target of --setup")
     rp = sub.add_parser("report", help="regenerate benchmarks/RESULTS.md's tables from the results JSON files")
     rp.add_argument("--results-dir", type=Path, default=RESULTS_DIR)

@@ -22,8 +22,15 @@ RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 
 def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_help_lists_the_scenarios():
@@ -69,11 +76,19 @@ def test_report_rejects_an_unknown_marker(tmp_path):
 def test_engine_rows_from_raw_results():
     """bench_engine's raw JSON -> rows: Captum's timed-out RandProj set-up becomes a lower bound."""
     s = {"median": 2.0, "min": 1.0, "max": 3.0, "n": 2}
-    raw = {"args": {"threads": 1, "n_train": 100, "captum_timeout": 100.0}, "machine": {"torch_threads": 4},
-           "results": {"randproj[pil]": {
-               "n_train": 100, "captum": [{"timeout": "did not finish within 100.0 s"}],
-               "captum_summary": {"init": {"median": None, "min": None, "max": None, "n": 0}},
-               "ours_summary": {"init": s, "query_median": s}, "checks": []}}}
+    raw = {
+        "args": {"threads": 1, "n_train": 100, "captum_timeout": 100.0},
+        "machine": {"torch_threads": 4},
+        "results": {
+            "randproj[pil]": {
+                "n_train": 100,
+                "captum": [{"timeout": "did not finish within 100.0 s"}],
+                "captum_summary": {"init": {"median": None, "min": None, "max": None, "n": 0}},
+                "ours_summary": {"init": s, "query_median": s},
+                "checks": [],
+            }
+        },
+    }
     rows = suite.engine_rows(raw, "step")
     init = next(r for r in rows if r["task"] == "randproj_init")
     assert init["captum"] == {"more_than": 100.0} and init["ours"] == s and init["threads"] == 1
@@ -87,10 +102,18 @@ def test_machine_tag():
 
 
 def test_partial_run_replaces_only_its_steps():
-    old = {"source": "measured by python -m benchmarks gpu", "steps": [{"name": "a"}, {"name": "b"}],
-           "rows": [{"step": "a", "x": 1}, {"step": "b", "x": 2}], "exactness": {"fast_scores_max_rel": 1e-6}}
-    new = {"source": "measured by python -m benchmarks gpu", "steps": [{"name": "b"}],
-           "rows": [{"step": "b", "x": 3}], "exactness": {"fast_scores_max_rel": 1e-7}}
+    old = {
+        "source": "measured by python -m benchmarks gpu",
+        "steps": [{"name": "a"}, {"name": "b"}],
+        "rows": [{"step": "a", "x": 1}, {"step": "b", "x": 2}],
+        "exactness": {"fast_scores_max_rel": 1e-6},
+    }
+    new = {
+        "source": "measured by python -m benchmarks gpu",
+        "steps": [{"name": "b"}],
+        "rows": [{"step": "b", "x": 3}],
+        "exactness": {"fast_scores_max_rel": 1e-7},
+    }
     merged = suite.merge(copy.deepcopy(old), copy.deepcopy(new))
     assert merged["rows"] == [{"step": "a", "x": 1}, {"step": "b", "x": 3}]
     assert merged["exactness"]["fast_scores_max_rel"] == 1e-6
@@ -99,8 +122,19 @@ def test_partial_run_replaces_only_its_steps():
 
 
 def test_cpu_quick_writes_valid_results(tmp_path):
-    out = _bench("cpu", "--quick", "--results-dir", str(tmp_path / "results"), "--raw-dir", str(tmp_path / "raw"),
-                 "--data-dir", str(tmp_path / "data"), "--extra", "--skip-captum cp,randproj", timeout=300)
+    out = _bench(
+        "cpu",
+        "--quick",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--raw-dir",
+        str(tmp_path / "raw"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--extra",
+        "--skip-captum cp,randproj",
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     files = list((tmp_path / "results").glob("cpu-*-quick.json"))
     assert len(files) == 1

@@ -76,8 +76,11 @@ def main() -> None:
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 ts.append(time.perf_counter() - t0)
-            print(f"{name:22s} n={args.n} {f.__name__:12s} median {statistics.median(ts) * 1e3:8.2f} ms  "
-                  f"min {min(ts) * 1e3:8.2f} ms  rel err {err:.1e}", flush=True)
+            print(
+                f"{name:22s} n={args.n} {f.__name__:12s} median {statistics.median(ts) * 1e3:8.2f} ms  "
+                f"min {min(ts) * 1e3:8.2f} ms  rel err {err:.1e}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

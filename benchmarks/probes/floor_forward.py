@@ -68,8 +68,11 @@ def main() -> None:
                         walls.append(time.perf_counter() - t0)
                         cpus.append(time.process_time() - c0)
                     what = "fwd+dlogits" if grad else "fwd no-grad"
-                    print(f"threads {th} {fmt:13s} batch {bs:5d} {what:12s} wall {statistics.median(walls):6.2f}  "
-                          f"cpu {statistics.median(cpus):6.2f}", flush=True)
+                    print(
+                        f"threads {th} {fmt:13s} batch {bs:5d} {what:12s} wall {statistics.median(walls):6.2f}  "
+                        f"cpu {statistics.median(cpus):6.2f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

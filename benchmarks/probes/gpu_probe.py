@@ -43,14 +43,18 @@ def main() -> None:
     print("tf32 cudnn", torch.backends.cudnn.allow_tf32, "matmul", torch.backends.cuda.matmul.allow_tf32)
     # --- worker start-up
     for w in (1, 4, 8, 15):
+
         def first(w=w):
             it = iter(DataLoader(Trivial(), batch_size=64, num_workers=w))
             next(it)
             return it
+
         timed(f"start-up: iter + first batch, {w} workers (trivial data)", first, reps=2, sync=False)
+
         def whole(w=w):
             for _ in DataLoader(Trivial(), batch_size=64, num_workers=w):
                 pass
+
         timed(f"whole trivial pass incl. shutdown, {w} workers", whole, reps=2, sync=False)
     pil = PILDataset(data["x_train"], data["y_train"])
     t0 = time.perf_counter()
@@ -58,9 +62,11 @@ def main() -> None:
         pil[i]
     print(f"PIL item in the main process: {(time.perf_counter() - t0) / 2000 * 1e6:.0f} us", flush=True)
     for w, mp in ((15, None), (15, "forkserver")):
+
         def pas(w=w, mp=mp):
             for _ in DataLoader(pil, batch_size=834, num_workers=w, multiprocessing_context=mp, prefetch_factor=4):
                 pass
+
         timed(f"PIL 50k pass, {w} workers, context {mp}, no pin", pas, reps=2, sync=False)
     # --- forward
     x_cpu = _preprocess(data["x_train"])
@@ -78,9 +84,9 @@ def main() -> None:
         for s in range(0, 50000, rows):
             for net in nets:
                 with torch.no_grad():
-                    out = net(x[s:s + rows])
+                    out = net(x[s : s + rows])
                 out.requires_grad_(True)
-                torch.autograd.grad(loss_fn(out, yg[s:s + rows]), out)
+                torch.autograd.grad(loss_fn(out, yg[s : s + rows]), out)
 
     timed("fwd 6x50k 16k rows (default)", fwd)
     with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=True):
@@ -91,16 +97,19 @@ def main() -> None:
     xcl = xg.contiguous(memory_format=torch.channels_last)
     try:
         timed("fwd 6x50k 16k rows, channels_last input", lambda: fwd(xcl))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # report any failure of the probe, whatever it is
         print("channels_last failed:", e)
     from torch.func import functional_call, stack_module_state, vmap
+
     params, bufs = stack_module_state(nets)
-    f = lambda p, xb: functional_call(nets[0], p, (xb,))
+
+    def f(p, xb):
+        return functional_call(nets[0], p, (xb,))
 
     def vfwd():
         for s in range(0, 50000, rows):
             with torch.no_grad():
-                vmap(f, in_dims=(0, None))(params, xg[s:s + rows])
+                vmap(f, in_dims=(0, None))(params, xg[s : s + rows])
 
     timed("fwd 6x50k 16k rows, vmap over checkpoints (no dlogits)", vfwd)
     # --- copies overlapped with the forward
@@ -133,12 +142,12 @@ def main() -> None:
 
     def serial():
         for s in range(0, 50000, rows):
-            cur = x_cpu[s:s + rows].to(dev, non_blocking=True)
+            cur = x_cpu[s : s + rows].to(dev, non_blocking=True)
             for net in nets:
                 with torch.no_grad():
                     out = net(cur)
                 out.requires_grad_(True)
-                torch.autograd.grad(loss_fn(out, yg[s:s + rows]), out)
+                torch.autograd.grad(loss_fn(out, yg[s : s + rows]), out)
 
     timed("copy+fwd: pageable chunks, one stream (current engine)", serial)
     bufs_p = [torch.empty((4096,) + tuple(x_cpu.shape[1:]), pin_memory=True) for _ in range(2)]
@@ -162,8 +171,16 @@ def main() -> None:
                 torch.autograd.grad(loss_fn(out, yg[s:e]), out)
 
     timed("copy+fwd: pinned double buffer 4k rows (buffers preallocated)", pinned_db)
-    timed("alloc 2 pinned 4k-row buffers (100 MB)", lambda: [torch.empty((4096, 3, 32, 32), pin_memory=True) for _ in range(2)], sync=False)
-    timed("host copy 614 MB into pinned (threads)", lambda: [bufs_p[0][: min(4096, 50000 - s)].copy_(x_cpu[s:s + 4096]) for s in range(0, 50000, 4096)], sync=False)
+    timed(
+        "alloc 2 pinned 4k-row buffers (100 MB)",
+        lambda: [torch.empty((4096, 3, 32, 32), pin_memory=True) for _ in range(2)],
+        sync=False,
+    )
+    timed(
+        "host copy 614 MB into pinned (threads)",
+        lambda: [bufs_p[0][: min(4096, 50000 - s)].copy_(x_cpu[s : s + 4096]) for s in range(0, 50000, 4096)],
+        sync=False,
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,10 @@ def timed(name, fn, reps=3, dev=None):
             torch.cuda.synchronize()
         ts.append(time.perf_counter() - t0)
     REPORT[name] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts)}
-    print(f"{name:60s} {statistics.median(ts) * 1000:9.1f} ms  (min {min(ts) * 1000:.1f}, max {max(ts) * 1000:.1f})", flush=True)
+    print(
+        f"{name:60s} {statistics.median(ts) * 1000:9.1f} ms  (min {min(ts) * 1000:.1f}, max {max(ts) * 1000:.1f})",
+        flush=True,
+    )
     return out
 
 
@@ -63,21 +66,32 @@ def main() -> None:
 
     if "load" in sections:
         for w, bs in [(8, 2048), (15, 2048), (15, 834), (15, 256), (15, 128)]:
+
             def one_pass(w=w, bs=bs):
                 n = 0
                 for xb, yb in DataLoader(pil, batch_size=bs, num_workers=w, pin_memory=True, prefetch_factor=4):
                     xb.to(dev, non_blocking=True)
                     n += len(yb)
                 return n
+
             timed(f"load: PIL pass 50k, {w} workers, batch {bs}, pinned -> GPU", one_pass, reps=2, dev=dev)
         sub = Subset(pil, range(5000))
         for w, bs in [(8, 2048), (15, 84)]:
-            timed(f"load: PIL pass 5k, {w} workers, batch {bs}",
-                  lambda w=w, bs=bs: sum(len(b[1]) for b in DataLoader(sub, batch_size=bs, num_workers=w, pin_memory=True)), reps=2)
+            timed(
+                f"load: PIL pass 5k, {w} workers, batch {bs}",
+                lambda w=w, bs=bs: sum(
+                    len(b[1]) for b in DataLoader(sub, batch_size=bs, num_workers=w, pin_memory=True)
+                ),
+                reps=2,
+            )
 
     if "h2d" in sections:
         timed("h2d: 614 MB pageable, one copy", lambda: x_cpu.to(dev), dev=dev)
-        timed("h2d: pageable, 16k-row chunks", lambda: [x_cpu[s:s + 16384].to(dev) for s in range(0, 50000, 16384)], dev=dev)
+        timed(
+            "h2d: pageable, 16k-row chunks",
+            lambda: [x_cpu[s : s + 16384].to(dev) for s in range(0, 50000, 16384)],
+            dev=dev,
+        )
         xp = x_cpu.pin_memory()
         timed("h2d: pinned, one copy", lambda: xp.to(dev, non_blocking=True), dev=dev)
         timed("h2d: pin_memory() of the whole tensor (host copy)", lambda: x_cpu.pin_memory(), reps=2)
@@ -91,13 +105,15 @@ def main() -> None:
         xg, yg = x_cpu.to(dev), y_cpu.to(dev)
         loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
         for rows in (2048, 16384, 50000):
+
             def fwd(rows=rows):
                 for s in range(0, 50000, rows):
                     for net in nets:
                         with torch.no_grad():
-                            out = net(xg[s:s + rows])
+                            out = net(xg[s : s + rows])
                         out.requires_grad_(True)
-                        torch.autograd.grad(loss_fn(out, yg[s:s + rows]), out)
+                        torch.autograd.grad(loss_fn(out, yg[s : s + rows]), out)
+
             timed(f"fwd: 6 ckpts x 50k, GPU-resident, {rows} rows, + dlogits", fwd, dev=dev)
 
     from tracin_widgets.influence import TracInCP, TracInCPFast
@@ -106,8 +122,17 @@ def main() -> None:
 
     def workflow(ds, **kw):
         net = Net()
-        t = TracInCPFast(net, net.fc3, ds, paths, checkpoints_load_func=checkpoints_load_func, loss_fn=loss,
-                         batch_size=2048, device="cuda", **kw)
+        t = TracInCPFast(
+            net,
+            net.fc3,
+            ds,
+            paths,
+            checkpoints_load_func=checkpoints_load_func,
+            loss_fn=loss,
+            batch_size=2048,
+            device="cuda",
+            **kw,
+        )
         t.influence(test, k=10, proponents=True)
         t.influence(test, k=10, proponents=False)
         t.self_influence()
@@ -137,8 +162,16 @@ def main() -> None:
 
         def cp(kind):
             net = Net()
-            t = TracInCP(net, sub, paths, checkpoints_load_func=checkpoints_load_func, loss_fn=loss_cp,
-                         batch_size=2048, sample_wise_grads_per_batch=True, device="cuda")
+            t = TracInCP(
+                net,
+                sub,
+                paths,
+                checkpoints_load_func=checkpoints_load_func,
+                loss_fn=loss_cp,
+                batch_size=2048,
+                sample_wise_grads_per_batch=True,
+                device="cuda",
+            )
             if kind == "proopp":
                 t.influence(test, k=10, proponents=True)
                 t.influence(test, k=10, proponents=False)
@@ -150,10 +183,20 @@ def main() -> None:
         timed("ours: TracInCP 5k PIL, self", lambda: cp("self"), reps=args.reps, dev=dev)
         tsub = TensorDataset(x_cpu[:5000], y_cpu[:5000])
         REPORT["note"] = "TracInCP from tensors below"
+
         def cpt():
             net = Net()
-            TracInCP(net, tsub, paths, checkpoints_load_func=checkpoints_load_func, loss_fn=loss_cp,
-                     batch_size=2048, sample_wise_grads_per_batch=True, device="cuda").self_influence()
+            TracInCP(
+                net,
+                tsub,
+                paths,
+                checkpoints_load_func=checkpoints_load_func,
+                loss_fn=loss_cp,
+                batch_size=2048,
+                sample_wise_grads_per_batch=True,
+                device="cuda",
+            ).self_influence()
+
         timed("ours: TracInCP 5k tensors, self", cpt, reps=args.reps, dev=dev)
 
     if args.out:

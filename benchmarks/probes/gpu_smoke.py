@@ -37,7 +37,11 @@ def main() -> int:
     test = (torch.randn(n_test, 3, 32, 32), torch.randint(0, 10, (n_test,)))
     ds = TensorDataset(x, y)
     net = Net()
-    out: dict = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else dev, "torch": torch.__version__, "checks": {}}
+    out: dict = {
+        "device": torch.cuda.get_device_name(0) if dev == "cuda" else dev,
+        "torch": torch.__version__,
+        "checks": {},
+    }
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -51,12 +55,23 @@ def main() -> int:
         kinds = {
             "fast": lambda dev, m: TracInCPFast(m, "fc3", ds, paths, loss_fn=loss, batch_size=256, device=dev),
             "randproj": lambda dev, m: TracInCPFastRandProj(
-                m, "fc3", ds, paths, loss_fn=loss, batch_size=256, device=dev, projection_dim=64,
+                m,
+                "fc3",
+                ds,
+                paths,
+                loss_fn=loss,
+                batch_size=256,
+                device=dev,
+                projection_dim=64,
                 nearest_neighbors=__import__("tracin_widgets.influence", fromlist=["x"]).ExactNearestNeighbors(),
             ),
             "cp": lambda dev, m: TracInCP(
-                m, TensorDataset(x[:600], y[:600]), paths, loss_fn=nn.CrossEntropyLoss(reduction="none"),
-                batch_size=128, device=dev,
+                m,
+                TensorDataset(x[:600], y[:600]),
+                paths,
+                loss_fn=nn.CrossEntropyLoss(reduction="none"),
+                batch_size=128,
+                device=dev,
             ),
         }
         for name, make in kinds.items():
@@ -70,9 +85,10 @@ def main() -> int:
                     row[f"rel_err_{'pro' if prop else 'opp'}"] = _rel(b.influence_scores, a.influence_scores)
                     row["dtype"] = str(b.influence_scores.dtype)
                 row["self_rel_err"] = _rel(eng.self_influence(), ref.self_influence())
-                good = all(v for k, v in row.items() if k.startswith("top10")) and max(
-                    v for k, v in row.items() if "rel_err" in k
-                ) < 1e-4
+                good = (
+                    all(v for k, v in row.items() if k.startswith("top10"))
+                    and max(v for k, v in row.items() if "rel_err" in k) < 1e-4
+                )
                 row["ok"] = good
                 ok &= good
                 out["checks"][f"{name}/{label}"] = row
@@ -80,14 +96,20 @@ def main() -> int:
             from captum.influence import TracInCPFast as CaptumFast
 
             cnet = Net()
-            cap = CaptumFast(cnet, cnet.fc3, ds, paths, checkpoints_load_func=_captum_load, loss_fn=loss, batch_size=256)
+            cap = CaptumFast(
+                cnet, cnet.fc3, ds, paths, checkpoints_load_func=_captum_load, loss_fn=loss, batch_size=256
+            )
             cap.model.to(dev)
-            ours = TracInCPFast(Net(), "fc3", ds, paths, checkpoints_load_func=_captum_load, loss_fn=loss,
-                                batch_size=256, device=dev)
+            ours = TracInCPFast(
+                Net(), "fc3", ds, paths, checkpoints_load_func=_captum_load, loss_fn=loss, batch_size=256, device=dev
+            )
             tc = tuple(t.to(dev) for t in test)
             a = cap.influence(tc, k=10, proponents=True)
             b = ours.influence(test, k=10, proponents=True)
-            row = {"top10_same": bool(torch.equal(a[0].cpu(), b.indices)), "rel_err": _rel(b.influence_scores, a[1].cpu())}
+            row = {
+                "top10_same": bool(torch.equal(a[0].cpu(), b.indices)),
+                "rel_err": _rel(b.influence_scores, a[1].cpu()),
+            }
             row["ok"] = row["top10_same"] and row["rel_err"] < 1e-4
             ok &= row["ok"]
             out["checks"][f"captum-fast/{dev}"] = row

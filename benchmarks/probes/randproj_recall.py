@@ -46,8 +46,18 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    args = argparse.Namespace(data_dir=a.data_dir, data_size=a.data_size, seed=0, device=a.device, num_workers=-1,
-                              final_fc="fc3", batch_size=2048, captum_workers=0, profile="", skip_captum="")
+    args = argparse.Namespace(
+        data_dir=a.data_dir,
+        data_size=a.data_size,
+        seed=0,
+        device=a.device,
+        num_workers=-1,
+        final_fc="fc3",
+        batch_size=2048,
+        captum_workers=0,
+        profile="",
+        skip_captum="",
+    )
     bench = be.Bench(args)
     from captum.influence import TracInCPFastRandProj as C
     from captum.influence._utils.nearest_neighbors import AnnoyNearestNeighbors as CAnnoy
@@ -63,30 +73,49 @@ def main(argv=None) -> int:
     for n in (int(x) for x in a.n_train.split(",")):
         ds = bench.dataset(a.source, n)
         exact_inst = bench.warm_instance(a.source, n)
-        exact = [(exact_inst.influence(b, k=be.K, proponents=True).indices,
-                  exact_inst.influence(b, k=be.K, proponents=False).indices) for b in batches]
+        exact = [
+            (
+                exact_inst.influence(b, k=be.K, proponents=True).indices,
+                exact_inst.influence(b, k=be.K, proponents=False).indices,
+            )
+            for b in batches
+        ]
         full = [exact_inst.influence(b, k=None) for b in batches]  # exact score matrices (4, n)
         t0 = time.perf_counter()
-        ours = O(bench.net, bench.net.fc3, ds, bench.ckpts, checkpoints_load_func=be.checkpoints_load_func,
-                 loss_fn=bench.loss_sum, batch_size=128, nearest_neighbors=OAnnoy(num_trees=100), projection_dim=100,
-                 device=bench.device)
+        ours = O(
+            bench.net,
+            bench.net.fc3,
+            ds,
+            bench.ckpts,
+            checkpoints_load_func=be.checkpoints_load_func,
+            loss_fn=bench.loss_sum,
+            batch_size=128,
+            nearest_neighbors=OAnnoy(num_trees=100),
+            projection_dim=100,
+            device=bench.device,
+        )
         res = {"ours_init_s": time.perf_counter() - t0, "ours": {}}
 
-        def measure(inst):
+        def measure(inst, exact=exact):
             pro, opp, times = [], [], []
-            for b, (ep, eo) in zip(batches, exact):
+            for b, (ep, eo) in zip(batches, exact, strict=False):
                 t = time.perf_counter()
                 rp = inst.influence(b, k=be.K, proponents=True)
                 ro = inst.influence(b, k=be.K, proponents=False)
                 times.append(time.perf_counter() - t)
                 pro.append(be.recall(rp.indices, ep))
                 opp.append(be.recall(ro.indices, eo))
-            return {"pro_batch0": pro[0], "opp_batch0": opp[0], "pro_mean": float(np.mean(pro)),
-                    "opp_mean": float(np.mean(opp)), "query_median_s": float(np.median(times))}
+            return {
+                "pro_batch0": pro[0],
+                "opp_batch0": opp[0],
+                "pro_mean": float(np.mean(pro)),
+                "opp_mean": float(np.mean(opp)),
+                "query_median_s": float(np.median(times)),
+            }
 
         for r in [x for x in reranks if x]:  # brute-force candidates in the projected space, exact rerank
             pro, opp = [], []
-            for b, (ep, eo), sc in zip(batches, exact, full):
+            for b, (ep, eo), sc in zip(batches, exact, full, strict=False):
                 q = ours.compute_intermediate_quantities(b)
                 approx = q @ ours._train_embeddings.cpu().T
                 for sign, ref, acc in ((1, ep, pro), (-1, eo, opp)):
@@ -94,33 +123,70 @@ def main(argv=None) -> int:
                     best = torch.topk(sign * torch.gather(sc, 1, cand), be.K, dim=1).indices
                     acc.append(be.recall(torch.gather(cand, 1, best), ref))
             res["ours"][f"brute{r}"] = {"pro_mean": float(np.mean(pro)), "opp_mean": float(np.mean(opp))}
-            print(f"n={n} brute-force candidates, rerank={r}: recall pro {np.mean(pro):.3f} opp {np.mean(opp):.3f}",
-                  flush=True)
+            print(
+                f"n={n} brute-force candidates, rerank={r}: recall pro {np.mean(pro):.3f} opp {np.mean(opp):.3f}",
+                flush=True,
+            )
         with tempfile.TemporaryDirectory() as cache:
-            OFast(bench.net, bench.net.fc3, ds, bench.ckpts, checkpoints_load_func=be.checkpoints_load_func,
-                  loss_fn=bench.loss_sum, batch_size=128, device=bench.device, cache_dir=cache).fit()
+            OFast(
+                bench.net,
+                bench.net.fc3,
+                ds,
+                bench.ckpts,
+                checkpoints_load_func=be.checkpoints_load_func,
+                loss_fn=bench.loss_sum,
+                batch_size=128,
+                device=bench.device,
+                cache_dir=cache,
+            ).fit()
             t0 = time.perf_counter()
-            O(bench.net, bench.net.fc3, ds, bench.ckpts, checkpoints_load_func=be.checkpoints_load_func,
-              loss_fn=bench.loss_sum, batch_size=128, nearest_neighbors=OAnnoy(num_trees=100), projection_dim=100,
-              device=bench.device, cache_dir=cache)
+            O(
+                bench.net,
+                bench.net.fc3,
+                ds,
+                bench.ckpts,
+                checkpoints_load_func=be.checkpoints_load_func,
+                loss_fn=bench.loss_sum,
+                batch_size=128,
+                nearest_neighbors=OAnnoy(num_trees=100),
+                projection_dim=100,
+                device=bench.device,
+                cache_dir=cache,
+            )
             res["ours_init_cached_s"] = time.perf_counter() - t0
-        print(f"n={n} ours RandProj __init__: cold {res['ours_init_s']:.2f} s, factors cached by a TracInCPFast "
-              f"{res['ours_init_cached_s']:.2f} s", flush=True)
+        print(
+            f"n={n} ours RandProj __init__: cold {res['ours_init_s']:.2f} s, factors cached by a TracInCPFast "
+            f"{res['ours_init_cached_s']:.2f} s",
+            flush=True,
+        )
         for r in reranks:
             ours.rerank = r
             res["ours"][str(r)] = m = measure(ours)
-            print(f"n={n} ours rerank={r}: recall pro {m['pro_mean']:.3f} opp {m['opp_mean']:.3f} "
-                  f"(batch 0: {m['pro_batch0']:.3f} / {m['opp_batch0']:.3f}), query {m['query_median_s'] * 1e3:.1f} ms",
-                  flush=True)
+            print(
+                f"n={n} ours rerank={r}: recall pro {m['pro_mean']:.3f} opp {m['opp_mean']:.3f} "
+                f"(batch 0: {m['pro_batch0']:.3f} / {m['opp_batch0']:.3f}), query {m['query_median_s'] * 1e3:.1f} ms",
+                flush=True,
+            )
         if n in captum_n:
             t0 = time.perf_counter()
-            cap = C(bench.net, bench.net.fc3, ds, bench.ckpts, checkpoints_load_func=be.checkpoints_load_func,
-                    loss_fn=bench.loss_sum, batch_size=128, nearest_neighbors=CAnnoy(num_trees=100), projection_dim=100)
+            cap = C(
+                bench.net,
+                bench.net.fc3,
+                ds,
+                bench.ckpts,
+                checkpoints_load_func=be.checkpoints_load_func,
+                loss_fn=bench.loss_sum,
+                batch_size=128,
+                nearest_neighbors=CAnnoy(num_trees=100),
+                projection_dim=100,
+            )
             res["captum_init_s"] = time.perf_counter() - t0
             res["captum"] = m = measure(cap)
-            print(f"n={n} captum: recall pro {m['pro_mean']:.3f} opp {m['opp_mean']:.3f} "
-                  f"(batch 0: {m['pro_batch0']:.3f} / {m['opp_batch0']:.3f}), query {m['query_median_s'] * 1e3:.1f} ms",
-                  flush=True)
+            print(
+                f"n={n} captum: recall pro {m['pro_mean']:.3f} opp {m['opp_mean']:.3f} "
+                f"(batch 0: {m['pro_batch0']:.3f} / {m['opp_batch0']:.3f}), query {m['query_median_s'] * 1e3:.1f} ms",
+                flush=True,
+            )
         doc["results"][str(n)] = res
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(doc, indent=1, default=str))

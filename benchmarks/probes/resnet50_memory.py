@@ -89,8 +89,13 @@ def main() -> None:
         rows: Counter = Counter()
         hook = model.conv1.register_forward_hook(lambda m, i, o: rows.update([int(i[0].shape[0])]))
         engine = TracInCPFast(
-            model, "fc", TensorDataset(x, y), paths, loss_fn=torch.nn.CrossEntropyLoss(reduction="sum"),
-            batch_size=args.batch_size, device="cuda",
+            model,
+            "fc",
+            TensorDataset(x, y),
+            paths,
+            loss_fn=torch.nn.CrossEntropyLoss(reduction="sum"),
+            batch_size=args.batch_size,
+            device="cuda",
         )
         _sync()
         torch.cuda.reset_peak_memory_stats(dev)
@@ -101,7 +106,7 @@ def main() -> None:
         except torch.cuda.OutOfMemoryError as e:
             report["fit_error"] = f"CUDA out of memory: {str(e).splitlines()[0]}"
             print(json.dumps(report, indent=2))
-            raise SystemExit(1)
+            raise SystemExit(1) from None
         fit_s = time.perf_counter() - t0
         fit_rows = dict(sorted(rows.items()))
         report["fit"] = {

@@ -164,9 +164,11 @@ def _start_server(frontend: str, tmp: Path) -> JupyterServer:
     for _attempt in range(3):  # a free port can be taken between probe and bind: retry with another
         port = _free_port()
         log_path = tmp / f"server-{port}.log"
-        log = open(log_path, "wb")  # noqa: SIM115 - closed when the process ends
+        log = open(log_path, "wb")  # closed when the process ends
         cmd = [
-            sys.executable, "-m", module,
+            sys.executable,
+            "-m",
+            module,
             "--no-browser",
             "--allow-root",  # CI runs as root (pitfall 1)
             "--ServerApp.ip=127.0.0.1",
@@ -277,9 +279,7 @@ class JupyterPage:
         self.command("notebook:run-all-cells")
 
     def run_cell(self, index: int) -> None:
-        self.page.evaluate(
-            "(i) => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = i; }", index
-        )
+        self.page.evaluate("(i) => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = i; }", index)
         self.command("notebook:run-cell")
 
     def cell(self, index: int):

@@ -80,7 +80,10 @@ CONTRAST_JS = "(el) => {" + _COLOR_JS + "  return contrast(el, getComputedStyle(
 
 # Every visible text of the widget (elements with their own text, <select>s, SVG <text>) with its contrast ratio
 # (SVG text uses its fill). Disabled controls are exempt (WCAG 1.4.3).
-SCAN_CONTRAST_JS = "(root) => {" + _COLOR_JS + """
+SCAN_CONTRAST_JS = (
+    "(root) => {"
+    + _COLOR_JS
+    + """
   const out = [];
   for (const el of [root, ...root.querySelectorAll('*')]) {
     const svgText = el instanceof SVGElement && el.tagName.toLowerCase() === 'text';
@@ -96,6 +99,7 @@ SCAN_CONTRAST_JS = "(root) => {" + _COLOR_JS + """
   return out;
 }
 """
+)
 
 # Rendered box vs pixel size of every visible image canvas of the widget.
 IMAGE_BOXES_JS = """
@@ -390,7 +394,8 @@ def test_galleries_fit_k5_in_one_row_and_k10_in_two(explorer):
         const gr = g.getBoundingClientRect();
         return [...g.children].map((t) => { const r = t.getBoundingClientRect();
           const img = t.querySelector('canvas').getBoundingClientRect();
-          return { top: Math.round(r.top), overflow: Math.max(r.right - gr.right, r.right - right), img: img.width }; });
+          const overflow = Math.max(r.right - gr.right, r.right - right);
+          return { top: Math.round(r.top), overflow, img: img.width }; });
       });
     }"""
 

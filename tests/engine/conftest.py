@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
 
 import pytest
 import torch
@@ -67,7 +66,7 @@ class Net(nn.Module):
     """The Captum TracInCP tutorial's CNN, registration order kept: relu1..relu4 come AFTER fc3."""
 
     def __init__(self):
-        super(Net, self).__init__()
+        super().__init__()
         self.conv1 = nn.Conv2d(3, 6, 5)
         self.pool1 = nn.MaxPool2d(2, 2)
         self.pool2 = nn.MaxPool2d(2, 2)
@@ -106,8 +105,8 @@ class Setup:
     model_cls: type
     loss_cls: type
     final: str  # name of the true final linear layer
-    train: Tuple[torch.Tensor, torch.Tensor]
-    test: Tuple[torch.Tensor, torch.Tensor]
+    train: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
     ckpts: list  # dict checkpoints {"model_state_dict", "lr", "epoch"}; use checkpoints_load_func
     ckpt_dir: str
     plain_ckpts: list  # plain state dicts (same weights), default loader, lr 1
@@ -158,7 +157,7 @@ def _make_setup(tmp_path_factory, name, model_cls, loss_cls, final, x_shape, n_t
     ckpt_dir.mkdir()
     plain_dir.mkdir()
     ckpts, plain = [], []
-    for epoch, lr in zip(EPOCHS, LRS):
+    for epoch, lr in zip(EPOCHS, LRS, strict=False):
         for _ in range(3):
             opt.zero_grad()
             loss_fn(net(train[0]), train[1]).backward()
@@ -230,9 +229,9 @@ class Cfg:
     """
 
     kind: str
-    reduction: Optional[str] = "sum"
-    layers: Optional[tuple] = None
-    final: Optional[str] = None
+    reduction: str | None = "sum"
+    layers: tuple | None = None
+    final: str | None = None
     sample_wise: bool = False
     plain: bool = False  # plain state-dict checkpoints + default loader (lr 1)
 
@@ -268,9 +267,7 @@ class Toolbox:
     def oracle(self, setup, cfg) -> TracInOracle:
         ckpts, load = self.ckpts(setup, cfg)
         if cfg.kind == "cp":
-            return TracInOracle(
-                setup.model(), ckpts, load, layers=cfg.layers, loss_fn=setup.loss(cfg.reduction)
-            )
+            return TracInOracle(setup.model(), ckpts, load, layers=cfg.layers, loss_fn=setup.loss(cfg.reduction))
         return TracInOracle(
             setup.model(), ckpts, load, final_fc_layer=self.final_name(setup, cfg), loss_fn=setup.loss(cfg.reduction)
         )

@@ -27,7 +27,7 @@ Loss semantics (engine-anchors.md section 1.6), per example ``i``:
 from __future__ import annotations
 
 import copy
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -85,9 +85,9 @@ class TracInOracle:
         self,
         model: nn.Module,
         checkpoints: Sequence[str],
-        checkpoints_load_func: Optional[Callable] = None,
+        checkpoints_load_func: Callable | None = None,
         *,
-        layers: Optional[Sequence[str]] = None,
+        layers: Sequence[str] | None = None,
         final_fc_layer=None,
         loss_fn=None,
         test_loss_fn=None,
@@ -129,7 +129,7 @@ class TracInOracle:
                 loss = self._scalar_loss(out, y, loss_fn)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 flat = [
-                    (torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)
+                    (torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=False)
                 ]
                 return torch.cat(flat)
             captured = []
@@ -167,7 +167,7 @@ class TracInOracle:
         g_test = self.gradients(test_batch, test=True)
         g_train = self.gradients(train_batch, test=False)
         scores = 0
-        for (lr, gt), (lr2, gr) in zip(g_test, g_train):
+        for (lr, gt), (lr2, gr) in zip(g_test, g_train, strict=False):
             assert lr == lr2
             if aggregate:
                 gt = gt.sum(0, keepdim=True)
@@ -227,7 +227,10 @@ def assert_topk_consistent(result, expected_scores: Tensor, k: int, proponents: 
     ref_sorted, ref_idx = torch.sort(expected_scores, dim=1, descending=proponents)
     assert_scores_close(scores64, ref_sorted[:, :kk], rtol, what="top-k influence_scores")
     assert_scores_close(
-        torch.gather(expected_scores, 1, indices.cpu()), ref_sorted[:, :kk], rtol, what="reference score at top-k indices"
+        torch.gather(expected_scores, 1, indices.cpu()),
+        ref_sorted[:, :kk],
+        rtol,
+        what="reference score at top-k indices",
     )
     for i in range(n_test):
         assert len(set(indices[i].tolist())) == kk, f"duplicate indices in row {i}: {indices[i]}"

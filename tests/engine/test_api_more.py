@@ -8,7 +8,6 @@ import inspect
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from .conftest import Cfg
 from .oracle import assert_scores_close
@@ -95,7 +94,9 @@ def test_tracincp_intermediate_quantities_in_bounded_chunks(eng, tb, cnn, monkey
     want = tb.engine(eng, cnn, cfg).compute_intermediate_quantities(cnn.test_loader(batch_size=5))
     obj = tb.engine(eng, cnn, cfg)
     seen = []
-    obj.model.conv1.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]) if torch.is_grad_enabled() else None)
+    obj.model.conv1.register_forward_hook(
+        lambda m, i, o: seen.append(i[0].shape[0]) if torch.is_grad_enabled() else None
+    )
     monkeypatch.setattr(eng.TracInCP, "max_grad_floats", 2 * 62006)  # the Net has 62,006 parameters
     got = obj.compute_intermediate_quantities(cnn.test_loader(batch_size=5))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
@@ -152,8 +153,15 @@ def _check_wrapped(eng, tb, s, wrapper, tmp_path, snapshot, assert_restored):
             ref = tb.engine(eng, s, Cfg("fast", "sum"))
             assert_scores_close(fast.influence(s.test), ref.influence(s.test))
             assert_scores_close(fast.self_influence(), ref.self_influence(), what="self-influence")
-        rp = eng.TracInCPFastRandProj(wrapper, "module.fc2", s.train_dataset(), ckpts, loss_fn=loss_sum,
-                                      nearest_neighbors=eng.ExactNearestNeighbors(), **kw)
+        rp = eng.TracInCPFastRandProj(
+            wrapper,
+            "module.fc2",
+            s.train_dataset(),
+            ckpts,
+            loss_fn=loss_sum,
+            nearest_neighbors=eng.ExactNearestNeighbors(),
+            **kw,
+        )
         rp_ref = tb.engine(eng, s, Cfg("rp", "sum"))
         got, want = rp.influence(s.test, k=3), rp_ref.influence(s.test, k=3)
         assert torch.equal(got.indices, want.indices)
@@ -252,7 +260,6 @@ def test_randproj_scores_are_float32_like_captums(eng, tb, mlp, rerank):
         assert res.influence_scores.dtype == want_k.influence_scores.dtype == torch.float32
         assert res.indices.dtype == torch.int64
     assert obj.influence(mlp.test, k=None).dtype == want_all.dtype == torch.float32
-    projected = tb.engine(eng, mlp, cfg, nearest_neighbors=eng.AnnoyNearestNeighbors(), rerank=rerank,
-                          projection_dim=4)
+    projected = tb.engine(eng, mlp, cfg, nearest_neighbors=eng.AnnoyNearestNeighbors(), rerank=rerank, projection_dim=4)
     assert projected.influence(mlp.test, k=3).influence_scores.dtype == torch.float32
     assert projected.influence(mlp.test, k=None).dtype == torch.float32

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .oracle import TracInOracle, assert_scores_close
 from .helpers import save_perturbed_checkpoints
+from .oracle import TracInOracle, assert_scores_close
 
 
 class PlainDataset(Dataset):
@@ -149,13 +149,16 @@ def test_small_models_stay_merged(cnn):
     from tracin_widgets.influence import TracInCPFast
     from tracin_widgets.influence._memory import rows_per_forward
 
-    ours = TracInCPFast(cnn.model(), "fc3", cnn.train_dataset(), cnn.ckpts, cnn.load_func,
-                        loss_fn=cnn.loss("sum"), batch_size=16)
+    ours = TracInCPFast(
+        cnn.model(), "fc3", cnn.train_dataset(), cnn.ckpts, cnn.load_func, loss_fn=cnn.loss("sum"), batch_size=16
+    )
     ours.fit()
     assert 20_000 < ours._row_bytes < 100_000  # ~58 kB of module outputs per 3x32x32 image
     gpu_free = 8 << 30
     assert rows_per_forward(ours._row_bytes, 16384, 16, torch.device("cuda"), free_bytes=gpu_free) == 16384
-    assert rows_per_forward(ours._row_bytes, 16384 // 3, 16, torch.device("cuda"), copies=3, free_bytes=gpu_free) == 5461
+    assert (
+        rows_per_forward(ours._row_bytes, 16384 // 3, 16, torch.device("cuda"), copies=3, free_bytes=gpu_free) == 5461
+    )
 
 
 class WideConv(nn.Module):
@@ -189,8 +192,7 @@ def _rows_seen(obj):
 
 @pytest.mark.parametrize("kind", ["loop", "vmap", "cp"])
 def test_rows_per_forward_drop_when_memory_is_short_and_scores_do_not_change(wide, monkeypatch, kind):
-    from tracin_widgets.influence import TracInCP, TracInCPFast
-    from tracin_widgets.influence import _memory
+    from tracin_widgets.influence import TracInCP, TracInCPFast, _memory
 
     model, paths, x, y, test = wide
     if kind == "vmap":
@@ -198,10 +200,17 @@ def test_rows_per_forward_drop_when_memory_is_short_and_scores_do_not_change(wid
 
     def build():
         if kind == "cp":
-            return TracInCP(model, TensorDataset(x, y), paths, layers=["fc", "conv"],
-                            loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=16)
-        return TracInCPFast(model, "fc", TensorDataset(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"),
-                            batch_size=16)
+            return TracInCP(
+                model,
+                TensorDataset(x, y),
+                paths,
+                layers=["fc", "conv"],
+                loss_fn=nn.CrossEntropyLoss(reduction="none"),
+                batch_size=16,
+            )
+        return TracInCPFast(
+            model, "fc", TensorDataset(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=16
+        )
 
     def run(obj):
         return obj.influence(test), obj.self_influence()
@@ -224,5 +233,5 @@ def test_rows_per_forward_drop_when_memory_is_short_and_scores_do_not_change(wid
         assert short._vmap_ok is True
         vrows = short._rows(max(short.vmap_min_rows, short.gpu_rows // 3), copies=3)
         assert vrows == rows // 3 and vrows in seen
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

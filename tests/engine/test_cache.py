@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from tracin_widgets.influence import TracInWarning
 
-from .oracle import TracInOracle, assert_scores_close
 from .helpers import save_perturbed_checkpoints
+from .oracle import TracInOracle, assert_scores_close
 
 
 def _setup(tmp_path, seed=0):
@@ -31,7 +31,13 @@ def _engine(model, paths, ds, cache, phases, layer="2"):
     from tracin_widgets.influence import TracInCPFast
 
     return TracInCPFast(
-        model, layer, ds, paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=7, cache_dir=cache,
+        model,
+        layer,
+        ds,
+        paths,
+        loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+        batch_size=7,
+        cache_dir=cache,
         progress_callback=lambda phase, done, total: phases.append(phase),
     )
 
@@ -102,8 +108,14 @@ def _load_lr(net, path):
     return _LR[0]
 
 
-BASE = dict(loss=lambda: nn.CrossEntropyLoss(reduction="sum"), layer="2", lr=1.0, data_version=None, label=False,
-            dtype=torch.float32)
+BASE = dict(
+    loss=lambda: nn.CrossEntropyLoss(reduction="sum"),
+    layer="2",
+    lr=1.0,
+    data_version=None,
+    label=False,
+    dtype=torch.float32,
+)
 CHANGES = {
     "one training label": dict(label=True),
     "loss label_smoothing": dict(loss=lambda: nn.CrossEntropyLoss(reduction="sum", label_smoothing=0.1)),
@@ -128,8 +140,13 @@ def _ingredient_run(kind, model, paths, x, y, test, cache, phases, cfg):
     if cfg["dtype"] != torch.float32 and getattr(loss, "weight", None) is not None:
         loss = loss.to(cfg["dtype"])
     _LR[0] = cfg["lr"]
-    kw = dict(checkpoints_load_func=_load_lr, batch_size=512, cache_dir=cache,
-              data_version=cfg["data_version"], progress_callback=lambda phase, done, total: phases.append(phase))
+    kw = dict(
+        checkpoints_load_func=_load_lr,
+        batch_size=512,
+        cache_dir=cache,
+        data_version=cfg["data_version"],
+        progress_callback=lambda phase, done, total: phases.append(phase),
+    )
     if kind == "fast":
         obj = TracInCPFast(m, cfg["layer"], ds, paths, loss_fn=loss, **kw)
         return obj.influence((test[0].to(cfg["dtype"]), test[1]), k=None)
@@ -300,8 +317,15 @@ def test_opaque_datasets_are_sampled_and_data_version_names_them(tmp_path):
 
     def run(ds, version, phases):
         return TracInCPFast(
-            model, "2", ds, paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=512, cache_dir=cache,
-            data_version=version, progress_callback=lambda p, d, t: phases.append(p),
+            model,
+            "2",
+            ds,
+            paths,
+            loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+            batch_size=512,
+            cache_dir=cache,
+            data_version=version,
+            progress_callback=lambda p, d, t: phases.append(p),
         ).self_influence()
 
     first = run(Opaque(x, y), "v1", [])
@@ -362,11 +386,17 @@ def test_unwritable_cache_dir_warns_before_the_pass(tmp_path, kind, how, monkeyp
         from tracin_widgets.influence import TracInCP, TracInCPFast
 
         _LR[0] = 1.0
-        kw = dict(checkpoints_load_func=_load_lr, batch_size=512, cache_dir=cache,
-                  progress_callback=lambda p, d, t: seen.append((p, len(caught))))
+        kw = dict(
+            checkpoints_load_func=_load_lr,
+            batch_size=512,
+            cache_dir=cache,
+            progress_callback=lambda p, d, t: seen.append((p, len(caught))),
+        )
         ds = TensorDataset(x, y)
         if kind == "fast":
-            result = TracInCPFast(model, "2", ds, paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), **kw).self_influence()
+            result = TracInCPFast(
+                model, "2", ds, paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), **kw
+            ).self_influence()
         else:
             result = TracInCP(model, ds, paths, loss_fn=nn.CrossEntropyLoss(reduction="none"), **kw).self_influence()
     mine = [w for w in caught if issubclass(w.category, TracInWarning)]
@@ -390,8 +420,15 @@ def test_unwritable_cache_dir_warns_before_a_tracincp_influence_pass(tmp_path):
     seen: list[tuple[str, int]] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        obj = TracInCP(model, TensorDataset(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="none"), cache_dir=cache,
-                       batch_size=512, progress_callback=lambda p, d, t: seen.append((p, len(caught))))
+        obj = TracInCP(
+            model,
+            TensorDataset(x, y),
+            paths,
+            loss_fn=nn.CrossEntropyLoss(reduction="none"),
+            cache_dir=cache,
+            batch_size=512,
+            progress_callback=lambda p, d, t: seen.append((p, len(caught))),
+        )
         scores = obj.influence(test, k=None)
     mine = [str(w.message) for w in caught if issubclass(w.category, TracInWarning)]
     assert len(mine) == 1 and "cannot be written (FileExistsError" in mine[0], mine
@@ -468,7 +505,7 @@ def test_dataset_without_length_is_reused_only_with_data_version(tmp_path):
             self.x, self.y = x, y
 
         def __iter__(self):
-            return iter(zip(self.x, self.y))
+            return iter(zip(self.x, self.y, strict=False))
 
     model, paths, x, y, _ = _big(tmp_path)
     x, y = x[:300], y[:300]
@@ -476,9 +513,17 @@ def test_dataset_without_length_is_reused_only_with_data_version(tmp_path):
 
     def run(version):
         phases: list[str] = []
-        TracInCPFast(model, "2", Stream(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=64,
-                     cache_dir=cache, data_version=version,
-                     progress_callback=lambda p, d, t: phases.append(p)).self_influence()
+        TracInCPFast(
+            model,
+            "2",
+            Stream(x, y),
+            paths,
+            loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+            batch_size=64,
+            cache_dir=cache,
+            data_version=version,
+            progress_callback=lambda p, d, t: phases.append(p),
+        ).self_influence()
         return "training factors" in phases
 
     assert run(None) and run(None)  # nothing to verify the stream by: computed again

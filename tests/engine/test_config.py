@@ -106,7 +106,8 @@ def test_nan_learning_rate_in_a_checkpoint_file(eng, mlp, kind, tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
-    "wrap", [np.float32, np.float64, torch.tensor, lambda v: torch.tensor([v]), lambda v: np.array([v]), int],
+    "wrap",
+    [np.float32, np.float64, torch.tensor, lambda v: torch.tensor([v]), lambda v: np.array([v]), int],
     ids=["np.float32", "np.float64", "0-d tensor", "1-element tensor", "1-element array", "int"],
 )
 def test_numeric_learning_rates_are_numbers(eng, mlp, kind, wrap):
@@ -123,7 +124,9 @@ def test_numeric_learning_rates_are_numbers(eng, mlp, kind, wrap):
     assert_scores_close(scores, oracle.influence(mlp.test, mlp.train))
     without_first = _lr_loader(lambda e: float(lrs[e]))
     oracle2 = TracInOracle(
-        mlp.model(), mlp.ckpts[1:], without_first,
+        mlp.model(),
+        mlp.ckpts[1:],
+        without_first,
         **({"loss_fn": loss} if kind == "cp" else {"final_fc_layer": mlp.final, "loss_fn": loss}),
     )
     assert_scores_close(scores, oracle2.influence(mlp.test, mlp.train))  # lr 0: that checkpoint adds nothing
@@ -148,7 +151,8 @@ def test_loss_fn_that_is_not_a_loss(eng, mlp, kind, arg, fn, msg):
         warnings.simplefilter("error", TracInWarning)  # the TypeError comes first, no reduction warning
         with pytest.raises(
             TypeError,
-            match=rf"{arg} is not a loss: it is called as {arg}\(outputs, labels\), but {msg}.*Pass a loss such as nn\.",
+            match=rf"{arg} is not a loss: it is called as {arg}\(outputs, labels\), but {msg}"
+            r".*Pass a loss such as nn\.",
         ):
             _build(eng, mlp, kind, **{arg: fn})
 
@@ -166,7 +170,9 @@ def test_functional_losses_still_accepted(eng, mlp, kind):
         ref = _scores(eng, mlp, kind, loss_fn=nn.CrossEntropyLoss(reduction=red))
         assert_scores_close(scores, ref)
     with pytest.warns(TracInWarning, match=r"loss_fn has no `reduction` attribute"):
-        _build(eng, mlp, kind, loss_fn=F.cross_entropy, **({"sample_wise_grads_per_batch": True} if kind == "cp" else {}))
+        _build(
+            eng, mlp, kind, loss_fn=F.cross_entropy, **({"sample_wise_grads_per_batch": True} if kind == "cp" else {})
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -226,7 +232,9 @@ def test_mps_unavailable(eng, mlp, kind, monkeypatch):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("device", [object(), 1.5, True, ["cpu"]], ids=["object", "float", "bool", "list"])
 def test_device_of_the_wrong_type(eng, mlp, kind, device):
-    with pytest.raises(TypeError, match=r"device must be a str such as 'cpu' or 'cuda:0', a torch\.device or None, not "):
+    with pytest.raises(
+        TypeError, match=r"device must be a str such as 'cpu' or 'cuda:0', a torch\.device or None, not "
+    ):
         _build(eng, mlp, kind, device=device)
 
 
@@ -242,13 +250,14 @@ def test_cpu_device_forms(eng, tb, mlp, device):
 # ---------------------------------------------------------------------------------------------------------------------
 def test_folder_takes_every_file_whatever_its_extension(eng, tb, mlp, tmp_path):
     names = ["epoch-1", "epoch-5.weights", "epoch-10.PT"]  # natural order 1, 5, 10 (lexical: 1, 10, 5)
-    for src, name in zip(mlp.plain_ckpts, names):
+    for src, name in zip(mlp.plain_ckpts, names, strict=False):
         shutil.copy(src, tmp_path / name)
     (tmp_path / ".DS_Store").write_bytes(b"\0\0junk")  # hidden: skipped
     (tmp_path / "sub").mkdir()  # folders: skipped
     (tmp_path / "sub" / "x.pt").write_bytes(b"junk")
-    obj = eng.TracInCPFast(mlp.model(), mlp.final, mlp.train_dataset(), str(tmp_path), loss_fn=mlp.loss("sum"),
-                           batch_size=16)
+    obj = eng.TracInCPFast(
+        mlp.model(), mlp.final, mlp.train_dataset(), str(tmp_path), loss_fn=mlp.loss("sum"), batch_size=16
+    )
     assert [p.rsplit("/", 1)[-1] for p in obj.checkpoints] == names
     assert_scores_close(obj.influence(mlp.test, k=None), tb.oracle_scores(mlp, Cfg("fast", "sum", plain=True)))
 

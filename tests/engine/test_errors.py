@@ -136,7 +136,12 @@ def test_tracincp_loop_mode_rejects_sum(eng, mlp):
 def test_tracincp_sample_wise_rejects_none(eng, mlp):
     with pytest.raises(ValueError, match=r"(?s)loss_fn.*(sum.*mean|mean.*sum)"):
         _run(
-            eng, mlp, mlp.ckpts, mlp.load_func, kind="cp", loss_fn=nn.CrossEntropyLoss(reduction="none"),
+            eng,
+            mlp,
+            mlp.ckpts,
+            mlp.load_func,
+            kind="cp",
+            loss_fn=nn.CrossEntropyLoss(reduction="none"),
             sample_wise_grads_per_batch=True,
         )
 

@@ -87,7 +87,12 @@ def test_dotted_final_layer_name(eng, tb, mlp):
         return mlp.load_func(net.body, path)
 
     obj = eng.TracInCPFast(
-        model, "body.fc2", mlp.train_dataset(), mlp.ckpts, load, loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+        model,
+        "body.fc2",
+        mlp.train_dataset(),
+        mlp.ckpts,
+        load,
+        loss_fn=nn.CrossEntropyLoss(reduction="sum"),
         batch_size=16,
     )
     assert_scores_close(obj.influence(mlp.test, k=None), tb.oracle_scores(mlp, Cfg("fast", "sum")))

@@ -14,8 +14,8 @@ from torch.utils.data import Dataset, TensorDataset
 from tracin_widgets.influence import TracInCPFast, TracInCPFastRandProj
 from tracin_widgets.influence._data import estimate_workers, pass_loader
 
-from .oracle import TracInOracle, assert_scores_close
 from .helpers import save_perturbed_checkpoints
+from .oracle import TracInOracle, assert_scores_close
 
 
 @pytest.fixture
@@ -28,7 +28,9 @@ def vmapped(monkeypatch):
 def test_vmapped_checkpoints_match_the_oracle(vmapped, request, setup_name, reduction):
     s = request.getfixturevalue(setup_name)
     loss = s.loss(reduction)
-    ours = TracInCPFast(s.model(), s.final, s.train_dataset(), s.ckpts, s.load_func, loss_fn=loss, batch_size=s.batch_size)
+    ours = TracInCPFast(
+        s.model(), s.final, s.train_dataset(), s.ckpts, s.load_func, loss_fn=loss, batch_size=s.batch_size
+    )
     oracle = TracInOracle(s.model(), s.ckpts, s.load_func, final_fc_layer=s.final, loss_fn=loss)
     assert_scores_close(ours.influence(s.test), oracle.influence(s.test, s.train).float())
     assert_scores_close(ours.self_influence(), oracle.self_influence(s.train).float(), what="self-influence")
@@ -86,8 +88,16 @@ def test_randproj_on_the_vmapped_path_is_exact_without_projection(vmapped, mlp):
     from tracin_widgets.influence import ExactNearestNeighbors
 
     loss = mlp.loss("sum")
-    rp = TracInCPFastRandProj(mlp.model(), "fc2", mlp.train_dataset(), mlp.ckpts, mlp.load_func, loss_fn=loss,
-                              nearest_neighbors=ExactNearestNeighbors(), projection_dim=None)
+    rp = TracInCPFastRandProj(
+        mlp.model(),
+        "fc2",
+        mlp.train_dataset(),
+        mlp.ckpts,
+        mlp.load_func,
+        loss_fn=loss,
+        nearest_neighbors=ExactNearestNeighbors(),
+        projection_dim=None,
+    )
     oracle = TracInOracle(mlp.model(), mlp.ckpts, mlp.load_func, final_fc_layer="fc2", loss_fn=loss)
     want = oracle.influence(mlp.test, mlp.train).float()
     got = rp.influence(mlp.test, k=5)

@@ -128,8 +128,11 @@ def _bad_loaders(ds):
 @pytest.mark.parametrize("case", list(_bad_loaders(range(50))))
 def test_train_loader_that_reorders_or_drops_rows_is_refused(eng, tb, mlp, kind, case):
     loader, msg = _bad_loaders(mlp.train_dataset())[case]
-    with pytest.raises(ValueError, match=rf"^train_dataset is a DataLoader with {msg}.*so score column j would not "
-                       rf"be training example j\. {ORDER_FIX}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^train_dataset is a DataLoader with {msg}.*so score column j would not "
+        rf"be training example j\. {ORDER_FIX}",
+    ):
         build(eng, tb, mlp, kind, train=loader, batch_size=None)
 
 
@@ -139,7 +142,10 @@ def test_test_loader_that_reorders_or_drops_rows_is_refused(eng, tb, mlp, kind, 
     obj = build(eng, tb, mlp, kind)
     loader, msg = _bad_loaders(TensorDataset(*mlp.test))[case]
     if case == "drop-last":
-        loader, msg = DataLoader(TensorDataset(*mlp.test), batch_size=2, drop_last=True), "drop_last=True: the last 1 of 5"
+        loader, msg = (
+            DataLoader(TensorDataset(*mlp.test), batch_size=2, drop_last=True),
+            "drop_last=True: the last 1 of 5",
+        )
     pattern = rf"^inputs is a DataLoader with {msg}.*so result row i would not be row i of inputs\. {ORDER_FIX}"
     with pytest.raises(ValueError, match=pattern):
         obj.influence(loader, k=None)
@@ -171,8 +177,11 @@ def test_sequential_loaders_give_the_datasets_scores(eng, tb, mlp, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_unbatched_loader_of_single_examples_is_refused(eng, tb, mlp, kind):
-    with pytest.raises(TypeError, match=r"^train_dataset is a DataLoader with batch_size=None, which does not batch: "
-                       r"its items are single examples \(a scalar label\)\. Pass the Dataset itself"):
+    with pytest.raises(
+        TypeError,
+        match=r"^train_dataset is a DataLoader with batch_size=None, which does not batch: "
+        r"its items are single examples \(a scalar label\)\. Pass the Dataset itself",
+    ):
         build(eng, tb, mlp, kind, train=DataLoader(mlp.train_dataset(), batch_size=None), batch_size=None)
 
 
@@ -189,9 +198,12 @@ ACCEPTED = re.escape(
 @pytest.mark.parametrize("form", ["tuple", "list"])
 def test_tensors_instead_of_a_dataset(eng, tb, mlp, kind, form):
     train = tuple(mlp.train) if form == "tuple" else list(mlp.train)
-    with pytest.raises(TypeError, match=rf"^train_dataset is a {form} of 2 tensors \(Tensor of shape \(50, 8\), Tensor "
-                       rf"of shape \(50,\)\), not a dataset of examples\. {ACCEPTED}.*wrap them: "
-                       r"torch\.utils\.data\.TensorDataset\(X, Y\)\.$"):
+    with pytest.raises(
+        TypeError,
+        match=rf"^train_dataset is a {form} of 2 tensors \(Tensor of shape \(50, 8\), Tensor "
+        rf"of shape \(50,\)\), not a dataset of examples\. {ACCEPTED}.*wrap them: "
+        r"torch\.utils\.data\.TensorDataset\(X, Y\)\.$",
+    ):
         build(eng, tb, mlp, kind, train=train)
 
 
@@ -211,15 +223,21 @@ class DictItems(Dataset):
 def test_dict_items_are_refused_with_a_wrapper(eng, tb, mlp, kind, how):
     ds = DictItems(*mlp.train)
     train = {"dataset": ds, "list": [ds[i] for i in range(len(ds))], "loader": DataLoader(ds, batch_size=16)}[how]
-    with pytest.raises(TypeError, match=rf"^train_dataset items are dicts \(keys \['pixel_values', 'label'\]\).*"
-                       rf"{ACCEPTED}.*return \(item\['pixel_values'\], item\['label'\]\)\.$"):
+    with pytest.raises(
+        TypeError,
+        match=rf"^train_dataset items are dicts \(keys \['pixel_values', 'label'\]\).*"
+        rf"{ACCEPTED}.*return \(item\['pixel_values'\], item\['label'\]\)\.$",
+    ):
         build(eng, tb, mlp, kind, train=train, **({"batch_size": None} if how == "loader" else {}))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_items_without_labels(eng, tb, mlp, kind):
-    with pytest.raises(TypeError, match=rf"^train_dataset items are single Tensor of shape \(8,\) values without a "
-                       rf"label\. {ACCEPTED}"):
+    with pytest.raises(
+        TypeError,
+        match=rf"^train_dataset items are single Tensor of shape \(8,\) values without a "
+        rf"label\. {ACCEPTED}",
+    ):
         build(eng, tb, mlp, kind, train=TensorDataset(mlp.train[0]).tensors[0])
     with pytest.raises(TypeError, match=r"^train_dataset items have 1 element\(s\) but need features and a label"):
         build(eng, tb, mlp, kind, train=TensorDataset(mlp.train[0]))
@@ -248,10 +266,13 @@ def test_bad_training_label_in_a_tensor_dataset(eng, tb, mlp, kind, value, word)
     """Every label of a TensorDataset is checked at once after the first forward: before any training factor."""
     events = []
     train = TensorDataset(mlp.train[0], _with_label(mlp.train[1], 37, value))
-    with pytest.raises(ValueError, match=rf"^train_dataset row 37 has the {word} label {value}, but the model outputs 4 "
-                       r"classes \(0\.\.3\) \(-100 = ignore_index is also allowed\); rows with such labels: 1 of the 50 "
-                       r"checked\. CrossEntropyLoss would fail deep inside torch\. Labels must be int64 class indices "
-                       r"in 0\.\.3"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^train_dataset row 37 has the {word} label {value}, but the model outputs 4 "
+        r"classes \(0\.\.3\) \(-100 = ignore_index is also allowed\); rows with such labels: 1 of the 50 "
+        r"checked\. CrossEntropyLoss would fail deep inside torch\. Labels must be int64 class indices "
+        r"in 0\.\.3",
+    ):
         obj = build(eng, tb, mlp, kind, train=train, progress_callback=lambda p, d, t: events.append((p, d, t)))
         obj.self_influence()
     assert not [e for e in phases(events) if e[0] != "load checkpoints" and e[1] > 0], events
@@ -260,8 +281,11 @@ def test_bad_training_label_in_a_tensor_dataset(eng, tb, mlp, kind, value, word)
 @pytest.mark.parametrize("kind", KINDS)
 def test_bad_training_label_in_a_per_item_dataset_names_the_global_row(eng, tb, mlp, kind):
     train = Items(mlp.train[0], _with_label(mlp.train[1], 37, 4))
-    with pytest.raises(ValueError, match=r"^train_dataset row 37 has the out-of-range label 4, but the model outputs 4 "
-                       r"classes .* rows with such labels: 1 of the 16 checked"):
+    with pytest.raises(
+        ValueError,
+        match=r"^train_dataset row 37 has the out-of-range label 4, but the model outputs 4 "
+        r"classes .* rows with such labels: 1 of the 16 checked",
+    ):
         build(eng, tb, mlp, kind, train=train, batch_size=16).influence(mlp.test, k=None)
 
 
@@ -269,15 +293,23 @@ def test_bad_training_label_in_a_per_item_dataset_names_the_global_row(eng, tb, 
 def test_bad_test_labels(eng, tb, mlp, kind):
     obj = build(eng, tb, mlp, kind)
     x = mlp.test[0][:3]
-    with pytest.raises(ValueError, match=r"^inputs row 2 has the out-of-range label 4, but the model outputs 4 classes"):
+    with pytest.raises(
+        ValueError, match=r"^inputs row 2 has the out-of-range label 4, but the model outputs 4 classes"
+    ):
         obj.influence((x, torch.tensor([0, 1, 4])), k=None)
     with pytest.raises(ValueError, match=r"^inputs row 1 has the negative label -3"):
         obj.self_influence((x, torch.tensor([0, -3, 1])))
-    with pytest.raises(ValueError, match=r"^inputs labels are torch\.float32 of shape \(3,\), but CrossEntropyLoss needs "
-                       r"class indices\. .*or class probabilities of shape \(n, 4\): pass labels\.long\(\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^inputs labels are torch\.float32 of shape \(3,\), but CrossEntropyLoss needs "
+        r"class indices\. .*or class probabilities of shape \(n, 4\): pass labels\.long\(\)",
+    ):
         obj.influence((x, torch.tensor([0.0, 1.0, 2.0])), k=None)
-    with pytest.raises(ValueError, match=r"^inputs labels are torch\.int32, which CrossEntropyLoss does not accept\. "
-                       r".*pass labels\.long\(\)\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^inputs labels are torch\.int32, which CrossEntropyLoss does not accept\. "
+        r".*pass labels\.long\(\)\.$",
+    ):
         obj.influence((x, torch.tensor([0, 1, 2], dtype=torch.int32)), k=None)
     # a test DataLoader: the row is counted across its batches
     loader = DataLoader(TensorDataset(mlp.test[0], _with_label(mlp.test[1], 3, 9)), batch_size=2)
@@ -291,8 +323,11 @@ def test_bad_test_labels(eng, tb, mlp, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_float_training_labels_are_refused(eng, tb, mlp, kind):
     train = TensorDataset(mlp.train[0], mlp.train[1].float())
-    with pytest.raises(ValueError, match=r"^train_dataset labels are torch\.float32 of shape \(50,\), but "
-                       r"CrossEntropyLoss needs class indices"):
+    with pytest.raises(
+        ValueError,
+        match=r"^train_dataset labels are torch\.float32 of shape \(50,\), but "
+        r"CrossEntropyLoss needs class indices",
+    ):
         build(eng, tb, mlp, kind, train=train).self_influence()
 
 
@@ -300,9 +335,12 @@ def test_float_training_labels_are_refused(eng, tb, mlp, kind):
 def test_labels_of_shape_n_by_1_are_refused(eng, tb, mlp, kind):
     """A (n, 1) label column (a common export shape) crashed deep in torch ("0D or 1D target tensor expected")."""
     train = TensorDataset(mlp.train[0], mlp.train[1][:, None])
-    with pytest.raises(ValueError, match=r"^train_dataset labels have shape \(50, 1\), but for a model output of shape "
-                       r"\(n, 4\) CrossEntropyLoss needs class indices of shape \(n,\): one class index per example "
-                       r"\(e\.g\. labels\.squeeze\(1\)\)\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^train_dataset labels have shape \(50, 1\), but for a model output of shape "
+        r"\(n, 4\) CrossEntropyLoss needs class indices of shape \(n,\): one class index per example "
+        r"\(e\.g\. labels\.squeeze\(1\)\)\.$",
+    ):
         build(eng, tb, mlp, kind, train=train).self_influence()
     obj = build(eng, tb, mlp, kind)
     with pytest.raises(ValueError, match=r"^inputs labels have shape \(3, 1\)"):
@@ -325,8 +363,11 @@ class NamedLabels(Dataset):
 @pytest.mark.parametrize("kind", KINDS)
 def test_string_labels_are_refused(eng, tb, mlp, kind):
     """Class names as labels crashed deep in torch ("argument 'target' must be Tensor, not tuple")."""
-    with pytest.raises(TypeError, match=r"^train_dataset labels are tuples holding str 'class-\d', but "
-                       r"CrossEntropyLoss needs int class indices: map each label to its class index"):
+    with pytest.raises(
+        TypeError,
+        match=r"^train_dataset labels are tuples holding str 'class-\d', but "
+        r"CrossEntropyLoss needs int class indices: map each label to its class index",
+    ):
         build(eng, tb, mlp, kind, train=NamedLabels(*mlp.train), batch_size=16).self_influence()
 
 
@@ -368,13 +409,22 @@ def test_nll_loss_with_its_own_ignore_index(eng, mlp):
         ckpts.append(os.path.join(folder, f"c{i}.pt"))
         torch.save({f"base.{k}": v for k, v in torch.load(p).items()}, ckpts[-1])
     y = _with_label(mlp.train[1], 3, 7)
-    ok = eng.TracInCPFast(model, "base.fc2", TensorDataset(mlp.train[0], y), ckpts,
-                          loss_fn=nn.NLLLoss(reduction="sum", ignore_index=7))
+    ok = eng.TracInCPFast(
+        model, "base.fc2", TensorDataset(mlp.train[0], y), ckpts, loss_fn=nn.NLLLoss(reduction="sum", ignore_index=7)
+    )
     assert ok.self_influence()[3] == 0
-    bad = eng.TracInCPFast(model, "base.fc2", TensorDataset(mlp.train[0], _with_label(y, 4, 5)), ckpts,
-                           loss_fn=nn.NLLLoss(reduction="sum", ignore_index=7))
-    with pytest.raises(ValueError, match=r"^train_dataset row 4 has the out-of-range label 5, but the model outputs 4 "
-                       r"classes \(0\.\.3\); .* NLLLoss would fail"):
+    bad = eng.TracInCPFast(
+        model,
+        "base.fc2",
+        TensorDataset(mlp.train[0], _with_label(y, 4, 5)),
+        ckpts,
+        loss_fn=nn.NLLLoss(reduction="sum", ignore_index=7),
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^train_dataset row 4 has the out-of-range label 5, but the model outputs 4 "
+        r"classes \(0\.\.3\); .* NLLLoss would fail",
+    ):
         bad.self_influence()
 
 
@@ -401,7 +451,9 @@ def test_regression_labels_are_not_checked(eng, tb, reg, kind):
 def test_empty_test_batch(eng, tb, mlp, kind):
     obj = build(eng, tb, mlp, kind)
     empty = (mlp.test[0][:0], mlp.test[1][:0])
-    with pytest.raises(ValueError, match=r"^inputs has 0 rows: pass at least one example, e\.g\. \(x\[:1\], y\[:1\]\)\.$"):
+    with pytest.raises(
+        ValueError, match=r"^inputs has 0 rows: pass at least one example, e\.g\. \(x\[:1\], y\[:1\]\)\.$"
+    ):
         obj.influence(empty, k=None)
     with pytest.raises(ValueError, match=r"^inputs has 0 rows"):
         obj.self_influence(empty)
@@ -418,9 +470,11 @@ def test_misshapen_test_batch_is_refused_before_the_training_pass(eng, tb, mlp, 
     obj = build(eng, tb, mlp, kind, progress_callback=lambda p, d, t: events.append((p, d, t)))
     before = len(events)
     bad = (torch.randn(3, 7), torch.tensor([0, 1, 2]))
-    pattern = (r"^the model could not take the test batch \(inputs\): model\(\*batch\[:-1\]\) raised RuntimeError: .*"
-               r"Feature shapes were \[\(2, 7\)\]\. Fix: pass inputs as \(features\.\.\., labels\) with features shaped "
-               r"like a training batch \(n rows: features of shape \(n, 8\), as the training examples\)\.$")
+    pattern = (
+        r"^the model could not take the test batch \(inputs\): model\(\*batch\[:-1\]\) raised RuntimeError: .*"
+        r"Feature shapes were \[\(2, 7\)\]\. Fix: pass inputs as \(features\.\.\., labels\) with features shaped "
+        r"like a training batch \(n rows: features of shape \(n, 8\), as the training examples\)\.$"
+    )
     with pytest.raises(ValueError, match=pattern):
         obj.influence(bad, k=None)
     assert not [e for e in phases(events[before:]) if e[0] != "load checkpoints" and e[1] > 0], events
@@ -432,8 +486,11 @@ def test_misshapen_test_batch_is_refused_before_the_training_pass(eng, tb, mlp, 
 @pytest.mark.parametrize("proponents", ["yes", 1, None])
 def test_proponents_must_be_a_bool(eng, tb, mlp, kind, proponents):
     obj = build(eng, tb, mlp, kind)
-    with pytest.raises(TypeError, match=r"^proponents must be True \(most helpful examples, highest scores first\) or "
-                       rf"False \(opponents, lowest first\), got {type(proponents).__name__} "):
+    with pytest.raises(
+        TypeError,
+        match=r"^proponents must be True \(most helpful examples, highest scores first\) or "
+        rf"False \(opponents, lowest first\), got {type(proponents).__name__} ",
+    ):
         obj.influence(mlp.test, k=2, proponents=proponents)
 
 
@@ -445,8 +502,16 @@ def test_numpy_bool_proponents(eng, tb, mlp, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("k, err, word", [(0, ValueError, "k=0"), (-2, ValueError, "k=-2"), (2.5, TypeError, "float"),
-                                          ("3", TypeError, "str"), (True, TypeError, "bool")])
+@pytest.mark.parametrize(
+    "k, err, word",
+    [
+        (0, ValueError, "k=0"),
+        (-2, ValueError, "k=-2"),
+        (2.5, TypeError, "float"),
+        ("3", TypeError, "str"),
+        (True, TypeError, "bool"),
+    ],
+)
 def test_k_is_checked_in_every_class(eng, tb, mlp, kind, k, err, word):
     obj = build(eng, tb, mlp, kind)
     with pytest.raises(err, match=rf"^k must be a positive int \(or None for the full score matrix\), got {word}"):
@@ -466,8 +531,10 @@ def _with_value(x, rows, value):
 @pytest.mark.parametrize("kind", KINDS)
 def test_nan_training_rows_are_named(eng, tb, mlp, kind):
     x = _with_value(_with_value(mlp.train[0], [5], float("nan")), [33], float("inf"))
-    pattern = (r"^train_dataset has non-finite \(NaN or inf\) features in row\(s\) 5, 33 \(2 row\(s\)\): every "
-               r"influence score involving them would be NaN\. Fix or drop these rows")
+    pattern = (
+        r"^train_dataset has non-finite \(NaN or inf\) features in row\(s\) 5, 33 \(2 row\(s\)\): every "
+        r"influence score involving them would be NaN\. Fix or drop these rows"
+    )
     with pytest.raises(ValueError, match=pattern):
         build(eng, tb, mlp, kind, train=TensorDataset(x, mlp.train[1])).influence(mlp.test, k=None)
     with pytest.raises(ValueError, match=pattern):
@@ -494,9 +561,12 @@ def test_overflowing_training_row_is_named(eng, tb, mlp, kind):
     """Finite features and weights, but the forward overflows on row 11: the rows are named and the cause said."""
     x = mlp.train[0].clone()
     x[11] = 3e38
-    with pytest.raises(ValueError, match=r"^train_dataset row\(s\) 11 \(1 row\(s\)\) give non-finite \(NaN or inf\) "
-                       r".* at checkpoint '.*checkpoint-1\.pt', although their features and labels and the "
-                       r"checkpoint's weights are finite: the model or the loss overflows on them"):
+    with pytest.raises(
+        ValueError,
+        match=r"^train_dataset row\(s\) 11 \(1 row\(s\)\) give non-finite \(NaN or inf\) "
+        r".* at checkpoint '.*checkpoint-1\.pt', although their features and labels and the "
+        r"checkpoint's weights are finite: the model or the loss overflows on them",
+    ):
         build(eng, tb, mlp, kind, train=TensorDataset(x, mlp.train[1])).self_influence()
 
 
@@ -504,7 +574,9 @@ def test_overflowing_training_row_is_named(eng, tb, mlp, kind):
 def test_nan_test_rows_are_named(eng, tb, mlp, kind):
     obj = build(eng, tb, mlp, kind)
     x = _with_value(mlp.test[0], [3], float("nan"))
-    with pytest.raises(ValueError, match=r"^inputs has non-finite \(NaN or inf\) features in row\(s\) 3 \(1 row\(s\)\)"):
+    with pytest.raises(
+        ValueError, match=r"^inputs has non-finite \(NaN or inf\) features in row\(s\) 3 \(1 row\(s\)\)"
+    ):
         obj.influence((x, mlp.test[1]), k=None)
     with pytest.raises(ValueError, match=r"^inputs has non-finite \(NaN or inf\) features in row\(s\) 3 "):
         obj.self_influence(DataLoader(TensorDataset(x, mlp.test[1]), batch_size=2))
@@ -517,8 +589,11 @@ def test_nan_checkpoint_weights_name_the_checkpoint_and_parameter(eng, tb, mlp, 
     sd["fc2.bias"][:] = float("inf")
     path = tmp_path / "checkpoint-nan.pt"
     torch.save(sd, path)
-    with pytest.raises(ValueError, match=rf"^checkpoint '{re.escape(str(path))}' has non-finite \(NaN or inf\) weights: "
-                       r"fc1\.weight \(1 value\), fc2\.bias \(4 values\)\. Every score would be NaN\."):
+    with pytest.raises(
+        ValueError,
+        match=rf"^checkpoint '{re.escape(str(path))}' has non-finite \(NaN or inf\) weights: "
+        r"fc1\.weight \(1 value\), fc2\.bias \(4 values\)\. Every score would be NaN\.",
+    ):
         ckpts = [mlp.plain_ckpts[0], str(path)]
         loss = mlp.loss("none" if kind == "cp" else "sum")
         if kind == "cp":
@@ -538,8 +613,11 @@ def test_gpu_style_check_after_the_pass_locates_the_rows(eng, tb, mlp):
     A = torch.ones(50, 3, 16)
     G = torch.ones(50, 3, 4)
     A[17, 2, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"^train_dataset has non-finite \(NaN or inf\) features in row\(s\) 17 "
-                       r"\(1 row\(s\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^train_dataset has non-finite \(NaN or inf\) features in row\(s\) 17 "
+        r"\(1 row\(s\)\)",
+    ):
         obj._check_factors(A, G, "training batch")
     # finite factors whose sums overflow are not a false alarm
     obj._check_factors(torch.full((50, 3, 16), 3e38), G, "training batch")
@@ -556,8 +634,11 @@ def test_bad_cifar_label_is_found_from_the_arrays(eng, tb, cnn, kind):
     ds = make_cifar(n=40, transform=T.ToTensor())
     ds.targets[25] = 12
     for train, row in ((ds, 25), (Subset(ds, list(range(39, -1, -1))), 14)):
-        with pytest.raises(ValueError, match=rf"^train_dataset row {row} has the out-of-range label 12, but the model "
-                           r"outputs 10 classes \(0\.\.9\) .*rows with such labels: 1 of the 40 checked"):
+        with pytest.raises(
+            ValueError,
+            match=rf"^train_dataset row {row} has the out-of-range label 12, but the model "
+            r"outputs 10 classes \(0\.\.9\) .*rows with such labels: 1 of the 40 checked",
+        ):
             build(eng, tb, cnn, kind, train=train).self_influence()
 
 
@@ -567,8 +648,11 @@ def test_nan_rows_found_mid_pass_say_what_was_not_checked(eng, tb, mlp, kind):
     x = _with_value(_with_value(mlp.train[0], [20, 22], float("nan")), [40], float("nan"))
     obj = build(eng, tb, mlp, kind, train=Items(x, mlp.train[1]), batch_size=16)
     obj.cpu_chunk = 16  # one loader batch per step
-    with pytest.raises(ValueError, match=r"^train_dataset has non-finite \(NaN or inf\) features in row\(s\) 20, 22 "
-                       r"\(2 row\(s\); rows after 31 were not checked yet\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^train_dataset has non-finite \(NaN or inf\) features in row\(s\) 20, 22 "
+        r"\(2 row\(s\); rows after 31 were not checked yet\)",
+    ):
         obj.self_influence()
 
 
@@ -577,7 +661,10 @@ def test_nan_rows_through_the_vmapped_gpu_forward(eng, tb, mlp, monkeypatch):
     monkeypatch.setattr(eng.TracInCPFast, "_use_vmap", lambda self: True)
     x = _with_value(mlp.train[0], [5, 33], float("nan"))
     obj = build(eng, tb, mlp, "fast", train=Items(x, mlp.train[1]))
-    with pytest.raises(ValueError, match=r"^train_dataset has non-finite \(NaN or inf\) features in row\(s\) 5, 33 "
-                       r"\(2 row\(s\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^train_dataset has non-finite \(NaN or inf\) features in row\(s\) 5, 33 "
+        r"\(2 row\(s\)\)",
+    ):
         obj.self_influence()
     assert obj._vmap_ok is True

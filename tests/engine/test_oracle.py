@@ -106,7 +106,7 @@ def test_oracle_learning_rates_weight_checkpoints(mlp):
     gt, gr = o_plain.gradients(mlp.test, test=True), o_plain.gradients(mlp.train)
     assert [lr for lr, _ in gt] == [1.0, 1.0, 1.0]
     assert [lr for lr, _ in o_lr.gradients(mlp.test)] == list(mlp.lrs)
-    manual = sum(lr * a @ b.T for lr, (_, a), (_, b) in zip(mlp.lrs, gt, gr))
+    manual = sum(lr * a @ b.T for lr, (_, a), (_, b) in zip(mlp.lrs, gt, gr, strict=False))
     assert_scores_close(o_lr.influence(mlp.test, mlp.train), manual, rtol=1e-12)
     # and the checkpoints really differ (otherwise lr tests would be vacuous)
     assert not torch.allclose(gr[0][1], gr[2][1])

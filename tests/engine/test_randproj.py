@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from .conftest import Cfg
-from .oracle import assert_scores_close, assert_topk_consistent
 from .helpers import save_perturbed_checkpoints
+from .oracle import assert_scores_close, assert_topk_consistent
 
 
 @pytest.mark.parametrize("proponents", [True, False])
@@ -27,7 +27,7 @@ def test_annoy_recall(eng, tb, cnn, proponents):
     res = obj.influence(cnn.test, k=k, proponents=proponents)
     ref = tb.oracle_scores(cnn, cfg)
     exact = torch.topk(ref if proponents else -ref, k, dim=1).indices
-    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(res.indices, exact))
+    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(res.indices, exact, strict=False))
     recall = hits / exact.numel()
     assert recall >= 0.9, f"annoy recall@{k} = {recall:.2f}"
     assert res.indices.dtype == torch.int64
@@ -48,7 +48,12 @@ def test_default_nearest_neighbors_works(eng, tb, mlp):
 
 def _projected(eng, tb, setup, seed, projection_dim=16, model=None):
     return tb.engine(
-        eng, setup, Cfg("rp", "sum"), model=model, projection_dim=projection_dim, seed=seed,
+        eng,
+        setup,
+        Cfg("rp", "sum"),
+        model=model,
+        projection_dim=projection_dim,
+        seed=seed,
         nearest_neighbors=eng.ExactNearestNeighbors(),
     )
 
@@ -89,8 +94,8 @@ def test_projection_dim_not_smaller_than_layer_size_is_exact(eng, tb, mlp):
 
 @pytest.mark.parametrize("proponents", [True, False])
 def test_projection_with_exact_rerank_recall(eng, tmp_path, proponents):
-    """Projection (84-dim layer inputs onto 10 dims, as the tutorial's projection_dim=100 does) loses the top-k; the exact rerank of
-    rerank*k candidates recovers it and returns exact scores."""
+    """Projection (84-dim layer inputs onto 10 dims, as the tutorial's projection_dim=100 does) loses the top-k;
+    the exact rerank of rerank*k candidates recovers it and returns exact scores."""
     from torch import nn
     from torch.utils.data import TensorDataset
 
@@ -105,7 +110,10 @@ def test_projection_with_exact_rerank_recall(eng, tmp_path, proponents):
     truth = torch.topk(exact if proponents else -exact, k, dim=1).indices
 
     def recall(res):
-        return sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(res.indices, truth)) / truth.numel()
+        return (
+            sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(res.indices, truth, strict=False))
+            / truth.numel()
+        )
 
     common = dict(loss_fn=loss, nearest_neighbors=eng.ExactNearestNeighbors(), projection_dim=100, seed=0)
     plain = eng.TracInCPFastRandProj(model, "2", TensorDataset(x, y), paths, rerank=None, **common)

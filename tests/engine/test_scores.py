@@ -167,7 +167,9 @@ class _Twice(torch.nn.Module):
         return 2.0 * self.ce(out, y)
 
 
-@pytest.mark.parametrize("cfg", [Cfg("cp", "none"), Cfg("cp", "sum", sample_wise=True), Cfg("fast", "sum")], ids=lambda c: c.id())
+@pytest.mark.parametrize(
+    "cfg", [Cfg("cp", "none"), Cfg("cp", "sum", sample_wise=True), Cfg("fast", "sum")], ids=lambda c: c.id()
+)
 def test_test_loss_fn_differs_from_loss_fn(eng, tb, mlp, cfg):
     """test_loss_fn is used for the test side only: 2 x loss on the test side doubles the scores (as Captum)."""
     base = tb.engine(eng, mlp, cfg).influence(mlp.test, k=None)
@@ -193,7 +195,7 @@ def test_unbatched_dataset_batch_size_1_default_like_captum(eng, tb, mlp):
 
 
 def test_odd_batch_size_mean_rescaling(eng, tb, reg):
-    """"mean" rescaling uses each batch's own size (last batch smaller): DataLoader batch 7 on 48 rows."""
+    """ "mean" rescaling uses each batch's own size (last batch smaller): DataLoader batch 7 on 48 rows."""
     cfg = Cfg("cp", "mean", sample_wise=True)
     loader = DataLoader(TensorDataset(*reg.train), batch_size=7, shuffle=False)
     obj = tb.engine(eng, reg, cfg, train=loader)

@@ -14,8 +14,8 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from tracin_widgets.influence import TracInCP, TracInCPFast
 from tracin_widgets.influence._vision import VectorisedImages, vectorised_source
 
-from .oracle import assert_scores_close
 from .helpers import save_perturbed_checkpoints
+from .oracle import assert_scores_close
 
 NORM = T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
@@ -37,8 +37,12 @@ def per_item(ds):
 
 @pytest.mark.parametrize(
     "transform",
-    [T.ToTensor(), T.Compose([T.ToTensor()]), T.Compose([T.ToTensor(), NORM]),
-     T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3, inplace=True), NORM])],
+    [
+        T.ToTensor(),
+        T.Compose([T.ToTensor()]),
+        T.Compose([T.ToTensor(), NORM]),
+        T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3, inplace=True), NORM]),
+    ],
 )
 def test_blocks_are_bit_identical_to_getitem(transform):
     ds = make_cifar(transform=transform)
@@ -84,7 +88,9 @@ def test_anything_else_keeps_the_per_item_path(kwargs):
 def test_a_mismatch_on_the_sampled_rows_keeps_the_per_item_path(monkeypatch):
     ds = make_cifar(transform=T.ToTensor())
     real = VectorisedImages.block
-    monkeypatch.setattr(VectorisedImages, "block", lambda self, s, e, d: (real(self, s, e, d)[0] + 1e-6, real(self, s, e, d)[1]))
+    monkeypatch.setattr(
+        VectorisedImages, "block", lambda self, s, e, d: (real(self, s, e, d)[0] + 1e-6, real(self, s, e, d)[1])
+    )
     assert vectorised_source(ds) is None
 
 

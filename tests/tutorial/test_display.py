@@ -36,8 +36,9 @@ def test_imshow_transform_cifar_is_hwc_and_clipped():
 
 def test_display_test_example(capsys, digits):
     _, test, _ = digits
-    fig = display_test_example(test[0][0], test[0][1], torch.tensor(4), torch.tensor(0.4126), NAMES,
-                               DIGITS.inverse_normalize)
+    fig = display_test_example(
+        test[0][0], test[0][1], torch.tensor(4), torch.tensor(0.4126), NAMES, DIGITS.inverse_normalize
+    )
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     out = capsys.readouterr().out
     assert f"true_class: {test[0][1]}" in out and "predicted_class: 4" in out and "predicted_prob 0.4126" in out
@@ -46,13 +47,14 @@ def test_display_test_example(capsys, digits):
 
 def test_display_training_examples(digits):
     train, _, _ = digits
-    examples, labels = zip(*[train[i] for i in range(5)])
-    fig = display_training_examples(examples, labels, NAMES, DIGITS.inverse_normalize, scores=[3.0, 2, 1, 0, -1],
-                                    indices=range(5))
+    examples, labels = zip(*[train[i] for i in range(5)], strict=False)
+    fig = display_training_examples(
+        examples, labels, NAMES, DIGITS.inverse_normalize, scores=[3.0, 2, 1, 0, -1], indices=range(5)
+    )
     assert isinstance(fig, Figure) and len(fig.axes) == 5
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0].splitlines() == [NAMES[labels[0]], "#0", "3"]
-    assert all(NAMES[y] == t.splitlines()[0] for y, t in zip(labels, titles))
+    assert all(NAMES[y] == t.splitlines()[0] for y, t in zip(labels, titles, strict=False))
 
 
 def test_display_training_examples_rgb():
@@ -70,8 +72,17 @@ def test_display_proponents_and_opponents(digits, k):
     opps = props + 100
     scores = torch.randn(2, k)
     figs = display_proponents_and_opponents(
-        features, props, opps, true, true, torch.tensor([0.9, 0.8]), train_dataset=train, label_to_class=NAMES,
-        inverse_normalize=DIGITS.inverse_normalize, proponents_scores=scores, opponents_scores=-scores,
+        features,
+        props,
+        opps,
+        true,
+        true,
+        torch.tensor([0.9, 0.8]),
+        train_dataset=train,
+        label_to_class=NAMES,
+        inverse_normalize=DIGITS.inverse_normalize,
+        proponents_scores=scores,
+        opponents_scores=-scores,
     )
     assert len(figs) == 2 and all(isinstance(f, Figure) for f in figs)
     for n, fig in enumerate(figs):
@@ -80,6 +91,9 @@ def test_display_proponents_and_opponents(digits, k):
         assert f"true {NAMES[int(true[n])]}" in top._suptitle.get_text()
         assert middle._suptitle.get_text() == "proponents" and bottom._suptitle.get_text() == "opponents"
         prop_titles = [ax.get_title().splitlines() for ax in middle.axes]
-        expected = [[NAMES[train[int(i)][1]], f"#{int(i)}", f"{float(s):.3g}"] for i, s in zip(props[n], scores[n])]
+        expected = [
+            [NAMES[train[int(i)][1]], f"#{int(i)}", f"{float(s):.3g}"]
+            for i, s in zip(props[n], scores[n], strict=False)
+        ]
         assert prop_titles == expected
         assert [t.splitlines()[1] for t in (ax.get_title() for ax in bottom.axes)] == [f"#{int(i)}" for i in opps[n]]

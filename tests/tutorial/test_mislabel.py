@@ -29,7 +29,7 @@ def problem():
 
 def _oracle_incorrect(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     out = []
-    for row, y in zip(logits, labels):
+    for row, y in zip(logits, labels, strict=False):
         order = [j for j in np.argsort(-row, kind="stable") if j != y]
         out.append(order[0])
     return np.array(out)
@@ -73,8 +73,9 @@ def test_never_picks_the_true_class_when_probabilities_underflow():
     # way) would make argmax return class 0 == the true class; masking the logit picks the best wrong class (2).
     logits = torch.tensor([[1000.0, 1.0, 5.0, 2.0]])
     assert torch.softmax(logits, 1)[0, 1:].eq(0).all()
-    incorrect, correct = most_probable_incorrect_labels(TensorDataset(torch.arange(1), torch.tensor([0])),
-                                                        _Lookup(logits))
+    incorrect, correct = most_probable_incorrect_labels(
+        TensorDataset(torch.arange(1), torch.tensor([0])), _Lookup(logits)
+    )
     assert incorrect.tolist() == [2] and correct.tolist() == [0]
 
 
@@ -99,7 +100,7 @@ def test_on_digits_with_the_tutorial_net(digits):
     net = Net(in_channels=1)
     res = make_mislabelled_labels(train, net, 0.1, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        logits = torch.cat([net(train.data[i:i + 500]) for i in range(0, len(train), 500)]).numpy()
+        logits = torch.cat([net(train.data[i : i + 500]) for i in range(0, len(train), 500)]).numpy()
     labels = np.array(train.targets)
     np.testing.assert_array_equal(res.incorrect_labels.numpy(), _oracle_incorrect(logits, labels))
     assert abs(res.is_mislabelled.float().mean().item() - 0.1) < 0.03

@@ -9,7 +9,7 @@ class OriginalNet(nn.Module):
     """Verbatim from Captum's TracInCP tutorial (the oracle)."""
 
     def __init__(self):
-        super(OriginalNet, self).__init__()
+        super().__init__()
         self.conv1 = nn.Conv2d(3, 6, 5)
         self.pool1 = nn.MaxPool2d(2, 2)
         self.pool2 = nn.MaxPool2d(2, 2)
@@ -45,9 +45,7 @@ def test_children_order_is_the_original_and_last_child_is_relu4():
 
 def test_default_net_is_the_original_architecture():
     ours, original = Net(), OriginalNet()
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {
-        k: v.shape for k, v in original.state_dict().items()
-    }
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in original.state_dict().items()}
     ours.load_state_dict(original.state_dict())  # checkpoints of the original load into ours
     x = torch.randn(5, 3, 32, 32)
     torch.testing.assert_close(ours(x), original(x), rtol=0, atol=0)

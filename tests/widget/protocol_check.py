@@ -30,11 +30,11 @@ def problems(value: Any, tp: Any, path: str = "$") -> list[str]:
         return [f"{path}: {value!r:.80} is none of {names}: " + "; ".join(f[0] for f in found)]
     if origin is Literal:
         return [] if any(value == a and type(value) is type(a) for a in args) else [f"{path}: {value!r} not in {args}"]
-    if origin in (list, typing.List):
+    if origin in (list, list):
         if not isinstance(value, list):
             return [f"{path}: expected a list, got {type(value).__name__}"]
         return [p for i, v in enumerate(value) for p in problems(v, args[0] if args else Any, f"{path}[{i}]")]
-    if origin in (dict, typing.Dict):
+    if origin in (dict, dict):
         if not isinstance(value, dict):
             return [f"{path}: expected a dict, got {type(value).__name__}"]
         return [p for k, v in value.items() for p in problems(v, args[1] if args else Any, f"{path}.{k}")]

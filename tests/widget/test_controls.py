@@ -34,7 +34,7 @@ def updates(sent: list) -> list[dict]:
     return [m["state"] for m in sent if m.get("method") == "update"]
 
 
-# --- class_names --------------------------------------------------------------------------------------------------------
+# --- class_names ------------------------------------------------------------------------------------------------
 def test_class_names_as_one_string_is_refused(data, fake, make):
     with pytest.raises(
         TypeError,

@@ -36,7 +36,9 @@ def test_rows_sort_and_filters(make, data, sent):
     w = make()
     w.send = sent
     labels = data["train"].tensors[1].numpy()
-    w._handle_custom_msg({"kind": "rows", "id": 1, "offset": 0, "limit": 100, "sort": "index", "descending": True, "label": 2}, [])
+    w._handle_custom_msg(
+        {"kind": "rows", "id": 1, "offset": 0, "limit": 100, "sort": "index", "descending": True, "label": 2}, []
+    )
     msg, _ = reply(sent, "rows")
     assert [r["index"] for r in msg["rows"]] == [i for i in range(N_TRAIN - 1, -1, -1) if labels[i] == 2]
     w.flagged = [4, 9]

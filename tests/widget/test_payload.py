@@ -149,7 +149,9 @@ def test_table_order_filters():
         scores, labels, preds, "rank", False, only="mislabelled", truth=truth
     )
     r = (0.2, 0.6)
-    assert P.table_order(scores, score_range=r, **kw).tolist() == _oracle_order(scores, labels, preds, "rank", False, rng=r)
+    assert P.table_order(scores, score_range=r, **kw).tolist() == _oracle_order(
+        scores, labels, preds, "rank", False, rng=r
+    )
     with pytest.raises(ValueError, match="sort must be one of"):
         P.table_order(scores, sort="nope")
     with pytest.raises(ValueError, match="before the predictions"):
@@ -175,7 +177,9 @@ def test_roc_auc_equals_the_pairwise_probability():
     s = rng.random(200) + y * 0.5
     r = P.roc(s, y)
     pos, neg = s[y], s[~y]
-    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
     assert r["auc"] == pytest.approx(pairwise)
     assert r["fpr"][0] == 0 and r["tpr"][-1] == 1 and len(r["fpr"]) <= 256
     assert P.roc(s, np.zeros(200, bool)) is None
@@ -188,7 +192,7 @@ def test_found_vs_inspected_matches_a_loop_oracle():
     s = rng.random(n)
     f = P.found_vs_inspected(s, y, points=11)
     order = sorted(range(n), key=lambda i: -s[i])
-    for frac, found in zip(f["inspected"], f["found"]):
+    for frac, found in zip(f["inspected"], f["found"], strict=False):
         m = round(frac * n)
         assert found == pytest.approx(sum(y[i] for i in order[:m]) / y.sum(), abs=1e-6)
     assert f["found"][0] == 0 and f["found"][-1] == 1

@@ -50,7 +50,7 @@ def check_all(values, types_by_kind=None, tp=None) -> list[str]:
 def test_checker_reports_missing_unknown_and_mistyped_keys():
     class OldErrorReply(typing.TypedDict):  # the drifted TypedDict: no "request"
         kind: typing.Literal["error"]
-        id: typing.Optional[typing.Union[int, str]]
+        id: int | str | None
         message: str
 
     sent = {"kind": "error", "id": 4, "request": "detail", "message": "ValueError: ..."}

@@ -48,7 +48,13 @@ def test_initial_state_after_the_background_work(make, data):
     w = make(class_names=["a", "b", "c"], k=4)
     state = w.get_state()
     assert state["status"] == "ready" and state["error"] == "" and state["progress"] == 1.0
-    assert state["info"] == {"n_train": N_TRAIN, "n_test": N_TEST, "has_truth": False, "engine": "FakeSource", "n_classes": 3}
+    assert state["info"] == {
+        "n_train": N_TRAIN,
+        "n_test": N_TEST,
+        "has_truth": False,
+        "engine": "FakeSource",
+        "n_classes": 3,
+    }
     assert state["class_names"] == ["a", "b", "c"]
     assert state["selected_test"] == 0 and state["query"] == {"source": "test", "index": 0}
     assert state["progress_info"]["step"] == state["progress_info"]["steps"] == 4
@@ -117,7 +123,10 @@ def test_walking_to_a_training_example_uses_it_as_the_query(make, data):
     w.set_state({"query": {"source": "train", "index": 11}})
     w.wait(10)
     scores = data["x_train"][11] @ data["x_train"].T
-    assert w.gallery["item"]["index"] == 11 and w.gallery["item"]["rank"] == _payload.ranks_from_scores(w.self_influence)[11]
+    assert (
+        w.gallery["item"]["index"] == 11
+        and w.gallery["item"]["rank"] == _payload.ranks_from_scores(w.self_influence)[11]
+    )
     assert [r["index"] for r in w.gallery["proponents"]] == np.argsort(-scores, kind="stable")[:3].tolist()
 
 
@@ -251,7 +260,7 @@ def test_ground_truth_gives_roc_found_curve_and_live_flag_metrics(make, data):
     st = w.stats
     s = (data["x_train"] ** 2).sum(1)
     pos, neg = s[truth], s[~truth]
-    assert st["roc"]["auc"] == pytest.approx(((pos[:, None] > neg[None, :]).mean()))
+    assert st["roc"]["auc"] == pytest.approx((pos[:, None] > neg[None, :]).mean())
     order = np.argsort(-s)
     assert st["found"]["found"][-1] == 1.0
     assert st["found"]["found"][50] == pytest.approx(truth[order[:30]].sum() / 5)
@@ -341,4 +350,10 @@ def test_static_export_keeps_the_last_gallery_and_test_strip(make):
     assert [r["index"] for r in state["gallery"]["proponents"]] == [r["index"] for r in w.gallery["proponents"]]
     assert len(state["test_strip"]["items"]) == N_TEST
     paths = [b["path"] for b in entry["buffers"]]  # thumbnails travel as (base64) buffers, not JSON numbers
-    assert ["gallery", "proponents", 0, "image", "data"] in paths and ["test_strip", "items", 0, "image", "data"] in paths
+    assert ["gallery", "proponents", 0, "image", "data"] in paths and [
+        "test_strip",
+        "items",
+        0,
+        "image",
+        "data",
+    ] in paths

@@ -356,7 +356,8 @@ class TracInCPBase:
                 " (n rows: features of shape "
                 + ", ".join("(" + ", ".join(map(str, ("n", *s))) + ")" if isinstance(s, tuple) else s for s in ex)
                 + ", as the training examples)"
-                if ex else ""
+                if ex
+                else ""
             )
             arg = "train_dataset" if what.startswith("train") else "inputs"
             raise ValueError(
@@ -409,7 +410,11 @@ class TracInCPBase:
         if self._row_bytes is None:
             return merge_rows
         return rows_per_forward(
-            self._row_bytes, merge_rows, self.train_dataloader.batch_size, self.device, copies=copies,
+            self._row_bytes,
+            merge_rows,
+            self.train_dataloader.batch_size,
+            self.device,
+            copies=copies,
             safety=BACKWARD_SAFETY if backward else NO_GRAD_SAFETY,
         )
 
@@ -461,8 +466,12 @@ class TracInCPBase:
             if isinstance(batch, (torch.Tensor, dict)) or len(batch) < 2:
                 raise ValueError(
                     "train_dataset batches must be (features..., labels); the dataset yields "
-                    f"{type(batch).__name__} batches" + (" (a dict: return (features, label) tuples from the "
-                    "collate_fn or the dataset's __getitem__)." if isinstance(batch, dict) else " without labels.")
+                    f"{type(batch).__name__} batches"
+                    + (
+                        " (a dict: return (features, label) tuples from the collate_fn or the dataset's __getitem__)."
+                        if isinstance(batch, dict)
+                        else " without labels."
+                    )
                 )
             batch = to_device(tuple(batch), self.device)
             n = batch_len(batch)
@@ -631,9 +640,7 @@ class TracInCPBase:
                 "checkpoint's weights (a diverged training step?) or drop it from `checkpoints`."
             )
 
-    def _check_all_finite(
-        self, sums: torch.Tensor, whats: list[str], locate: Callable[[], None] | None = None
-    ) -> None:
+    def _check_all_finite(self, sums: torch.Tensor, whats: list[str], locate: Callable[[], None] | None = None) -> None:
         """``sums[j, c]``: a sum over quantity ``whats[j]`` at checkpoint c. One device sync for all of them
         (a per-tensor check would stall the GPU once per checkpoint and block). On failure ``locate`` raises
         naming the rows (see ``_raise_nonfinite``); if it returns, every value is finite and only a sum
@@ -652,9 +659,16 @@ class TracInCPBase:
         if self._fingerprint is None:
             _, lrs = self._checkpoint_states()  # the learning rates are part of the key
             self._fingerprint = _cache.compute_fingerprint(
-                kind=self._cache_kind, extra=extra, model=self.model, load_func=self.checkpoints_load_func,
-                checkpoints=self.checkpoints, lrs=lrs, loss_fn=self.loss_fn, loader=self.train_dataloader,
-                device=self.device, data_version=self.data_version,
+                kind=self._cache_kind,
+                extra=extra,
+                model=self.model,
+                load_func=self.checkpoints_load_func,
+                checkpoints=self.checkpoints,
+                lrs=lrs,
+                loss_fn=self.loss_fn,
+                loader=self.train_dataloader,
+                device=self.device,
+                data_version=self.data_version,
             )
         return self._fingerprint
 
@@ -697,9 +711,7 @@ class TracInCPBase:
     @staticmethod
     def _finish_topk(best: tuple[torch.Tensor, torch.Tensor] | None, n_test: int) -> KMostInfluentialResults:
         if best is None:
-            return KMostInfluentialResults(
-                torch.empty(n_test, 0, dtype=torch.int64), torch.empty(n_test, 0)
-            )
+            return KMostInfluentialResults(torch.empty(n_test, 0, dtype=torch.int64), torch.empty(n_test, 0))
         vals, idx = best
         return KMostInfluentialResults(idx.to(torch.int64).cpu(), vals.cpu())
 

@@ -270,14 +270,29 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def compute_fingerprint(
-    *, kind: str, extra: str, model: nn.Module, load_func: Callable, checkpoints: list[str], lrs: list[float],
-    loss_fn: Any, loader: DataLoader, device: torch.device, data_version: str | None,
+    *,
+    kind: str,
+    extra: str,
+    model: nn.Module,
+    load_func: Callable,
+    checkpoints: list[str],
+    lrs: list[float],
+    loss_fn: Any,
+    loader: DataLoader,
+    device: torch.device,
+    data_version: str | None,
 ) -> str:
     """The cache key (see the module docstring for what it is made of)."""
     h = new_hash()
     for part in (
-        kind, extra, model_fingerprint(model), callable_fingerprint(load_func), callable_fingerprint(loss_fn),
-        f"device={device.type}", f"default_dtype={torch.get_default_dtype()}", f"data_version={data_version!r}",
+        kind,
+        extra,
+        model_fingerprint(model),
+        callable_fingerprint(load_func),
+        callable_fingerprint(loss_fn),
+        f"device={device.type}",
+        f"default_dtype={torch.get_default_dtype()}",
+        f"data_version={data_version!r}",
         f"lrs={[float(x).hex() for x in lrs]}",
     ):
         h.update(part.encode() + b"\0")

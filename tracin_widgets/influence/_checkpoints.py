@@ -105,7 +105,7 @@ def load_checkpoint(model: nn.Module, path: str, *, weights_only: bool = True) -
     sd, lr = _unwrap_state_dict(obj, path)
     own = model.state_dict()
     if sd and all(k.startswith("module.") for k in sd) and not any(k.startswith("module.") for k in own):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:

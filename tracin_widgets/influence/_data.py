@@ -146,9 +146,7 @@ def check_train_items(loader: DataLoader, what: str = "train_dataset") -> list |
             "TensorDataset(X, Y)."
         )
     if len(item) < 2:
-        raise TypeError(
-            f"{what} items have {len(item)} element(s) but need features and a label. {ACCEPTED_FORMS}"
-        )
+        raise TypeError(f"{what} items have {len(item)} element(s) but need features and a label. {ACCEPTED_FORMS}")
     if loader.batch_size is None:  # unbatched loader: its items must be batches already
         lab = item[-1]
         if isinstance(lab, (int, float, np.number)) or (isinstance(lab, (torch.Tensor, np.ndarray)) and lab.ndim == 0):
@@ -177,7 +175,11 @@ def check_labels(labels: Any, out_tail: tuple, rule: tuple[str, int], what: str,
         if isinstance(labels, (list, tuple)) and any(
             not isinstance(v, (numbers.Integral, torch.Tensor, np.ndarray)) or isinstance(v, bool) for v in labels
         ):
-            first = next(v for v in labels if not isinstance(v, (numbers.Integral, torch.Tensor, np.ndarray)) or isinstance(v, bool))
+            first = next(
+                v
+                for v in labels
+                if not isinstance(v, (numbers.Integral, torch.Tensor, np.ndarray)) or isinstance(v, bool)
+            )
             raise TypeError(
                 f"{what} labels are {type(labels).__name__}s holding {type(first).__name__} {first!r}, but {name} "
                 "needs int class indices: map each label to its class index (e.g. classes.index(label)) in the "
@@ -347,8 +349,13 @@ def pass_loader(loader: DataLoader, num_workers: int, device: torch.device, auto
             return loader
     rows = min(loader.batch_size or 1, max(32, -(-n // (num_workers * 4))))
     return DataLoader(
-        loader.dataset, batch_size=rows, shuffle=False, num_workers=num_workers,
-        pin_memory=device.type == "cuda", prefetch_factor=4, persistent_workers=False,
+        loader.dataset,
+        batch_size=rows,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4,
+        persistent_workers=False,
     )
 
 
@@ -369,15 +376,16 @@ def make_train_loader(train_dataset: Any, batch_size: int | None, num_workers: i
     if not isinstance(train_dataset, Dataset) and not (
         hasattr(train_dataset, "__getitem__") and hasattr(train_dataset, "__len__")
     ):
-        raise TypeError(
-            f"train_dataset must be a torch Dataset or a DataLoader, not {type(train_dataset).__name__}."
-        )
+        raise TypeError(f"train_dataset must be a torch Dataset or a DataLoader, not {type(train_dataset).__name__}.")
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int (or None for {DEFAULT_BATCH_SIZE}), got {batch_size!r}.")
     return DataLoader(
-        train_dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        train_dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
         persistent_workers=False,
     )
 

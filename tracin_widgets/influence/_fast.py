@@ -156,9 +156,19 @@ class TracInCPFast(TracInCPBase):
         data_version: str | None = None,
     ) -> None:
         super().__init__(
-            model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
-            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir,
-            weights_only=weights_only, data_version=data_version,
+            model,
+            train_dataset,
+            checkpoints,
+            checkpoints_load_func,
+            loss_fn,
+            batch_size,
+            test_loss_fn,
+            device=device,
+            num_workers=num_workers,
+            progress_callback=progress_callback,
+            cache_dir=cache_dir,
+            weights_only=weights_only,
+            data_version=data_version,
         )
         self.final_fc_layer = final_fc_layer
         self.vectorize = vectorize  # accepted for compatibility; gradients here need no jacobian
@@ -228,7 +238,7 @@ class TracInCPFast(TracInCPBase):
         captured: list[torch.Tensor] = []
         handle = self._final_fc_layer.register_forward_hook(lambda m, i, o: captured.append(i[0].detach()))
         try:
-            with torch.no_grad(), (FastCpuOps() if self.device.type == "cpu" else contextlib.nullcontext()):
+            with torch.no_grad(), FastCpuOps() if self.device.type == "cpu" else contextlib.nullcontext():
                 out = self._forward(state, tuple(batch[:-1]), what)
         finally:
             handle.remove()
@@ -294,8 +304,16 @@ class TracInCPFast(TracInCPBase):
         return torch.cat(G_parts), torch.cat(A_parts)
 
     def _factors_of(
-        self, batches: list[tuple], states: list[dict], mode: str, loss_fn: Any, what: str, check: bool = True,
-        offset: int = 0, complete: bool = True, prog: _Progress | None = None,
+        self,
+        batches: list[tuple],
+        states: list[dict],
+        mode: str,
+        loss_fn: Any,
+        what: str,
+        check: bool = True,
+        offset: int = 0,
+        complete: bool = True,
+        prog: _Progress | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Factors of ``batches`` (rows ``offset``.. of their source; ``complete``: all of its rows)."""
         A_parts, G_parts = [], []
@@ -365,8 +383,14 @@ class TracInCPFast(TracInCPBase):
                         self._check_layer(states[-1], split_rows(batch, batch_len(batch), self._rows(merge))[0])
                     # on a GPU, checked once after the pass: a check per batch would make the host wait for it
                     A, G = self._factors_of(
-                        [batch], states, self.reduction_type, self.loss_fn, "training batch", self.device.type == "cpu",
-                        offset, complete=False,
+                        [batch],
+                        states,
+                        self.reduction_type,
+                        self.loss_fn,
+                        "training batch",
+                        self.device.type == "cpu",
+                        offset,
+                        complete=False,
                     )
                     A_parts.append(A)
                     G_parts.append(G)
@@ -397,8 +421,13 @@ class TracInCPFast(TracInCPBase):
         return self
 
     def _test_factors(
-        self, inputs: Any, loss: str = "test", batches: list[tuple] | None = None, show_progress: bool = False,
-        phase: str = "test factors", callback: bool = False,
+        self,
+        inputs: Any,
+        loss: str = "test",
+        batches: list[tuple] | None = None,
+        show_progress: bool = False,
+        phase: str = "test factors",
+        callback: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Factors of ``inputs`` (a batch or a DataLoader); ``batches`` = the same, already checked and moved.
         ``show_progress``: a tqdm bar over the rows; ``callback``: report the phase to ``progress_callback``
@@ -631,10 +660,21 @@ class TracInCPFastRandProj(TracInCPFast):
         data_version: str | None = None,
     ) -> None:
         super().__init__(
-            model, final_fc_layer, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size,
-            test_loss_fn, vectorize,
-            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir,
-            weights_only=weights_only, data_version=data_version,
+            model,
+            final_fc_layer,
+            train_dataset,
+            checkpoints,
+            checkpoints_load_func,
+            loss_fn,
+            batch_size,
+            test_loss_fn,
+            vectorize,
+            device=device,
+            num_workers=num_workers,
+            progress_callback=progress_callback,
+            cache_dir=cache_dir,
+            weights_only=weights_only,
+            data_version=data_version,
         )
         if projection_dim is not None and (
             isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim <= 0

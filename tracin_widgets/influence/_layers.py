@@ -34,7 +34,7 @@ def resolve_module(model: nn.Module, layer: Any, argname: str) -> tuple[str, nn.
         name = layer
         for _ in range(depth):
             if name not in mods and name.startswith("module."):
-                name = name[len("module."):]
+                name = name[len("module.") :]
         if name in mods and name:
             return name, mods[name]
         close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)

@@ -91,7 +91,5 @@ def total_loss(mode: str, loss_fn: Any, out: torch.Tensor, labels: Any, n: int) 
     if loss.dim() != 0:
         if loss.shape and loss.shape[0] == n and mode == "sum":
             return loss.sum()
-        raise ValueError(
-            f"loss_fn with reduction={mode!r} must return a scalar, got shape {tuple(loss.shape)}."
-        )
+        raise ValueError(f"loss_fn with reduction={mode!r} must return a scalar, got shape {tuple(loss.shape)}.")
     return loss * n if mode == "mean" else loss

@@ -237,9 +237,19 @@ class TracInCP(TracInCPBase):
         data_version: str | None = None,
     ) -> None:
         super().__init__(
-            model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
-            device=device, num_workers=num_workers, progress_callback=progress_callback, cache_dir=cache_dir,
-            weights_only=weights_only, data_version=data_version,
+            model,
+            train_dataset,
+            checkpoints,
+            checkpoints_load_func,
+            loss_fn,
+            batch_size,
+            test_loss_fn,
+            device=device,
+            num_workers=num_workers,
+            progress_callback=progress_callback,
+            cache_dir=cache_dir,
+            weights_only=weights_only,
+            data_version=data_version,
         )
         self.sample_wise_grads_per_batch = sample_wise_grads_per_batch
         if sample_wise_grads_per_batch:
@@ -297,8 +307,11 @@ class TracInCP(TracInCPBase):
         convs = {
             name: m
             for name, m in self._net.named_modules()
-            if isinstance(m, nn.Conv2d) and f"{name}.weight" in selected and m.groups == 1
-            and not isinstance(m.padding, str) and m.padding_mode == "zeros"
+            if isinstance(m, nn.Conv2d)
+            and f"{name}.weight" in selected
+            and m.groups == 1
+            and not isinstance(m.padding, str)
+            and m.padding_mode == "zeros"
         }
         candidates.update(convs)
         seen: dict[str, list] = {n: [] for n in candidates}
@@ -343,9 +356,7 @@ class TracInCP(TracInCPBase):
                 caps[_n] = (inp[0].detach(), o)
                 return o
 
-            handles = [
-                h.module.register_forward_hook(lambda mod, i, o, _n=h.name: hook(mod, i, o, _n)) for h in hooked
-            ]
+            handles = [h.module.register_forward_hook(lambda mod, i, o, _n=h.name: hook(mod, i, o, _n)) for h in hooked]
             try:
                 with torch.enable_grad():
                     out = self._forward(state, tuple(batch[:-1]), what)
@@ -479,12 +490,16 @@ class TracInCP(TracInCPBase):
 
         def locate() -> None:
             n = batch_len(batch)
-            bad = torch.stack([
-                functools.reduce(torch.logical_or, [
-                    ~torch.isfinite(t.reshape(n, -1)).all(1) for b in blocks for t in b.tensors()
-                ])
-                for blocks in out
-            ], 1)
+            bad = torch.stack(
+                [
+                    functools.reduce(
+                        torch.logical_or,
+                        [~torch.isfinite(t.reshape(n, -1)).all(1) for b in blocks for t in b.tensors()],
+                    )
+                    for blocks in out
+                ],
+                1,
+            )
             self._raise_nonfinite({"gradients": bad}, offset, what, rows_getter([batch], offset), False)
 
         self._check_all_finite(torch.stack(sums).reshape(1, -1), [f"gradients for the {what}"], locate)
@@ -535,8 +550,12 @@ class TracInCP(TracInCPBase):
 
     @locked
     def influence(
-        self, inputs: Inputs | None = None, k: int | None = None, proponents: bool = True,
-        show_progress: bool = False, aggregate: bool = False,
+        self,
+        inputs: Inputs | None = None,
+        k: int | None = None,
+        proponents: bool = True,
+        show_progress: bool = False,
+        aggregate: bool = False,
     ) -> torch.Tensor | KMostInfluentialResults:
         """Influence of every training example on each example of ``inputs``.
 

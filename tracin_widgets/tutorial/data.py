@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -75,9 +76,7 @@ def get_transforms(name: str) -> Transforms:
 
     _check_name(name)
     if name == "cifar10":
-        normalize = transforms.Compose(
-            [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
-        )
+        normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
         inverse_normalize = transforms.Compose(
             [
                 transforms.Normalize(mean=[0.0, 0.0, 0.0], std=[1 / 0.5, 1 / 0.5, 1 / 0.5]),
@@ -100,8 +99,13 @@ class DigitsDataset(Dataset):
     The transform is applied once, up front (1,797 small images), so indexing is cheap.
     """
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, transform: Callable | None = None,
-                 indices: np.ndarray | None = None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: np.ndarray,
+        transform: Callable | None = None,
+        indices: np.ndarray | None = None,
+    ):
         self.images = np.asarray(images, dtype=np.float32)
         self.targets = [int(t) for t in targets]
         self.indices = None if indices is None else np.asarray(indices)  # positions in load_digits()
@@ -143,7 +147,7 @@ def _load_cifar10(root: str, transform):
         reason = f"{type(exc).__name__}: {exc}".strip()
         raise DatasetUnavailableError(
             f"CIFAR-10 is not available: it is not in {path!r} and could not be downloaded ({reason}). "
-            "This machine probably has no network access. Set DATASET = \"digits\" in the parameter cell to run "
+            'This machine probably has no network access. Set DATASET = "digits" in the parameter cell to run '
             "the tutorial offline, or put cifar-10-python.tar.gz (or the extracted cifar-10-batches-py folder) "
             f"into {path!r}."
         ) from None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["display_proponents_and_opponents", "display_test_example", "display_training_examples",
-           "imshow_transform"]
+__all__ = ["display_proponents_and_opponents", "display_test_example", "display_training_examples", "imshow_transform"]
 
 
 def imshow_transform(tensor_in_dataset: torch.Tensor, inverse_normalize: Callable) -> np.ndarray:
@@ -39,8 +38,16 @@ def _as_float(x) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
 
-def display_test_example(example, true_label, predicted_label, predicted_prob, label_to_class: Sequence[str],
-                         inverse_normalize: Callable, *, verbose: bool = True):
+def display_test_example(
+    example,
+    true_label,
+    predicted_label,
+    predicted_prob,
+    label_to_class: Sequence[str],
+    inverse_normalize: Callable,
+    *,
+    verbose: bool = True,
+):
     """One test example with its true / predicted class and probability (printed, as in the tutorial, and in the
     title). Returns the figure (one axis)."""
     import matplotlib.pyplot as plt
@@ -52,13 +59,26 @@ def display_test_example(example, true_label, predicted_label, predicted_prob, l
         print("predicted_class:", label_to_class[predicted_label])
         print("predicted_prob", round(prob, 4))
     fig, ax = plt.subplots(figsize=(2.5, 2.5))
-    _show(ax, example, inverse_normalize,
-          f"true: {label_to_class[true_label]}\npred: {label_to_class[predicted_label]} ({prob:.2f})")
+    _show(
+        ax,
+        example,
+        inverse_normalize,
+        f"true: {label_to_class[true_label]}\npred: {label_to_class[predicted_label]} ({prob:.2f})",
+    )
     return fig
 
 
-def display_training_examples(examples, true_labels, label_to_class: Sequence[str], inverse_normalize: Callable,
-                              figsize=(10, 4), *, scores=None, indices=None, title: str | None = None):
+def display_training_examples(
+    examples,
+    true_labels,
+    label_to_class: Sequence[str],
+    inverse_normalize: Callable,
+    figsize=(10, 4),
+    *,
+    scores=None,
+    indices=None,
+    title: str | None = None,
+):
     """A row of training examples titled with their labels (and influence scores / dataset indices if given).
     Returns the figure (one axis per example)."""
     import matplotlib.pyplot as plt
@@ -82,20 +102,38 @@ def _fill_row(fig, examples, labels, label_to_class, inverse_normalize, *, score
         _show(ax, examples[i], inverse_normalize, "\n".join(parts))
 
 
-def display_proponents_and_opponents(test_examples_batch, proponents_indices, opponents_indices,
-                                     test_examples_true_labels, test_examples_predicted_labels,
-                                     test_examples_predicted_probs, *, train_dataset, label_to_class: Sequence[str],
-                                     inverse_normalize: Callable, proponents_scores=None, opponents_scores=None,
-                                     figsize=None):
+def display_proponents_and_opponents(
+    test_examples_batch,
+    proponents_indices,
+    opponents_indices,
+    test_examples_true_labels,
+    test_examples_predicted_labels,
+    test_examples_predicted_probs,
+    *,
+    train_dataset,
+    label_to_class: Sequence[str],
+    inverse_normalize: Callable,
+    proponents_scores=None,
+    opponents_scores=None,
+    figsize=None,
+):
     """For each test example, one figure: the test example on top, its proponents (most positive influence first)
     in the middle row and its opponents (most negative first) in the bottom row, each titled with its training
     label, index and influence score. Returns the list of figures (each with ``1 + 2 k`` axes)."""
     import matplotlib.pyplot as plt
 
     figures = []
-    for n, (test_example, props, opps, true_label, pred_label, pred_prob) in enumerate(zip(
-            test_examples_batch, proponents_indices, opponents_indices, test_examples_true_labels,
-            test_examples_predicted_labels, test_examples_predicted_probs)):
+    for n, (test_example, props, opps, true_label, pred_label, pred_prob) in enumerate(
+        zip(
+            test_examples_batch,
+            proponents_indices,
+            opponents_indices,
+            test_examples_true_labels,
+            test_examples_predicted_labels,
+            test_examples_predicted_probs,
+            strict=False,
+        )
+    ):
         props = [_as_int(i) for i in props]
         opps = [_as_int(i) for i in opps]
         k = max(len(props), len(opps), 1)
@@ -104,13 +142,18 @@ def display_proponents_and_opponents(test_examples_batch, proponents_indices, op
         ax = top.subplots(1, 1)
         true_label, pred_label, prob = _as_int(true_label), _as_int(pred_label), _as_float(pred_prob)
         _show(ax, test_example, inverse_normalize)
-        top.suptitle(f"test example {n}: true {label_to_class[true_label]}, "
-                     f"predicted {label_to_class[pred_label]} (p={prob:.2f})", fontsize=11)
-        for sub, idx, scores, name in ((middle, props, proponents_scores, "proponents"),
-                                       (bottom, opps, opponents_scores, "opponents")):
+        top.suptitle(
+            f"test example {n}: true {label_to_class[true_label]}, "
+            f"predicted {label_to_class[pred_label]} (p={prob:.2f})",
+            fontsize=11,
+        )
+        for sub, idx, scores, name in (
+            (middle, props, proponents_scores, "proponents"),
+            (bottom, opps, opponents_scores, "opponents"),
+        ):
             if not idx:
                 continue
-            tensors, labels = zip(*[train_dataset[i] for i in idx])
+            tensors, labels = zip(*[train_dataset[i] for i in idx], strict=False)
             row_scores = None if scores is None else scores[n]
             _fill_row(sub, tensors, labels, label_to_class, inverse_normalize, scores=row_scores, indices=idx)
             sub.suptitle(name, fontsize=10)

@@ -40,8 +40,13 @@ def most_probable_incorrect_labels(correct_dataset: Dataset, correct_net: torch.
     return torch.cat(incorrect), torch.cat(correct)
 
 
-def make_mislabelled_labels(correct_dataset: Dataset, correct_net: torch.nn.Module, proportion: float = 0.1,
-                            generator: torch.Generator | None = None, batch_size: int = 128) -> MislabelledLabels:
+def make_mislabelled_labels(
+    correct_dataset: Dataset,
+    correct_net: torch.nn.Module,
+    proportion: float = 0.1,
+    generator: torch.Generator | None = None,
+    batch_size: int = 128,
+) -> MislabelledLabels:
     """The tutorial's relabelling: each example is, with probability ``proportion`` (``torch.rand(n) < proportion``,
     drawn from ``generator``), relabelled to ``correct_net``'s most probable wrong class; others keep their label."""
     if not 0.0 <= proportion <= 1.0:

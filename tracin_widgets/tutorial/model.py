@@ -23,7 +23,8 @@ class Net(nn.Module):
     ``Net()`` is exactly the original: 3x32x32 inputs, conv1 3->6 k5, conv2 6->16 k5, fc1 400->120, fc2 120->84,
     fc3 84->10. ``in_channels`` / ``image_size`` / ``num_classes`` only change the input-dependent sizes
     (``Net(in_channels=1)`` for the 1x32x32 upsampled digits). The children are registered in the original order
-    ``conv1, pool1, pool2, conv2, fc1, fc2, fc3, relu1..relu4`` (verbatim from the tutorial), so ``list(net.children())[-1]`` is ``relu4``
+    ``conv1, pool1, pool2, conv2, fc1, fc2, fc3, relu1..relu4`` (verbatim from the tutorial), so
+    ``list(net.children())[-1]`` is ``relu4``
     (not ``fc3``), as in the original tutorial.
     """
 

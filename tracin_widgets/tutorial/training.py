@@ -50,9 +50,20 @@ def evaluate(net: nn.Module, dataloader, device=None) -> float:
     return 100.0 * correct / max(total, 1)
 
 
-def train(net: nn.Module, num_epochs: int, train_dataloader, test_dataloader, checkpoints_dir, save_every: int,
-          lr: float = 0.001, momentum: float = 0.9, *, device=None, print_every: int = 1,
-          overwrite: bool = True) -> TrainingHistory:
+def train(
+    net: nn.Module,
+    num_epochs: int,
+    train_dataloader,
+    test_dataloader,
+    checkpoints_dir,
+    save_every: int,
+    lr: float = 0.001,
+    momentum: float = 0.9,
+    *,
+    device=None,
+    print_every: int = 1,
+    overwrite: bool = True,
+) -> TrainingHistory:
     """Train ``net`` as the tutorial does: SGD(lr, momentum), ``CrossEntropyLoss``, one pass per epoch.
 
     Every epoch with ``epoch % save_every == 0`` saves ``checkpoint-{epoch}.pt`` in ``checkpoints_dir``: a dict with
@@ -101,7 +112,7 @@ def train(net: nn.Module, num_epochs: int, train_dataloader, test_dataloader, ch
                 # print statistics
                 running_loss += loss.item()
                 if (i + 1) % 100 == 0:  # print every 100 mini-batches
-                    print("[%d, %5d] loss: %.3f" % (epoch + 1, i + 1, running_loss / 100))
+                    print(f"[{epoch + 1}, {i + 1:5d}] loss: {running_loss / 100:.3f}")
                     epoch_loss += running_loss
                     running_loss = 0.0
             epoch_loss += running_loss  # the tutorial drops the batches after the last multiple of 100; we keep them
@@ -125,12 +136,12 @@ def train(net: nn.Module, num_epochs: int, train_dataloader, test_dataloader, ch
             history.test_accuracies.append(accuracy)
             history.epoch_seconds.append((datetime.datetime.now() - epoch_start).total_seconds())
             if epoch % print_every == 0 or epoch == num_epochs - 1:
-                print("Accuracy of the network on test set at epoch %d: %d %%" % (epoch, accuracy))
+                print(f"Accuracy of the network on test set at epoch {epoch}: {int(accuracy)} %")
     finally:
         net.eval()
         net.to(original_device)
     history.total_minutes = (datetime.datetime.now() - start_time).total_seconds() / 60.0
-    print("Finished training in %.2f minutes" % history.total_minutes)
+    print(f"Finished training in {history.total_minutes:.2f} minutes")
     return history
 
 

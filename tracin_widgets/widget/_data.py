@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ def collate_one(item: tuple) -> tuple:
     return tuple(out)
 
 
-def fast_labels(dataset: Any) -> Optional[np.ndarray]:
+def fast_labels(dataset: Any) -> np.ndarray | None:
     """Labels without iterating, for TensorDataset and Subset(TensorDataset); None otherwise."""
     base, idx = dataset, None
     if isinstance(dataset, Subset):
@@ -86,13 +87,13 @@ def n_outputs(model: torch.nn.Module, item: tuple, *, device: Any = None) -> int
 def predict(
     model: torch.nn.Module,
     dataset: Any,
-    indices: Optional[Sequence[int]],
+    indices: Sequence[int] | None,
     *,
     batch_size: int,
     device: Any = None,
-    lock: Optional[threading.Lock] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
-    on_width: Optional[Callable[[int], None]] = None,
+    lock: threading.Lock | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_width: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels, predicted classes and predicted-class probabilities (softmax) of ``dataset[indices]``.
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,13 +46,13 @@ class EngineAdapter:
     prediction batch: one user of the model at a time.
     """
 
-    def __init__(self, source: Optional[InfluenceSource], n_train: int, progress: ProgressFn, cancel: threading.Event):
+    def __init__(self, source: InfluenceSource | None, n_train: int, progress: ProgressFn, cancel: threading.Event):
         self.source = source
         self.n_train = n_train
         self.lock = threading.Lock()
         self._progress = progress
         self._cancel = cancel
-        self._user_progress: Optional[ProgressFn] = None
+        self._user_progress: ProgressFn | None = None
         self._score_cache: OrderedDict = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -63,7 +64,7 @@ class EngineAdapter:
         model: Any,
         checkpoints: Any,
         train_dataset: Any,
-        checkpoints_load_func: Optional[Callable],
+        checkpoints_load_func: Callable | None,
         final_fc_layer: Any,
         loss_fn: Any,
         cache_dir: Any,
@@ -133,7 +134,7 @@ class EngineAdapter:
         with self.lock:
             if self._cancel.is_set():
                 raise Cancelled("cancelled")
-            swap = hasattr(src, "progress_callback") and getattr(src, "progress_callback") != self.progress_callback
+            swap = hasattr(src, "progress_callback") and src.progress_callback != self.progress_callback
             if swap:
                 old = src.progress_callback
                 self._user_progress = old
@@ -157,7 +158,7 @@ class EngineAdapter:
         self._check_length(scores, "self_influence()")
         return scores
 
-    def top_k(self, batch: tuple, k: int, key: Optional[Hashable] = None) -> tuple[TopK, TopK]:
+    def top_k(self, batch: tuple, k: int, key: Hashable | None = None) -> tuple[TopK, TopK]:
         """(indices, scores) of the k proponents (descending) and k opponents (ascending) of one query.
 
         One ``influence(batch, k=None)`` call (one pass over the training factors) gives both; engines that answer
@@ -167,7 +168,7 @@ class EngineAdapter:
         if answers_top_k_from_an_index(self.source):
             out = []
             for proponents in (True, False):
-                res = self.call(lambda: self.source.influence(batch, k=k, proponents=proponents))
+                res = self.call(lambda p=proponents: self.source.influence(batch, k=k, proponents=p))
                 out.append((to_numpy(res[0]).reshape(-1), to_numpy(res[1], np.float64).reshape(-1)))
             return out[0], out[1]
         scores = self.scores(batch, key)
@@ -175,7 +176,7 @@ class EngineAdapter:
         opp = _payload.top_k(scores, k, largest=False)
         return (pro, scores[pro]), (opp, scores[opp])
 
-    def scores(self, batch: tuple, key: Optional[Hashable] = None) -> np.ndarray:
+    def scores(self, batch: tuple, key: Hashable | None = None) -> np.ndarray:
         """The ``(n_train,)`` float64 influence of every training example on the query ``batch`` (cached by key)."""
         with self._cache_lock:
             scores = self._score_cache.get(key) if key is not None else None

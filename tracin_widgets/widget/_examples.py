@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +30,9 @@ class Examples:
         model: Any,
         train_dataset: Any,
         test_dataset: Any,
-        test_indices: Optional[Sequence[int]],
+        test_indices: Sequence[int] | None,
         *,
-        to_image: Optional[Callable[[Any], Any]],
+        to_image: Callable[[Any], Any] | None,
         batch_size: int,
         device: Any,
         lock: threading.RLock,
@@ -60,16 +61,16 @@ class Examples:
             if ids.size:
                 _data.check_item(test_dataset[int(ids[0])], "test_dataset[i]")
         self.test_pos = {int(v): i for i, v in enumerate(self.test_ids)}
-        self.n_outputs: Optional[int] = None  # classes the model outputs (width of its logits), once known
-        self.truth: Optional[np.ndarray] = None  # the user's is_mislabelled mask
-        self.self_infl: Optional[np.ndarray] = None
-        self.rank: Optional[np.ndarray] = None
-        self.train_labels: Optional[np.ndarray] = _data.fast_labels(train_dataset)
-        self.train_preds: Optional[np.ndarray] = None
-        self.train_probs: Optional[np.ndarray] = None
-        self.test_labels: Optional[np.ndarray] = None
-        self.test_preds: Optional[np.ndarray] = None
-        self.test_probs: Optional[np.ndarray] = None
+        self.n_outputs: int | None = None  # classes the model outputs (width of its logits), once known
+        self.truth: np.ndarray | None = None  # the user's is_mislabelled mask
+        self.self_infl: np.ndarray | None = None
+        self.rank: np.ndarray | None = None
+        self.train_labels: np.ndarray | None = _data.fast_labels(train_dataset)
+        self.train_preds: np.ndarray | None = None
+        self.train_probs: np.ndarray | None = None
+        self.test_labels: np.ndarray | None = None
+        self.test_preds: np.ndarray | None = None
+        self.test_probs: np.ndarray | None = None
         self._thumbs: OrderedDict = OrderedDict()
         self._thumb_lock = threading.Lock()
 
@@ -102,7 +103,7 @@ class Examples:
     def test_label(self, i: int) -> int:
         return _data.as_int(self.item("test", i)[-1])
 
-    def prediction(self, split: str, index: int, lock: threading.Lock) -> tuple[Optional[int], Optional[float]]:
+    def prediction(self, split: str, index: int, lock: threading.Lock) -> tuple[int | None, float | None]:
         if split == "train" and self.train_preds is not None:
             return int(self.train_preds[index]), float(self.train_probs[index])
         if split == "test" and self.test_preds is not None and index in self.test_pos:
@@ -125,10 +126,10 @@ class Examples:
     def predict(
         self,
         split: str,
-        ids: Optional[Sequence[int]],
+        ids: Sequence[int] | None,
         *,
         lock: threading.Lock,
-        progress: Optional[Callable[[int, int], None]] = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Labels, predictions and probabilities of ``ids`` of ``split`` (all when None), holding ``lock`` (the
         engine's) per batch."""
@@ -152,13 +153,13 @@ class Examples:
             self.self_infl = scores
             self.rank = _payload.ranks_from_scores(scores)
 
-    def seen_classes(self) -> Optional[int]:
+    def seen_classes(self) -> int | None:
         """Number of classes seen in the labels and predictions so far (None before any)."""
         arrays = (self.train_labels, self.train_preds, self.test_labels, self.test_preds)
         seen = [a for a in arrays if a is not None and len(a)]
         return int(max(int(a.max()) for a in seen) + 1) if seen else None
 
-    def class_names_problem(self, class_names: Sequence[str]) -> Optional[str]:
+    def class_names_problem(self, class_names: Sequence[str]) -> str | None:
         """Why ``class_names`` cannot name the classes (None if they can): the count must match what the model
         outputs and cover every label seen so far."""
         with self.lock:

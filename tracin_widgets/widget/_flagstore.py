@@ -4,8 +4,9 @@ saved after every change) and the undo history of every change, from any view or
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from . import _flags
 
@@ -20,7 +21,7 @@ class FlagStore:
     """
 
     def __init__(self, path: Any, n_train: int, lock: threading.RLock):
-        self.path: Optional[Path] = None if path is None else _flags.check_suffix(path, "flags_path")
+        self.path: Path | None = None if path is None else _flags.check_suffix(path, "flags_path")
         self.restored: list[int] = []
         if self.path is not None and self.path.exists():
             self.restored = _flags.read(self.path, n_train)

@@ -4,7 +4,7 @@ thread. The newest request always wins: a stale answer is dropped, never shown o
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from ..influence import Cancelled
 from . import _data, _payload
@@ -83,7 +83,7 @@ class Galleries:
             self.publish(payload)
         return True
 
-    def _payload(self, q: dict, k: int, gen: int) -> Optional[Gallery]:
+    def _payload(self, q: dict, k: int, gen: int) -> Gallery | None:
         src, idx = self.check_query(q)
         self.fitted.wait()
         if gen != self.generation:

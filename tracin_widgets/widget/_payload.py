@@ -9,7 +9,8 @@ messages :func:`pack_buffers` swaps them for ``{"buffer": i}`` references plus a
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -81,9 +82,7 @@ def coerce_image(img: Any) -> np.ndarray:
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            f"to_image must return an HxWxC (C in 1, 3, 4) or HxW array, got shape {tuple(a.shape)}."
-        )
+        raise ValueError(f"to_image must return an HxWxC (C in 1, 3, 4) or HxW array, got shape {tuple(a.shape)}.")
     if a.dtype == np.uint8:
         return np.ascontiguousarray(a)
     if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
@@ -115,7 +114,7 @@ def resize_max(img: np.ndarray, max_side: int) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def encode_image(x: Any, to_image: Optional[Callable[[Any], Any]] = None, max_side: int = THUMB_SIZE) -> dict:
+def encode_image(x: Any, to_image: Callable[[Any], Any] | None = None, max_side: int = THUMB_SIZE) -> dict:
     """A dataset feature tensor -> ``{"data": bytes, "shape": [h, w, c]}`` (uint8 HWC, longest side <= max_side)."""
     img = coerce_image(to_image(x)) if to_image is not None else minmax_image(x)
     img = resize_max(img, max_side)
@@ -150,7 +149,7 @@ def pack_buffers(obj: Any) -> tuple[Any, list[bytes]]:
 # ---------------------------------------------------------------------------------------------------------------------
 # rows
 # ---------------------------------------------------------------------------------------------------------------------
-def _num(x: Any) -> Optional[float]:
+def _num(x: Any) -> float | None:
     if x is None:
         return None
     x = float(x)
@@ -159,14 +158,14 @@ def _num(x: Any) -> Optional[float]:
 
 def item_row(
     index: int,
-    label: Optional[int],
+    label: int | None,
     *,
-    score: Optional[float] = None,
-    pred: Optional[int] = None,
-    prob: Optional[float] = None,
-    rank: Optional[int] = None,
-    image: Optional[dict] = None,
-    badge: Optional[str] = None,
+    score: float | None = None,
+    pred: int | None = None,
+    prob: float | None = None,
+    rank: int | None = None,
+    image: dict | None = None,
+    badge: str | None = None,
 ) -> Row:
     """One tile / table row (``_protocols.Row``). Keys are stable: the JS reads exactly these."""
     return {
@@ -181,7 +180,7 @@ def item_row(
     }
 
 
-def gallery_badge(label: Optional[int], query_pred: Optional[int], proponent: bool) -> Optional[str]:
+def gallery_badge(label: int | None, query_pred: int | None, proponent: bool) -> str | None:
     """The suspicion cue of a gallery tile (TracIn paper's reading of proponents / opponents).
 
     A proponent whose label differs from the query's predicted label, or an opponent whose label equals it.
@@ -198,17 +197,19 @@ def gallery_badge(label: Optional[int], query_pred: Optional[int], proponent: bo
 def topk_rows(
     indices: Sequence[int],
     scores: Sequence[float],
-    labels: Callable[[int], Optional[int]],
+    labels: Callable[[int], int | None],
     *,
-    query_pred: Optional[int],
+    query_pred: int | None,
     proponents: bool,
     image: Callable[[int], dict],
-    rank: Optional[np.ndarray] = None,
-    preds: Optional[np.ndarray] = None,
+    rank: np.ndarray | None = None,
+    preds: np.ndarray | None = None,
 ) -> list[Row]:
     """Gallery rows for one query from the engine's (indices, scores) of that query."""
     rows = []
-    for i, s in zip(np.asarray(indices).reshape(-1).tolist(), np.asarray(scores, dtype=np.float64).reshape(-1)):
+    for i, s in zip(
+        np.asarray(indices).reshape(-1).tolist(), np.asarray(scores, dtype=np.float64).reshape(-1), strict=False
+    ):
         lab = labels(i)
         rows.append(
             item_row(
@@ -254,13 +255,13 @@ def table_order(
     *,
     sort: str = "rank",
     descending: bool = False,
-    labels: Optional[np.ndarray] = None,
-    preds: Optional[np.ndarray] = None,
-    label: Optional[int] = None,
+    labels: np.ndarray | None = None,
+    preds: np.ndarray | None = None,
+    label: int | None = None,
     only: str = "all",
     flagged: Sequence[int] = (),
-    is_mislabelled: Optional[np.ndarray] = None,
-    score_range: Optional[Sequence[float]] = None,
+    is_mislabelled: np.ndarray | None = None,
+    score_range: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Training indices of the self-influence table, filtered and sorted (the table's whole query logic).
 
@@ -341,7 +342,7 @@ def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[list[float], l
     return [round(float(v), 6) for v in x], [round(float(v), 6) for v in y]
 
 
-def roc(scores: np.ndarray, is_mislabelled: np.ndarray, max_points: int = 256) -> Optional[dict]:
+def roc(scores: np.ndarray, is_mislabelled: np.ndarray, max_points: int = 256) -> dict | None:
     """ROC of self-influence as a mislabel detector: ``{"fpr", "tpr", "auc"}`` (sklearn), thinned for the wire.
 
     None when the ground truth has a single class (ROC undefined).
@@ -355,7 +356,7 @@ def roc(scores: np.ndarray, is_mislabelled: np.ndarray, max_points: int = 256) -
     return {"fpr": fx, "tpr": ty, "auc": float(roc_auc_score(y, s))}
 
 
-def found_vs_inspected(scores: np.ndarray, is_mislabelled: np.ndarray, points: int = 101) -> Optional[dict]:
+def found_vs_inspected(scores: np.ndarray, is_mislabelled: np.ndarray, points: int = 101) -> dict | None:
     """Fraction of mislabelled examples found vs fraction inspected in descending self-influence order.
 
     The TracIn paper's evaluation. ``{"inspected": [...], "found": [...]}``, both in [0, 1], ``points`` samples
@@ -372,7 +373,7 @@ def found_vs_inspected(scores: np.ndarray, is_mislabelled: np.ndarray, points: i
     return {"inspected": [round(float(v), 6) for v in inspected], "found": [round(float(v), 6) for v in found[m]]}
 
 
-def flag_metrics(flagged: Sequence[int], n_train: int, is_mislabelled: Optional[np.ndarray]) -> dict:
+def flag_metrics(flagged: Sequence[int], n_train: int, is_mislabelled: np.ndarray | None) -> dict:
     """How the user's flags do against the ground truth: counts, precision, recall, and the (inspected, found) point.
 
     Without ground truth only ``n_flagged`` / ``n_train`` are filled.
@@ -396,8 +397,10 @@ def flag_metrics(flagged: Sequence[int], n_train: int, is_mislabelled: Optional[
 
 def mislabelled_mask(is_mislabelled: Any, n_train: int) -> np.ndarray:
     """Accept a boolean mask of length n_train (bool / 0-1 values) or a collection of mislabelled indices."""
-    a = _to_numpy(is_mislabelled) if not isinstance(is_mislabelled, (set, frozenset)) else np.array(
-        sorted(is_mislabelled)
+    a = (
+        _to_numpy(is_mislabelled)
+        if not isinstance(is_mislabelled, (set, frozenset))
+        else np.array(sorted(is_mislabelled))
     )
     a = np.asarray(a).reshape(-1)
     if a.dtype == bool or (len(a) == n_train and np.isin(a, (0, 1)).all()):

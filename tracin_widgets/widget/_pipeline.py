@@ -5,8 +5,8 @@ the gallery requests (a cancel names its run, a late one cancels nothing)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
 
 from ..influence import Cancelled
 from ._engine import EngineAdapter
@@ -64,7 +64,7 @@ class Pipeline:
         self.fitted = threading.Event()  # set once galleries may query the engine (fitted, or the run ended)
         self.fit_done = False
         self._gallery_busy = 0  # gallery computations in flight
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> bool:
         """Start a run on a new thread, unless one is alive or all is computed (``ready``). True if started."""
@@ -81,7 +81,7 @@ class Pipeline:
             self._thread.start()
         return True
 
-    def join(self, timeout: Optional[float] = None) -> bool:
+    def join(self, timeout: float | None = None) -> bool:
         """Wait for the run's thread (if any); False on timeout."""
         th = self._thread
         if th is None:
@@ -90,7 +90,7 @@ class Pipeline:
         return not th.is_alive()
 
     # --- cancel ---------------------------------------------------------------------------------------------------
-    def request_cancel(self, run: Optional[int]) -> bool:
+    def request_cancel(self, run: int | None) -> bool:
         """Cancel what is in flight now: the run ``run`` only (the id the page showed in ``progress_info["run"]``),
         or everything when ``run`` is None. A late cancel (its run already over) is dropped, so it never cancels a
         later computation. True if something was cancelled."""
@@ -152,7 +152,7 @@ class Pipeline:
                 self._settle_cancel()  # a cancel that came after the last step cancels nothing
             self.fitted.set()  # never leave gallery requests waiting (they fail or compute lazily)
 
-    def _predict(self, split: str, ids: Optional[list[int]], phase: str) -> tuple:
+    def _predict(self, split: str, ids: list[int] | None, phase: str) -> tuple:
         return self.examples.predict(
             split, ids, lock=self.engine.lock, progress=lambda done, total: self.progress(phase, done, total)
         )

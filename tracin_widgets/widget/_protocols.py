@@ -6,7 +6,7 @@ JS side and ``tests/widget/test_protocol.py`` checks both sides against them.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Optional, Protocol, TypedDict, Union, runtime_checkable
+from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 
 @runtime_checkable
@@ -20,7 +20,7 @@ class InfluenceSource(Protocol):
     (``(phase, done, total) -> None``; raising ``Cancelled`` aborts).
     """
 
-    def influence(self, inputs: Any, k: Optional[int] = None, proponents: bool = True) -> Any: ...
+    def influence(self, inputs: Any, k: int | None = None, proponents: bool = True) -> Any: ...
 
     def self_influence(self) -> Any: ...
 
@@ -33,33 +33,33 @@ class InfluenceSource(Protocol):
 # --- front end -> Python (model.send) ---------------------------------------------------------------------------------
 class RowsRequest(TypedDict, total=False):
     kind: Literal["rows"]
-    id: Union[int, str]  # echoed back unchanged
+    id: int | str  # echoed back unchanged
     offset: int
     limit: int
     sort: Literal["rank", "score", "index", "label", "pred"]
     descending: bool
-    label: Optional[int]
+    label: int | None
     only: Literal["all", "flagged", "disagree", "mislabelled"]
-    score_range: Optional[List[float]]
+    score_range: list[float] | None
 
 
 class DetailRequest(TypedDict):
     kind: Literal["detail"]
-    id: Union[int, str]  # echoed back unchanged
+    id: int | str  # echoed back unchanged
     index: int
 
 
 class CancelRequest(TypedDict, total=False):
     kind: Literal["cancel"]
-    run: Optional[int]  # progress_info["run"] when the button was pressed (a later run is never cancelled)
+    run: int | None  # progress_info["run"] when the button was pressed (a later run is never cancelled)
 
 
 class ActionRequest(TypedDict):
     kind: Literal["start", "undo"]
 
 
-Request = Union[RowsRequest, DetailRequest, CancelRequest, ActionRequest]
-REQUESTS: Dict[str, type] = {
+Request = RowsRequest | DetailRequest | CancelRequest | ActionRequest
+REQUESTS: dict[str, type] = {
     "rows": RowsRequest,
     "detail": DetailRequest,
     "cancel": CancelRequest,
@@ -74,53 +74,53 @@ class ImageRef(TypedDict):
     """An image inside a custom message: its bytes are the message's ``buffer``-th buffer."""
 
     buffer: int  # index into the message's buffers
-    shape: List[int]  # [h, w, c], uint8
+    shape: list[int]  # [h, w, c], uint8
 
 
 class ImageData(TypedDict):
     """An image inside a trait (ipywidgets ships the bytes as a binary buffer)."""
 
     data: bytes
-    shape: List[int]  # [h, w, c], uint8
+    shape: list[int]  # [h, w, c], uint8
 
 
 class Row(TypedDict):
     """One tile / table row (``_payload.item_row``). Keys are stable: the JS reads exactly these."""
 
     index: int
-    label: Optional[int]
-    pred: Optional[int]
-    prob: Optional[float]
-    score: Optional[float]
-    rank: Optional[int]  # 1 = highest self-influence
-    badge: Optional[str]  # suspicion cue of a gallery tile
-    image: Optional[Union[ImageRef, ImageData]]  # ImageRef in custom messages, ImageData in traits
+    label: int | None
+    pred: int | None
+    prob: float | None
+    score: float | None
+    rank: int | None  # 1 = highest self-influence
+    badge: str | None  # suspicion cue of a gallery tile
+    image: ImageRef | ImageData | None  # ImageRef in custom messages, ImageData in traits
 
 
 class RowsReply(TypedDict):
     kind: Literal["rows"]
-    id: Union[int, str]  # echoed back unchanged
+    id: int | str  # echoed back unchanged
     pending: bool  # True while self-influence is not computed yet: ask again when status becomes "ready"
     total: int
     offset: int
-    rows: List[Row]
+    rows: list[Row]
 
 
 class DetailReply(TypedDict):
     kind: Literal["detail"]
-    id: Union[int, str]  # echoed back unchanged
+    id: int | str  # echoed back unchanged
     item: Row
 
 
 class ErrorReply(TypedDict):
     kind: Literal["error"]
-    id: Optional[Union[int, str]]  # the failed request's id (None for actions, which carry none)
-    request: Optional[str]  # the failed request's kind: the front end drops errors of superseded requests
+    id: int | str | None  # the failed request's id (None for actions, which carry none)
+    request: str | None  # the failed request's kind: the front end drops errors of superseded requests
     message: str
 
 
-Reply = Union[RowsReply, DetailReply, ErrorReply]
-REPLIES: Dict[str, type] = {"rows": RowsReply, "detail": DetailReply, "error": ErrorReply}
+Reply = RowsReply | DetailReply | ErrorReply
+REPLIES: dict[str, type] = {"rows": RowsReply, "detail": DetailReply, "error": ErrorReply}
 """The TypedDict of each reply ``kind``."""
 
 
@@ -132,13 +132,13 @@ class GalleryQuery(TypedDict):
 class Gallery(TypedDict):
     """The ``gallery`` trait: the galleries of one query (or why there are none)."""
 
-    query: Union[GalleryQuery, Dict[str, Any]]  # the request's query as sent, when it was refused
+    query: GalleryQuery | dict[str, Any]  # the request's query as sent, when it was refused
     k: int
     request: int  # the gallery request's generation: a newer one always wins
-    item: Optional[Row]
-    proponents: List[Row]
-    opponents: List[Row]
-    error: Optional[str]
+    item: Row | None
+    proponents: list[Row]
+    opponents: list[Row]
+    error: str | None
 
 
 class StripPage(TypedDict):
@@ -150,4 +150,4 @@ class StripPage(TypedDict):
     page_size: int
     filtered: bool  # only misclassified ones (once predictions are known)
     has_preds: bool
-    items: List[Row]
+    items: list[Row]

@@ -4,7 +4,8 @@ pages of rows built from what ``Examples`` holds."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from ..influence import Cancelled
 
@@ -27,7 +27,7 @@ class Progress:
         self.cancel_event = cancel_event
         self.min_interval = min_interval
         self.clock = clock
-        self._phase: Optional[str] = None
+        self._phase: str | None = None
         self._t0 = 0.0
         self._done0 = 0
         self._last = -1e9
@@ -70,9 +70,9 @@ class LatestWorker:
     def __init__(self, name: str):
         self.name = name
         self._cv = threading.Condition()
-        self._job: Optional[Callable[[], None]] = None
+        self._job: Callable[[], None] | None = None
         self._busy = False
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._cv:
@@ -98,7 +98,7 @@ class LatestWorker:
             except BaseException:  # pragma: no cover - jobs report their own errors
                 pass
 
-    def join(self, timeout: Optional[float] = None) -> bool:
+    def join(self, timeout: float | None = None) -> bool:
         """Wait until no job is pending or running; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:

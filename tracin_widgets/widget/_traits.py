@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import difflib
 import operator
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import traitlets as t
 
@@ -48,7 +49,7 @@ ALIASES = {
 """Likely names for the constructor's arguments (Captum's, other libraries'), mapped to ours."""
 
 
-def suggest(name: str) -> Optional[str]:
+def suggest(name: str) -> str | None:
     """The argument an unknown keyword ``name`` probably meant, or None."""
     if name in ALIASES:
         return ALIASES[name]
@@ -69,10 +70,10 @@ def check_arguments(
     train_dataset: Any,
     test_dataset: Any,
     k: Any,
-    class_names: Optional[Sequence[str]],
+    class_names: Sequence[str] | None,
     batch_size: Any,
-    to_image: Optional[Callable[[Any], Any]],
-) -> Optional[list[str]]:
+    to_image: Callable[[Any], Any] | None,
+) -> list[str] | None:
     """Refuse the constructor's arguments that cannot work, before anything is computed; returns ``class_names`` as a
     list of str."""
     if kwargs:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import anywidget
 import numpy as np
@@ -201,18 +202,18 @@ class InfluenceExplorer(anywidget.AnyWidget):
         train_dataset: Any = None,
         test_dataset: Any = None,
         *,
-        checkpoints_load_func: Optional[Callable] = None,
+        checkpoints_load_func: Callable | None = None,
         final_fc_layer: Any = None,
         loss_fn: Any = None,
-        engine: Optional[InfluenceSource] = None,
-        class_names: Optional[Sequence[str]] = None,
+        engine: InfluenceSource | None = None,
+        class_names: Sequence[str] | None = None,
         k: int = 10,
         is_mislabelled: Any = None,
         flags_path: Any = None,
-        to_image: Optional[Callable[[Any], Any]] = None,
+        to_image: Callable[[Any], Any] | None = None,
         batch_size: int = 256,
         device: Any = None,
-        test_indices: Optional[Sequence[int]] = None,
+        test_indices: Sequence[int] | None = None,
         cache_dir: Any = None,
         **kwargs: Any,
     ):
@@ -251,7 +252,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         ex.truth = None if is_mislabelled is None else _payload.mislabelled_mask(is_mislabelled, self._n_train)
         self._flag_store = FlagStore(flags_path, self._n_train, self._lock)  # a corrupt file raises here, untouched
         self._names_reported = False
-        self.last_exception: Optional[BaseException] = None
+        self.last_exception: BaseException | None = None
         self._table = Table(ex)
         self._pipeline = Pipeline(
             ex,
@@ -310,13 +311,13 @@ class InfluenceExplorer(anywidget.AnyWidget):
         return self._engine.source
 
     @property
-    def self_influence(self) -> Optional[np.ndarray]:
+    def self_influence(self) -> np.ndarray | None:
         """Self-influence of every training example, ``(n_train,)`` float64, or None until computed."""
         with self._lock:
             s = self._examples.self_infl
             return None if s is None else s.copy()
 
-    def start(self) -> "InfluenceExplorer":
+    def start(self) -> InfluenceExplorer:
         """(Re)start the background computation (after a cancel or an error); no-op while it runs."""
         if self._pipeline.start() and self.query and self.gallery.get("error"):
             self._schedule_gallery()
@@ -327,7 +328,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         callback (``Cancelled``). With nothing in flight it does nothing: later computations are never cancelled."""
         self._pipeline.request_cancel(None)
 
-    def wait(self, timeout: Optional[float] = None) -> "InfluenceExplorer":
+    def wait(self, timeout: float | None = None) -> InfluenceExplorer:
         """Block until the background computation and pending gallery requests are done.
 
         Re-raises (once) the last exception of the background computation or of a gallery request (its text
@@ -364,19 +365,19 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
     # the computed arrays, read by tests and debugging sessions
     @property
-    def _train_preds(self) -> Optional[np.ndarray]:
+    def _train_preds(self) -> np.ndarray | None:
         return self._examples.train_preds
 
     @property
-    def _train_probs(self) -> Optional[np.ndarray]:
+    def _train_probs(self) -> np.ndarray | None:
         return self._examples.train_probs
 
     @property
-    def _test_preds(self) -> Optional[np.ndarray]:
+    def _test_preds(self) -> np.ndarray | None:
         return self._examples.test_preds
 
     @property
-    def _test_probs(self) -> Optional[np.ndarray]:
+    def _test_probs(self) -> np.ndarray | None:
         return self._examples.test_probs
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -488,7 +489,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
     def _gallery_gen(self, value: int) -> None:
         self._galleries.generation = value
 
-    def _schedule_gallery(self) -> Optional[int]:
+    def _schedule_gallery(self) -> int | None:
         """Ask for the galleries of the current query; returns the request id (None for no query)."""
         q, k = dict(self.query), int(self.k)
         gen = self._galleries.new_request()
