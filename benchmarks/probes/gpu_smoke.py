@@ -116,7 +116,7 @@ def main() -> int:
         except ImportError:
             out["checks"][f"captum-fast/{dev}"] = "captum not installed"
     out["ok"] = ok
-    print(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1), flush=True)
     return 0 if ok else 1
 
 
