@@ -11,7 +11,8 @@ export function fmtTop(rank, n) {
   if (!(top > 0)) return "";
   if (top >= 10) return `top ${Math.round(top)}%`;
   if (top >= 1) return `top ${Number(top.toFixed(1))}%`;
-  return `top ${top.toFixed(-Math.floor(Math.log10(top)))}%`; // one significant digit: 0.06%, 0.0003%
+  const digits = 1 - Math.floor(Math.log10(top)); // two significant digits: 0.056%, 0.25%, 0.00025%
+  return `top ${top.toFixed(digits).replace(/0+$/, "")}%`;
 }
 
 /** The per-checkpoint breakdown of one influence score: one labelled bar per checkpoint (exported for tests). */

@@ -271,7 +271,7 @@ export function createGallery(ctx) {
       return;
     }
     const nb = (g.proponents || []).filter((r) => r.badge).length + (g.opponents || []).filter((r) => r.badge).length;
-    status.textContent = `${what}${nb ? ` · ${nb} suspicious (!)` : ""}`;
+    status.textContent = `${what}${nb ? ` · ${nb} worth a second look (!)` : ""}`;
     setChildren(
       pro,
       (g.proponents || []).map((r) => tile(ctx, r, "proponents")),

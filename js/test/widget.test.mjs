@@ -261,8 +261,10 @@ test("a badge's tooltip says in words why the training example is worth a look",
 });
 
 test("the details panel shows the rank with a share that never reads 0.00%", () => {
-  assert.equal(fmtTop(1, 1797), "top 0.06%");
-  assert.equal(fmtTop(1, 400000), "top 0.0003%");
+  assert.equal(fmtTop(1, 1797), "top 0.056%");
+  assert.equal(fmtTop(1, 400), "top 0.25%");
+  assert.equal(fmtTop(2, 400), "top 0.5%");
+  assert.equal(fmtTop(1, 400000), "top 0.00025%");
   assert.equal(fmtTop(5, 400), "top 1.3%");
   assert.equal(fmtTop(90, 1797), "top 5%");
   assert.equal(fmtTop(1797, 1797), "top 100%");
@@ -271,7 +273,7 @@ test("the details panel shows the rank with a share that never reads 0.00%", () 
   q(el, "tracin-proponent")[0].click();
   const req = m.lastSent("detail");
   m.reply({ kind: "detail", id: req.id, item: { ...row(10, { rank: 1, score: 2.5 }), image: null } });
-  assert.equal(q(el, "tracin-details-rank")[0].textContent, "2.5 · rank 1 of 1,797 (top 0.06%)");
+  assert.equal(q(el, "tracin-details-rank")[0].textContent, "2.5 · rank 1 of 1,797 (top 0.056%)");
   cleanup();
 });
 
