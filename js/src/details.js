@@ -3,6 +3,50 @@
 import { className, fmtInt, fmtProb, fmtScore, imageElement } from "./codecs.js";
 import { h, setChildren } from "./dom.js";
 import { isFlagged, toggleFlag } from "./flags.js";
+import { answers, explainedWords } from "./gallery.js";
+
+/** "top 0.06%": the share of the training set ranked at or above `rank`, never rounded to 0. */
+export function fmtTop(rank, n) {
+  const top = (100 * rank) / n;
+  if (!(top > 0)) return "";
+  if (top >= 10) return `top ${Math.round(top)}%`;
+  if (top >= 1) return `top ${Number(top.toFixed(1))}%`;
+  const digits = 1 - Math.floor(Math.log10(top)); // two significant digits: 0.056%, 0.25%, 0.00025%
+  return `top ${top.toFixed(digits).replace(/0+$/, "")}%`;
+}
+
+/** The per-checkpoint breakdown of one influence score: one labelled bar per checkpoint (exported for tests). */
+export function breakdownBars(terms, fmt) {
+  const max = Math.max(...terms.map((t) => Math.abs(t.contribution)), 0);
+  return terms.map((t) => {
+    const v = t.contribution;
+    const sign = v > 0 ? "pos" : v < 0 ? "neg" : "zero";
+    const width = max > 0 ? (50 * Math.abs(v)) / max : 0;
+    const value = `${v > 0 ? "+" : v < 0 ? "−" : ""}${fmt(Math.abs(v))}`;
+    const lr = t.lr === null || t.lr === undefined ? "" : ` (learning rate ${fmt(t.lr)})`;
+    const words = `${t.checkpoint}: ${v > 0 ? "raised the score by" : v < 0 ? "lowered the score by" : "changed nothing"} ${fmt(Math.abs(v))}${lr}`;
+    return h(
+      "div",
+      {
+        className: `tracin-cbar is-${sign}`,
+        testid: "tracin-checkpoint-bar",
+        dataset: { checkpoint: t.checkpoint, contribution: String(v) },
+        title: words,
+        attrs: { role: "listitem", "aria-label": words },
+      },
+      h("span", { className: "tracin-cbar-name", text: t.checkpoint }),
+      h(
+        "span",
+        { className: "tracin-cbar-track" },
+        h("span", {
+          className: "tracin-cbar-fill",
+          style: `width:${width.toFixed(2)}%;${v < 0 ? `right:50%` : "left:50%"}`,
+        }),
+      ),
+      h("span", { className: "tracin-cbar-value tracin-mono", text: value }),
+    );
+  });
+}
 
 export function createDetails(ctx) {
   const { model, rpc } = ctx;
@@ -15,6 +59,12 @@ export function createDetails(ctx) {
     text: "×",
     onClick: () => hide(),
   });
+  const breakdown = h("section", {
+    className: "tracin-breakdown",
+    testid: "tracin-breakdown",
+    attrs: { "aria-label": "Influence by checkpoint" },
+  });
+
   const el = h(
     "aside",
     {
@@ -31,19 +81,90 @@ export function createDetails(ctx) {
       close,
     ),
     body,
+    breakdown,
   );
   let index = null;
+  let pair = null; // the (query, label, index) whose breakdown is shown or asked for
+  /** The breakdown the panel should show: the galleries' query and explained label, and this example. */
+  function wantedPair() {
+    const g = model.get("gallery") || {};
+    const q = model.get("query") || {};
+    if (index === null || !answers(g, q) || g.error || g.explained_label === null || g.explained_label === undefined)
+      return null;
+    return { query: { source: q.source, index: q.index }, label: g.explained_label, index, gallery: g };
+  }
+
+  function requestBreakdown() {
+    const want = wantedPair();
+    const same =
+      want &&
+      pair &&
+      pair.index === want.index &&
+      pair.label === want.label &&
+      pair.query.source === want.query.source &&
+      pair.query.index === want.query.index;
+    if (same) return;
+    pair = want;
+    if (!want) {
+      setChildren(breakdown);
+      return;
+    }
+    setChildren(breakdown, breakdownTitle(want), h("div", { className: "tracin-muted", text: "by checkpoint …" }));
+    rpc.request("contributions", { query: want.query, label: want.label, index: want.index });
+  }
+
+  function breakdownTitle(p) {
+    const names = model.get("class_names");
+    const what = p.query.source === "test" ? `test #${p.query.index}` : `training #${p.query.index}`;
+    const label = explainedWords(p.gallery, names) ?? `label ${p.label}`;
+    return h("div", {
+      className: "tracin-breakdown-title",
+      text: `Influence on ${what} (score of ${label}), by checkpoint`,
+    });
+  }
+
+  rpc.on("contributions", (msg) => {
+    if (!pair || msg.index !== pair.index || msg.label !== pair.label) return;
+    if (msg.error) {
+      setChildren(
+        breakdown,
+        breakdownTitle(pair),
+        h("div", { className: "tracin-muted", testid: "tracin-breakdown-error", text: msg.error }),
+      );
+      return;
+    }
+    const row = [...(pair.gallery.proponents || []), ...(pair.gallery.opponents || [])].find(
+      (r) => r.index === msg.index,
+    );
+    const shown = row?.score;
+    const off =
+      shown !== null && shown !== undefined && Math.abs(shown - msg.total) > 1e-4 * Math.max(Math.abs(shown), 1e-12);
+    setChildren(
+      breakdown,
+      breakdownTitle(pair),
+      h("div", { className: "tracin-cbars", attrs: { role: "list" } }, breakdownBars(msg.checkpoints, fmtScore)),
+      h("div", {
+        className: "tracin-muted tracin-breakdown-sum",
+        testid: "tracin-breakdown-sum",
+        text: `sum ${fmtScore(msg.total)}${row && !off ? " = the score in the gallery" : ""}${off ? ` (the gallery shows ${fmtScore(shown)}, the engine's approximation)` : ""}`,
+      }),
+    );
+  });
 
   function show(i) {
     index = i;
+    pair = null;
     el.hidden = false;
     el.dataset.index = String(i);
     setChildren(body, h("div", { className: "tracin-muted", text: `#${i} …` }));
+    setChildren(breakdown);
     rpc.request("detail", { index: i });
+    requestBreakdown();
   }
 
   function hide() {
     index = null;
+    pair = null;
     el.hidden = true;
     delete el.dataset.index;
   }
@@ -75,7 +196,6 @@ export function createDetails(ctx) {
       text: "Show its proponents →",
       onClick: () => ctx.walk(it.index),
     });
-    const top = it.rank != null && n ? (100 * it.rank) / n : null;
     setChildren(
       body,
       imageElement(it.image, "tracin-img tracin-img-detail", `training example ${it.index}`),
@@ -98,12 +218,16 @@ export function createDetails(ctx) {
           { testid: "tracin-details-rank" },
           it.rank == null
             ? "computing…"
-            : `${fmtScore(it.score)} · rank ${fmtInt(it.rank)} of ${fmtInt(n)}${top !== null ? ` (top ${top < 1 ? top.toFixed(2) : Math.round(top)}%)` : ""}`,
+            : `${fmtScore(it.score)} · rank ${fmtInt(it.rank)} of ${fmtInt(n)}${n ? ` (${fmtTop(it.rank, n)})` : ""}`,
         ),
       ),
       h("div", { className: "tracin-actions" }, toggle, walk),
     );
     ctx.setCurrent(it.index);
+  });
+
+  ctx.listen("change:gallery", () => {
+    if (index !== null) requestBreakdown();
   });
 
   return {

@@ -5,6 +5,23 @@ import { h, setChildren } from "./dom.js";
 import { isFlagged } from "./flags.js";
 
 const K_CHOICES = [5, 10, 20, 50];
+const EXPLAIN_CHOICES = [
+  ["label", "its label"],
+  ["prediction", "the prediction"],
+];
+
+/** Class c in words: "8 (cat)" with class names ("8" when its name is "8"). */
+export function classWords(names, c) {
+  const name = className(names, c);
+  return name === String(c) ? name : `${c} (${name})`;
+}
+
+/** What the galleries explain, in words: "label 8 (cat)" or "the prediction 1"; null when not known yet. */
+export function explainedWords(gallery, names) {
+  const c = gallery?.explained_label;
+  if (c === null || c === undefined) return null;
+  return gallery.explain === "prediction" ? `the prediction ${classWords(names, c)}` : `label ${classWords(names, c)}`;
+}
 
 /** Whether the gallery payload answers query q. */
 export function answers(gallery, q) {
@@ -33,7 +50,14 @@ export function tile(ctx, row, kind) {
       onFocus: () => ctx.setCurrent(row.index),
     },
     imageElement(row.image, "tracin-img tracin-img-tile", `training example ${row.index}`),
-    row.badge ? h("span", { className: "tracin-badge", testid: "tracin-badge", title: row.badge, text: "!" }) : null,
+    row.badge
+      ? h("span", {
+          className: "tracin-badge",
+          testid: "tracin-badge",
+          title: `Worth a second look: ${row.badge}`,
+          text: "!",
+        })
+      : null,
     h("span", { className: "tracin-flag-mark", attrs: { "aria-hidden": "true" }, text: "⚑" }),
     h(
       "span",
@@ -65,6 +89,19 @@ export function createGallery(ctx) {
       model.save_changes();
     },
   });
+  const explainSel = h("select", {
+    className: "tracin-select",
+    testid: "tracin-label-choice",
+    attrs: { "aria-label": "Which label's score the galleries explain" },
+    title: "Proponents raised the score of this label, opponents lowered it",
+    onChange: () => {
+      model.set("explain", explainSel.value);
+      model.save_changes();
+    },
+  });
+  const labelNote = h("span", { className: "tracin-muted tracin-label-note", testid: "tracin-label-note" });
+  const proCaption = h("span", { className: "tracin-muted", testid: "tracin-proponents-caption" });
+  const oppCaption = h("span", { className: "tracin-muted", testid: "tracin-opponents-caption" });
   const status = h("span", {
     className: "tracin-muted tracin-gallery-status",
     testid: "tracin-gallery-status",
@@ -83,7 +120,7 @@ export function createGallery(ctx) {
         { className: "tracin-column-title" },
         h("span", { className: "tracin-dot tracin-dot-pro" }),
         "Proponents",
-        h("span", { className: "tracin-muted", text: " · pushed the prediction up" }),
+        proCaption,
       ),
       pro,
     ),
@@ -95,7 +132,7 @@ export function createGallery(ctx) {
         { className: "tracin-column-title" },
         h("span", { className: "tracin-dot tracin-dot-opp" }),
         "Opponents",
-        h("span", { className: "tracin-muted", text: " · pushed it down" }),
+        oppCaption,
       ),
       opp,
     ),
@@ -110,6 +147,8 @@ export function createGallery(ctx) {
       status,
       h("span", { className: "tracin-spacer" }),
       back,
+      h("label", { className: "tracin-inline" }, "explain ", explainSel),
+      labelNote,
       h("label", { className: "tracin-inline" }, "k ", kSel),
     ),
     h("div", { className: "tracin-gallery-body" }, card, body),
@@ -123,6 +162,27 @@ export function createGallery(ctx) {
       opts.map((v) => h("option", { value: String(v), text: String(v), selected: v === k })),
     );
     kSel.value = String(k);
+  }
+
+  function renderExplain() {
+    const v = model.get("explain") || "label";
+    setChildren(
+      explainSel,
+      EXPLAIN_CHOICES.map(([value, text]) => h("option", { value, text, selected: value === v })),
+    );
+    explainSel.value = v;
+  }
+
+  function renderCaptions(g, q) {
+    const names = model.get("class_names");
+    const fresh = answers(g, q) && !g.error && g.explain === (model.get("explain") || "label");
+    const what = fresh ? explainedWords(g, names) : null;
+    const target = what ?? (model.get("explain") === "prediction" ? "the prediction" : "the label");
+    proCaption.textContent = ` · raised the score of ${target}`;
+    oppCaption.textContent = ` · lowered the score of ${target}`;
+    labelNote.textContent = fresh && g.same_label ? `label = prediction (${classWords(names, g.explained_label)})` : "";
+    labelNote.title =
+      fresh && g.same_label ? "The model predicts this example's label: both choices show the same galleries." : "";
   }
 
   function renderCard(g, q) {
@@ -172,6 +232,7 @@ export function createGallery(ctx) {
     const q = model.get("query") || {};
     back.hidden = !ctx.canGoBack();
     renderCard(g, q);
+    renderCaptions(g, q);
     if (!q.source) {
       status.textContent = "";
       setChildren(
@@ -185,7 +246,8 @@ export function createGallery(ctx) {
       el.classList.remove("is-stale");
       return;
     }
-    const fresh = answers(g, q) && g.k === model.get("k");
+    const fresh =
+      answers(g, q) && g.k === model.get("k") && (g.explain ?? "label") === (model.get("explain") || "label");
     el.classList.toggle("is-stale", !fresh);
     const what = q.source === "test" ? `test #${q.index}` : `training #${q.index}`;
     if (!fresh) {
@@ -209,7 +271,7 @@ export function createGallery(ctx) {
       return;
     }
     const nb = (g.proponents || []).filter((r) => r.badge).length + (g.opponents || []).filter((r) => r.badge).length;
-    status.textContent = `${what}${nb ? ` · ${nb} suspicious (!)` : ""}`;
+    status.textContent = `${what}${nb ? ` · ${nb} worth a second look (!)` : ""}`;
     setChildren(
       pro,
       (g.proponents || []).map((r) => tile(ctx, r, "proponents")),
@@ -223,11 +285,16 @@ export function createGallery(ctx) {
   ctx.listen("change:gallery", render);
   ctx.listen("change:query", render);
   ctx.listen("change:class_names", render);
+  ctx.listen("change:explain", () => {
+    renderExplain();
+    render();
+  });
   ctx.listen("change:k", () => {
     renderK();
     render();
   });
   renderK();
+  renderExplain();
   render();
   return { el, render };
 }

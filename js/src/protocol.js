@@ -14,6 +14,7 @@
  * @property {number} test_page            both
  * @property {number} test_page_size       both
  * @property {boolean} misclassified_only  both
+ * @property {"label"|"prediction"} explain  both: which label's score the galleries explain
  * @property {string} error                both: last error text ("" = none; JS clears it on dismiss)
  * @property {string[]} class_names        Python
  * @property {"idle"|"running"|"ready"|"cancelled"|"error"} status  Python
@@ -21,7 +22,8 @@
  * @property {{phase: string, done: number, total: number, fraction: number, eta_s: number|null, step: number, steps: number, run: number}} progress_info
  * @property {{n_train: number, n_test: number, has_truth: boolean, engine: string, n_classes: number|null}} info
  * @property {{page: number, n_pages: number, total: number, page_size: number, filtered: boolean, has_preds: boolean, items: Row[]}} test_strip  (_protocols.StripPage)
- * @property {{query: object, k: number, request: number, item: Row|null, proponents: Row[], opponents: Row[], error: string|null}} gallery  (_protocols.Gallery)
+ * @property {{query: object, k: number, request: number, item: Row|null, proponents: Row[], opponents: Row[], error: string|null,
+ *   explain: "label"|"prediction", explained_label: number|null, same_label: boolean}} gallery  (_protocols.Gallery)
  * @property {{ready: boolean, has_preds: boolean, histogram?: {counts: number[], edges: number[], log: boolean},
  *   roc?: {fpr: number[], tpr: number[], auc: number}|null, found?: {inspected: number[], found: number[]}|null,
  *   flags: {n_flagged: number, n_train: number, n_mislabelled?: number, true_positives?: number,
@@ -37,7 +39,7 @@
  * @property {number|null} prob
  * @property {number|null} score
  * @property {number|null} rank   1 = highest self-influence
- * @property {string|null} badge  suspicion cue of a gallery tile
+ * @property {string|null} badge  why a gallery tile deserves a second look, in words
  * @property {Image|null} image
  */
 
@@ -51,10 +53,12 @@
  *   {kind: "rows", id, offset, limit, sort: "rank"|"score"|"index"|"label"|"pred", descending, label: number|null,
  *    only: "all"|"flagged"|"disagree"|"mislabelled", score_range: [lo, hi]|null}
  *   {kind: "detail", id, index}
+ *   {kind: "contributions", id, query: {source, index}, label, index}   (label: the gallery's explained_label)
  *   {kind: "cancel", run?: number} | {kind: "start"} | {kind: "undo"}   (run: progress_info.run when clicked)
  * Python -> JS (same id):
  *   {kind: "rows", id, pending, total, offset, rows: Row[]}
  *   {kind: "detail", id, item: Row}
+ *   {kind: "contributions", id, query, label, index, checkpoints: [{checkpoint, lr, contribution}], total, error}
  *   {kind: "error", id, request, message}   (request: the failed request's kind; id null for actions)
  * @typedef {Object} Messages
  */

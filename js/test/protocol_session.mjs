@@ -41,6 +41,9 @@ const m = new FakeModel({
     proponents: [row(detailIndex)],
     opponents: [row(20)],
     error: null,
+    explain: "label",
+    explained_label: 0,
+    same_label: true,
   },
 });
 const { el, cleanup } = mount(render, m);
@@ -54,7 +57,7 @@ q(el, "tracin-cancel")[0].click(); // no run shown yet
 q(el, "tracin-resume")[0].click();
 q(el, "tracin-retry")[0].click();
 key("u");
-q(el, "tracin-proponent")[0].click(); // details of a training example
+q(el, "tracin-proponent")[0].click(); // details of a training example, and its per-checkpoint breakdown
 if (replies) {
   feed(m, replies.detail);
   const details = q(el, "tracin-details")[0];

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { fmtTop } from "../src/details.js";
 import widget, { render } from "../src/index.js";
 import { FakeModel, img, mount, q, row } from "./setup.mjs";
 
@@ -206,4 +207,132 @@ test("cleanup empties el and removes every model listener", () => {
   assert.equal(el.children.length, 0);
   assert.equal(el.innerHTML, "");
   for (const [ev, set] of m.listeners) assert.equal(set.size, 0, ev);
+});
+
+function misclassifiedGallery(extra = {}) {
+  const q0 = { source: "test", index: 3 };
+  return {
+    query: q0,
+    gallery: {
+      query: q0,
+      k: 10,
+      request: 1,
+      item: row(3, { label: 2, pred: 1 }),
+      proponents: [row(10), row(11, { badge: "its label 2 differs from the model's prediction for it (1)" })],
+      opponents: [row(20, { score: -4 })],
+      error: null,
+      explain: "label",
+      explained_label: 2,
+      same_label: false,
+      ...extra,
+    },
+  };
+}
+
+test("the label choice sets explain; captions name the label or the prediction", () => {
+  const m = new FakeModel({ class_names: ["a", "b", "cat"], ...misclassifiedGallery() });
+  const { el, cleanup } = mount(render, m);
+  const choice = q(el, "tracin-label-choice")[0];
+  assert.equal(choice.value, "label");
+  assert.equal(q(el, "tracin-proponents-caption")[0].textContent, " · raised the score of label 2 (cat)");
+  assert.equal(q(el, "tracin-opponents-caption")[0].textContent, " · lowered the score of label 2 (cat)");
+  assert.equal(q(el, "tracin-label-note")[0].textContent, "");
+  choice.value = "prediction";
+  choice.dispatchEvent(new Event("change"));
+  assert.equal(m.get("explain"), "prediction");
+  assert.ok(m.saves >= 1);
+  assert.ok(el.querySelector(".tracin-gallery").classList.contains("is-stale")); // until Python answers for it
+  m.pyset("gallery", { ...m.get("gallery"), request: 2, explain: "prediction", explained_label: 1 });
+  assert.ok(!el.querySelector(".tracin-gallery").classList.contains("is-stale"));
+  assert.equal(q(el, "tracin-proponents-caption")[0].textContent, " · raised the score of the prediction 1 (b)");
+  m.pyset("gallery", { ...m.get("gallery"), request: 3, explained_label: 2, same_label: true });
+  assert.equal(q(el, "tracin-label-note")[0].textContent, "label = prediction (2 (cat))");
+  cleanup();
+});
+
+test("a badge's tooltip says in words why the training example is worth a look", () => {
+  const m = new FakeModel(misclassifiedGallery());
+  const { el, cleanup } = mount(render, m);
+  const badges = q(el, "tracin-badge");
+  assert.equal(badges.length, 1);
+  assert.equal(badges[0].title, "Worth a second look: its label 2 differs from the model's prediction for it (1)");
+  assert.ok(q(el, "tracin-proponent")[1].contains(badges[0]));
+  cleanup();
+});
+
+test("the details panel shows the rank with a share that never reads 0.00%", () => {
+  assert.equal(fmtTop(1, 1797), "top 0.056%");
+  assert.equal(fmtTop(1, 400), "top 0.25%");
+  assert.equal(fmtTop(2, 400), "top 0.5%");
+  assert.equal(fmtTop(1, 400000), "top 0.00025%");
+  assert.equal(fmtTop(5, 400), "top 1.3%");
+  assert.equal(fmtTop(90, 1797), "top 5%");
+  assert.equal(fmtTop(1797, 1797), "top 100%");
+  const m = new FakeModel({ ...misclassifiedGallery(), info: { n_train: 1797, n_test: 3, engine: "Fake" } });
+  const { el, cleanup } = mount(render, m);
+  q(el, "tracin-proponent")[0].click();
+  const req = m.lastSent("detail");
+  m.reply({ kind: "detail", id: req.id, item: { ...row(10, { rank: 1, score: 2.5 }), image: null } });
+  assert.equal(q(el, "tracin-details-rank")[0].textContent, "2.5 · rank 1 of 1,797 (top 0.056%)");
+  cleanup();
+});
+
+test("the details panel asks for the pair's breakdown and draws one labelled bar per checkpoint", () => {
+  const m = new FakeModel({ class_names: ["a", "b", "cat"], ...misclassifiedGallery() });
+  const { el, cleanup } = mount(render, m);
+  q(el, "tracin-opponent")[0].click();
+  const req = m.lastSent("contributions");
+  assert.deepEqual(
+    { query: req.query, label: req.label, index: req.index },
+    { query: { source: "test", index: 3 }, label: 2, index: 20 },
+  );
+  const terms = [
+    { checkpoint: "checkpoint-0.pt", lr: 1, contribution: -5 },
+    { checkpoint: "checkpoint-1.pt", lr: 1, contribution: 1.5 },
+    { checkpoint: "checkpoint-2.pt", lr: 0.5, contribution: -0.5 },
+  ];
+  const reply = {
+    kind: "contributions",
+    id: req.id,
+    query: req.query,
+    label: 2,
+    index: 20,
+    checkpoints: terms,
+    total: -4,
+    error: null,
+  };
+  m.reply(reply);
+  const bars = q(el, "tracin-checkpoint-bar");
+  assert.equal(bars.length, 3);
+  assert.deepEqual(
+    bars.map((b) => b.textContent),
+    ["checkpoint-0.pt−5", "checkpoint-1.pt+1.5", "checkpoint-2.pt−0.5"],
+  );
+  assert.deepEqual(
+    bars.map((b) => [...b.classList].find((c) => c.startsWith("is-"))),
+    ["is-neg", "is-pos", "is-neg"],
+  );
+  assert.match(bars[0].title, /checkpoint-0\.pt: lowered the score by 5 \(learning rate 1\)/);
+  assert.equal(bars[0].querySelector(".tracin-cbar-fill").style.width, "50.00%"); // the largest term: half the track
+  assert.match(
+    q(el, "tracin-breakdown")[0].textContent,
+    /Influence on test #3 \(score of label 2 \(cat\)\), by checkpoint/,
+  );
+  assert.equal(q(el, "tracin-breakdown-sum")[0].textContent, "sum -4 = the score in the gallery");
+  // the label choice changes the pair: asked again, for the prediction
+  m.pyset("gallery", { ...m.get("gallery"), request: 2, explain: "prediction", explained_label: 1 });
+  assert.equal(m.lastSent("contributions").label, 1);
+  // an engine that cannot split its scores: the panel says why
+  const again = m.lastSent("contributions");
+  m.reply({
+    ...reply,
+    id: again.id,
+    label: 1,
+    checkpoints: [],
+    total: null,
+    error: "FakeEngine cannot split its scores by checkpoint",
+  });
+  assert.equal(q(el, "tracin-checkpoint-bar").length, 0);
+  assert.match(q(el, "tracin-breakdown-error")[0].textContent, /cannot split its scores by checkpoint/);
+  cleanup();
 });

@@ -12,7 +12,15 @@ import pytest
 from tracin_widgets.influence import TracInCP, TracInCPFast, TracInCPFastRandProj
 
 CLASSES = [TracInCP, TracInCPFast, TracInCPFastRandProj]
-METHODS = ["influence", "self_influence", "fit", "compute_intermediate_quantities", "get_name"]
+METHODS = [
+    "influence",
+    "self_influence",
+    "fit",
+    "compute_intermediate_quantities",
+    "get_name",
+    "influence_by_checkpoint",
+    "learning_rates",
+]
 
 
 def _params(fn) -> list[str]:

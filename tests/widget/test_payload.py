@@ -74,12 +74,20 @@ def test_pack_buffers_replaces_nested_images_by_buffer_refs():
 
 
 # --- rows / badges ----------------------------------------------------------------------------------------------------
-def test_gallery_badges_follow_the_tracin_reading():
-    assert P.gallery_badge(2, 1, proponent=True) == "label differs from the prediction"
-    assert P.gallery_badge(1, 1, proponent=True) is None
-    assert P.gallery_badge(1, 1, proponent=False) == "same label as the prediction"
-    assert P.gallery_badge(2, 1, proponent=False) is None
-    assert P.gallery_badge(None, 1, proponent=True) is None
+def test_a_badge_says_in_words_why_a_training_example_is_suspicious():
+    assert P.BADGE_TOP_PERCENT == 5
+    assert [P.badge_rank_cutoff(n) for n in (1, 19, 20, 21, 1797)] == [1, 1, 1, 2, 90]
+    assert P.training_badge(2, 2, 50, 100) is None  # label == its prediction, rank outside the top 5%
+    assert P.training_badge(2, 1, 50, 100) == "its label 2 differs from the model's prediction for it (1)"
+    assert P.training_badge(2, 2, 5, 100) == "its self-influence is in the top 5% (rank 5 of 100)"
+    assert P.training_badge(2, 2, 6, 100) is None
+    named = P.training_badge(1, 0, 1, 1797, name=lambda c: f"{c} ({'ab'[c]})")
+    assert named == (
+        "its label 1 (b) differs from the model's prediction for it (0 (a)); "
+        "its self-influence is in the top 5% (rank 1 of 1,797)"
+    )
+    assert P.training_badge(None, 1, None, 100) is None  # nothing known yet: no badge
+    assert P.training_badge(1, None, None, 0) is None
 
 
 @pytest.mark.parametrize("k", [1, 3, 7, 20, 25])

@@ -83,11 +83,19 @@ def test_badges_and_query_prediction(make, data):
     g = w.gallery
     pred, prob = predictions(data["model"], data["x_test"][:1])
     assert g["item"]["pred"] == pred[0] and g["item"]["prob"] == pytest.approx(float(prob[0]), rel=1e-5)
+    # a badge says something about the training example itself: its label vs the model's prediction for it, and
+    # whether its self-influence rank is in the top BADGE_TOP_PERCENT % -- never a comparison with the query
     labels = data["train"].tensors[1].numpy()
-    for r in g["proponents"]:
-        assert (r["badge"] is not None) == (labels[r["index"]] != pred[0])
-    for r in g["opponents"]:
-        assert (r["badge"] is not None) == (labels[r["index"]] == pred[0])
+    train_pred, _ = predictions(data["model"], data["x_train"])
+    rank = _payload.ranks_from_scores((data["x_train"] ** 2).sum(1))
+    cutoff = _payload.badge_rank_cutoff(N_TRAIN)
+    assert cutoff == 3  # top 5% of 60
+    for r in g["proponents"] + g["opponents"]:
+        i = r["index"]
+        disagree, high = labels[i] != train_pred[i], rank[i] <= cutoff
+        assert (r["badge"] is not None) == (disagree or high)
+        assert ("differs from the model's prediction for it" in (r["badge"] or "")) == disagree
+        assert (f"top 5% (rank {rank[i]} of {N_TRAIN})" in (r["badge"] or "")) == high
 
 
 def test_selection_from_the_frontend_recomputes_the_gallery(make, data):

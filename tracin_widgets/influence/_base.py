@@ -6,7 +6,7 @@ import contextlib
 import functools
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
@@ -159,6 +159,27 @@ def check_k(k: Any) -> int | None:
     if k <= 0:
         raise ValueError(f"k must be a positive int (or None for the full score matrix), got k={k}.")
     return k
+
+
+def check_train_indices(train_indices: Any, n_train: int | None) -> torch.Tensor:
+    """``train_indices`` (ints, a 1-D int tensor or array) as an int64 CPU tensor, each in ``[0, n_train)``."""
+    fix = "pass training-set positions, e.g. train_indices=[3, 17] or the indices returned by influence(k=...)"
+    if isinstance(train_indices, (str, bytes)) or not (
+        isinstance(train_indices, (torch.Tensor, np.ndarray, Sequence)) or hasattr(train_indices, "__iter__")
+    ):
+        raise TypeError(f"train_indices must be a sequence of ints, got {type(train_indices).__name__}: {fix}.")
+    values = train_indices.tolist() if isinstance(train_indices, (torch.Tensor, np.ndarray)) else list(train_indices)
+    if isinstance(values, int):  # a 0-dim tensor or array
+        values = [values]
+    bad = [v for v in values if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))]
+    if bad:
+        raise TypeError(f"train_indices must be ints, got {type(bad[0]).__name__} {bad[0]!r}: {fix}.")
+    if not values:
+        raise ValueError(f"train_indices is empty: {fix}.")
+    if n_train is not None and any(not 0 <= int(v) < n_train for v in values):
+        out = next(int(v) for v in values if not 0 <= int(v) < n_train)
+        raise ValueError(f"train_indices holds {out}, outside the training set [0, {n_train}): {fix}.")
+    return torch.tensor([int(v) for v in values], dtype=torch.int64)
 
 
 def merge_topk(
@@ -718,6 +739,35 @@ class TracInCPBase:
     def fit(self: _Engine, show_progress: bool = False) -> _Engine:
         """Precompute what later queries need (optional: done lazily otherwise). Returns ``self``."""
         return self
+
+    @locked
+    def learning_rates(self) -> list[float]:
+        """The learning rate of each checkpoint (what ``checkpoints_load_func`` returned), in ``checkpoints``
+        order; loads the checkpoints if they are not loaded yet. Takes no arguments.
+
+        Returns:
+            A list of floats, one per checkpoint.
+        """
+        _, lrs = self._checkpoint_states()
+        return list(lrs)
+
+    def _train_rows(self, indices: torch.Tensor) -> tuple:
+        """Training rows ``indices`` as one batch ``(*features, labels)`` on the compute device, read from the
+        dataset item by item (a few rows: no pass over the training data)."""
+        loader = self.train_dataloader
+        if tensor_fast_path(loader):
+            tensors = loader.dataset.tensors  # type: ignore[attr-defined]
+            return to_device(tuple(t[indices] for t in tensors), self.device)
+        ds = loader.dataset
+        if isinstance(ds, torch.utils.data.IterableDataset):
+            raise TypeError(
+                "train_indices needs training rows read by index, but train_dataset is an IterableDataset: pass a "
+                "map-style Dataset (with __getitem__) to the engine."
+            )
+        batch = loader.collate_fn([ds[int(i)] for i in indices.tolist()])
+        if isinstance(batch, (torch.Tensor, dict)) or len(batch) < 2:
+            raise ValueError("train_dataset items must be (features..., label) to score single training rows.")
+        return to_device(tuple(batch), self.device)
 
     def __repr__(self) -> str:
         return (

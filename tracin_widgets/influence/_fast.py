@@ -32,6 +32,7 @@ from ._base import (
     _Progress,
     check_k,
     check_proponents,
+    check_train_indices,
     locked,
     merge_topk,
     sqrt_lr,
@@ -518,6 +519,36 @@ class TracInCPFast(TracInCPBase):
         self._ensure_factors(show_progress)
         At, Gt = self._test_factors(inputs, batches=batches, show_progress=show_progress)
         return self._scores_or_topk(At, Gt, k, proponents, show_progress)
+
+    @locked
+    def influence_by_checkpoint(self, inputs: Inputs, train_indices: Any) -> torch.Tensor:
+        """Each checkpoint's term ``lr_c (g_t . g_i)(a_t . a_i)`` of the influence of training examples
+        ``train_indices`` on each example of ``inputs``: whether an influence comes from early or late training.
+        Exact, from the cached factors (``TracInCPFastRandProj``'s projection and index are not used), so the
+        terms sum over the checkpoints to ``influence(inputs, k=None)[:, train_indices]``.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            train_indices: positions in the training set (a list of ints, or a 1-D int tensor / array).
+
+        Returns:
+            A float tensor ``(n_test, len(train_indices), n_checkpoints)`` on the CPU, in the checkpoints' dtype,
+            the last axis in ``checkpoints`` order (``learning_rates()`` gives each one's ``lr_c``).
+
+        Raises:
+            TypeError, ValueError: ``train_indices`` is not a non-empty sequence of ints in ``[0, n_train)``; and,
+                before any pass over the training data, what ``influence`` raises for ``inputs``.
+        """
+        idx = check_train_indices(train_indices, self._n_train())
+        batches = self._test_batches(inputs)
+        A, G = self._ensure_factors()
+        idx = check_train_indices(idx, A.shape[0])  # a training set without a length is checked once read
+        At, Gt = self._test_factors(inputs, batches=batches)
+        sel = idx.to(A.device)
+        gg = torch.einsum("ncd,kcd->nkc", Gt, G[sel])
+        aa = torch.einsum("ncd,kcd->nkc", At, A[sel])
+        return (gg * aa * self._lr_tensor(A)).cpu()
 
     @locked
     def self_influence(

@@ -31,6 +31,7 @@ from ._base import (
     _Progress,
     check_k,
     check_proponents,
+    check_train_indices,
     locked,
     sqrt_lr,
 )
@@ -617,6 +618,42 @@ class TracInCP(TracInCPBase):
         kk = min(k, scores.shape[1])
         vals, idx = torch.topk(scores, kk, dim=1, largest=proponents)
         return KMostInfluentialResults(idx.to(torch.int64), vals)
+
+    @locked
+    def influence_by_checkpoint(self, inputs: Inputs, train_indices: Any) -> torch.Tensor:
+        """Each checkpoint's term ``lr_c grad_c(z_t) . grad_c(z_i)`` of the influence of training examples
+        ``train_indices`` on each example of ``inputs``: whether an influence comes from early or late training.
+        Only the given training rows are read (no pass over the training data); the terms sum over the
+        checkpoints to ``influence(inputs, k=None)[:, train_indices]``.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            train_indices: positions in the training set (a list of ints, or a 1-D int tensor / array), read from
+                ``train_dataset`` by index (a map-style dataset).
+
+        Returns:
+            A float tensor ``(n_test, len(train_indices), n_checkpoints)`` on the CPU, in the checkpoints' dtype,
+            the last axis in ``checkpoints`` order (``learning_rates()`` gives each one's ``lr_c``).
+
+        Raises:
+            TypeError, ValueError: ``train_indices`` is not a non-empty sequence of ints in ``[0, n_train)``, the
+                training set cannot be read by index; what ``influence`` raises for ``inputs``.
+        """
+        idx = check_train_indices(train_indices, self._n_train())
+        batches = self._test_batches(inputs)
+        with self._computing():
+            states, lrs = self._checkpoint_states()
+            parts, start = [], 0
+            for b in batches:
+                mode, loss_fn = self.test_reduction_type, self.test_loss_fn
+                parts.append(self._all_blocks(b, states, mode, loss_fn, "test batch", start))
+                start += batch_len(b)
+            test_blocks = [_blocks_cat([p[c] for p in parts]) for c in range(len(states))]
+            rows = self._train_rows(idx)
+            train_blocks = self._all_blocks(rows, states, self.reduction_type, self.loss_fn, "training rows")
+            terms = [lr * _blocks_dot(tb, rb) for lr, tb, rb in zip(lrs, test_blocks, train_blocks, strict=True)]
+        return torch.stack(terms, -1).cpu()
 
     @locked
     def self_influence(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..influence import Cancelled, TracInCPFast, find_final_linear_layer
 from . import _data, _payload
-from ._protocols import InfluenceSource
+from ._protocols import CheckpointTerm, InfluenceSource
 
 SCORE_CACHE = 32  # influence rows of recent queries (n_train float64 each)
 TopK = tuple[np.ndarray, np.ndarray]  # (indices (k,) int64, scores (k,) float64)
@@ -191,6 +192,30 @@ class EngineAdapter:
                 while len(self._score_cache) > SCORE_CACHE:
                     self._score_cache.popitem(last=False)
         return scores
+
+    def checkpoint_terms(self, batch: tuple, train_index: int) -> list[CheckpointTerm]:
+        """Each checkpoint's term of the influence of training example ``train_index`` on the query ``batch``, from
+        the engine's ``influence_by_checkpoint`` (the file's name, its learning rate, the term).
+
+        Raises NotImplementedError for an engine without ``influence_by_checkpoint`` (Captum's classes, others).
+        """
+        src = self.source
+        split = getattr(src, "influence_by_checkpoint", None)
+        if not callable(split):
+            raise NotImplementedError(
+                f"{self.name} cannot split its scores by checkpoint (it has no influence_by_checkpoint): use "
+                "tracin_widgets.influence's TracInCP, TracInCPFast or TracInCPFastRandProj for the breakdown."
+            )
+        terms = to_numpy(self.call(lambda: split(batch, [int(train_index)])), np.float64).reshape(-1)
+        rates = getattr(src, "learning_rates", None)
+        lrs = list(self.call(rates)) if callable(rates) else [None] * len(terms)
+        paths = [str(p) for p in getattr(src, "checkpoints", [])]
+        if len(paths) != len(terms):
+            paths = [f"checkpoint {c + 1}" for c in range(len(terms))]
+        return [
+            CheckpointTerm(checkpoint=Path(p).name, lr=None if lr is None else float(lr), contribution=float(v))
+            for p, lr, v in zip(paths, lrs, terms, strict=True)
+        ]
 
     def _check_length(self, scores: np.ndarray, what: str) -> None:
         if len(scores) != self.n_train:

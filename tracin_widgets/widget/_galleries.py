@@ -10,7 +10,7 @@ from ..influence import Cancelled
 from . import _data, _payload
 from ._engine import EngineAdapter
 from ._examples import Examples
-from ._protocols import Gallery
+from ._protocols import Gallery, Row
 from ._tasks import LatestWorker
 
 
@@ -19,7 +19,9 @@ class Galleries:
 
     ``publish`` sets the ``gallery`` trait (called under ``lock``, only for the newest request); ``fail`` reports an
     error (banner, log, ``wait()``); ``status`` gives the explorer's status (a cancelled gallery says how to resume).
-    ``fitted`` is set once the engine may be queried.
+    ``fitted`` is set once the engine may be queried; ``class_name`` names a class in the badges' words.
+    ``explain`` (per request): ``"label"`` explains the score of the query's own label, ``"prediction"`` that of the
+    model's prediction for it (the same galleries, computed once, when the two agree).
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class Galleries:
         publish: Callable[[Gallery], None],
         fail: Callable[[BaseException, str], None],
         status: Callable[[], str],
+        class_name: Callable[[int], str] = str,
     ):
         self.examples = examples
         self.engine = engine
@@ -40,6 +43,7 @@ class Galleries:
         self.publish = publish
         self.fail = fail
         self.status = status
+        self.class_name = class_name
         self.generation = 0  # id of the newest request
         self.worker = LatestWorker("tracin-gallery")
 
@@ -59,12 +63,12 @@ class Galleries:
             raise ValueError(f"query index {idx} is outside the {src} set [0, {n}).")
         return src, idx
 
-    def compute(self, q: dict, k: int, gen: int) -> bool:
+    def compute(self, q: dict, k: int, gen: int, explain: str = "label") -> bool:
         """Compute the galleries of query ``q``; publish only if no newer request came meanwhile. True if published."""
         try:
             if gen != self.generation:
                 return False
-            payload = self._payload(q, k, gen)
+            payload = self._payload(q, k, gen, explain)
             if payload is None:
                 return False
         except Exception as e:
@@ -76,35 +80,79 @@ class Galleries:
             else:
                 self.fail(e, "gallery")
                 error = f"{type(e).__name__}: {e}"
-            payload = Gallery(query=dict(q), k=k, request=gen, item=None, proponents=[], opponents=[], error=error)
+            payload = Gallery(
+                query=dict(q),
+                k=k,
+                request=gen,
+                item=None,
+                proponents=[],
+                opponents=[],
+                error=error,
+                explain="prediction" if explain == "prediction" else "label",
+                explained_label=None,
+                same_label=False,
+            )
         with self.lock:
             if gen != self.generation:  # a newer selection won: never overwrite it with this stale answer
                 return False
             self.publish(payload)
         return True
 
-    def _payload(self, q: dict, k: int, gen: int) -> Gallery | None:
+    def rebadge(self, gallery: Gallery) -> Gallery:
+        """``gallery`` with each tile's prediction, self-influence rank and badge from the arrays computed now (the
+        first galleries come before the training predictions and self-influence): no engine call."""
+        ex = self.examples
+        with self.lock:
+            rank, preds = ex.rank, ex.train_preds
+        n_train = 0 if rank is None else len(rank)
+
+        def again(row: Row) -> Row:
+            i = row["index"]
+            pred = row["pred"] if preds is None else int(preds[i])
+            r = row["rank"] if rank is None else int(rank[i])
+            badge = _payload.training_badge(row["label"], pred, r, n_train, self.class_name)
+            return {**row, "pred": pred, "rank": r, "badge": badge}
+
+        return {
+            **gallery,
+            "proponents": [again(r) for r in gallery["proponents"]],
+            "opponents": [again(r) for r in gallery["opponents"]],
+        }
+
+    def explained_batch(self, src: str, idx: int, item: Row, explain: str) -> tuple[tuple, int | None]:
+        """The query as a batch of one whose label is the one explained, and that label (None: not a class index)."""
+        features = self.examples.item(src, idx)
+        label, pred = item["label"], item["pred"]
+        if explain == "prediction":
+            if pred is None:
+                raise ValueError(f"the model's prediction for {src} example {idx} is not known: explain='label'.")
+            if pred != label:
+                features = (*features[:-1], pred)
+            return _data.collate_one(features), pred
+        return _data.collate_one(features), label
+
+    def _payload(self, q: dict, k: int, gen: int, explain: str) -> Gallery | None:
         src, idx = self.check_query(q)
         self.fitted.wait()
         if gen != self.generation:
             return None
         ex = self.examples
         item = ex.query_row(src, idx, _payload.DETAIL_SIZE, self.engine.lock)
-        batch = _data.collate_one(ex.item(src, idx))
-        (pro, pro_scores), (opp, opp_scores) = self.engine.top_k(batch, min(k, ex.n_train), key=(src, idx))
+        batch, target = self.explained_batch(src, idx, item, explain)
+        key = (src, idx, target)  # label == prediction: one cached score row serves both choices
+        (pro, pro_scores), (opp, opp_scores) = self.engine.top_k(batch, min(k, ex.n_train), key=key)
         with self.lock:
             rank, preds = ex.rank, ex.train_preds
 
-        def rows(indices, scores, proponents: bool) -> list:
+        def rows(indices, scores) -> list:
             return _payload.topk_rows(
                 indices,
                 scores,
                 ex.train_label,
-                query_pred=item["pred"],
-                proponents=proponents,
                 image=lambda i: ex.image("train", i),
                 rank=rank,
                 preds=preds,
+                name=self.class_name,
             )
 
         return Gallery(
@@ -112,7 +160,10 @@ class Galleries:
             k=k,
             request=gen,
             item=item,
-            proponents=rows(pro, pro_scores, True),
-            opponents=rows(opp, opp_scores, False),
+            proponents=rows(pro, pro_scores),
+            opponents=rows(opp, opp_scores),
             error=None,
+            explain="prediction" if explain == "prediction" else "label",
+            explained_label=target,
+            same_label=item["pred"] is not None and item["pred"] == item["label"],
         )

@@ -180,18 +180,34 @@ def item_row(
     }
 
 
-def gallery_badge(label: int | None, query_pred: int | None, proponent: bool) -> str | None:
-    """The suspicion cue of a gallery tile (TracIn paper's reading of proponents / opponents).
+BADGE_TOP_PERCENT = 5
+"""A gallery tile gets a badge when its self-influence rank is in this top percentage of the training set."""
 
-    A proponent whose label differs from the query's predicted label, or an opponent whose label equals it.
+
+def badge_rank_cutoff(n_train: int, percent: float = BADGE_TOP_PERCENT) -> int:
+    """The largest self-influence rank (1 = highest) inside the top ``percent`` % of ``n_train`` examples."""
+    return max(1, math.ceil(n_train * percent / 100)) if n_train > 0 else 0
+
+
+def training_badge(
+    label: int | None,
+    pred: int | None,
+    rank: int | None,
+    n_train: int,
+    name: Callable[[int], str] = str,
+) -> str | None:
+    """Why a training example deserves a second look, in words (None: no reason).
+
+    About the example itself, whatever the query: its label differs from the model's own prediction for it, and/or
+    its self-influence (how much it pulls on its own loss; high for mislabelled or unusual examples) is in the top
+    ``BADGE_TOP_PERCENT`` %. ``name`` turns a class index into its displayed name.
     """
-    if label is None or query_pred is None:
-        return None
-    if proponent and label != query_pred:
-        return "label differs from the prediction"
-    if not proponent and label == query_pred:
-        return "same label as the prediction"
-    return None
+    reasons = []
+    if label is not None and pred is not None and label != pred:
+        reasons.append(f"its label {name(label)} differs from the model's prediction for it ({name(pred)})")
+    if rank is not None and n_train > 0 and rank <= badge_rank_cutoff(n_train):
+        reasons.append(f"its self-influence is in the top {BADGE_TOP_PERCENT}% (rank {rank:,} of {n_train:,})")
+    return "; ".join(reasons) if reasons else None
 
 
 def topk_rows(
@@ -199,27 +215,30 @@ def topk_rows(
     scores: Sequence[float],
     labels: Callable[[int], int | None],
     *,
-    query_pred: int | None,
-    proponents: bool,
     image: Callable[[int], dict],
     rank: np.ndarray | None = None,
     preds: np.ndarray | None = None,
+    name: Callable[[int], str] = str,
 ) -> list[Row]:
-    """Gallery rows for one query from the engine's (indices, scores) of that query."""
+    """Gallery rows for one query from the engine's (indices, scores) of that query, with each training example's
+    badge (``training_badge``: from its own label, prediction and self-influence rank)."""
     rows = []
     for i, s in zip(
         np.asarray(indices).reshape(-1).tolist(), np.asarray(scores, dtype=np.float64).reshape(-1), strict=False
     ):
         lab = labels(i)
+        pred = None if preds is None else int(preds[i])
+        r = None if rank is None else int(rank[i])
+        n_train = 0 if rank is None else len(rank)
         rows.append(
             item_row(
                 i,
                 lab,
                 score=s,
-                pred=None if preds is None else int(preds[i]),
-                rank=None if rank is None else int(rank[i]),
+                pred=pred,
+                rank=r,
                 image=image(i),
-                badge=gallery_badge(lab, query_pred, proponents),
+                badge=training_badge(lab, pred, r, n_train, name),
             )
         )
     return rows

@@ -31,6 +31,11 @@ class InfluenceSource(Protocol):
 
 
 # --- front end -> Python (model.send) ---------------------------------------------------------------------------------
+class GalleryQuery(TypedDict):
+    source: Literal["test", "train"]
+    index: int
+
+
 class RowsRequest(TypedDict, total=False):
     kind: Literal["rows"]
     id: int | str  # echoed back unchanged
@@ -58,10 +63,21 @@ class ActionRequest(TypedDict):
     kind: Literal["start", "undo"]
 
 
-Request = RowsRequest | DetailRequest | CancelRequest | ActionRequest
+class ContributionsRequest(TypedDict):
+    """Each checkpoint's term of the influence of training example ``index`` on the query, for ``label``."""
+
+    kind: Literal["contributions"]
+    id: int | str  # echoed back unchanged
+    query: GalleryQuery  # the example whose galleries are shown
+    label: int  # the label explained (the gallery's ``explained_label``)
+    index: int  # the training example
+
+
+Request = RowsRequest | DetailRequest | CancelRequest | ActionRequest | ContributionsRequest
 REQUESTS: dict[str, type] = {
     "rows": RowsRequest,
     "detail": DetailRequest,
+    "contributions": ContributionsRequest,
     "cancel": CancelRequest,
     "start": ActionRequest,
     "undo": ActionRequest,
@@ -93,7 +109,7 @@ class Row(TypedDict):
     prob: float | None
     score: float | None
     rank: int | None  # 1 = highest self-influence
-    badge: str | None  # suspicion cue of a gallery tile
+    badge: str | None  # why a gallery tile deserves a second look, in words (_payload.training_badge)
     image: ImageRef | ImageData | None  # ImageRef in custom messages, ImageData in traits
 
 
@@ -119,14 +135,33 @@ class ErrorReply(TypedDict):
     message: str
 
 
-Reply = RowsReply | DetailReply | ErrorReply
-REPLIES: dict[str, type] = {"rows": RowsReply, "detail": DetailReply, "error": ErrorReply}
-"""The TypedDict of each reply ``kind``."""
+class CheckpointTerm(TypedDict):
+    """One checkpoint's term ``lr_c (g_t . g_i)(a_t . a_i)`` of an influence score."""
+
+    checkpoint: str  # the checkpoint file's name
+    lr: float | None  # its learning rate (None when the engine does not say)
+    contribution: float
 
 
-class GalleryQuery(TypedDict):
-    source: Literal["test", "train"]
+class ContributionsReply(TypedDict):
+    kind: Literal["contributions"]
+    id: int | str  # echoed back unchanged
+    query: GalleryQuery
+    label: int
     index: int
+    checkpoints: list[CheckpointTerm]  # in the engine's checkpoint order; empty with ``error``
+    total: float | None  # their sum: the influence score
+    error: str | None  # why there is no breakdown (e.g. the engine cannot split its scores by checkpoint)
+
+
+Reply = RowsReply | DetailReply | ErrorReply | ContributionsReply
+REPLIES: dict[str, type] = {
+    "rows": RowsReply,
+    "detail": DetailReply,
+    "error": ErrorReply,
+    "contributions": ContributionsReply,
+}
+"""The TypedDict of each reply ``kind``."""
 
 
 class Gallery(TypedDict):
@@ -139,6 +174,9 @@ class Gallery(TypedDict):
     proponents: list[Row]
     opponents: list[Row]
     error: str | None
+    explain: Literal["label", "prediction"]  # the ``explain`` trait this answer was computed for
+    explained_label: int | None  # the label whose score the galleries explain (None: not known)
+    same_label: bool  # the query's label equals its prediction: both choices give these galleries
 
 
 class StripPage(TypedDict):

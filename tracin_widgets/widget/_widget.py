@@ -17,7 +17,7 @@ import numpy as np
 import traitlets as t
 from torch.utils.data import Subset
 
-from . import _flags, _payload
+from . import _data, _flags, _payload
 from ._engine import EngineAdapter
 from ._examples import Examples
 from ._flagstore import FlagStore
@@ -25,6 +25,8 @@ from ._galleries import Galleries
 from ._pipeline import SELF_INFLUENCE, TEST_PREDICTIONS, Pipeline
 from ._protocols import (
     CancelRequest,
+    ContributionsReply,
+    ContributionsRequest,
     DetailReply,
     DetailRequest,
     ErrorReply,
@@ -35,7 +37,7 @@ from ._protocols import (
     RowsRequest,
 )
 from ._table import Table
-from ._tasks import Progress
+from ._tasks import LatestWorker, Progress
 from ._traits import ClassNames, IndexList, PositiveInt, check_arguments
 
 log = logging.getLogger("tracin_widgets.widget")
@@ -95,6 +97,15 @@ class InfluenceExplorer(anywidget.AnyWidget):
     - Type: ``{"source": "test" | "train", "index": int}``, or ``{}`` for nothing.
     - Default: the selected test example.
     - Written by: both sides (walking to a training example makes it the query).
+    """
+    explain = t.Enum(("label", "prediction"), "label").tag(sync=True)
+    """
+    Which label's score the galleries explain: proponents raised it, opponents lowered it.
+
+    - Type: ``"label"`` (the query's own label, as in the tutorial: which training examples support the truth) |
+      ``"prediction"`` (the model's prediction for it: which pushed the model toward its answer, right or wrong).
+    - Default: ``"label"``. When the two agree the galleries are the same (computed once; the page says so).
+    - Written by: both sides (the page's label choice).
     """
     test_page = t.Int(0).tag(sync=True)
     """
@@ -267,6 +278,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
             fail=self._fail,
             computed=self._on_computed,
         )
+        self._breakdown_worker = LatestWorker("tracin-breakdown")  # contributions asked while the engine is busy
         self._galleries = Galleries(
             ex,
             self._engine,
@@ -275,6 +287,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
             publish=self._publish_gallery,
             fail=self._fail,
             status=lambda: self.status,
+            class_name=self._class_name,
         )
         if class_names and (problem := ex.class_names_problem(class_names)):
             raise ValueError(problem)
@@ -294,7 +307,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         self.on_msg(self._on_msg)
         self.observe(self._on_flagged, names=["flagged"])
         self.observe(self._on_selected_test, names=["selected_test"])
-        self.observe(self._on_query, names=["query", "k"])
+        self.observe(self._on_query, names=["query", "k", "explain"])
         self.observe(self._on_strip_params, names=["test_page", "test_page_size", "misclassified_only"])
         self._update_stats()
         self._refresh_strip()
@@ -339,6 +352,8 @@ class InfluenceExplorer(anywidget.AnyWidget):
             raise TimeoutError(f"the explorer's background computation is still running after {timeout} s.")
         if not self._galleries.worker.join(timeout):
             raise TimeoutError(f"the gallery request is still running after {timeout} s.")
+        if not self._breakdown_worker.join(timeout):
+            raise TimeoutError(f"the per-checkpoint breakdown is still running after {timeout} s.")
         exc, self.last_exception = self.last_exception, None
         if exc is not None:
             raise exc
@@ -351,6 +366,29 @@ class InfluenceExplorer(anywidget.AnyWidget):
     def export_flagged(self, path: Any) -> Path:
         """Write the flagged indices to ``path``: ``.json`` (a list) or ``.csv`` (an ``index`` column)."""
         return _flags.write(path, list(self.flagged))
+
+    def checkpoint_contributions(
+        self, test_index: int, train_index: int, *, source: str = "test", explain: str | None = None
+    ) -> list[dict]:
+        """Each checkpoint's term ``lr_c (g_t . g_i)(a_t . a_i)`` of the influence of training example
+        ``train_index`` on test example ``test_index``: whether that influence comes from early or late training.
+        The terms sum to the score the galleries show (the details panel draws them as bars).
+
+        ``source="train"`` takes ``test_index`` from the training set (a walked-to query); ``explain`` (default:
+        the ``explain`` trait) says which label's score: ``"label"`` or ``"prediction"``. Returns one dict per
+        checkpoint, in the engine's order: ``{"checkpoint": file name, "lr": float | None, "contribution": float}``.
+        Raises ValueError for an index outside its set, NotImplementedError for an engine that cannot split its
+        scores by checkpoint (it has no ``influence_by_checkpoint``).
+        """
+        explain = self.explain if explain is None else explain
+        if explain not in ("label", "prediction"):
+            raise ValueError(f"explain must be 'label' or 'prediction', got {explain!r}.")
+        src, idx = self._galleries.check_query({"source": source, "index": test_index})
+        _, j = self._galleries.check_query({"source": "train", "index": train_index})
+        self._pipeline.fitted.wait()
+        item = self._examples.query_row(src, idx, _payload.THUMB_SIZE, self._engine.lock)
+        batch, _ = self._galleries.explained_batch(src, idx, item, explain)
+        return [dict(term) for term in self._engine.checkpoint_terms(batch, j)]
 
     def cleaned_dataset(self) -> Subset:
         """The training set without the flagged examples, as a ``torch.utils.data.Subset``."""
@@ -417,6 +455,9 @@ class InfluenceExplorer(anywidget.AnyWidget):
             self._refresh_strip()
         else:
             self._update_stats()
+            with self._lock:  # the badges need the training predictions and ranks: redraw the tiles
+                if self.gallery.get("proponents") or self.gallery.get("opponents"):
+                    self.gallery = self._galleries.rebadge(self.gallery)
 
     def _note_classes(self) -> None:
         names = list(self.class_names)
@@ -477,6 +518,12 @@ class InfluenceExplorer(anywidget.AnyWidget):
     def _on_query(self, change) -> None:
         self._schedule_gallery()
 
+    def _class_name(self, c: int) -> str:
+        """Class ``c`` in words: ``8 (cat)`` with class names (just ``8`` when its name is ``"8"``)."""
+        names = list(self.class_names)
+        name = names[c] if 0 <= c < len(names) else None
+        return f"{c} ({name})" if name is not None and name != str(c) else str(c)
+
     # ------------------------------------------------------------------------------------------------------------------
     # galleries (computed by _galleries.Galleries on its worker thread)
     # ------------------------------------------------------------------------------------------------------------------
@@ -491,17 +538,17 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
     def _schedule_gallery(self) -> int | None:
         """Ask for the galleries of the current query; returns the request id (None for no query)."""
-        q, k = dict(self.query), int(self.k)
+        q, k, explain = dict(self.query), int(self.k), str(self.explain)
         gen = self._galleries.new_request()
         if not q:
             return None
-        self._galleries.worker.submit(lambda: self._compute_gallery(q, k, gen))
+        self._galleries.worker.submit(lambda: self._compute_gallery(q, k, gen, explain))
         return gen
 
-    def _compute_gallery(self, q: dict, k: int, gen: int) -> bool:
+    def _compute_gallery(self, q: dict, k: int, gen: int, explain: str = "label") -> bool:
         """Compute the galleries of query ``q``; publish only if no newer request came meanwhile. True if published."""
         with self._pipeline.gallery():  # in flight: a Cancel reaches it
-            return self._galleries.compute(q, k, gen)
+            return self._galleries.compute(q, k, gen, explain)
 
     def _publish_gallery(self, payload: Gallery) -> None:
         self.gallery = payload
@@ -537,6 +584,8 @@ class InfluenceExplorer(anywidget.AnyWidget):
                 self._reply(self._rows(content))
             elif kind == "detail":
                 self._reply(self._detail(content))
+            elif kind == "contributions":
+                self._on_contributions(content)
             elif kind == "cancel":
                 self._on_cancel(content)
             elif kind == "start":
@@ -554,6 +603,60 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
     def _detail(self, msg: DetailRequest) -> DetailReply:
         return self._table.detail(msg, self._engine.lock)
+
+    def _on_contributions(self, msg: ContributionsRequest) -> None:
+        """Answer now when the engine is free; while it is busy (the background run, a gallery) on a worker thread,
+        so the kernel keeps handling the page's messages meanwhile (the newest request wins)."""
+        self._check_contributions(msg)  # a bad request is answered now, with an error reply
+        if self._pipeline.fitted.is_set() and not self._engine.lock.locked():
+            self._reply(self._contributions(msg))
+            return
+
+        def job() -> None:
+            try:
+                self._reply(self._contributions(msg))
+            except Exception as e:
+                log.error("InfluenceExplorer message 'contributions' failed: %s", e, exc_info=e)
+                self._reply(
+                    ErrorReply(
+                        kind="error", id=msg.get("id"), request="contributions", message=f"{type(e).__name__}: {e}"
+                    )
+                )
+
+        self._breakdown_worker.submit(job)
+
+    def _check_contributions(self, msg: ContributionsRequest) -> tuple[str, int, int, int]:
+        q, label, index = msg.get("query"), msg.get("label"), msg.get("index")
+        src, idx = self._galleries.check_query(q if isinstance(q, dict) else {})
+        _, j = self._galleries.check_query({"source": "train", "index": index})
+        if not isinstance(label, int) or isinstance(label, bool):
+            raise ValueError(
+                f"contributions request: label must be the int explained_label of the gallery, got {label!r}."
+            )
+        return src, idx, j, label
+
+    def _contributions(self, msg: ContributionsRequest) -> ContributionsReply:
+        """The breakdown of one (query, training example) pair for the explained ``label``; an engine that cannot
+        split its scores answers with ``error`` (the panel says why) rather than an error reply."""
+        src, idx, j, label = self._check_contributions(msg)
+        self._pipeline.fitted.wait()
+        features = self._examples.item(src, idx)
+        batch = _data.collate_one((*features[:-1], label))
+        reply = ContributionsReply(
+            kind="contributions",
+            id=msg.get("id"),
+            query={"source": src, "index": idx},
+            label=label,
+            index=j,
+            checkpoints=[],
+            total=None,
+            error=None,
+        )
+        try:
+            terms = self._engine.checkpoint_terms(batch, j)
+        except NotImplementedError as e:
+            return {**reply, "error": str(e)}
+        return {**reply, "checkpoints": terms, "total": float(sum(t["contribution"] for t in terms))}
 
     def _on_cancel(self, msg: CancelRequest) -> None:
         run = msg.get("run")
