@@ -36,7 +36,7 @@ from ._protocols import (
 )
 from ._table import Table
 from ._tasks import Progress
-from ._traits import ClassNames, IndexList, PositiveInt, check_arguments
+from ._traits import ClassNames, IndexList, PositiveInt, View, check_arguments, check_view
 
 log = logging.getLogger("tracin_widgets.widget")
 
@@ -57,7 +57,9 @@ class InfluenceExplorer(anywidget.AnyWidget):
     (any object with ``influence(inputs, k, proponents)`` and ``self_influence()``). Predictions, the training
     factors and self-influence are computed in a background thread; call :meth:`wait` to block until done.
     ``cache_dir=`` saves the default engine's training factors there (keyed by model, checkpoints and data), so
-    the next explorer on the same inputs skips the factor pass.
+    the next explorer on the same inputs skips the factor pass. ``view=`` picks the first tab: ``"test"`` (the test
+    predictions, the default with a test set) or ``"ranking"`` (the self-influence ranking, the default without one;
+    a training example chosen there is explained by the first tab's galleries).
     """
 
     _esm = _STATIC / "widget.js" if (_STATIC / "widget.js").exists() else _MISSING_BUNDLE
@@ -119,6 +121,15 @@ class InfluenceExplorer(anywidget.AnyWidget):
     - Type: bool.
     - Default: ``False``.
     - Written by: both sides.
+    """
+    view = View("test").tag(sync=True)
+    """
+    The tab shown: ``"test"`` (test predictions and the galleries) or ``"ranking"`` (the self-influence ranking).
+    Without a test set the first tab explains a training example chosen from the ranking.
+
+    - Type: ``"test"`` | ``"ranking"`` (``"test"`` is refused without test examples).
+    - Default: the constructor's ``view=``: ``"test"`` with a test set, else ``"ranking"``.
+    - Written by: both sides (the tabs write it).
     """
     error = t.Unicode("").tag(sync=True)
     """
@@ -215,6 +226,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         device: Any = None,
         test_indices: Sequence[int] | None = None,
         cache_dir: Any = None,
+        view: str | None = None,
         **kwargs: Any,
     ):
         class_names = check_arguments(kwargs, train_dataset, test_dataset, k, class_names, batch_size, to_image)
@@ -229,6 +241,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
             device=device,
             lock=self._lock,
         )
+        view = check_view(view, len(ex.test_ids))
         if class_names:  # one forward pass, so a wrong count is refused now rather than after the long passes
             ex.check_width()
         self._examples = ex
@@ -281,6 +294,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
         super().__init__(
             k=k,
+            view=view,
             class_names=class_names if class_names is not None else [],
             flagged=self._flag_store.restored,
             info={
@@ -436,6 +450,15 @@ class InfluenceExplorer(anywidget.AnyWidget):
         if names and (problem := self._examples.class_names_problem(names)):
             raise t.TraitError(problem)
         return names
+
+    @t.validate("view")
+    def _validate_view(self, proposal):
+        if proposal["value"] == "test" and not len(self._examples.test_ids):
+            raise t.TraitError(
+                'view="test" needs test examples, but this explorer has no test set: use view="ranking" and walk '
+                "from a training example (its details panel's proponents button)."
+            )
+        return proposal["value"]
 
     @t.validate("flagged")
     def _validate_flagged(self, proposal):
