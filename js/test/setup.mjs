@@ -64,6 +64,7 @@ export function defaults() {
     test_page: 0,
     test_page_size: 24,
     misclassified_only: false,
+    view: "test",
     error: "",
     class_names: [],
     status: "idle",

@@ -125,9 +125,9 @@ class InfluenceExplorer(anywidget.AnyWidget):
     view = View("test").tag(sync=True)
     """
     The tab shown: ``"test"`` (test predictions and the galleries) or ``"ranking"`` (the self-influence ranking).
-    Without a test set the first tab explains a training example chosen from the ranking.
+    Without a test set the ``"test"`` tab explains a training example chosen from the ranking.
 
-    - Type: ``"test"`` | ``"ranking"`` (``"test"`` is refused without test examples).
+    - Type: ``"test"`` | ``"ranking"``.
     - Default: the constructor's ``view=``: ``"test"`` with a test set, else ``"ranking"``.
     - Written by: both sides (the tabs write it).
     """
@@ -450,15 +450,6 @@ class InfluenceExplorer(anywidget.AnyWidget):
         if names and (problem := self._examples.class_names_problem(names)):
             raise t.TraitError(problem)
         return names
-
-    @t.validate("view")
-    def _validate_view(self, proposal):
-        if proposal["value"] == "test" and not len(self._examples.test_ids):
-            raise t.TraitError(
-                'view="test" needs test examples, but this explorer has no test set: use view="ranking" and walk '
-                "from a training example (its details panel's proponents button)."
-            )
-        return proposal["value"]
 
     @t.validate("flagged")
     def _validate_flagged(self, proposal):
