@@ -112,8 +112,8 @@ VIEWS = ("test", "ranking")
 
 def view_error(value: Any) -> str:
     return (
-        f"view must be one of {', '.join(map(repr, VIEWS))}, got {type(value).__name__} {value!r}: \"test\" opens on "
-        "the test predictions, \"ranking\" on the self-influence ranking of the training set."
+        f'view must be one of {", ".join(map(repr, VIEWS))}, got {type(value).__name__} {value!r}: "test" opens on '
+        'the test predictions, "ranking" on the self-influence ranking of the training set.'
     )
 
 
