@@ -442,7 +442,13 @@ export function render({ model, el }) {
       e.stopPropagation();
     }
   }
-  root.addEventListener("keydown", onKey);
+  // Listened for on the window, in the capture phase: the host's shortcuts (Lumino's, e.g. Notebook 7's arrow keys)
+  // otherwise stop some keys before they reach the widget. Only keys aimed inside this view are handled.
+  const win = root.ownerDocument.defaultView || window;
+  const onWindowKey = (e) => {
+    if (root.contains(e.target)) onKey(e);
+  };
+  win.addEventListener("keydown", onWindowKey, true);
 
   const repaintFlags = () => {
     paintFlags(root, model);
@@ -473,7 +479,7 @@ export function render({ model, el }) {
   el.append(root);
 
   return () => {
-    root.removeEventListener("keydown", onKey);
+    win.removeEventListener("keydown", onWindowKey, true);
     for (const d of disposers.splice(0)) d();
     setChildren(el);
   };
