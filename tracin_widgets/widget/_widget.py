@@ -111,7 +111,8 @@ class InfluenceExplorer(anywidget.AnyWidget):
     Test examples per page of the test strip.
 
     - Type: int (at least 1 is used).
-    - Default: ``24``.
+    - Default: ``24``; the page sets it to the number of whole tiles that fit its width (and moves ``test_page`` so
+      that the selected test example stays shown).
     - Written by: both sides.
     """
     misclassified_only = t.Bool(False).tag(sync=True)
