@@ -11,16 +11,27 @@ import { Rpc } from "./rpc.js";
 import { createStrip } from "./strip.js";
 import { createTable } from "./table.js";
 
-const KEYS = [
-  ["← → / j k", "previous / next test example (Test predictions tab)"],
-  ["↑ ↓ / j k", "previous / next row (Self-influence tab)"],
-  ["← →", "previous / next page (Self-influence tab)"],
-  ["Enter", "open the focused row or tile"],
-  ["f", "flag / unflag the current training example"],
-  ["u", "undo the last flag change"],
-  ["Esc", "close details / help"],
-  ["?", "show / hide this help"],
-];
+// The keys of each view; every key is listed once per list with one meaning (j / k: next / previous everywhere).
+const KEYS = {
+  test: [
+    ["← →", "previous / next test example (focus in the strip)"],
+    ["← → ↑ ↓", "move between proponent or opponent tiles (focus on a tile)"],
+  ],
+  ranking: [
+    ["↑ ↓", "previous / next row"],
+    ["← →", "previous / next page"],
+  ],
+  all: [
+    ["j k", "next / previous item of the focused list (test examples, tiles or rows)"],
+    ["Enter", "open the focused tile or row in the details panel"],
+    ["f", "flag / unflag the focused tile or row (else the example in the details panel)"],
+    ["u", "undo the last flag change"],
+    ["Esc", "close details / help"],
+    ["?", "show / hide this help"],
+  ],
+};
+const NEXT = { ArrowRight: 1, ArrowDown: 1, j: 1, ArrowLeft: -1, ArrowUp: -1, k: -1 };
+const TILE_COLUMNS = 5; // .tracin-grid: five tiles a row
 
 function isTyping(target) {
   return target?.matches?.("input:not([type=checkbox]), select, textarea, [contenteditable]");
@@ -88,22 +99,30 @@ export function render({ model, el }) {
   // ---- header: title, tabs, flag count, help ------------------------------------------------------------------
   const subtitle = h("span", { className: "tracin-muted tracin-subtitle" });
   const flagCount = h("span", { className: "tracin-flag-count", testid: "tracin-flag-count" });
-  const tabExplore = h("button", {
-    type: "button",
-    className: "tracin-tab",
-    testid: "tracin-tab-explore",
-    text: "Test predictions",
-    attrs: { role: "tab" },
-    onClick: () => showTab("explore"),
-  });
-  const tabTable = h("button", {
-    type: "button",
-    className: "tracin-tab",
-    testid: "tracin-tab-table",
-    text: "Self-influence",
-    attrs: { role: "tab" },
-    onClick: () => showTab("table"),
-  });
+  // The tabs: tracin-tab-test / tracin-tab-ranking (role="tab", aria-selected); their labels keep the older testids.
+  const tabLabelExplore = h("span", { testid: "tracin-tab-explore", text: "Test predictions" });
+  const tabExplore = h(
+    "button",
+    {
+      type: "button",
+      className: "tracin-tab",
+      testid: "tracin-tab-test",
+      attrs: { role: "tab", "aria-selected": "false" },
+      onClick: () => showTab("explore"),
+    },
+    tabLabelExplore,
+  );
+  const tabTable = h(
+    "button",
+    {
+      type: "button",
+      className: "tracin-tab",
+      testid: "tracin-tab-ranking",
+      attrs: { role: "tab", "aria-selected": "false" },
+      onClick: () => showTab("table"),
+    },
+    h("span", { testid: "tracin-tab-table", text: "Self-influence" }),
+  );
   const helpBtn = h("button", {
     type: "button",
     className: "tracin-btn tracin-btn-icon",
@@ -195,7 +214,29 @@ export function render({ model, el }) {
     errBanner.hidden = !text;
   }
 
-  // ---- help overlay -------------------------------------------------------------------------------------------
+  // ---- help overlay: the keys of each view ----------------------------------------------------------------------
+  const helpSections = [
+    ["test", "Test predictions"],
+    ["ranking", "Self-influence ranking"],
+    ["all", "Both views"],
+  ].map(([view, title]) => {
+    const rows = KEYS[view].map(([k, d]) => {
+      const pair = [h("span", {}, h("kbd", { text: k })), h("span", { text: d })];
+      return { k, pair };
+    });
+    const heading = h("div", { className: "tracin-keys-title", text: title });
+    const el = h(
+      "section",
+      { testid: `tracin-help-${view}`, attrs: { "aria-label": title } },
+      heading,
+      h(
+        "div",
+        { className: "tracin-kv tracin-keys" },
+        rows.map((r) => r.pair),
+      ),
+    );
+    return { view, el, heading, rows };
+  });
   const help = h(
     "div",
     {
@@ -217,11 +258,7 @@ export function render({ model, el }) {
         onClick: () => toggleHelp(false),
       }),
     ),
-    h(
-      "div",
-      { className: "tracin-kv tracin-keys" },
-      KEYS.map(([k, d]) => [h("span", {}, h("kbd", { text: k })), h("span", { text: d })]),
-    ),
+    helpSections.map((sec) => sec.el),
     h("p", {
       className: "tracin-muted",
       text: "Click inside the explorer first so that it receives the keys. Flags are shared by all views and live in explorer.flagged.",
@@ -235,12 +272,29 @@ export function render({ model, el }) {
   const live = h("div", { className: "tracin-sr-only", testid: "tracin-live", attrs: { "aria-live": "polite" } });
   const details = createDetails(ctx);
   const strip = createStrip(ctx);
+  disposers.push(() => strip.dispose());
   const gallery = createGallery(ctx);
   const table = createTable(ctx);
   ctx.table = table;
   const charts = createCharts(ctx);
   ctx.charts = charts;
-  const explore = h("div", { className: "tracin-pane", testid: "tracin-pane-explore" }, strip.el, gallery.el);
+  // Without a test set the first tab explains a training example chosen in the ranking; until one is chosen it says how.
+  const pickNote = h(
+    "div",
+    { className: "tracin-note", testid: "tracin-no-test-note", hidden: true },
+    h("strong", { text: "No test set: explain a training example." }),
+    " Open the ",
+    h("button", {
+      type: "button",
+      className: "tracin-link",
+      testid: "tracin-goto-ranking",
+      text: "Self-influence ranking",
+      onClick: () => showTab("table"),
+    }),
+    ", click a row, then “Show its proponents →”: the training examples that raised (proponents) or lowered " +
+      "(opponents) its score appear here.",
+  );
+  const explore = h("div", { className: "tracin-pane", testid: "tracin-pane-explore" }, strip.el, pickNote, gallery.el);
   const tablePane = h(
     "div",
     { className: "tracin-pane tracin-pane-table", testid: "tracin-pane-table", hidden: true },
@@ -255,7 +309,10 @@ export function render({ model, el }) {
   );
   root.append(header, progress, errBanner, help, body, live);
 
-  function showTab(tab) {
+  const hasTest = () => Boolean(ctx.info().n_test);
+
+  /** Show a tab ("explore" | "table"); write = also tell Python (the view trait), unless it came from there. */
+  function showTab(tab, write = true) {
     state.tab = tab;
     explore.hidden = tab !== "explore";
     tablePane.hidden = tab !== "table";
@@ -266,7 +323,31 @@ export function render({ model, el }) {
       b.classList.toggle("is-active", t === tab);
       b.setAttribute("aria-selected", String(t === tab));
     }
+    const view = tab === "table" ? "ranking" : "test";
+    if (write && model.get("view") !== view) {
+      model.set("view", view);
+      model.save_changes();
+    }
     if (tab === "table") table.fetch();
+  }
+
+  /** Without a test set: no strip (nor its filter and paging), the first tab explains a training example. */
+  function renderTestSet() {
+    const has = hasTest();
+    root.classList.toggle("has-no-test", !has);
+    strip.el.hidden = !has;
+    tabLabelExplore.textContent = has ? "Test predictions" : "Explain an example";
+    tabExplore.title = has ? "" : "Proponents and opponents of a training example chosen in the Self-influence ranking";
+    helpSections[0].heading.textContent = has ? "Test predictions" : "Explain an example";
+    for (const r of helpSections[0].rows) for (const el of r.pair) el.hidden = !has && r.k === "← →";
+    renderPickNote();
+  }
+
+  function renderPickNote() {
+    const q = model.get("query") || {};
+    const waiting = !hasTest() && !q.source;
+    pickNote.hidden = !waiting;
+    gallery.el.hidden = waiting;
   }
 
   function renderHeader() {
@@ -304,7 +385,27 @@ export function render({ model, el }) {
     retryBtn.hidden = model.get("status") !== "error";
   }
 
-  // ---- keyboard -----------------------------------------------------------------------------------------------
+  // ---- keyboard: keys act on the focused tile or row, else on the current tab --------------------------------------
+  /** Move the focus from gallery tile t by delta within its grid (← → and j k by one, ↑ ↓ by a row). */
+  function moveTile(t, delta) {
+    const tiles = [...t.parentElement.querySelectorAll(".tracin-tile")];
+    const to = tiles[tiles.indexOf(t) + delta];
+    if (to) to.focus();
+  }
+
+  function flagKey(target) {
+    const holder = target?.closest?.(".tracin-tile, .tracin-table-row, .tracin-flag-toggle");
+    if (!holder && target?.closest?.(".tracin-test-item")) {
+      ctx.announce("Test examples are not flagged: flag their proponents or opponents.");
+      return true;
+    }
+    const i = holder ? Number(holder.dataset.index) : (details.index ?? state.current);
+    if (i === null || i === undefined || Number.isNaN(i)) return false;
+    const on = toggleFlag(model, i);
+    ctx.announce(`${on ? "Flagged" : "Unflagged"} training example ${i}`);
+    return true;
+  }
+
   function onKey(e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     if (e.key === "Escape") {
@@ -315,19 +416,21 @@ export function render({ model, el }) {
     if (isTyping(e.target)) return;
     let handled = true;
     const k = e.key;
+    const step = NEXT[k];
+    const tile = e.target?.closest?.(".tracin-tile");
+    const tr = e.target?.closest?.(".tracin-table-row");
+    const testItem = e.target?.closest?.(".tracin-test-item");
     if (k === "?") toggleHelp();
-    else if (k === "f" || k === "F") {
-      const i = details.index ?? state.current;
-      if (i === null || i === undefined) handled = false;
-      else {
-        const on = toggleFlag(model, i);
-        ctx.announce(`${on ? "Flagged" : "Unflagged"} training example ${i}`);
-      }
-    } else if (k === "u" || k === "U") {
+    else if (k === "f" || k === "F") handled = flagKey(e.target);
+    else if (k === "u" || k === "U") {
       rpc.action("undo");
       ctx.announce("Undo");
-    } else if (state.tab === "explore" && (k === "ArrowRight" || k === "ArrowDown" || k === "j")) strip.move(1);
-    else if (state.tab === "explore" && (k === "ArrowLeft" || k === "ArrowUp" || k === "k")) strip.move(-1);
+    } else if (step && tile) moveTile(tile, k === "ArrowUp" || k === "ArrowDown" ? step * TILE_COLUMNS : step);
+    else if (step && tr) {
+      if (k === "ArrowRight" || k === "ArrowLeft") table.page(step);
+      else table.move(step, tr);
+    } else if (step && testItem) strip.move(step);
+    else if (state.tab === "explore" && step && hasTest()) strip.move(step);
     else if (state.tab === "table" && (k === "ArrowDown" || k === "j")) table.move(1);
     else if (state.tab === "table" && (k === "ArrowUp" || k === "k")) table.move(-1);
     else if (state.tab === "table" && k === "ArrowRight") table.page(1);
@@ -339,7 +442,13 @@ export function render({ model, el }) {
       e.stopPropagation();
     }
   }
-  root.addEventListener("keydown", onKey);
+  // Listened for on the window, in the capture phase: the host's shortcuts (Lumino's, e.g. Notebook 7's arrow keys)
+  // otherwise stop some keys before they reach the widget. Only keys aimed inside this view are handled.
+  const win = root.ownerDocument.defaultView || window;
+  const onWindowKey = (e) => {
+    if (root.contains(e.target)) onKey(e);
+  };
+  win.addEventListener("keydown", onWindowKey, true);
 
   const repaintFlags = () => {
     paintFlags(root, model);
@@ -355,14 +464,22 @@ export function render({ model, el }) {
   listen("change:progress_info", renderProgress);
   listen("change:error", renderError);
 
-  showTab("explore");
+  listen("change:view", () => showTab(model.get("view") === "ranking" ? "table" : "explore", false));
+  listen("change:info", renderTestSet);
+  listen("change:query", renderPickNote);
+
+  renderTestSet();
+  showTab(
+    model.get("view") === "ranking" || (model.get("view") === undefined && !hasTest()) ? "table" : "explore",
+    false,
+  );
   renderHeader();
   renderProgress();
   renderError();
   el.append(root);
 
   return () => {
-    root.removeEventListener("keydown", onKey);
+    win.removeEventListener("keydown", onWindowKey, true);
     for (const d of disposers.splice(0)) d();
     setChildren(el);
   };

@@ -53,6 +53,43 @@ export function createStrip(ctx) {
     items,
   );
 
+  // Whole tiles only: pages hold as many tiles as fit the strip's width (measured on resize, sent as test_page_size).
+  const TILE_WIDTH = 76; // .tracin-test-item width (the drawn width when there is one)
+  const GAP = 6; // .tracin-strip-items gap
+  let resizeTimer = null;
+
+  /** How many tiles fit a strip whose content box (without its padding) is this wide. */
+  function fitting(width) {
+    const tile = items.querySelector(".tracin-test-item");
+    const w = tile?.offsetWidth || TILE_WIDTH;
+    return Math.max(1, Math.floor((width + GAP) / (w + GAP)));
+  }
+
+  /** Ask for pages of the tiles that fit width; the selected test example stays on the page shown. */
+  function fit(width) {
+    if (!(width > 0)) return; // hidden (another tab, no test set)
+    const size = fitting(width);
+    const s = strip();
+    const old = s.page_size || model.get("test_page_size") || size;
+    if (size === model.get("test_page_size") && size === old) return;
+    const sel = model.get("selected_test");
+    const pos = (s.items || []).findIndex((it) => it.index === sel);
+    const first = (s.page || 0) * old + Math.max(0, pos);
+    model.set("test_page_size", size);
+    model.set("test_page", Math.floor(first / size));
+    model.save_changes();
+  }
+
+  const observer =
+    typeof ResizeObserver === "undefined"
+      ? null
+      : new ResizeObserver((entries) => {
+          const width = entries[entries.length - 1].contentRect.width;
+          clearTimeout(resizeTimer);
+          resizeTimer = setTimeout(() => fit(width), 60); // once the resize settles
+        });
+  observer?.observe(items);
+
   function strip() {
     return model.get("test_strip") || {};
   }
@@ -161,5 +198,14 @@ export function createStrip(ctx) {
   ctx.listen("change:misclassified_only", render);
   ctx.listen("change:selected_test", paintSelection);
   render();
-  return { el, move, render };
+  return {
+    el,
+    move,
+    render,
+    fit,
+    dispose() {
+      clearTimeout(resizeTimer);
+      observer?.disconnect();
+    },
+  };
 }

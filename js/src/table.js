@@ -281,8 +281,11 @@ export function createTable(ctx) {
     if (rows[i]) ctx.setCurrent(rows[i].index);
   }
 
-  /** Keyboard: move the focused row by delta, flipping pages at the ends. */
-  function move(delta) {
+  /** Keyboard: move the focused row by delta (from row element tr when given: the row that has the focus), flipping
+   * pages at the ends. */
+  function move(delta, tr = null) {
+    const at = tr ? [...tbody.children].indexOf(tr) : -1;
+    if (at >= 0) focus = at;
     const to = focus + delta;
     if (to >= 0 && to < rows.length) {
       setFocus(to);

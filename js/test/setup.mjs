@@ -65,6 +65,7 @@ export function defaults() {
     test_page_size: 24,
     misclassified_only: false,
     explain: "label",
+    view: "test",
     error: "",
     class_names: [],
     status: "idle",

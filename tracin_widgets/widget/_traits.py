@@ -28,6 +28,7 @@ ARGS = (
     "device",
     "test_indices",
     "cache_dir",
+    "view",
 )
 """The constructor's arguments (in order), offered when an unknown keyword is passed."""
 ALIASES = {
@@ -45,6 +46,8 @@ ALIASES = {
     "is_mislabeled": "is_mislabelled",
     "cache": "cache_dir",
     "cache_path": "cache_dir",
+    "tab": "view",
+    "initial_view": "view",
 }
 """Likely names for the constructor's arguments (Captum's, other libraries'), mapped to ours."""
 
@@ -101,6 +104,31 @@ def check_arguments(
     if to_image is not None and not callable(to_image):
         raise TypeError("to_image must be a callable (tensor -> HxWxC uint8 or float image in [0, 1]).")
     return class_names
+
+
+VIEWS = ("test", "ranking")
+"""The explorer's tabs: the test predictions with their galleries, and the self-influence ranking."""
+
+
+def view_error(value: Any) -> str:
+    return (
+        f'view must be one of {", ".join(map(repr, VIEWS))}, got {type(value).__name__} {value!r}: "test" opens on '
+        'the test predictions, "ranking" on the self-influence ranking of the training set.'
+    )
+
+
+def check_view(view: Any, n_test: int) -> str:
+    """The first tab: ``view`` checked, or its default (``"test"`` with a test set, else ``"ranking"``)."""
+    if view is None:
+        return "test" if n_test else "ranking"
+    if not isinstance(view, str) or view not in VIEWS:
+        raise ValueError(view_error(view))
+    if view == "test" and not n_test:
+        raise ValueError(
+            'view="test" needs test examples, but there is no test_dataset (or test_indices is empty): pass a '
+            'test_dataset, or leave view out (without a test set the explorer opens on the "ranking").'
+        )
+    return view
 
 
 def k_error(value: Any) -> str:
@@ -166,3 +194,12 @@ class ClassNames(t.List):
         if isinstance(value, (str, bytes)):
             raise t.TraitError(single_string_error(value))
         return super().validate(obj, value)
+
+
+class View(t.Unicode):
+    """``Unicode`` limited to :data:`VIEWS`, with a message that names ``view`` and its choices."""
+
+    def validate(self, obj, value):
+        if not isinstance(value, str) or value not in VIEWS:
+            raise t.TraitError(view_error(value))
+        return value

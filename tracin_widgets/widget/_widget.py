@@ -38,7 +38,7 @@ from ._protocols import (
 )
 from ._table import Table
 from ._tasks import LatestWorker, Progress
-from ._traits import ClassNames, IndexList, PositiveInt, check_arguments
+from ._traits import ClassNames, IndexList, PositiveInt, View, check_arguments, check_view
 
 log = logging.getLogger("tracin_widgets.widget")
 
@@ -59,7 +59,9 @@ class InfluenceExplorer(anywidget.AnyWidget):
     (any object with ``influence(inputs, k, proponents)`` and ``self_influence()``). Predictions, the training
     factors and self-influence are computed in a background thread; call :meth:`wait` to block until done.
     ``cache_dir=`` saves the default engine's training factors there (keyed by model, checkpoints and data), so
-    the next explorer on the same inputs skips the factor pass.
+    the next explorer on the same inputs skips the factor pass. ``view=`` picks the first tab: ``"test"`` (the test
+    predictions, the default with a test set) or ``"ranking"`` (the self-influence ranking, the default without one;
+    a training example chosen there is explained by the first tab's galleries).
     """
 
     _esm = _STATIC / "widget.js" if (_STATIC / "widget.js").exists() else _MISSING_BUNDLE
@@ -120,7 +122,8 @@ class InfluenceExplorer(anywidget.AnyWidget):
     Test examples per page of the test strip.
 
     - Type: int (at least 1 is used).
-    - Default: ``24``.
+    - Default: ``24``; the page sets it to the number of whole tiles that fit its width (and moves ``test_page`` so
+      that the selected test example stays shown).
     - Written by: both sides.
     """
     misclassified_only = t.Bool(False).tag(sync=True)
@@ -130,6 +133,15 @@ class InfluenceExplorer(anywidget.AnyWidget):
     - Type: bool.
     - Default: ``False``.
     - Written by: both sides.
+    """
+    view = View("test").tag(sync=True)
+    """
+    The tab shown: ``"test"`` (test predictions and the galleries) or ``"ranking"`` (the self-influence ranking).
+    Without a test set the ``"test"`` tab explains a training example chosen from the ranking.
+
+    - Type: ``"test"`` | ``"ranking"``.
+    - Default: the constructor's ``view=``: ``"test"`` with a test set, else ``"ranking"``.
+    - Written by: both sides (the tabs write it).
     """
     error = t.Unicode("").tag(sync=True)
     """
@@ -226,6 +238,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         device: Any = None,
         test_indices: Sequence[int] | None = None,
         cache_dir: Any = None,
+        view: str | None = None,
         **kwargs: Any,
     ):
         class_names = check_arguments(kwargs, train_dataset, test_dataset, k, class_names, batch_size, to_image)
@@ -240,6 +253,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
             device=device,
             lock=self._lock,
         )
+        view = check_view(view, len(ex.test_ids))
         if class_names:  # one forward pass, so a wrong count is refused now rather than after the long passes
             ex.check_width()
         self._examples = ex
@@ -294,6 +308,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
         super().__init__(
             k=k,
+            view=view,
             class_names=class_names if class_names is not None else [],
             flagged=self._flag_store.restored,
             info={
