@@ -75,7 +75,7 @@ def _score(x: float | None) -> str:
 
 def _img(image: dict | None, cls: str, alt: str) -> str:
     uri = png_data_uri(image)
-    if uri is None:
+    if image is None or uri is None:
         return f'<span class="tracin-img {cls} tracin-img-missing" role="img" aria-label="{_e(alt)}"></span>'
     h, w = image["shape"][:2]
     return f'<img class="tracin-img {cls}" src="{uri}" alt="{_e(alt)}" style="--tracin-ar: {_aspect(h, w)}">'
