@@ -78,6 +78,19 @@ def test_notebook_runs_headless_on_digits(tmp_path, monkeypatch):
     assert abs(float(share.group(1)) - 10.0) < 2.5
 
     assert "TracInWarning: final_fc_layer 'relu4'" in text  # the original's layer choice is flagged
+
+    # The markdown before it says the relu4 area "changes little" next to fc3's: the printed numbers must agree.
+    relu4 = re.search(
+        r"AUC with final_fc_layer=relu4 \(original\): ([0-9.]+), with fc3 \(this notebook\): ([0-9.]+), "
+        r"difference ([-+0-9.e]+)",
+        text,
+    )
+    assert relu4, "the relu4 AUC line is missing"
+    a_relu4, a_fc3, diff = (float(v) for v in relu4.groups())
+    assert a_fc3 == float(auc.group(1)) and abs(a_relu4 - a_fc3 - diff) < 1e-4
+    assert abs(diff) < 0.01, "the notebook says the relu4 area changes little: update its text"
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "the self-influence ranking, and with it the area, changes little" in prose
     assert "explorer's proponents == TracInCPFast's above: True" in text
     assert "explorer's self influence == the scores above: True" in text
 

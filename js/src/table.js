@@ -3,6 +3,7 @@
 
 import { className, fmtInt, fmtProb, fmtScore, imageElement } from "./codecs.js";
 import { h, setChildren } from "./dom.js";
+import { createExport } from "./export.js";
 import { isFlagged, toggleFlag } from "./flags.js";
 
 export const PAGE_SIZE = 50;
@@ -82,6 +83,8 @@ export function createTable(ctx) {
       { className: "tracin-toolbar" },
       h("span", { className: "tracin-section-title", text: "Self-influence ranking" }),
       h("span", { className: "tracin-muted", text: "high = unusual or likely mislabelled" }),
+      h("span", { className: "tracin-spacer" }),
+      createExport(ctx).el,
     ),
     h(
       "div",

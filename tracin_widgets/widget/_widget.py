@@ -6,8 +6,10 @@ in ``_galleries.py``, the table, its statistics and the test strip in ``_table.p
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from ._tasks import LatestWorker, Progress
 from ._traits import ClassNames, IndexList, PositiveInt, View, check_arguments, check_view
 
 log = logging.getLogger("tracin_widgets.widget")
+MAX_HTML_ROWS = 500  # save_html: most ranking rows and flagged rows (with thumbnails) written to the file
 
 _STATIC = Path(__file__).parent / "static"
 _MISSING_BUNDLE = (
@@ -404,6 +407,75 @@ class InfluenceExplorer(anywidget.AnyWidget):
         item = self._examples.query_row(src, idx, _payload.THUMB_SIZE, self._engine.lock)
         batch, _ = self._galleries.explained_batch(src, idx, item, explain)
         return [dict(term) for term in self._engine.checkpoint_terms(batch, j)]
+
+    def save_html(self, path: Any, *, top: int = 50) -> Path:
+        """Write one self-contained HTML file of this review, to share or archive: the current query with its
+        galleries, the ``top`` rows (at most 500) of the self-influence ranking with thumbnails, and the flags.
+
+        The file is a static snapshot (the widget's CSS inlined, images as ``data:`` PNGs, no scripts, no external
+        URLs): it opens offline in any browser, without a kernel. Parts not computed yet (galleries, self-influence)
+        are named in the file and in a warning: call :meth:`wait` first for a complete snapshot.
+        """
+        from . import _html
+
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_HTML_ROWS:
+            raise ValueError(
+                f"top must be an int in [0, {MAX_HTML_ROWS}] (rows of the self-influence ranking to include), "
+                f"got {top!r}."
+            )
+        _html.check_path(path)
+        flagged, q, g = list(self.flagged), dict(self.query), dict(self.gallery)
+        missing: list[str] = []
+        gallery, why = None, "No example was selected when this file was saved."
+        if q:
+            what = f"{'test' if q.get('source') == 'test' else 'training'} #{q.get('index')}"
+            if g.get("query") == q and g.get("k") == self.k and not g.get("error"):
+                gallery = g
+            else:
+                error = f" ({g['error']})" if g.get("query") == q and g.get("error") else ""
+                why = f"The galleries of {what} were not computed when this file was saved{error}."
+                missing.append(f"the galleries of {what}")
+        top_rows: list | None = []
+        if top:
+            reply = self._table.rows({"sort": "rank", "offset": 0, "limit": top}, flagged)
+            top_rows = None if reply["pending"] else reply["rows"]
+        ex = self._examples
+        with self._lock:
+            scores, rank, preds = ex.self_infl, ex.rank, ex.train_preds
+        if scores is None:
+            missing.append("self-influence (the ranking)")
+        flagged_rows = [
+            _payload.item_row(
+                i,
+                ex.train_label(i),
+                score=None if scores is None else scores[i],
+                rank=None if rank is None else rank[i],
+                pred=None if preds is None else preds[i],
+                image=ex.image("train", i),
+            )
+            for i in flagged[:MAX_HTML_ROWS]
+        ]
+        text = _html.render(
+            info=dict(self.info),
+            class_names=list(self.class_names),
+            gallery=gallery,
+            gallery_missing=why,
+            top_rows=top_rows,
+            flagged=flagged,
+            flagged_rows=flagged_rows,
+            flag_metrics=dict(self.stats.get("flags") or {}),
+            auc=(self.stats.get("roc") or {}).get("auc"),
+            saved_at=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        )
+        out = _html.write(path, text)
+        if missing:
+            warnings.warn(
+                f"save_html: {' and '.join(missing)} not computed yet; {out} says so. Call explorer.wait() before "
+                "save_html for a complete snapshot.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return out
 
     def cleaned_dataset(self) -> Subset:
         """The training set without the flagged examples, as a ``torch.utils.data.Subset``."""
