@@ -638,7 +638,12 @@ class InfluenceExplorer(anywidget.AnyWidget):
             return self._galleries.compute(q, k, gen, explain)
 
     def _publish_gallery(self, payload: Gallery) -> None:
-        self.gallery = payload
+        # badged against the arrays as they are now, under the lock the pipeline's redraw takes: a gallery computed
+        # before the training predictions or self-influence arrived never keeps its stale badges
+        with self._lock:
+            if payload.get("proponents") or payload.get("opponents"):
+                payload = self._galleries.rebadge(payload)
+            self.gallery = payload
 
     # ------------------------------------------------------------------------------------------------------------------
     # state updates from the frontend
