@@ -407,6 +407,103 @@ def python_part(d: dict, cache_dir: Path, args, log) -> dict:
     return out
 
 
+def rss_mb() -> float | None:
+    """This process's resident memory (Linux /proc), MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _step_times(rec: Recorder, t0: float, t_ready: float) -> dict[str, float]:
+    """Seconds per background step, from the ``progress_info`` updates (a step starts at its first update)."""
+    starts: dict[int, tuple[str, float]] = {}
+    for t, kd, m in rec.events:
+        info = _state(kd, m, "progress_info")
+        if info and info.get("step") and info["step"] not in starts:
+            starts[info["step"]] = (info.get("phase", ""), t)
+    keys = sorted(starts)
+    out = {}
+    for i, k in enumerate(keys):
+        end = starts[keys[i + 1]][1] if i + 1 < len(keys) else t_ready
+        out[starts[k][0]] = round(end - starts[k][1], 2)
+    return out
+
+
+SIZE_QUERIES: list[tuple[str, dict]] = [
+    ("sort score descending", {"sort": "score", "descending": True}),
+    ("sort rank", {"sort": "rank", "descending": False}),
+    ("sort index", {"sort": "index", "descending": False}),
+    ("sort label", {"sort": "label", "descending": False}),
+    ("sort prediction descending", {"sort": "pred", "descending": True}),
+    ("filter class 3", {"label": 3}),
+    ("filter label != prediction", {"only": "disagree"}),
+    ("filter mislabelled", {"only": "mislabelled"}),
+    ("sort label, class 3, label != prediction", {"sort": "label", "label": 3, "only": "disagree"}),
+    ("sort rank descending, mislabelled", {"sort": "rank", "descending": True, "only": "mislabelled"}),
+]
+
+
+def size_part(d: dict, args, log) -> dict:
+    """A cold explorer at ``--n-train`` (no factor cache): time to ready and each background step's share, the
+    kernel's memory for the explorer against its factors, then the interactions (new sorts and filters, a next
+    page, a gallery, a details request), each timed once from the message to the reply leaving ``_send``."""
+    gc.collect()
+    out: dict[str, Any] = {"loadavg_start": loadavg(), "n_train": len(d["train"]), "rss_before_mb": rss_mb()}
+    rec = Recorder()
+    t0 = time.perf_counter()
+    w = make_explorer(d, k=args.k, cls=timed_class(rec))
+    w.wait(7200)
+    t_ready = time.perf_counter()
+    assert w.status == "ready", w.error
+    out["ready_s"] = round(t_ready - t0, 1)
+    out["steps_s"] = _step_times(rec, t0, t_ready)
+    gc.collect()
+    out["rss_ready_mb"] = rss_mb()
+    fac = getattr(w.source, "_factors", None)
+    tensors = [getattr(fac, "A", None), getattr(fac, "G", None)]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    out["factors_mb"] = round(nbytes / 2**20, 1) if nbytes else None
+    log(f"size: ready in {out['ready_s']} s, steps {out['steps_s']}, rss {out['rss_ready_mb']} MB")
+
+    def ask(content: dict) -> float:
+        start = len(rec.events)
+        t = time.perf_counter()
+        w._handle_msg(custom_msg(content))
+        ev = rec.wait_for(
+            lambda kd, m: kd == "send" and m.get("method") == "custom" and m["content"].get("id") == content["id"],
+            start,
+        )
+        assert ev[2]["content"]["kind"] != "error", ev[2]["content"]
+        return round(1000 * (ev[0] - t), 1)
+
+    inter: dict[str, float] = {}
+    rid = 1000
+    for label, q in SIZE_QUERIES:
+        rid += 1
+        inter[label] = ask({**rows_request(rid, 0), **q, "id": rid})
+    rid += 1
+    inter["next page"] = ask({**rows_request(rid, 1), "id": rid})
+    rid += 1
+    inter["details"] = ask({"kind": "detail", "id": rid, "index": int(len(d["train"]) // 3)})
+    start = len(rec.events)
+    t = time.perf_counter()
+    w._handle_msg(update_msg({"selected_test": 7, "query": {"source": "test", "index": 7}}))
+    ev = rec.wait_for(
+        lambda kd, m: (_state(kd, m, "gallery") or {}).get("query", {}).get("index") == 7, start, timeout=120
+    )
+    inter["gallery (new test example)"] = round(1000 * (ev[0] - t), 1)
+    out["interactions_ms"] = inter
+    out["max_interaction_ms"] = max(inter.values())
+    log(f"size: interactions {inter}")
+    w.close()
+    out["loadavg_end"] = loadavg()
+    return out
+
+
 def profile_python(w, d, args, rng) -> dict:
     """cProfile of the gallery computation and of a table page, in this thread; top functions by cumulative time."""
     res = {}
@@ -754,6 +851,9 @@ def summary(res: dict) -> str:
     return text
 
 
+PARTS = {"python", "browser", "size"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-train", type=int, default=50_000)
@@ -769,8 +869,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.reps < 10:
         ap.error("--reps must be >= 10 (medians and p90 of at least 10 runs)")
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    if parts - {"python", "browser"}:
-        ap.error(f"unknown --parts {sorted(parts - {'python', 'browser'})}")
+    if parts - PARTS:
+        ap.error(f"unknown --parts {sorted(parts - PARTS)}; choose from {sorted(PARTS)}")
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')} load {' '.join(map(str, loadavg()))}] {msg}", flush=True)
@@ -787,6 +887,11 @@ def main(argv: list[str] | None = None) -> dict:
     if "python" in parts:
         d = load(args.data_dir, args.n_train, args.n_test, args.seed)
         res["python"] = python_part(d, paths["cache"], args, log)
+        del d
+        gc.collect()
+    if "size" in parts:
+        d = load(args.data_dir, args.n_train, args.n_test, args.seed)
+        res["size"] = size_part(d, args, log)
         del d
         gc.collect()
     if "browser" in parts:
