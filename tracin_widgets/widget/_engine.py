@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,56 @@ from . import _data, _payload
 from ._protocols import InfluenceSource
 
 SCORE_CACHE = 32  # influence rows of recent queries (n_train float64 each)
+# torch threads of an interactive query (None: torch's own setting). One thread: a warm query at 10k is ~20 ms either
+# way on a quiet 2-core machine, but with the cores busy torch's threads wait for each other (100-370 ms against
+# 35-75 ms on one thread); benchmarks/bench_widget.py --parts load measures both.
+QUERY_THREADS: int | None = 1
 TopK = tuple[np.ndarray, np.ndarray]  # (indices (k,) int64, scores (k,) float64)
 ProgressFn = Callable[[str, int, int], None]
+
+
+_threads_guard = threading.Lock()
+_threads_users = 0  # query_threads blocks open now, in any thread
+_threads_saved = 0  # torch's thread count before the first of them
+_threads_depth = threading.local()  # blocks open in this thread (nested ones restore nothing)
+
+
+@contextmanager
+def query_threads(n: int | None = None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)`` (``QUERY_THREADS`` by default; None changes nothing), then
+    restore the count it found, even on error.
+
+    torch's count is process-global (a new thread starts with it) while each OpenMP thread keeps the count it last
+    set itself. Blocks open at the same time share one saved count, so a second one never saves the first one's
+    ``n``; each thread restores its own count when its outermost block closes. A background run sets its own count
+    when it starts (``Pipeline``), so one that starts during a query still uses every core."""
+    global _threads_users, _threads_saved
+    n = QUERY_THREADS if n is None else n
+    if n is None:
+        yield
+        return
+    depth = getattr(_threads_depth, "n", 0)
+    with _threads_guard:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+        _threads_users += 1
+        if depth == 0:
+            torch.set_num_threads(n)
+    _threads_depth.n = depth + 1
+    try:
+        yield
+    finally:
+        _threads_depth.n = depth
+        with _threads_guard:
+            _threads_users -= 1
+            if depth == 0:
+                torch.set_num_threads(_threads_saved)
+
+
+def background_threads() -> int:
+    """torch's thread count outside any query block: what a background run uses (all the cores by default)."""
+    with _threads_guard:
+        return _threads_saved if _threads_users else torch.get_num_threads()
 
 
 def to_numpy(x: Any, dtype: Any = None) -> np.ndarray:
@@ -168,7 +217,8 @@ class EngineAdapter:
         if answers_top_k_from_an_index(self.source):
             out = []
             for proponents in (True, False):
-                res = self.call(lambda p=proponents: self.source.influence(batch, k=k, proponents=p))
+                with query_threads():
+                    res = self.call(lambda p=proponents: self.source.influence(batch, k=k, proponents=p))
                 out.append((to_numpy(res[0]).reshape(-1), to_numpy(res[1], np.float64).reshape(-1)))
             return out[0], out[1]
         scores = self.scores(batch, key)
@@ -183,7 +233,8 @@ class EngineAdapter:
             if scores is not None:
                 self._score_cache.move_to_end(key)
                 return scores
-        scores = to_numpy(self.call(lambda: self.source.influence(batch, k=None)), np.float64).reshape(-1)
+        with query_threads():
+            scores = to_numpy(self.call(lambda: self.source.influence(batch, k=None)), np.float64).reshape(-1)
         self._check_length(scores, "influence()")
         if key is not None:
             with self._cache_lock:
