@@ -518,7 +518,7 @@ def busy_processes(n: int) -> list:
 def load_part(d: dict, cache_dir: Path, args, log) -> dict:
     """Warm gallery queries (a new test example each time: top-k proponents and opponents) on a quiet machine and
     with ``--busy`` busy-loop processes started (and stopped) here, each under the explorer's query thread policy
-    (``_engine.QUERY_THREADS``: one thread) and torch's default threads, interleaved."""
+    (``_engine.QUERY_THREADS``: "auto", the idle cores), one thread and torch's default threads, interleaved."""
     from tracin_widgets.widget import _engine
 
     rec = Recorder()
@@ -539,7 +539,7 @@ def load_part(d: dict, cache_dir: Path, args, log) -> dict:
         assert g["error"] is None and len(g["proponents"]) == args.k, g["error"]
         return ev[0] - t
 
-    policies = {"query_threads": _engine.QUERY_THREADS, "torch_default": None}
+    policies = {"auto": "auto", "one_thread": 1, "torch_default": None}
     default = _engine.QUERY_THREADS
     out: dict[str, Any] = {
         "n_train": len(d["train"]),

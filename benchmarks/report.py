@@ -394,7 +394,8 @@ def widget_load_table(name: str, doc: dict) -> str:
     if not ld:
         return "\n".join(lines + ["", "_Not measured yet: `python -m benchmarks widget --only widget-load`._"])
     policies = (
-        ("query_threads", f"the explorer's policy: a query on {ld.get('query_threads')} torch thread"),
+        ("auto", "`auto` (the explorer's default): as many threads as idle cores, at least 1"),
+        ("one_thread", "always 1 thread"),
         ("torch_default", f"torch's default ({ld.get('torch_threads')} threads), as before"),
     )
     lines += [
@@ -408,8 +409,10 @@ def widget_load_table(name: str, doc: dict) -> str:
     ]
     for key, label in policies:
         q, lo = ld["quiet"].get(key), ld["loaded"].get(key)
+        if not q and not lo:
+            continue
         r = ld.get(f"loaded_over_quiet_{key}")
-        target = "≤ 3×: " + ("met" if r is not None and r <= 3 else "**missed**") if key == "query_threads" else ""
+        target = "≤ 3×: " + ("met" if r is not None and r <= 3 else "**missed**") if key == "auto" else ""
         cells = [f"{v['median_ms']:.0f} / {v['max_ms']:.0f}" if v else "–" for v in (q, lo)]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {'–' if r is None else f'{r:.1f}×'} | {target} |")
     la = [ld[c].get("loadavg") for c in ("quiet", "loaded")]

@@ -186,9 +186,9 @@ def test_widget_views_render_browser_load_and_size_figures(tmp_path):
             "busy_processes": 2,
             "query_threads": 1,
             "torch_threads": 2,
-            "quiet": {"query_threads": _st(25, 30), "torch_default": _st(20, 24), "loadavg": [0.5]},
-            "loaded": {"query_threads": _st(50, 70), "torch_default": _st(200, 370), "loadavg": [2.5]},
-            "loaded_over_quiet_query_threads": 2.0,
+            "quiet": {"auto": _st(25, 30), "torch_default": _st(20, 24), "loadavg": [0.5]},
+            "loaded": {"auto": _st(50, 70), "torch_default": _st(200, 370), "loadavg": [2.5]},
+            "loaded_over_quiet_auto": 2.0,
             "loaded_over_quiet_torch_default": 10.0,
         },
         "size": {

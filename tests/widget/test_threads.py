@@ -78,6 +78,7 @@ def test_a_query_runs_on_query_threads_and_gives_the_count_back(three_threads, d
             return super().influence(inputs, k, proponents)
 
     eng = EngineAdapter(Counting(data["x_train"]), len(data["x_train"]), lambda *a: None, threading.Event())
+    monkeypatch.setattr(_engine, "QUERY_THREADS", 1)
     eng.top_k((torch.from_numpy(data["x_test"][:1]).float(), torch.zeros(1, dtype=torch.long)), 3, key="q")
     assert seen == [1] and torch.get_num_threads() == 3
     monkeypatch.setattr(_engine, "QUERY_THREADS", None)  # None: torch's own setting, untouched
@@ -111,3 +112,29 @@ def test_the_background_run_keeps_every_core_when_it_starts_during_a_query(three
         leave.set()
         t.join()
     assert w.status == "ready" and counts["self"] == 3
+
+
+@pytest.mark.parametrize(("idle", "want"), [(0, 1), (1, 1), (2, 2), (8, 3), (None, 1)])
+def test_auto_uses_the_idle_cores_at_least_one_at_most_torchs_count(three_threads, monkeypatch, idle, want):
+    monkeypatch.setattr(_engine, "idle_cores", lambda: idle)
+    assert _engine.query_thread_count("auto") == want
+    assert _engine.query_thread_count(2) == 2 and _engine.query_thread_count(None) is None
+    monkeypatch.setattr(_engine, "QUERY_THREADS", "auto")
+    with query_threads():
+        assert torch.get_num_threads() == want
+    assert torch.get_num_threads() == 3
+
+
+def test_idle_cores_reads_the_runnable_count(monkeypatch, tmp_path):
+    monkeypatch.setattr(_engine, "usable_cores", lambda: 4)
+    real_open = open
+
+    def fake_open(path, *a, **kw):
+        if path == "/proc/loadavg":
+            f = tmp_path / "loadavg"
+            f.write_text("3.00 2.00 1.00 3/300 12345\n")  # this thread and two others
+            return real_open(f, *a, **kw)
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert _engine.idle_cores() == 2

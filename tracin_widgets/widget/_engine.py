@@ -19,16 +19,37 @@ import torch
 from torch import nn
 
 from ..influence import Cancelled, TracInCPFast, find_final_linear_layer
+from ..influence._data import usable_cores
 from . import _data, _payload
 from ._protocols import InfluenceSource
 
 SCORE_CACHE = 32  # influence rows of recent queries (n_train float64 each)
-# torch threads of an interactive query (None: torch's own setting). One thread: a warm query at 10k is ~20 ms either
-# way on a quiet 2-core machine, but with the cores busy torch's threads wait for each other (100-370 ms against
-# 35-75 ms on one thread); benchmarks/bench_widget.py --parts load measures both.
-QUERY_THREADS: int | None = 1
+# torch threads of an interactive query: "auto" (as many as there are idle cores right now, at least one and at most
+# torch's own count), an int, or None (torch's setting, untouched). A warm query at 10k is ~20 ms on a quiet 2-core
+# machine with torch's 2 threads, but with the cores busy its threads wait for each other (100-370 ms against 35-75 ms
+# on one thread); benchmarks/bench_widget.py --parts load measures the policies side by side.
+QUERY_THREADS: int | str | None = "auto"
 TopK = tuple[np.ndarray, np.ndarray]  # (indices (k,) int64, scores (k,) float64)
 ProgressFn = Callable[[str, int, int], None]
+
+
+def idle_cores() -> int | None:
+    """Cores that no other runnable thread wants right now: the usable cores minus the kernel's instantaneous count
+    of runnable threads (Linux ``/proc/loadavg``, the caller excluded). None where that count is unknown."""
+    try:
+        with open("/proc/loadavg") as f:
+            runnable = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, usable_cores() - max(0, runnable - 1))
+
+
+def query_thread_count(policy: int | str | None) -> int | None:
+    """The torch thread count of one interactive query under ``policy`` (see ``QUERY_THREADS``)."""
+    if policy != "auto":
+        return None if policy is None else int(policy)
+    idle = idle_cores()
+    return 1 if idle is None else max(1, min(background_threads(), idle))
 
 
 _threads_guard = threading.Lock()
@@ -39,15 +60,15 @@ _threads_depth = threading.local()  # blocks open in this thread (nested ones re
 
 @contextmanager
 def query_threads(n: int | None = None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(n)`` (``QUERY_THREADS`` by default; None changes nothing), then
-    restore the count it found, even on error.
+    """Run the block with ``torch.set_num_threads(n)`` (by default the count ``QUERY_THREADS`` gives now; None there
+    changes nothing), then restore the count it found, even on error.
 
     torch's count is process-global (a new thread starts with it) while each OpenMP thread keeps the count it last
     set itself. Blocks open at the same time share one saved count, so a second one never saves the first one's
     ``n``; each thread restores its own count when its outermost block closes. A background run sets its own count
     when it starts (``Pipeline``), so one that starts during a query still uses every core."""
     global _threads_users, _threads_saved
-    n = QUERY_THREADS if n is None else n
+    n = query_thread_count(QUERY_THREADS) if n is None else n
     if n is None:
         yield
         return
