@@ -27,8 +27,15 @@ Parts (``--parts``, comma separated):
            then cancels it and builds the explorer from the factor cache. (i) click test example j of the strip ->
            all k proponent and k opponent tiles of that example in the DOM (gallery not stale), and the next
            animation frame; (ii) click "next page" -> 50 rows with thumbnails of that page in the DOM, and the next
-           frame. Times are taken in the page (performance.now(), MutationObserver); the kernel-side share (message
+           frame; (iv) click row j of that table page -> its label and self-influence rank in the details panel.
+           Times are taken in the page (performance.now(), MutationObserver); the kernel-side share (message
            received -> reply sent) is recorded by the kernel's explorer.
+  load     a warm explorer (factor cache): new test selections on the machine as it is ("quiet") and with --busy
+           busy-loop processes started and killed here ("loaded"), under the explorer's query thread policies
+           (auto, one thread, torch's default), interleaved (issue 10 point 11: loaded <= 3x quiet).
+  size     a cold explorer at --n-train (no factor cache): time to ready and each background step's share, the
+           process's memory against the engine's factors, then each interaction once: new sorts and filters (page
+           0 of each), the next page, a details request, a new test example's galleries (issue 10 point 12).
 
 Medians and p90 over ``--reps`` (>= 10) new selections / new pages. Results: JSON in benchmarks/out/ (gitignored),
 summary on stdout. ``python -m benchmarks widget`` runs it and records the figures in benchmarks/results/ and

@@ -145,12 +145,13 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "widget",
-            "InfluenceExplorer latency: Python-side and in a real browser (JupyterLab + chromium); about 15 minutes",
+            "InfluenceExplorer latency: Python-side and in a real browser (JupyterLab + chromium), under load, at 400k; "
+            "about 30 minutes",
             (
                 Step(
                     "widget",
-                    _a("--reps 15"),
-                    "50k training examples, Python-side and browser parts",
+                    _a("--reps 10"),
+                    "50k training examples, Python-side and browser parts (galleries, table pages, details panel)",
                     module="benchmarks.bench_widget",
                 ),
                 Step(
