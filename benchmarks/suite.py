@@ -145,8 +145,8 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "widget",
-            "InfluenceExplorer latency: Python-side and in a real browser (JupyterLab + chromium), under load, at 400k; "
-            "about 30 minutes",
+            "InfluenceExplorer latency: Python-side and in a real browser (JupyterLab + chromium), under load, at "
+            "400k; about 30 minutes",
             (
                 Step(
                     "widget",
