@@ -444,7 +444,7 @@ def merge(previous: dict | None, new: dict) -> dict:
     if previous and new.get("scenario") == "widget":  # widget: keep the parts this run did not measure
         rerun = {s["name"] for s in new["steps"]}
         new["steps"] = [s for s in previous.get("steps", []) if s["name"] not in rerun] + new["steps"]
-        for key in ("runs", "load", "size", "size_before", "notes"):
+        for key in ("runs", "load", "size", "size_before"):
             if not new.get(key) and previous.get(key):
                 new[key] = previous[key]
         return new

@@ -23,7 +23,8 @@ from ..influence._data import usable_cores
 from . import _data, _payload
 from ._protocols import InfluenceSource
 
-SCORE_CACHE = 32  # influence rows of recent queries (n_train float64 each)
+SCORE_CACHE = 32  # influence rows of recent queries (n_train float64 each) ...
+SCORE_CACHE_BYTES = 32 * 2**20  # ... within this many bytes (at least 2 rows): a constant, whatever n_train
 # torch threads of an interactive query: "auto" (as many as there are idle cores right now, at least one and at most
 # torch's own count), an int, or None (torch's setting, untouched). A warm query at 10k is ~20 ms on a quiet 2-core
 # machine with torch's 2 threads, but with the cores busy its threads wait for each other (100-370 ms against 35-75 ms
@@ -125,6 +126,7 @@ class EngineAdapter:
         self._user_progress: ProgressFn | None = None
         self._score_cache: OrderedDict = OrderedDict()
         self._cache_lock = threading.Lock()
+        self.score_cache_rows = max(2, min(SCORE_CACHE, SCORE_CACHE_BYTES // max(1, 8 * n_train)))
 
     @classmethod
     def create(
@@ -260,7 +262,7 @@ class EngineAdapter:
         if key is not None:
             with self._cache_lock:
                 self._score_cache[key] = scores
-                while len(self._score_cache) > SCORE_CACHE:
+                while len(self._score_cache) > self.score_cache_rows:
                     self._score_cache.popitem(last=False)
         return scores
 
