@@ -414,8 +414,16 @@ def python_part(d: dict, cache_dir: Path, args, log) -> dict:
     return out
 
 
-def rss_mb() -> float | None:
-    """This process's resident memory (Linux /proc), MB."""
+def rss_mb(trim: bool = False) -> float | None:
+    """This process's resident memory (Linux /proc), MB; ``trim``: first give freed heap memory back to the system
+    (glibc ``malloc_trim``), so that what is left is what is held."""
+    if trim:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -470,6 +478,7 @@ def size_part(d: dict, args, log) -> dict:
     out["steps_s"] = _step_times(rec, t0, t_ready)
     gc.collect()
     out["rss_ready_mb"] = rss_mb()
+    out["rss_ready_trimmed_mb"] = rss_mb(trim=True)  # freed heap given back: what is still held
     fac = getattr(w.source, "_factors", None)
     tensors = [getattr(fac, "A", None), getattr(fac, "G", None)]
     nbytes = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))

@@ -455,6 +455,7 @@ def widget_size_table(name: str, doc: dict) -> str:
         ),
     )
     row("kernel RSS before → ready (MB)", lambda c: f"{c.get('rss_before_mb')} → {c.get('rss_ready_mb')}")
+    row("… ready, freed heap given back (MB)", lambda c: c.get("rss_ready_trimmed_mb"))
     row("… of which the engine's factors (MB)", lambda c: c.get("factors_mb"))
     inter: list[str] = []
     for _, c in cols:
