@@ -27,8 +27,15 @@ Parts (``--parts``, comma separated):
            then cancels it and builds the explorer from the factor cache. (i) click test example j of the strip ->
            all k proponent and k opponent tiles of that example in the DOM (gallery not stale), and the next
            animation frame; (ii) click "next page" -> 50 rows with thumbnails of that page in the DOM, and the next
-           frame. Times are taken in the page (performance.now(), MutationObserver); the kernel-side share (message
+           frame; (iv) click row j of that table page -> its label and self-influence rank in the details panel.
+           Times are taken in the page (performance.now(), MutationObserver); the kernel-side share (message
            received -> reply sent) is recorded by the kernel's explorer.
+  load     a warm explorer (factor cache): new test selections on the machine as it is ("quiet") and with --busy
+           busy-loop processes started and killed here ("loaded"), under the explorer's query thread policies
+           (auto, one thread, torch's default), interleaved (issue 10 point 11: loaded <= 3x quiet).
+  size     a cold explorer at --n-train (no factor cache): time to ready and each background step's share, the
+           process's memory against the engine's factors, then each interaction once: new sorts and filters (page
+           0 of each), the next page, a details request, a new test example's galleries (issue 10 point 12).
 
 Medians and p90 over ``--reps`` (>= 10) new selections / new pages. Results: JSON in benchmarks/out/ (gitignored),
 summary on stdout. ``python -m benchmarks widget`` runs it and records the figures in benchmarks/results/ and
@@ -70,7 +77,7 @@ from tracin_widgets.widget import InfluenceExplorer
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-TARGETS_MS = {"gallery": 300.0, "table_page": 200.0, "first_progress": 1000.0}
+TARGETS_MS = {"gallery": 300.0, "table_page": 200.0, "details": 200.0, "first_progress": 1000.0}
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 N_CHECKPOINTS = 6
 FLIP_FRACTION = 0.05
@@ -407,6 +414,183 @@ def python_part(d: dict, cache_dir: Path, args, log) -> dict:
     return out
 
 
+def rss_mb(trim: bool = False) -> float | None:
+    """This process's resident memory (Linux /proc), MB; ``trim``: first give freed heap memory back to the system
+    (glibc ``malloc_trim``), so that what is left is what is held."""
+    if trim:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _step_times(rec: Recorder, t0: float, t_ready: float) -> dict[str, float]:
+    """Seconds per background step, from the ``progress_info`` updates (a step starts at its first update)."""
+    starts: dict[int, tuple[str, float]] = {}
+    for t, kd, m in rec.events:
+        info = _state(kd, m, "progress_info")
+        if info and info.get("step") and info["step"] not in starts:
+            starts[info["step"]] = (info.get("phase", ""), t)
+    keys = sorted(starts)
+    out = {}
+    for i, k in enumerate(keys):
+        end = starts[keys[i + 1]][1] if i + 1 < len(keys) else t_ready
+        out[starts[k][0]] = round(end - starts[k][1], 2)
+    return out
+
+
+SIZE_QUERIES: list[tuple[str, dict]] = [
+    ("sort score descending", {"sort": "score", "descending": True}),
+    ("sort rank", {"sort": "rank", "descending": False}),
+    ("sort index", {"sort": "index", "descending": False}),
+    ("sort label", {"sort": "label", "descending": False}),
+    ("sort prediction descending", {"sort": "pred", "descending": True}),
+    ("filter class 3", {"label": 3}),
+    ("filter label != prediction", {"only": "disagree"}),
+    ("filter mislabelled", {"only": "mislabelled"}),
+    ("sort label, class 3, label != prediction", {"sort": "label", "label": 3, "only": "disagree"}),
+    ("sort rank descending, mislabelled", {"sort": "rank", "descending": True, "only": "mislabelled"}),
+]
+
+
+def size_part(d: dict, args, log) -> dict:
+    """A cold explorer at ``--n-train`` (no factor cache): time to ready and each background step's share, the
+    kernel's memory for the explorer against its factors, then the interactions (new sorts and filters, a next
+    page, a gallery, a details request), each timed once from the message to the reply leaving ``_send``."""
+    gc.collect()
+    out: dict[str, Any] = {"loadavg_start": loadavg(), "n_train": len(d["train"]), "rss_before_mb": rss_mb()}
+    rec = Recorder()
+    t0 = time.perf_counter()
+    w = make_explorer(d, k=args.k, cls=timed_class(rec))
+    w.wait(7200)
+    t_ready = time.perf_counter()
+    assert w.status == "ready", w.error
+    out["ready_s"] = round(t_ready - t0, 1)
+    out["steps_s"] = _step_times(rec, t0, t_ready)
+    gc.collect()
+    out["rss_ready_mb"] = rss_mb()
+    out["rss_ready_trimmed_mb"] = rss_mb(trim=True)  # freed heap given back: what is still held
+    fac = getattr(w.source, "_factors", None)
+    tensors = [getattr(fac, "A", None), getattr(fac, "G", None)]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    out["factors_mb"] = round(nbytes / 2**20, 1) if nbytes else None
+    log(f"size: ready in {out['ready_s']} s, steps {out['steps_s']}, rss {out['rss_ready_mb']} MB")
+
+    def ask(content: dict) -> float:
+        start = len(rec.events)
+        t = time.perf_counter()
+        w._handle_msg(custom_msg(content))
+        ev = rec.wait_for(
+            lambda kd, m: kd == "send" and m.get("method") == "custom" and m["content"].get("id") == content["id"],
+            start,
+        )
+        assert ev[2]["content"]["kind"] != "error", ev[2]["content"]
+        return round(1000 * (ev[0] - t), 1)
+
+    inter: dict[str, float] = {}
+    rid = 1000
+    for label, q in SIZE_QUERIES:
+        rid += 1
+        inter[label] = ask({**rows_request(rid, 0), **q, "id": rid})
+    rid += 1
+    inter["next page"] = ask({**rows_request(rid, 1), "id": rid})
+    rid += 1
+    inter["details"] = ask({"kind": "detail", "id": rid, "index": int(len(d["train"]) // 3)})
+    start = len(rec.events)
+    t = time.perf_counter()
+    w._handle_msg(update_msg({"selected_test": 7, "query": {"source": "test", "index": 7}}))
+    ev = rec.wait_for(
+        lambda kd, m: (_state(kd, m, "gallery") or {}).get("query", {}).get("index") == 7, start, timeout=120
+    )
+    inter["gallery (new test example)"] = round(1000 * (ev[0] - t), 1)
+    out["interactions_ms"] = inter
+    out["max_interaction_ms"] = max(inter.values())
+    log(f"size: interactions {inter}")
+    w.close()
+    out["loadavg_end"] = loadavg()
+    return out
+
+
+BUSY_LOOP = "while True: pass"
+
+
+def busy_processes(n: int) -> list:
+    """``n`` processes that keep a core each busy (a laptop running other work); the caller stops them."""
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(n)]
+
+
+def load_part(d: dict, cache_dir: Path, args, log) -> dict:
+    """Warm gallery queries (a new test example each time: top-k proponents and opponents) on a quiet machine and
+    with ``--busy`` busy-loop processes started (and stopped) here, each under the explorer's query thread policy
+    (``_engine.QUERY_THREADS``: "auto", the idle cores), one thread and torch's default threads, interleaved."""
+    from tracin_widgets.widget import _engine
+
+    rec = Recorder()
+    w = make_explorer(d, k=args.k, cache_dir=cache_dir, cls=timed_class(rec))
+    w.wait(3600)
+    assert w.status == "ready", w.error
+    rng = np.random.default_rng(args.seed + 2)
+    ids = iter(i for i in rng.permutation(len(d["test"])).tolist() if i != int(w.selected_test))
+
+    def query(idx: int) -> float:
+        start = len(rec.events)
+        t = time.perf_counter()
+        w._handle_msg(update_msg({"selected_test": idx, "query": {"source": "test", "index": idx}}))
+        ev = rec.wait_for(
+            lambda kd, m: (_state(kd, m, "gallery") or {}).get("query", {}).get("index") == idx, start, timeout=120
+        )
+        g = _state(ev[1], ev[2], "gallery")
+        assert g["error"] is None and len(g["proponents"]) == args.k, g["error"]
+        return ev[0] - t
+
+    policies = {"auto": "auto", "one_thread": 1, "torch_default": None}
+    default = _engine.QUERY_THREADS
+    out: dict[str, Any] = {
+        "n_train": len(d["train"]),
+        "busy_processes": args.busy,
+        "query_threads": default,
+        "torch_threads": torch.get_num_threads(),
+    }
+    for cond in ("quiet", "loaded"):
+        procs = busy_processes(args.busy) if cond == "loaded" else []
+        try:
+            time.sleep(1.0)
+            times: dict[str, list[float]] = {p: [] for p in policies}
+            query(next(ids))  # first query of the condition: warm-up, not counted
+            for _ in range(args.reps):
+                for name, n in policies.items():
+                    _engine.QUERY_THREADS = n
+                    try:
+                        times[name].append(query(next(ids)))
+                    finally:
+                        _engine.QUERY_THREADS = default
+                    time.sleep(0.05)
+            out[cond] = {name: stats_ms(v) for name, v in times.items()}
+            out[cond]["loadavg"] = loadavg()
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+        log(f"load: {cond}: " + ", ".join(f"{k} {v['median_ms']} ms" for k, v in out[cond].items() if k in policies))
+    for name in policies:
+        q, ld = out["quiet"][name]["median_ms"], out["loaded"][name]["median_ms"]
+        out[f"loaded_over_quiet_{name}"] = round(ld / q, 2) if q else None
+    w.close()
+    return out
+
+
 def profile_python(w, d, args, rng) -> dict:
     """cProfile of the gallery computation and of a table page, in this thread; top functions by cumulative time."""
     res = {}
@@ -504,6 +688,31 @@ async (page) => {
     setTimeout(() => { mo.disconnect(); reject(new Error('page timeout')); }, 60000);
     t0 = performance.now();
     next.click();
+  });
+}
+"""
+
+MEASURE_DETAILS_JS = """
+async (j) => {
+  const root = document.querySelectorAll('.tracin-root')[document.querySelectorAll('.tracin-root').length - 1];
+  const row = root.querySelectorAll('[data-testid=tracin-table-row]')[j];
+  const idx = row.dataset.index;
+  const panel = root.querySelector('[data-testid=tracin-details]');
+  const done = () => !panel.hidden && panel.dataset.index === idx
+    && panel.querySelector('[data-testid=tracin-details-label]') !== null
+    && panel.querySelector('[data-testid=tracin-details-rank]') !== null;
+  return await new Promise((resolve, reject) => {
+    let t0 = 0;
+    const mo = new MutationObserver(() => {
+      if (!done()) return;
+      const dom = performance.now() - t0;
+      mo.disconnect();
+      requestAnimationFrame(() => resolve({ index: Number(idx), dom, frame: performance.now() - t0 }));
+    });
+    mo.observe(root, { subtree: true, childList: true, attributes: true, characterData: true });
+    setTimeout(() => { mo.disconnect(); reject(new Error('details timeout')); }, 60000);
+    t0 = performance.now();
+    row.click();
   });
 }
 """
@@ -647,6 +856,22 @@ def browser_part(paths: dict, args, log) -> dict:
                 f"kernel {out['table_kernel'].get('median_ms')} ms"
             )
             widget.screenshot(path=str(shots / "widget-table.png"))
+
+            # (iv) the details panel: click row j of the table page -> its details (label, rank) in the panel
+            n0 = _kernel_json(server, name, "print(len(rec.events))")
+            det = []
+            for j in range(min(args.reps, 50)):
+                det.append(jp.page.evaluate(MEASURE_DETAILS_JS, j))
+                time.sleep(0.3)
+            ker = _kernel_json(server, name, KERNEL_REPLY_TIMES.format(n0=n0, kind="detail"))
+            out["details_dom"] = stats_ms([r["dom"] / 1000 for r in det])
+            out["details_frame"] = stats_ms([r["frame"] / 1000 for r in det])
+            out["details_kernel"] = stats_ms(ker)
+            log(
+                f"browser (iv) details: dom {out['details_dom']['median_ms']} / max {out['details_dom']['max_ms']} "
+                f"ms, frame {out['details_frame']['median_ms']} ms, kernel {out['details_kernel'].get('median_ms')} ms"
+            )
+            widget.screenshot(path=str(shots / "widget-details.png"))
             out["page_errors"] = jp.unexpected_page_errors
             context.close()
             browser.close()
@@ -667,6 +892,19 @@ for _i, (_t, _k, _m) in enumerate(_ev):
         for _t2, _k2, _m2 in _ev[_i + 1:]:
             _g = _m2.get('state', {{}}).get('gallery') if _k2 == 'send' and _m2.get('method') == 'update' else None
             if _g is not None and _g.get('query') == _q:
+                _out.append(_t2 - _t)
+                break
+print(json.dumps(_out))
+"""
+
+KERNEL_REPLY_TIMES = """
+_ev = rec.events[{n0}:]
+_out = []
+for _i, (_t, _k, _m) in enumerate(_ev):
+    if _k == 'recv' and _m.get('method') == 'custom' and _m['content'].get('kind') == {kind!r}:
+        _id = _m['content'].get('id')
+        for _t2, _k2, _m2 in _ev[_i + 1:]:
+            if _k2 == 'send' and _m2.get('method') == 'custom' and _m2['content'].get('id') == _id:
                 _out.append(_t2 - _t)
                 break
 print(json.dumps(_out))
@@ -734,6 +972,8 @@ def summary(res: dict) -> str:
     line("(ii) table page, browser: click next -> 50 rows in the DOM", br.get("table_dom"), TARGETS_MS["table_page"])
     line("(ii) table page, browser: click next -> next frame", br.get("table_frame"), TARGETS_MS["table_page"])
     line("(ii) table page, kernel share of the browser runs", br.get("table_kernel"), TARGETS_MS["table_page"])
+    line("(iv) details, browser: click a row -> its details in the panel", br.get("details_dom"), TARGETS_MS["details"])
+    line("(iv) details, kernel share of the browser runs", br.get("details_kernel"), TARGETS_MS["details"])
     head = "| measure | median ms | p90 ms | target ms | |\n|---|---:|---:|---:|---|\n"
     text = head + "\n".join(rows)
     if py.get("progress"):
@@ -754,6 +994,9 @@ def summary(res: dict) -> str:
     return text
 
 
+PARTS = {"python", "browser", "size", "load"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-train", type=int, default=50_000)
@@ -761,7 +1004,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", type=int, default=10, help="proponents and opponents per gallery (the widget's default)")
     ap.add_argument("--reps", type=int, default=15, help="new selections / new pages per measure (>= 10)")
-    ap.add_argument("--parts", default="python,browser")
+    ap.add_argument(
+        "--parts",
+        default="python,browser",
+        help="python, browser, load (warm queries quiet vs busy cores), size (ready time, memory, interactions at N)",
+    )
+    ap.add_argument("--busy", type=int, default=2, help="busy-loop processes of --parts load's loaded condition")
     ap.add_argument("--data-dir", type=Path, default=HERE / "data")
     ap.add_argument("--out", type=Path, default=None, help="JSON results (default benchmarks/out/widget-<time>.json)")
     ap.add_argument("--profile", action="store_true", help="cProfile the Python-side gallery and table page")
@@ -769,8 +1017,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.reps < 10:
         ap.error("--reps must be >= 10 (medians and p90 of at least 10 runs)")
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    if parts - {"python", "browser"}:
-        ap.error(f"unknown --parts {sorted(parts - {'python', 'browser'})}")
+    if parts - PARTS:
+        ap.error(f"unknown --parts {sorted(parts - PARTS)}; choose from {sorted(PARTS)}")
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')} load {' '.join(map(str, loadavg()))}] {msg}", flush=True)
@@ -787,6 +1035,16 @@ def main(argv: list[str] | None = None) -> dict:
     if "python" in parts:
         d = load(args.data_dir, args.n_train, args.n_test, args.seed)
         res["python"] = python_part(d, paths["cache"], args, log)
+        del d
+        gc.collect()
+    if "load" in parts:
+        d = load(args.data_dir, args.n_train, args.n_test, args.seed)
+        res["load"] = load_part(d, paths["cache"], args, log)
+        del d
+        gc.collect()
+    if "size" in parts:
+        d = load(args.data_dir, args.n_train, args.n_test, args.seed)
+        res["size"] = size_part(d, args, log)
         del d
         gc.collect()
     if "browser" in parts:

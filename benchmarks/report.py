@@ -42,7 +42,7 @@ TARGETS: dict[tuple[str, str | None], tuple[str, float]] = {
     ("cp_self", None): ("ratio", 5.0),
     ("cp_total", None): ("ratio", 5.0),
 }
-WIDGET_TARGETS_MS = {"gallery": 300.0, "table_page": 200.0, "first_progress": 1000.0}
+WIDGET_TARGETS_MS = {"gallery": 300.0, "table_page": 200.0, "details": 200.0, "first_progress": 1000.0}
 MARKER = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.DOTALL)
 
 
@@ -285,6 +285,13 @@ WIDGET_ROWS: list[tuple[str, tuple[str, ...], Callable[[Any], str], str]] = [
     ),
     ("(ii) table page, browser: click next → the next animation frame", ("browser", "table_frame"), _ms_stats, "200"),
     ("(ii) table page, browser runs: kernel share", ("browser", "table_kernel"), _ms_stats, ""),
+    (
+        "(iv) details, browser: click a table row → its details in the panel",
+        ("browser", "details_dom"),
+        _ms_stats,
+        "200",
+    ),
+    ("(iv) details, browser runs: kernel share", ("browser", "details_kernel"), _ms_stats, ""),
     ("(iii) Python: constructor returns", ("python", "progress", "constructor_ms"), _ms, ""),
     ("(iii) Python: first progress with done > 0", ("python", "progress", "first_done_any_ms"), _ms, "1000"),
     ("(iii) Python: first done > 0 of the factor pass", ("python", "progress", "first_done_factor_ms"), _ms, ""),
@@ -311,6 +318,7 @@ def widget_targets(runs: list[dict]) -> str:
     checks = [
         ("(i) gallery ≤ 300 ms", [p90(r["figures"], "gallery_dom", "gallery") for r in runs], 300.0),
         ("(ii) table page ≤ 200 ms", [p90(r["figures"], "table_dom", "table_page") for r in runs], 200.0),
+        ("(iv) details ≤ 200 ms", [p90(r["figures"], "details_dom", "details") for r in runs], 200.0),
         ("(iii) progress within the first second", [first(r["figures"]) for r in runs], 1000.0),
     ]
     out = []
@@ -341,6 +349,121 @@ def widget_table(name: str, doc: dict) -> str:
         ]
         lines.append("| 1-minute load average, start → end | | " + " | ".join(cells) + " |")
     lines += ["", widget_targets(runs)]
+    return "\n".join(lines)
+
+
+BROWSER_ROWS = (
+    ("click a test example → its galleries drawn (all 2k tiles)", "gallery", 300.0),
+    ("click next → a table page drawn (50 rows with thumbnails)", "table", 200.0),
+    ("click a table row → its details panel drawn", "details", 200.0),
+)
+
+
+def widget_browser_table(name: str, doc: dict) -> str:
+    """Issue 10 point 13: the browser's median and worst, from the click to the complete answer in the DOM."""
+    lines = machine_header(name, doc)
+    for run in doc.get("runs", []):
+        br = run["figures"].get("browser")
+        if not br:
+            continue
+        lines += [
+            "",
+            f"{run['label']}: {run['n_train']:,} training examples, {run['reps']} reps per measure.",
+            "",
+            "| measure | median ms | worst ms | kernel share, median ms | target ms | met |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for label, key, target in BROWSER_ROWS:
+            dom, ker = br.get(f"{key}_dom"), br.get(f"{key}_kernel")
+            if not dom:
+                lines.append(f"| {label} | – | – | – | {target:.0f} | not measured |")
+                continue
+            worst = dom.get("max_ms", dom["p90_ms"])
+            ok = "yes" if worst <= target else ("median only" if dom["median_ms"] <= target else "**NO**")
+            kern = f"{ker['median_ms']:.0f}" if ker else "–"
+            lines.append(f"| {label} | {dom['median_ms']:.0f} | {worst:.0f} | {kern} | {target:.0f} | {ok} |")
+    if len(lines) == len(machine_header(name, doc)):
+        lines += ["", "_No browser run recorded yet: run `python -m benchmarks widget --only widget`._"]
+    return "\n".join(lines)
+
+
+def widget_load_table(name: str, doc: dict) -> str:
+    """Issue 10 point 11: warm queries on a quiet machine and with busy-loop processes, by thread policy."""
+    ld = doc.get("load")
+    lines = machine_header(name, doc)
+    if not ld:
+        return "\n".join(lines + ["", "_Not measured yet: `python -m benchmarks widget --only widget-load`._"])
+    policies = (
+        ("auto", "`auto` (the explorer's default): as many threads as idle cores, at least 1"),
+        ("one_thread", "always 1 thread"),
+        ("torch_default", f"torch's default ({ld.get('torch_threads')} threads), as before"),
+    )
+    lines += [
+        "",
+        f"{ld['n_train']:,} training examples; a warm query = a new test example's top-10 proponents and opponents "
+        f"(`update` message → gallery state sent); loaded = {ld['busy_processes']} busy-loop processes. "
+        "Median / worst ms.",
+        "",
+        "| threads | quiet | loaded | loaded ÷ quiet (medians) | target |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for key, label in policies:
+        q, lo = ld["quiet"].get(key), ld["loaded"].get(key)
+        if not q and not lo:
+            continue
+        r = ld.get(f"loaded_over_quiet_{key}")
+        target = "≤ 3×: " + ("met" if r is not None and r <= 3 else "**missed**") if key == "auto" else ""
+        cells = [f"{v['median_ms']:.0f} / {v['max_ms']:.0f}" if v else "–" for v in (q, lo)]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {'–' if r is None else f'{r:.1f}×'} | {target} |")
+    la = [ld[c].get("loadavg") for c in ("quiet", "loaded")]
+    lines += ["", f"1-minute load average at the end of each condition: quiet {la[0]}, loaded {la[1]}."]
+    return "\n".join(lines)
+
+
+def widget_size_table(name: str, doc: dict) -> str:
+    """Issue 10 point 12: a cold explorer at size, before and after (the before is recorded in the same file)."""
+    cols = [(label, doc[key]) for key, label in (("size_before", "before"), ("size", "after")) if doc.get(key)]
+    lines = machine_header(name, doc)
+    if not cols:
+        return "\n".join(lines + ["", "_Not measured yet: `python -m benchmarks widget --only widget-size`._"])
+    lines += [
+        "",
+        "| measure | " + " | ".join(f"{lab} ({c['n_train']:,})" for lab, c in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+
+    def row(label: str, get: Callable[[dict], Any]) -> None:
+        vals = [get(c) for _, c in cols]
+        if all(v is None for v in vals):
+            return
+        lines.append(f"| {label} | " + " | ".join("–" if v is None else str(v) for v in vals) + " |")
+
+    row("cold explorer ready (s)", lambda c: c.get("ready_s"))
+    steps = []
+    for _, c in cols:
+        steps += [k for k in c.get("steps_s", {}) if k not in steps]
+    for st in steps:
+        row(f"… {st} (s)", lambda c, st=st: c.get("steps_s", {}).get(st))
+    tf = "Training factors"
+    pr = "Predicting training examples"
+    row(
+        "training predictions ÷ factor pass",
+        lambda c: (
+            f"{100 * c['steps_s'][pr] / c['steps_s'][tf]:.0f}%"
+            if c.get("steps_s", {}).get(tf) and c["steps_s"].get(pr) is not None
+            else None
+        ),
+    )
+    row("kernel RSS before → ready (MB)", lambda c: f"{c.get('rss_before_mb')} → {c.get('rss_ready_mb')}")
+    row("… ready, freed heap given back (MB)", lambda c: c.get("rss_ready_trimmed_mb"))
+    row("… of which the engine's factors (MB)", lambda c: c.get("factors_mb"))
+    inter: list[str] = []
+    for _, c in cols:
+        inter += [k for k in c.get("interactions_ms", {}) if k not in inter]
+    for k in inter:
+        row(f"{k} (ms)", lambda c, k=k: c.get("interactions_ms", {}).get(k))
+    row("slowest interaction (ms; target 300)", lambda c: c.get("max_interaction_ms"))
+    row("1-minute load average, start → end", lambda c: f"{c.get('loadavg_start')} → {c.get('loadavg_end')}")
     return "\n".join(lines)
 
 
@@ -388,11 +511,25 @@ RENDER: dict[str, Callable[[str, dict], str]] = {
 }
 
 
+WIDGET_VIEWS: dict[str, Callable[[str, dict], str]] = {
+    "widget-browser": widget_browser_table,
+    "widget-load": widget_load_table,
+    "widget-size": widget_size_table,
+}
+
+
 def render(name: str, results: dict[str, list[tuple[str, dict]]]) -> str:
     if name == "targets":
         return targets_table(results)
+    if name in WIDGET_VIEWS:
+        docs = results.get("widget", [])
+        if not docs:
+            return "_No `widget` results in benchmarks/results/ yet: run `python -m benchmarks widget`._"
+        return "\n\n".join(WIDGET_VIEWS[name](file, doc) for file, doc in docs)
     if name not in RENDER:
-        raise ValueError(f"unknown table marker <!-- table:{name} -->; known: targets, {', '.join(RENDER)}")
+        raise ValueError(
+            f"unknown table marker <!-- table:{name} -->; known: targets, {', '.join([*RENDER, *WIDGET_VIEWS])}"
+        )
     docs = results.get(name, [])
     if not docs:
         return f"_No `{name}` results in benchmarks/results/ yet: run `python -m benchmarks {name}`._"

@@ -150,3 +150,85 @@ def test_cpu_quick_writes_valid_results(tmp_path):
     assert doc["exactness"]["same_top10_order"] is True
     assert doc["exactness"]["fast_scores_max_rel"] < 1e-4
     assert report.load_results(tmp_path / "results") == {}  # quick results are never rendered
+
+
+def _st(median: float, worst: float) -> dict:
+    return {"n": 10, "median_ms": median, "p90_ms": worst, "min_ms": 1.0, "max_ms": worst}
+
+
+def test_widget_views_render_browser_load_and_size_figures(tmp_path):
+    """WIDGET_RESULTS.md's tables come from the widget results: median and worst in the browser (details included),
+    quiet vs loaded queries with the 3x target, and the size run before/after with the predictions' share."""
+    doc = {
+        "scenario": "widget",
+        "machine_tag": "2core",
+        "machine_label": "CPU, 2 cores",
+        "machine": {"cores": 2},
+        "source": "measured by python -m benchmarks widget",
+        "steps": [],
+        "runs": [
+            {
+                "label": "run",
+                "reps": 10,
+                "n_train": 50000,
+                "figures": {
+                    "browser": {
+                        "gallery_dom": _st(90, 140),
+                        "table_dom": _st(60, 250),
+                        "details_dom": _st(30, 45),
+                        "details_kernel": _st(5, 9),
+                    }
+                },
+            }
+        ],
+        "load": {
+            "n_train": 10000,
+            "busy_processes": 2,
+            "query_threads": 1,
+            "torch_threads": 2,
+            "quiet": {"auto": _st(25, 30), "torch_default": _st(20, 24), "loadavg": [0.5]},
+            "loaded": {"auto": _st(50, 70), "torch_default": _st(200, 370), "loadavg": [2.5]},
+            "loaded_over_quiet_auto": 2.0,
+            "loaded_over_quiet_torch_default": 10.0,
+        },
+        "size": {
+            "n_train": 400000,
+            "ready_s": 90.0,
+            "steps_s": {"Training factors": 80.0, "Predicting training examples": 6.0},
+            "interactions_ms": {"sort label": 20.0},
+            "max_interaction_ms": 20.0,
+        },
+        "size_before": {
+            "n_train": 400000,
+            "ready_s": 115.0,
+            "steps_s": {"Training factors": 80.0, "Predicting training examples": 28.0},
+            "interactions_ms": {"sort label": 55.0},
+            "max_interaction_ms": 55.0,
+        },
+    }
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "widget-2core.json").write_text(json.dumps(doc))
+    md = tmp_path / "WIDGET_RESULTS.md"
+    md.write_text("".join(f"<!-- table:{n} -->\n<!-- /table:{n} -->\n" for n in report.WIDGET_VIEWS))
+    assert report.update_results_md(results, md)
+    text = md.read_text()
+    assert "| click a table row → its details panel drawn | 30 | 45 | 5 | 200 | yes |" in text
+    assert "| click next → a table page drawn (50 rows with thumbnails) | 60 | 250 | – | 200 | median only |" in text
+    assert "| 25 / 30 | 50 / 70 | 2.0× | ≤ 3×: met |" in text and "| 20 / 24 | 200 / 370 | 10.0× |" in text
+    assert "| training predictions ÷ factor pass | 35% | 8% |" in text and "| sort label (ms) | 55.0 | 20.0 |" in text
+    assert not report.update_results_md(results, md)
+
+
+def test_a_partial_widget_run_keeps_the_other_steps_figures():
+    old = {
+        "scenario": "widget",
+        "source": "measured by python -m benchmarks widget",
+        "steps": [{"name": "widget"}, {"name": "widget-load"}],
+        "runs": [{"label": "run"}],
+        "load": {"n_train": 10000},
+    }
+    new = {"scenario": "widget", "source": "measured", "steps": [{"name": "widget-size"}], "runs": [], "size": {"x": 1}}
+    merged = suite.merge(copy.deepcopy(old), copy.deepcopy(new))
+    assert [s["name"] for s in merged["steps"]] == ["widget", "widget-load", "widget-size"]
+    assert merged["runs"] == [{"label": "run"}] and merged["load"] == {"n_train": 10000} and merged["size"] == {"x": 1}

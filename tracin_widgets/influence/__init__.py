@@ -11,6 +11,7 @@ from ._errors import Cancelled, TracInWarning
 from ._fast import TracInCPFast, TracInCPFastRandProj
 from ._layers import find_final_linear_layer
 from ._nearest_neighbors import AnnoyNearestNeighbors, ExactNearestNeighbors, NearestNeighbors
+from ._predict import Predictions, predict
 from ._tracincp import TracInCP
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ExactNearestNeighbors",
     "KMostInfluentialResults",
     "NearestNeighbors",
+    "Predictions",
     "TracInCP",
     "TracInCPBase",
     "TracInCPFast",
@@ -26,4 +28,5 @@ __all__ = [
     "TracInWarning",
     "find_final_linear_layer",
     "load_checkpoint",
+    "predict",
 ]

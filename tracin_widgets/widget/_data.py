@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
-from ..influence import _model
+from ..influence import _model, _predict
 from ..influence._model import eval_mode, model_lock
 
 
@@ -97,35 +96,27 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels, predicted classes and predicted-class probabilities (softmax) of ``dataset[indices]``.
 
-    The model is called as ``model(*batch[:-1])`` in eval mode without gradients; its train/eval flag is restored
-    after each batch, module by module. The model's own lock (shared with every engine) and ``lock`` are held
-    per batch, so no engine's checkpoint weights are ever in the model while it predicts. ``on_width`` gets the
-    number of classes the model outputs (the logits' width) of each batch.
+    The engine's batched path (:func:`tracin_widgets.influence.predict`): rows read in blocks by the engine's
+    readers where it knows the dataset, the model called as ``model(*batch[:-1])`` in eval mode without gradients
+    with the engine's exact fast CPU kernels; its train/eval flag is restored after each block, module by module.
+    The model's own lock (shared with every engine) and ``lock`` are held per block, so no engine's checkpoint
+    weights are ever in the model while it predicts. ``on_width`` gets the number of classes the model outputs
+    (the logits' width) of each block.
     """
-    ds = dataset if indices is None else Subset(dataset, list(indices))
-    n = len(ds)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    dev = model_device(model, device)
-    labels, preds, probs = [], [], []
-    done = 0
-    if progress:
-        progress(0, n)
-    for batch in loader:
-        batch = check_item(batch, "the dataset")
-        with lock if lock is not None else nullcontext(), model_lock(model), eval_mode(model), torch.no_grad():
-            out = model(*[b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch[:-1]])
+
+    def check(out: Any) -> None:
         check_logits(out)
         if on_width:
             on_width(int(out.shape[1]))
-        p = torch.softmax(out.float(), dim=1).cpu()
-        conf, cls = p.max(dim=1)
-        lab = batch[-1]
-        labels.append(np.asarray(lab.cpu() if isinstance(lab, torch.Tensor) else lab).reshape(-1).astype(np.int64))
-        preds.append(cls.numpy().astype(np.int64))
-        probs.append(conf.numpy().astype(np.float64))
-        done += len(cls)
-        if progress:
-            progress(done, n)
-    if not labels:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
-    return np.concatenate(labels), np.concatenate(preds), np.concatenate(probs)
+
+    res = _predict.predict(
+        model,
+        dataset,
+        indices,
+        batch_size=batch_size,
+        device=model_device(model, device),
+        lock=lock,
+        progress=progress,
+        on_logits=check,
+    )
+    return res.labels, res.preds, res.probs

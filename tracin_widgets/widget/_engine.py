@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,82 @@ import torch
 from torch import nn
 
 from ..influence import Cancelled, TracInCPFast, find_final_linear_layer
+from ..influence._data import usable_cores
 from . import _data, _payload
 from ._protocols import CheckpointTerm, InfluenceSource
 
-SCORE_CACHE = 32  # influence rows of recent queries (n_train float64 each)
+SCORE_CACHE = 32  # influence rows of recent queries (n_train float64 each) ...
+SCORE_CACHE_BYTES = 32 * 2**20  # ... within this many bytes (at least 2 rows): a constant, whatever n_train
+# torch threads of an interactive query: "auto" (as many as there are idle cores right now, at least one and at most
+# torch's own count), an int, or None (torch's setting, untouched). A warm query at 10k is ~20 ms on a quiet 2-core
+# machine with torch's 2 threads, but with the cores busy its threads wait for each other (100-370 ms against 35-75 ms
+# on one thread); benchmarks/bench_widget.py --parts load measures the policies side by side.
+QUERY_THREADS: int | str | None = "auto"
 TopK = tuple[np.ndarray, np.ndarray]  # (indices (k,) int64, scores (k,) float64)
 ProgressFn = Callable[[str, int, int], None]
+
+
+def idle_cores() -> int | None:
+    """Cores that no other runnable thread wants right now: the usable cores minus the kernel's instantaneous count
+    of runnable threads (Linux ``/proc/loadavg``, the caller excluded). None where that count is unknown."""
+    try:
+        with open("/proc/loadavg") as f:
+            runnable = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, usable_cores() - max(0, runnable - 1))
+
+
+def query_thread_count(policy: int | str | None) -> int | None:
+    """The torch thread count of one interactive query under ``policy`` (see ``QUERY_THREADS``)."""
+    if policy != "auto":
+        return None if policy is None else int(policy)
+    idle = idle_cores()
+    return 1 if idle is None else max(1, min(background_threads(), idle))
+
+
+_threads_guard = threading.Lock()
+_threads_users = 0  # query_threads blocks open now, in any thread
+_threads_saved = 0  # torch's thread count before the first of them
+_threads_depth = threading.local()  # blocks open in this thread (nested ones restore nothing)
+
+
+@contextmanager
+def query_threads(n: int | None = None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)`` (by default the count ``QUERY_THREADS`` gives now; None there
+    changes nothing), then restore the count it found, even on error.
+
+    torch's count is process-global (a new thread starts with it) while each OpenMP thread keeps the count it last
+    set itself. Blocks open at the same time share one saved count, so a second one never saves the first one's
+    ``n``; each thread restores its own count when its outermost block closes. A background run sets its own count
+    when it starts (``Pipeline``), so one that starts during a query still uses every core."""
+    global _threads_users, _threads_saved
+    n = query_thread_count(QUERY_THREADS) if n is None else n
+    if n is None:
+        yield
+        return
+    depth = getattr(_threads_depth, "n", 0)
+    with _threads_guard:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+        _threads_users += 1
+        if depth == 0:
+            torch.set_num_threads(n)
+    _threads_depth.n = depth + 1
+    try:
+        yield
+    finally:
+        _threads_depth.n = depth
+        with _threads_guard:
+            _threads_users -= 1
+            if depth == 0:
+                torch.set_num_threads(_threads_saved)
+
+
+def background_threads() -> int:
+    """torch's thread count outside any query block: what a background run uses (all the cores by default)."""
+    with _threads_guard:
+        return _threads_saved if _threads_users else torch.get_num_threads()
 
 
 def to_numpy(x: Any, dtype: Any = None) -> np.ndarray:
@@ -56,6 +127,7 @@ class EngineAdapter:
         self._user_progress: ProgressFn | None = None
         self._score_cache: OrderedDict = OrderedDict()
         self._cache_lock = threading.Lock()
+        self.score_cache_rows = max(2, min(SCORE_CACHE, SCORE_CACHE_BYTES // max(1, 8 * n_train)))
 
     @classmethod
     def create(
@@ -169,7 +241,8 @@ class EngineAdapter:
         if answers_top_k_from_an_index(self.source):
             out = []
             for proponents in (True, False):
-                res = self.call(lambda p=proponents: self.source.influence(batch, k=k, proponents=p))
+                with query_threads():
+                    res = self.call(lambda p=proponents: self.source.influence(batch, k=k, proponents=p))
                 out.append((to_numpy(res[0]).reshape(-1), to_numpy(res[1], np.float64).reshape(-1)))
             return out[0], out[1]
         scores = self.scores(batch, key)
@@ -184,12 +257,13 @@ class EngineAdapter:
             if scores is not None:
                 self._score_cache.move_to_end(key)
                 return scores
-        scores = to_numpy(self.call(lambda: self.source.influence(batch, k=None)), np.float64).reshape(-1)
+        with query_threads():
+            scores = to_numpy(self.call(lambda: self.source.influence(batch, k=None)), np.float64).reshape(-1)
         self._check_length(scores, "influence()")
         if key is not None:
             with self._cache_lock:
                 self._score_cache[key] = scores
-                while len(self._score_cache) > SCORE_CACHE:
+                while len(self._score_cache) > self.score_cache_rows:
                     self._score_cache.popitem(last=False)
         return scores
 

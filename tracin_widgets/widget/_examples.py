@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import _data, _payload
+from ._engine import query_threads
 from ._protocols import Row
 from ._traits import names
 
@@ -109,7 +110,8 @@ class Examples:
         if split == "test" and self.test_preds is not None and index in self.test_pos:
             p = self.test_pos[index]
             return int(self.test_preds[p]), float(self.test_probs[p])
-        _, preds, probs = self.predict(split, [index], lock=lock)
+        with query_threads():  # interactive: one example, on a laptop's busy cores
+            _, preds, probs = self.predict(split, [index], lock=lock)
         return int(preds[0]), float(probs[0])
 
     def query_row(self, split: str, index: int, size: int, lock: threading.Lock) -> Row:

@@ -8,8 +8,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import torch
+
 from ..influence import Cancelled
-from ._engine import EngineAdapter
+from ._engine import EngineAdapter, background_threads
 from ._examples import Examples
 from ._table import Table
 from ._tasks import Progress
@@ -65,6 +67,7 @@ class Pipeline:
         self.fit_done = False
         self._gallery_busy = 0  # gallery computations in flight
         self._thread: threading.Thread | None = None
+        self.threads = background_threads()  # torch threads of the run (the caller's: all cores by default)
 
     def start(self) -> bool:
         """Start a run on a new thread, unless one is alive or all is computed (``ready``). True if started."""
@@ -76,6 +79,7 @@ class Pipeline:
                 self.fitted.clear()
             self.run += 1
             self.running = True
+            self.threads = background_threads()
             self.begin(self.run)
             self._thread = threading.Thread(target=self._main, name="tracin-explorer", daemon=True)
             self._thread.start()
@@ -123,6 +127,8 @@ class Pipeline:
 
     # --- the run ----------------------------------------------------------------------------------------------------
     def _main(self) -> None:
+        # a new thread starts with torch's global count, which a gallery query may have lowered for its duration
+        torch.set_num_threads(self.threads)
         ex = self.examples
         steps: list[tuple[str, Callable[[], None]]] = []
         if len(ex.test_ids) and ex.test_preds is None:

@@ -4,6 +4,7 @@ pages of rows built from what ``Examples`` holds."""
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,26 +14,121 @@ from . import _payload
 from ._examples import Examples
 from ._protocols import DetailReply, DetailRequest, RowsReply, RowsRequest, StripPage
 
-ORDER_CACHE = 32  # sort orders of recent table queries
+FILTERED_CACHE = 4  # filtered orders of recent table queries (the unfiltered sort orders are all kept)
+
+
+def order_dtype(n: int) -> type:
+    """int32 indices where they fit: half the memory of int64 for each cached order."""
+    return np.int32 if n < 2**31 else np.int64
 
 
 class Table:
     """Builds the table's pages (``rows`` requests), the ``stats`` and the ``test_strip`` traits.
 
-    Sort orders are cached by query; :meth:`forget_orders` drops them when what they sort by changes.
+    The rank order never changes while the scores stay, so each sort key and direction is sorted once (argsort
+    over all rows, kept as an int32 array) and a filter is a boolean mask over that order; the few most recent
+    filtered orders are kept for paging. :meth:`forget_orders` drops them when what they sort or filter by changes.
     """
 
     def __init__(self, examples: Examples):
         self.examples = examples
-        self._orders: dict = {}
+        self._sorted: dict[tuple[str, bool], np.ndarray] = {}  # (sort, descending) -> every row, in that order
+        self._orders: OrderedDict = OrderedDict()  # full query key -> the filtered order (LRU)
+        self._generation = 0  # bumped by forget_orders: an order computed from older arrays is not stored
 
     def forget_orders(self, flagged_only: bool = False) -> None:
         """Drop cached orders: those that filter by the flags (``flagged_only``) or all (new scores or predictions)."""
         with self.examples.lock:
+            self._generation += 1
             if flagged_only:
-                self._orders = {k: v for k, v in self._orders.items() if k[3] != "flagged"}
+                self._orders = OrderedDict((k, v) for k, v in self._orders.items() if k[3] != "flagged")
             else:
-                self._orders = {}
+                self._orders = OrderedDict()
+                self._sorted = {}
+
+    def _sort(
+        self, sort: str, descending: bool, scores: np.ndarray, rank: np.ndarray | None, key: Any, generation: int
+    ) -> np.ndarray:
+        """Every training index in ``sort`` order (cached; ``key``: the labels or predictions it sorts by). Ties are
+        broken by rank, as ``_payload.table_order``. Stored only if no ``forget_orders`` came since ``generation``."""
+        cached = self._sorted.get((sort, descending))
+        if cached is not None:
+            return cached
+        n = len(scores)
+        by_rank = self._sorted.get(("rank", False))
+        if by_rank is None:
+            if rank is not None and len(rank) == n:  # the rank already holds the sort: invert it, no new argsort
+                by_rank = np.empty(n, order_dtype(n))
+                by_rank[np.asarray(rank) - 1] = np.arange(n, dtype=by_rank.dtype)
+            else:
+                by_rank = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").astype(order_dtype(n))
+        if sort in ("rank", "score"):
+            order = by_rank if (sort == "rank") != descending else by_rank[::-1]
+        elif sort == "index":
+            order = np.arange(n, dtype=order_dtype(n))
+            order = order[::-1] if descending else order
+        else:
+            if key is None:
+                raise ValueError(f"cannot sort by {sort!r} before the predictions are computed.")
+            k = np.asarray(key)[by_rank]
+            order = by_rank[np.argsort(-k if descending else k, kind="stable")]
+        with self.examples.lock:
+            if self._generation == generation:
+                self._sorted[("rank", False)] = by_rank
+                self._sorted[(sort, descending)] = order
+        return order
+
+    def order(self, key: tuple, flagged: Sequence[int]) -> np.ndarray:
+        """The table's rows for the query ``key`` = (sort, descending, label, only, score_range), as
+        ``_payload.table_order`` computes them, from the cached sort orders."""
+        ex = self.examples
+        with ex.lock:
+            scores, rank = ex.self_infl, ex.rank
+            labels, preds, truth = ex.train_labels, ex.train_preds, ex.truth
+            generation = self._generation
+            hit = self._orders.get(key)
+            if hit is not None:
+                self._orders.move_to_end(key)
+                return hit
+        sort, descending, label, only, score_range = key
+        if sort not in _payload.SORT_KEYS:
+            raise ValueError(f"sort must be one of {_payload.SORT_KEYS}, got {sort!r}.")
+        if only not in _payload.ONLY_VALUES:
+            raise ValueError(f"only must be one of {_payload.ONLY_VALUES}, got {only!r}.")
+        if scores is None:
+            raise ValueError("the table has no order before the self-influence scores are computed.")
+        order = self._sort(sort, descending, scores, rank, labels if sort == "label" else preds, generation)
+        if label is None and only == "all" and score_range is None:
+            return order
+        n = len(scores)
+        mask = np.ones(n, dtype=bool)
+        if label is not None:
+            if labels is None:
+                raise ValueError("cannot filter by class before the labels are known.")
+            mask &= np.asarray(labels) == int(label)
+        if only == "flagged":
+            fm = np.zeros(n, dtype=bool)
+            fl = np.asarray(list(flagged), dtype=np.int64)
+            fm[fl[(fl >= 0) & (fl < n)]] = True
+            mask &= fm
+        elif only == "disagree":
+            if labels is None or preds is None:
+                raise ValueError("cannot filter label != prediction before the predictions are computed.")
+            mask &= np.asarray(labels) != np.asarray(preds)
+        elif only == "mislabelled":
+            if truth is None:
+                raise ValueError("only='mislabelled' needs is_mislabelled ground truth.")
+            mask &= np.asarray(truth, dtype=bool)
+        if score_range is not None:
+            lo, hi = float(score_range[0]), float(score_range[1])
+            mask &= (scores >= lo) & (scores <= hi)
+        out = order[mask[order]]
+        with ex.lock:
+            if self._generation == generation:
+                self._orders[key] = out
+            while len(self._orders) > FILTERED_CACHE:
+                self._orders.popitem(last=False)
+        return out
 
     def rows(self, msg: RowsRequest, flagged: Sequence[int]) -> RowsReply:
         """One page of the table: ``msg["limit"]`` rows (at most 500) from ``msg["offset"]`` in the requested order."""
@@ -42,7 +138,7 @@ class Table:
         limit = min(500, max(1, int(msg.get("limit", 50))))
         with ex.lock:
             scores, rank = ex.self_infl, ex.rank
-            labels, preds, probs = ex.train_labels, ex.train_preds, ex.train_probs
+            preds, probs = ex.train_preds, ex.train_probs
         if scores is None:
             return RowsReply(kind="rows", id=rid, pending=True, total=0, offset=offset, rows=[])
         label, sr = msg.get("label"), msg.get("score_range")
@@ -53,24 +149,7 @@ class Table:
             msg.get("only", "all"),
             None if sr is None else tuple(float(v) for v in sr),
         )
-        order = self._orders.get(key)
-        if order is None:
-            order = _payload.table_order(
-                scores,
-                sort=key[0],
-                descending=key[1],
-                labels=labels,
-                preds=preds,
-                label=key[2],
-                only=key[3],
-                flagged=flagged,
-                is_mislabelled=ex.truth,
-                score_range=key[4],
-            )
-            with ex.lock:
-                if len(self._orders) > ORDER_CACHE:
-                    self._orders.clear()
-                self._orders[key] = order
+        order = self.order(key, flagged)
         rows = [
             _payload.item_row(
                 i,
