@@ -242,6 +242,7 @@ class TracInCPFast(TracInCPBase):
         self._factors = None
         self._stream = None
         self._norms = None
+        self._placement = None
         self._self_influence = None
         self._layer_checked = False
         self._fingerprint = None
@@ -461,6 +462,13 @@ class TracInCPFast(TracInCPBase):
                         offset,
                         complete=False,
                     )
+                    if self._placement is None:  # a GPU without room for all of them: keep them in host memory
+                        self._set_dims(A.shape[-1], G.shape[-1], A.dtype)
+                        self._n_ckpts = A.shape[1]
+                        n = self._n_train()
+                        self._placement = "device" if n is None else self._place(n, False)
+                    if self._placement == "host":
+                        A, G = A.cpu(), G.cpu()
                     A_parts.append(A)
                     G_parts.append(G)
                     prog.update(batch_len(batch))
@@ -472,7 +480,6 @@ class TracInCPFast(TracInCPBase):
         if self.device.type != "cpu":
             self._check_factors(A, G, "training batch")
         self._factors = Factors(A, G)
-        self._compute_dtype = A.dtype
 
     # ------------------------------------------------------------------ the store (influence/_store.py)
     def _store_key(self) -> str:
@@ -633,6 +640,9 @@ class TracInCPFast(TracInCPBase):
                             writer.maybe_commit()
                         except OSError as e:
                             writer = self._store_failed(writer, e, where)
+                            assert lock is not None
+                            lock.release()  # written no more: the pass goes on in memory
+                            lock = None
                     if where != "stream":
                         to = self.device if where == "device" else torch.device("cpu")
                         parts.append((A.to(to), G.to(to), norms.to(to)))
@@ -703,6 +713,8 @@ class TracInCPFast(TracInCPBase):
     def _store_failed(self, writer: StoreWriter, e: OSError, where: str) -> StoreWriter | None:
         """Writing the store failed: stop with an error naming it when the factors live only there, else warn
         (once) and go on in memory. Every block recorded in the manifest is kept for a later call."""
+        with contextlib.suppress(OSError):
+            writer.commit()  # the blocks appended completely before
         writer.close()
         store = writer.store
         if where == "stream":

@@ -64,7 +64,7 @@ def parse_max_memory(value: Any) -> int | None:
             f"max_memory={value!r} is not a size: {fix} (units KB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, "
             "TiB powers of 1024)."
         )
-    if m.group(2)[-1] == "b":  # accelerate reads '10Gb' as gigabits: refuse the ambiguity instead
+    if m.group(2)[-1] == "b" and m.group(2)[1] not in "iI":  # accelerate reads '10Gb' as gigabits: refuse it
         raise ValueError(
             f"max_memory={value!r} ends in a lowercase 'b' (bits?): write the unit with 'B' for bytes, e.g. "
             f"'{m.group(1)}{m.group(2)[:-1].upper()}B'."
