@@ -138,7 +138,8 @@ class TracInCPFast(TracInCPBase):
             ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
         progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
             advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
-            aborts cleanly: the model is restored and nothing partial is cached. Default None.
+            aborts cleanly: the model is restored and nothing partial is used as complete (a ``cache_dir`` store
+            keeps the blocks written so far, and the next call resumes from them). Default None.
         cache_dir: a folder where the training-set factors (shared by ``TracInCPFast`` and
             ``TracInCPFastRandProj``) are written during the pass, as a store (a folder of plain row-major files
             and a ``manifest.json``, see ``influence/_store.py``), and reused by later instances (default None:
@@ -992,7 +993,8 @@ class TracInCPFastRandProj(TracInCPFast):
             ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
         progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
             advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
-            aborts cleanly: the model is restored and nothing partial is cached. Default None.
+            aborts cleanly: the model is restored and nothing partial is used as complete (a ``cache_dir`` store
+            keeps the blocks written so far, and the next call resumes from them). Default None.
         cache_dir: a folder where the training-set factors (shared by ``TracInCPFast`` and
             ``TracInCPFastRandProj``) are written during the pass, as a store (a folder of plain row-major files
             and a ``manifest.json``, see ``influence/_store.py``), and reused by later instances (default None:
