@@ -436,3 +436,19 @@ def test_factor_dtype_errors(tmp_path):
         ValueError, match=r"factor_dtype must be torch.float32 \(exact\), torch.bfloat16 or .* got torch.int8"
     ):
         p.engine(factor_dtype=torch.int8)
+
+
+def test_default_placement(monkeypatch):
+    """Default: on the compute device under half its free memory, else in host memory, else (with a store) read
+    from the store; max_memory smaller than the factors: read from the store."""
+    free = {"cuda": 1000, "cpu": 10_000}
+    monkeypatch.setattr(_store, "free_memory", lambda d: free[d.type])
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _store.placement(500, cuda, None, True) == "device"
+    assert _store.placement(501, cuda, None, True) == "host"
+    assert _store.placement(5001, cuda, None, True) == "stream"
+    assert _store.placement(5001, cuda, None, False) == "host"  # nowhere else to go
+    assert _store.placement(5000, cpu, None, True) == "device"
+    assert _store.placement(5001, cpu, None, True) == "stream"
+    assert _store.placement(400, cuda, 300, True) == "stream"
+    assert _store.placement(300, cuda, 300, True) == "device"

@@ -735,7 +735,7 @@ class TracInCPFast(TracInCPBase):
         if self._factor_dtype == A.dtype:
             return A, G
         A, G = A.to(self._factor_dtype), G.to(self._factor_dtype)
-        if self._factor_dtype == torch.float16 and not bool(torch.isfinite(A.sum() + G.sum().float())):
+        if self._factor_dtype == torch.float16 and not bool(torch.isfinite(A).all() & torch.isfinite(G).all()):
             raise ValueError(
                 f"factor_dtype=torch.float16 cannot hold the factors of training rows from {offset} on (values "
                 "beyond +-65504): use factor_dtype=torch.bfloat16 (the range of float32) or torch.float32."
@@ -1092,9 +1092,9 @@ class TracInCPFastRandProj(TracInCPFast):
         self._prepare_factors()
         da, dg = self._dims if self._factors is None else (self._factors.A.shape[-1], self._factors.G.shape[-1])
         self._projections = self._make_projections(dg, da)
-        if self._factors is not None and self._factors.A.dtype == self._compute_dtype:
+        if self._factors is not None and self._factors.A.dtype == self._compute_dtype and self._placement != "host":
             emb = self._embed(*self._factors)
-        else:  # streamed or half precision: embedded block by block, in the computation dtype
+        else:  # streamed, in host memory or half precision: embedded block by block on the device, in full precision
             emb = torch.cat([self._embed(A, G) for _, A, G in self._factor_blocks(1 << 16)])
         prog = _Progress("nearest-neighbour index", emb.shape[0], False, self.progress_callback)
         self.nearest_neighbors.setup(emb)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
@@ -156,6 +155,8 @@ class StoreLock:
         self.file: Any = None
 
     def acquire(self) -> None:
+        import fcntl  # POSIX (Linux, macOS): imported here so that the package still imports elsewhere
+
         f = open(self.path, "a+")  # closed in release()
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -176,6 +177,8 @@ class StoreLock:
 
     def release(self) -> None:
         if self.file is not None:
+            import fcntl
+
             with contextlib.suppress(OSError):
                 fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
