@@ -163,9 +163,10 @@ class TracInCPFast(TracInCPBase):
             else (with a ``cache_dir``) read from the store.
         factor_dtype: the dtype the factors are kept in: None (the default: as computed, ``torch.float32`` for a
             float32 model, Captum's numbers), ``torch.float32``, or ``torch.bfloat16`` / ``torch.float16`` (half
-            the memory, disk and traffic; products still accumulate in float32; scores are approximate: about
-            0.5 % relative error and a top-10 overlap near 0.95 on the tests' models for bfloat16, see
-            ``benchmarks/probes/factor_dtype.py``). Self-influence stays exact (its norms are kept in float32).
+            the memory, disk and traffic; products still accumulate in float32; scores are approximate: with
+            bfloat16 within 0.25 % of each test row's largest score and the same top-10 on the tests' models and
+            the tutorial's, see ``benchmarks/probes/factor_dtype.py``). Self-influence stays exact (its norms are
+            kept in the computation dtype). Anything else is a ``ValueError``.
     """
 
     _cache_kind = "fast"  # TracInCPFastRandProj reuses TracInCPFast's cached factors
@@ -1018,9 +1019,10 @@ class TracInCPFastRandProj(TracInCPFast):
             else (with a ``cache_dir``) read from the store.
         factor_dtype: the dtype the factors are kept in: None (the default: as computed, ``torch.float32`` for a
             float32 model, Captum's numbers), ``torch.float32``, or ``torch.bfloat16`` / ``torch.float16`` (half
-            the memory, disk and traffic; products still accumulate in float32; scores are approximate: about
-            0.5 % relative error and a top-10 overlap near 0.95 on the tests' models for bfloat16, see
-            ``benchmarks/probes/factor_dtype.py``). Self-influence stays exact (its norms are kept in float32).
+            the memory, disk and traffic; products still accumulate in float32; scores are approximate: with
+            bfloat16 within 0.25 % of each test row's largest score and the same top-10 on the tests' models and
+            the tutorial's, see ``benchmarks/probes/factor_dtype.py``). Self-influence stays exact (its norms are
+            kept in the computation dtype). Anything else is a ``ValueError``.
     """
 
     def __init__(
