@@ -452,3 +452,17 @@ def test_default_placement(monkeypatch):
     assert _store.placement(5001, cpu, None, True) == "stream"
     assert _store.placement(400, cuda, 300, True) == "stream"
     assert _store.placement(300, cuda, 300, True) == "device"
+
+
+def test_kept_rows_fill_preallocated_tensors_and_survive_a_wrong_length():
+    from tracin_widgets.influence._fast import _Kept
+
+    blocks = [torch.arange(6.0).reshape(3, 2), torch.arange(6.0, 12.0).reshape(3, 2)]
+    kept = _Kept(6, torch.device("cpu"))
+    kept.add(0, blocks[0])
+    kept.add(3, blocks[1])
+    assert kept.parts == [] and torch.equal(kept.result(6)[0], torch.cat(blocks))
+    short = _Kept(4, torch.device("cpu"))  # a dataset whose len() said 4 but that yields 6 rows
+    short.add(0, blocks[0])
+    short.add(3, blocks[1])
+    assert torch.equal(short.result(6)[0], torch.cat(blocks))

@@ -80,6 +80,34 @@ def _has_rows(x: Any, n: int) -> bool:
     return isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n
 
 
+class _Kept:
+    """The factor rows a pass keeps in memory, on ``device``: written into tensors of all ``n`` rows when ``n``
+    is known (no second copy from concatenating the blocks at the end), else collected and concatenated."""
+
+    def __init__(self, n: int | None, device: torch.device) -> None:
+        self.n, self.device = n, device
+        self.full: tuple[torch.Tensor, ...] | None = None
+        self.parts: list[tuple[torch.Tensor, ...]] = []
+
+    def add(self, offset: int, *blocks: torch.Tensor) -> None:
+        rows = blocks[0].shape[0]
+        if self.n is not None and offset + rows > self.n:  # more rows than the dataset's length said
+            self.parts = [tuple(f[:offset] for f in self.full)] if self.full is not None else []
+            self.n = self.full = None
+        if self.n is None:
+            self.parts.append(tuple(b.to(self.device) for b in blocks))
+            return
+        if self.full is None:
+            self.full = tuple(torch.empty(self.n, *b.shape[1:], dtype=b.dtype, device=self.device) for b in blocks)
+        for f, b in zip(self.full, blocks, strict=True):
+            f[offset : offset + rows].copy_(b)
+
+    def result(self, rows: int) -> tuple[torch.Tensor, ...]:
+        if self.full is not None:
+            return tuple(f[:rows] for f in self.full)
+        return tuple(torch.cat(p) for p in zip(*self.parts, strict=True))
+
+
 @contextlib.contextmanager
 def _no_tf32() -> Iterator[None]:
     cudnn = torch.backends.cudnn
@@ -601,14 +629,15 @@ class TracInCPFast(TracInCPBase):
             if writer is None and self.max_memory is not None and self._probe_dims(states):
                 where = self._place(n_train, lock is not None)  # too big without a store: said before the pass
             done = writer.rows_written if writer is not None else 0
-            parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+            kept: _Kept | None = None
             prog = _Progress("training factors", n_train, show_progress, self.progress_callback)
             total = 0
             try:
                 if writer is not None:
                     where = self._place(n_train, True)
                     if where != "stream":  # resumed in memory: the rows stored already, as stored
-                        parts.append(self._stored_rows(writer.store, done, where))
+                        kept = _Kept(n_train, self.device if where == "device" else torch.device("cpu"))
+                        kept.add(0, *self._stored_rows(writer.store, done))
                 merge = self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
                 for offset, batch in self._train_batches(self._pass_rows(states[-1], merge)):
                     n = batch_len(batch)
@@ -646,8 +675,9 @@ class TracInCPFast(TracInCPBase):
                             lock.release()  # written no more: the pass goes on in memory
                             lock = None
                     if where != "stream":
-                        to = self.device if where == "device" else torch.device("cpu")
-                        parts.append((A.to(to), G.to(to), norms.to(to)))
+                        if kept is None:
+                            kept = _Kept(n_train, self.device if where == "device" else torch.device("cpu"))
+                        kept.add(offset, A, G, norms)
                         if n_train is None and self.max_memory is not None and writer is None:
                             if self._factor_bytes(offset + n) > self.max_memory:
                                 self._raise_too_big(offset + n)
@@ -677,21 +707,19 @@ class TracInCPFast(TracInCPBase):
             self._stream = writer.store
             self._norms = writer.store.norms()
             return
-        self._factors = Factors(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-        if self._factor_dtype != self._compute_dtype:
-            self._norms = torch.cat([p[2] for p in parts])
+        assert kept is not None
+        A, G, self._norms = kept.result(total)
+        self._factors = Factors(A, G)
 
-    def _stored_rows(
-        self, store: FactorStore, rows: int, where: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        target = self.device if where == "device" else torch.device("cpu")
+    @staticmethod
+    def _stored_rows(store: FactorStore, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fds = store._open()
         try:
             A, G = store.read_rows(fds, 0, rows)
         finally:
             for fd in fds:
                 os.close(fd)
-        return A.to(target), G.to(target), store.norms()[:rows].to(target)
+        return A, G, store.norms()[:rows]
 
     def _new_store(self, folder: Path, expect: dict[str, Any], where: str) -> StoreWriter | None:
         """A new store for this pass (the dims are known); None when it cannot be written (warned)."""
