@@ -26,7 +26,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,7 @@ def _as_bytes(t: torch.Tensor) -> memoryview:
     return t.numpy().data.cast("B")
 
 
-def _write_at(fd: int, t: torch.Tensor, offset: int) -> None:
-    buf = _as_bytes(t)
+def _write_at(fd: int, buf: memoryview, offset: int) -> None:
     done = 0
     while done < len(buf):
         done += os.pwrite(fd, buf[done:], offset + done)
@@ -348,14 +347,18 @@ def lock_store(folder: Path, expect: dict[str, Any]) -> tuple[StoreLock, FactorS
 class StoreWriter:
     """Appends blocks of rows to a store during the factor pass, holding its lock (see the module docstring).
 
-    ``append`` writes without syncing; ``commit`` fsyncs the files, then records their rows in the manifest.
+    ``append`` copies a block to the host and writes it on a background thread while the pass computes the next
+    one (one block in flight; its error, e.g. a full disk, is raised by the next ``append`` or ``commit``);
+    ``commit`` waits for it, fsyncs the files, then records their rows in the manifest.
     """
 
     commit_seconds = 2.0  # at most this much work is lost when the process is killed mid-pass
 
     def __init__(self, store: FactorStore) -> None:
         self.store = store
-        self.rows_written = store.rows_complete
+        self.rows_written = store.rows_complete  # rows written completely (not all of them synced yet)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tracin-store")
+        self._pending: Future[None] | None = None
         self.fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o644) for p, _ in store.files()]
         self._last_commit = time.monotonic()
         try:
@@ -380,14 +383,26 @@ class StoreWriter:
         return self.store.rows_complete
 
     def append(self, A: torch.Tensor, G: torch.Tensor, norms: torch.Tensor) -> None:
-        """Write rows ``rows_written:`` (``A``/``G``: ``(n, C, d)`` in the store dtype; ``norms``: ``(n, C, 2)``)."""
+        """Write the next rows (``A``/``G``: ``(n, C, d)`` in the store dtype; ``norms``: ``(n, C, 2)``)."""
         s, n = self.store, A.shape[0]
+        host = [_as_bytes(A[:, c]) for c in range(s.C)], [_as_bytes(G[:, c]) for c in range(s.C)], _as_bytes(norms)
+        self._wait()
         r = self.rows_written
-        for c in range(s.C):
-            _write_at(self.fds[2 * c], A[:, c], r * s.da * s.item)
-            _write_at(self.fds[2 * c + 1], G[:, c], r * s.dg * s.item)
-        _write_at(self.fds[-1], norms, r * s.C * 2 * s.norm_item)
-        self.rows_written = r + n
+
+        def write() -> None:
+            for c in range(s.C):
+                _write_at(self.fds[2 * c], host[0][c], r * s.da * s.item)
+                _write_at(self.fds[2 * c + 1], host[1][c], r * s.dg * s.item)
+            _write_at(self.fds[-1], host[2], r * s.C * 2 * s.norm_item)
+            self.rows_written = r + n
+
+        self._pending = self._pool.submit(write)
+
+    def _wait(self) -> None:
+        """Wait for the block in flight; raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def maybe_commit(self) -> None:
         if time.monotonic() - self._last_commit >= self.commit_seconds:
@@ -395,10 +410,19 @@ class StoreWriter:
 
     def commit(self, rows: int | None = None) -> None:
         """fsync the files, then record the rows written in the manifest (``rows``: the training set's size,
-        marking the store complete)."""
+        marking the store complete). A failed write is raised after the rows before it are recorded."""
         self._last_commit = time.monotonic()
-        if self.rows_written == self.store.rows_complete and rows is None:
-            return
+        failed: BaseException | None = None
+        try:
+            self._wait()
+        except BaseException as e:
+            failed, rows = e, None
+        if self.rows_written != self.store.rows_complete or rows is not None:
+            self._record(rows)
+        if failed is not None:
+            raise failed
+
+    def _record(self, rows: int | None) -> None:
         for fd in self.fds:
             os.fsync(fd)
         meta = {**self.store.meta, "rows_complete": self.rows_written}
@@ -412,7 +436,10 @@ class StoreWriter:
             raise
 
     def close(self) -> None:
-        """Close the files (the lock is released by its owner)."""
+        """Close the files (the lock is released by its owner); a block still in flight is finished first."""
+        with contextlib.suppress(Exception):
+            self._wait()
+        self._pool.shutdown(wait=True)
         for fd in self.fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
