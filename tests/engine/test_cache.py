@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import warnings
@@ -27,6 +28,13 @@ def _setup(tmp_path, seed=0):
     return model, paths, TensorDataset(x, y), (torch.randn(4, 6), torch.randint(0, 3, (4,)))
 
 
+def _saved(cache, kind="fast"):
+    """The saved results in ``cache``: TracInCPFast's complete factor stores, TracInCP's ``.pt`` files."""
+    if kind == "cp":
+        return list(cache.glob("*.pt"))
+    return [p for p in cache.glob("tracin-fast-store-*") if json.loads((p / "manifest.json").read_text())["complete"]]
+
+
 def _engine(model, paths, ds, cache, phases, layer="2"):
     from tracin_widgets.influence import TracInCPFast
 
@@ -47,7 +55,7 @@ def test_cache_reused_then_invalidated(tmp_path):
     cache = tmp_path / "cache"
     phases: list[str] = []
     first = _engine(model, paths, ds, cache, phases).influence(test)
-    assert "training factors" in phases and len(list(cache.glob("*.pt"))) == 1
+    assert "training factors" in phases and len(_saved(cache)) == 1
 
     phases.clear()
     again = _engine(model, paths, ds, cache, phases)
@@ -76,9 +84,21 @@ def test_corrupt_cache_is_recomputed_not_trusted(tmp_path):
     model, paths, ds, test = _setup(tmp_path)
     cache = tmp_path / "cache"
     first = _engine(model, paths, ds, cache, []).influence(test)
-    (f,) = cache.glob("*.pt")
-    f.write_bytes(b"not a torch file")
+    (store,) = _saved(cache)
+    manifest = (store / "manifest.json").read_text()
+    (store / "manifest.json").write_bytes(b"not a manifest")
     phases: list[str] = []
+    assert torch.equal(_engine(model, paths, ds, cache, phases).influence(test), first)
+    assert "training factors" in phases
+    # a data file shorter than the manifest says (a copy cut short): recomputed too
+    with open(store / "G-1.bin", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 4)
+    phases.clear()
+    assert torch.equal(_engine(model, paths, ds, cache, phases).influence(test), first)
+    assert "training factors" in phases
+    # a manifest of another setup in this folder: never used
+    (store / "manifest.json").write_text(manifest.replace('"learning_rates": [', '"learning_rates": [2.0, '))
+    phases.clear()
     assert torch.equal(_engine(model, paths, ds, cache, phases).influence(test), first)
     assert "training factors" in phases
 
@@ -164,14 +184,14 @@ def test_cache_key_ingredient_changes_recompute(tmp_path, kind, what):
     model, paths, x, y, test = _big(tmp_path)
     cache = tmp_path / "cache"
     before = _ingredient_run(kind, model, paths, x, y, test, cache, [], BASE)
-    assert len(list(cache.glob("*.pt"))) == 1
+    assert len(_saved(cache, kind)) == 1
     changed_cfg = {**BASE, **CHANGES[what]}
     phases: list[str] = []
     changed = _ingredient_run(kind, model, paths, x, y, test, cache, phases, changed_cfg)
     assert ("training factors" if kind == "fast" else "self influence") in phases, "the stale cache was reused"
     fresh = _ingredient_run(kind, model, paths, x, y, test, None, [], changed_cfg)
     assert torch.equal(changed, fresh)
-    assert len(list(cache.glob("*.pt"))) == 2  # the first setup's file is kept, not overwritten
+    assert len(_saved(cache, kind)) == 2  # the first setup's file is kept, not overwritten
     if what == "data_version":
         assert torch.equal(changed, before)  # same numbers: only the name changed
     elif what == "dtype":

@@ -363,7 +363,7 @@ class TracInCPBase:
             model.load_state_dict(saved)
             prog.close()
         self._states, self._lrs = states, lrs
-        if self.cache_dir is not None and not any(self.cache_dir.glob(f"tracin-{self._cache_kind}-*.pt")):
+        if self.cache_dir is not None and not any(self.cache_dir.glob(f"tracin-{self._cache_kind}-*")):
             self._probe_cache()  # nothing there to reuse: say now, before any pass, if nothing can be saved
         return states, lrs
 

@@ -15,14 +15,17 @@ import contextlib
 import functools
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from . import _cache
 from ._base import (
     Checkpoints,
     Inputs,
@@ -43,6 +46,21 @@ from ._layers import resolve_module, trace_output_module
 from ._loss import loss_mode, total_loss
 from ._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 from ._ops import FastCpuOps
+from ._store import FORMAT as STORE_FORMAT
+from ._store import (
+    FactorStore,
+    StoreLock,
+    StoreWriter,
+    check_factor_dtype,
+    dtype_name,
+    human,
+    lock_store,
+    parse_max_memory,
+    placement,
+    store_error,
+    store_folder,
+    stream_rows,
+)
 
 
 class Factors(NamedTuple):
@@ -57,6 +75,38 @@ class _Stacked(NamedTuple):
 
     states: list[dict[str, torch.Tensor]]  # the states they were stacked from (identity marks them current)
     params: dict[str, torch.Tensor]  # name -> (n_checkpoints, *shape)
+
+
+def _has_rows(x: Any, n: int) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n
+
+
+class _Kept:
+    """The factor rows a pass keeps in memory, on ``device``: written into tensors of all ``n`` rows when ``n``
+    is known (no second copy from concatenating the blocks at the end), else collected and concatenated."""
+
+    def __init__(self, n: int | None, device: torch.device) -> None:
+        self.n, self.device = n, device
+        self.full: tuple[torch.Tensor, ...] | None = None
+        self.parts: list[tuple[torch.Tensor, ...]] = []
+
+    def add(self, offset: int, *blocks: torch.Tensor) -> None:
+        rows = blocks[0].shape[0]
+        if self.n is not None and offset + rows > self.n:  # more rows than the dataset's length said
+            self.parts = [tuple(f[:offset] for f in self.full)] if self.full is not None else []
+            self.n = self.full = None
+        if self.n is None:
+            self.parts.append(tuple(b.to(self.device) for b in blocks))
+            return
+        if self.full is None:
+            self.full = tuple(torch.empty(self.n, *b.shape[1:], dtype=b.dtype, device=self.device) for b in blocks)
+        for f, b in zip(self.full, blocks, strict=True):
+            f[offset : offset + rows].copy_(b)
+
+    def result(self, rows: int) -> tuple[torch.Tensor, ...]:
+        if self.full is not None:
+            return tuple(f[:rows] for f in self.full)
+        return tuple(torch.cat(p) for p in zip(*self.parts, strict=True))
 
 
 @contextlib.contextmanager
@@ -117,10 +167,14 @@ class TracInCPFast(TracInCPBase):
             ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
         progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
             advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
-            aborts cleanly: the model is restored and nothing partial is cached. Default None.
-        cache_dir: a folder where the training-set factors (shared with ``TracInCPFastRandProj``) are saved
-            and reused by later instances (default None: kept in memory only). A file is reused only when the
-            loss (type and settings), the layers, the checkpoint files' contents and learning rates,
+            aborts cleanly: the model is restored and nothing partial is used as complete (a ``cache_dir`` store
+            keeps the blocks written so far, and the next call resumes from them). Default None.
+        cache_dir: a folder where the training-set factors (shared by ``TracInCPFast`` and
+            ``TracInCPFastRandProj``) are written during the pass, as a store (a folder of plain row-major files
+            and a ``manifest.json``, see ``influence/_store.py``), and reused by later instances (default None:
+            kept in memory only). An interrupted pass (an exception, ``Cancelled``, Ctrl-C, a killed job) resumes
+            from the last block written; a second process writing the same store is refused. A store is reused
+            only when the loss (type and settings), the layers, the checkpoint files' contents and learning rates,
             ``checkpoints_load_func``, the model's architecture and precision, the device type, ``data_version``
             and the training data are all the same. A folder that cannot be written gives a ``TracInWarning``
             before the pass (results stay in memory); the checkpoints folder itself is a ``ValueError``.
@@ -130,6 +184,18 @@ class TracInCPFast(TracInCPBase):
             key. Array-backed datasets (``TensorDataset``, a ``Subset`` of one, torchvision's CIFAR/MNIST) are
             hashed in full; any other dataset only by its type, length and 24 items spread over it, so change
             ``data_version`` when its contents change (a dataset without a length is reused only with one).
+        max_memory: the most memory the training-set factors may take: bytes as an int, or a string such as
+            ``"512MB"`` or ``"10GiB"`` (MB/GB: powers of 1000, MiB/GiB: of 1024, as in Hugging Face accelerate).
+            Factors larger than that stay in the ``cache_dir`` store and every query reads it block by block (same
+            results, at disk speed); without a ``cache_dir`` that is a ``ValueError`` before the pass. Default
+            None: on the compute device when they take less than half its free memory, else in host memory,
+            else (with a ``cache_dir``) read from the store.
+        factor_dtype: the dtype the factors are kept in: None (the default: as computed, ``torch.float32`` for a
+            float32 model, Captum's numbers), ``torch.float32``, or ``torch.bfloat16`` / ``torch.float16`` (half
+            the memory, disk and traffic; products still accumulate in float32; scores are approximate: with
+            bfloat16 within 0.25 % of each test row's largest score and the same top-10 on the tests' models and
+            the tutorial's, see ``benchmarks/probes/factor_dtype.py``). Self-influence stays exact (its norms are
+            kept in the computation dtype). Anything else is a ``ValueError``.
     """
 
     _cache_kind = "fast"  # TracInCPFastRandProj reuses TracInCPFast's cached factors
@@ -155,7 +221,11 @@ class TracInCPFast(TracInCPBase):
         cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
         data_version: str | None = None,
+        max_memory: int | str | None = None,
+        factor_dtype: torch.dtype | None = None,
     ) -> None:
+        self.max_memory = parse_max_memory(max_memory)
+        self.factor_dtype = check_factor_dtype(factor_dtype)
         super().__init__(
             model,
             train_dataset,
@@ -181,6 +251,13 @@ class TracInCPFast(TracInCPBase):
             else loss_mode(test_loss_fn, "test_loss_fn", ("sum", "mean"), ctx, "sum")
         )
         self._factors: Factors | None = None
+        self._stream: FactorStore | None = None  # the store the factors are read from block by block
+        self._norms: torch.Tensor | None = None  # (N, C, 2): |g|^2, |a|^2 (kept when the factors are not exact)
+        self._placement: str | None = None  # where the factors live: "device", "host" or "stream"
+        self._dims: tuple[int, int] = (0, 0)  # dim(a), dim(g)
+        self._n_ckpts = 0
+        self._compute_dtype = torch.get_default_dtype()  # of the factors as computed (the queries' dtype)
+        self._factor_dtype = torch.get_default_dtype()  # of the factors as kept
         self._vmap_ok: bool | None = None  # GPU: may all checkpoints run in one vmapped forward?
         self._stacked: _Stacked | None = None
         self._self_influence: torch.Tensor | None = None
@@ -194,6 +271,9 @@ class TracInCPFast(TracInCPBase):
     def final_fc_layer(self, layer: nn.Module | str) -> None:
         self.final_fc_layer_name, self._final_fc_layer = resolve_module(self.model, layer, "final_fc_layer")
         self._factors = None
+        self._stream = None
+        self._norms = None
+        self._placement = None
         self._self_influence = None
         self._layer_checked = False
         self._fingerprint = None
@@ -363,15 +443,35 @@ class TracInCPFast(TracInCPBase):
         return f"{self.final_fc_layer_name}|{self.reduction_type}"
 
     def _ensure_factors(self, show_progress: bool = False) -> Factors:
-        if self._factors is not None:
-            return self._factors
-        cache_path = self._cache_file("factors", self._layer_key())
-        cached = self._cache_load(cache_path)
-        if cached is not None:
-            self._factors = Factors(cached["A"], cached["G"])
+        """The training-set factors in memory (computed, or read from the store, once)."""
+        self._prepare_factors(show_progress)
+        if self._factors is None:
+            raise ValueError(
+                f"this needs the training-set factors in memory, but they are read from the store block by block "
+                f"(max_memory={self.max_memory!r} is smaller than their {human(self._factor_bytes())}). Pass "
+                "max_memory=None or a larger one."
+            )
+        return self._factors
+
+    def _prepare_factors(self, show_progress: bool = False) -> None:
+        """Make the training-set factors available: in memory (``self._factors``) or streamed from the store
+        (``self._stream``): read from a complete store in ``cache_dir``, else one pass (resuming a store)."""
+        if self._factors is not None or self._stream is not None:
+            return
+        if self.cache_dir is None and self.max_memory is None and self.factor_dtype is None:
+            self._memory_pass(show_progress)  # the plain path: exactly as without a store
+            return
+        folder, expect = self._store_target()
+        store = FactorStore.read(folder, expect) if folder is not None else None
+        if store is not None and store.complete:
+            self._adopt(store)
             if show_progress:
-                _Progress("training factors (cache file)", cached["A"].shape[0], True, None).finish()
-            return self._factors
+                _Progress("training factors (cache file)", store.rows, True, None).finish()
+            return
+        self._probe_cache()  # a cache_dir that cannot be written: warn now, before the pass
+        self._store_pass(None if self._cache_unwritable is not None else folder, expect, show_progress)
+
+    def _memory_pass(self, show_progress: bool) -> None:
         with self._computing():
             states, _ = self._checkpoint_states(show_progress)
             A_parts, G_parts = [], []
@@ -393,6 +493,13 @@ class TracInCPFast(TracInCPBase):
                         offset,
                         complete=False,
                     )
+                    if self._placement is None:  # a GPU without room for all of them: keep them in host memory
+                        self._set_dims(A.shape[-1], G.shape[-1], A.dtype)
+                        self._n_ckpts = A.shape[1]
+                        n = self._n_train()
+                        self._placement = "device" if n is None else self._place(n, False)
+                    if self._placement == "host":
+                        A, G = A.cpu(), G.cpu()
                     A_parts.append(A)
                     G_parts.append(G)
                     prog.update(batch_len(batch))
@@ -404,8 +511,300 @@ class TracInCPFast(TracInCPBase):
         if self.device.type != "cpu":
             self._check_factors(A, G, "training batch")
         self._factors = Factors(A, G)
-        self._cache_save(cache_path, {"A": A, "G": G})
-        return self._factors
+
+    # ------------------------------------------------------------------ the store (influence/_store.py)
+    def _store_key(self) -> str:
+        dtype = "" if self.factor_dtype is None else f"|factors={dtype_name(self.factor_dtype)}"
+        return self._layer_key() + dtype
+
+    def _store_target(self) -> tuple[Path | None, dict[str, Any]]:
+        """The store folder (None without cache_dir) and what its manifest must say."""
+        _, lrs = self._checkpoint_states()
+        loss = self.loss_fn
+        expect: dict[str, Any] = {
+            "format": STORE_FORMAT,
+            "kind": self._cache_kind,
+            "layer": self.final_fc_layer_name,
+            "loss": f"{type(loss).__module__}.{type(loss).__qualname__}|{self.reduction_type}",
+            "learning_rates": [float(x) for x in lrs],
+            "checkpoints": len(lrs),
+        }
+        if self.factor_dtype is not None:
+            expect["dtype"] = dtype_name(self.factor_dtype)
+        n = self._n_train()
+        if n is not None:
+            expect["rows"] = n
+        if self.cache_dir is None:
+            return None, expect
+        fp = self._compute_fingerprint(self._store_key())
+        expect["fingerprint"] = fp
+        return store_folder(self.cache_dir, self._cache_kind, fp), expect
+
+    def _factor_bytes(self, rows: int | None = None) -> int:
+        """Bytes of the training-set factors (known once their dims are)."""
+        rows = self._n_rows() if rows is None else rows
+        da, dg = self._dims
+        return rows * self._n_ckpts * (da + dg) * torch.empty((), dtype=self._factor_dtype).element_size()
+
+    def _place(self, rows: int | None, has_store: bool) -> str:
+        if rows is None:  # a dataset without a length: decided when the factors are complete
+            return "device" if self.device.type == "cpu" else "host"
+        where = placement(self._factor_bytes(rows), self.device, self.max_memory, has_store)
+        if where == "stream" and not has_store:
+            self._raise_too_big(rows)
+        return where
+
+    def _raise_too_big(self, rows: int) -> None:
+        why = (
+            f"cache_dir {str(self.cache_dir)!r} cannot be written ({self._cache_unwritable})"
+            if self.cache_dir is not None
+            else "no cache_dir was given"
+        )
+        raise ValueError(
+            f"the training-set factors take {human(self._factor_bytes(rows))} ({rows} rows x {self._n_ckpts} "
+            f"checkpoints x {sum(self._dims)} values in {dtype_name(self._factor_dtype)}), more than "
+            f"max_memory={self.max_memory!r} ({human(self.max_memory or 0)}), and {why} to keep them on disk. "
+            "Pass cache_dir= a writable folder with room for them (they are then read block by block), a larger "
+            "max_memory, or factor_dtype=torch.bfloat16 (half the bytes)."
+        )
+
+    def _adopt(self, store: FactorStore) -> None:
+        """Use a complete store: loaded where ``_place`` says, or streamed."""
+        self._dims, self._n_ckpts = (store.da, store.dg), store.C
+        self._factor_dtype, self._compute_dtype = store.dtype, store.norm_dtype
+        where = self._place(store.rows, True)
+        self._placement = where
+        reduced = store.dtype != store.norm_dtype
+        if where == "stream":
+            self._stream = store
+            self._norms = store.norms()
+            return
+        target = self.device if where == "device" else torch.device("cpu")
+        A = torch.empty(store.rows, store.C, store.da, dtype=store.dtype, device=target)
+        G = torch.empty(store.rows, store.C, store.dg, dtype=store.dtype, device=target)
+        rows = stream_rows(store.row_bytes, None)
+        for s, a, g in store.blocks(rows, pin=target.type == "cuda"):
+            A[s : s + a.shape[0]].copy_(a)
+            G[s : s + g.shape[0]].copy_(g)
+        self._factors = Factors(A, G)
+        if reduced:
+            self._norms = store.norms()
+
+    def _set_dims(self, da: int, dg: int, compute_dtype: torch.dtype) -> None:
+        self._dims, self._compute_dtype = (da, dg), compute_dtype
+        self._factor_dtype = self.factor_dtype or compute_dtype
+
+    def _probe_dims(self, states: list[dict]) -> bool:
+        """Learn dim(a), dim(g) and the dtype from a forward of a few training rows (False: nothing to probe)."""
+        probe = self._probe_batch()
+        if probe is None:
+            return False
+        g, a = self._chunk_factors(states[0], probe, self.reduction_type, self.loss_fn, "training batch")
+        self._set_dims(a.shape[-1], g.shape[-1], a.dtype)
+        return True
+
+    def _store_pass(self, folder: Path | None, expect: dict[str, Any], show_progress: bool) -> None:
+        """The factor pass when a store, ``max_memory`` or ``factor_dtype`` is involved: each block is checked,
+        cast to ``factor_dtype``, appended to the store (resuming it) and kept in memory unless streamed."""
+        n_train = self._n_train()
+        with self._computing():
+            states, _ = self._checkpoint_states(show_progress)
+            self._n_ckpts = len(states)
+            where: str | None = None
+            lock: StoreLock | None = None
+            writer: StoreWriter | None = None
+            if folder is not None:
+                try:
+                    lock, found = lock_store(folder, expect)
+                except OSError as e:
+                    self._store_unwritable(folder, e)
+                    found = None
+                if found is not None and found.complete:
+                    assert lock is not None
+                    lock.release()
+                    self._adopt(found)
+                    return
+                if found is not None and found.rows_complete:
+                    writer = StoreWriter(found)
+                    self._set_dims(found.da, found.dg, found.norm_dtype)
+            if writer is None and self.max_memory is not None and self._probe_dims(states):
+                where = self._place(n_train, lock is not None)  # too big without a store: said before the pass
+            done = writer.rows_written if writer is not None else 0
+            kept: _Kept | None = None
+            prog = _Progress("training factors", n_train, show_progress, self.progress_callback)
+            total = 0
+            try:
+                if writer is not None:
+                    where = self._place(n_train, True)
+                    if where != "stream":  # resumed in memory: the rows stored already, as stored
+                        kept = _Kept(n_train, self.device if where == "device" else torch.device("cpu"))
+                        kept.add(0, *self._stored_rows(writer.store, done))
+                merge = self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
+                for offset, batch in self._train_batches(self._pass_rows(states[-1], merge)):
+                    n = batch_len(batch)
+                    total = offset + n
+                    if total <= done:  # stored already
+                        prog.update(n)
+                        continue
+                    if offset < done:
+                        batch = tuple(x[done - offset :] if _has_rows(x, n) else x for x in batch)
+                        prog.update(done - offset)
+                        n, offset = total - done, done
+                    if not self._layer_checked:
+                        self._measure_rows(states[-1], batch, "training batch")
+                        self._check_layer(states[-1], split_rows(batch, n, self._rows(merge))[0])
+                    A, G = self._factors_of(
+                        [batch], states, self.reduction_type, self.loss_fn, "training batch", True, offset, False
+                    )
+                    if where is None:
+                        self._set_dims(A.shape[-1], G.shape[-1], A.dtype)
+                        where = self._place(n_train, lock is not None)
+                    norms = torch.stack([G.pow(2).sum(-1), A.pow(2).sum(-1)], -1)
+                    A, G = self._cast_factors(A, G, offset)
+                    if lock is not None and writer is None:
+                        writer = self._new_store(folder, expect, where)  # type: ignore[arg-type]
+                        if writer is None:
+                            lock.release()
+                            lock = None
+                    if writer is not None:
+                        try:
+                            writer.append(A, G, norms)
+                            writer.maybe_commit()
+                        except OSError as e:
+                            writer = self._store_failed(writer, e, where)
+                            assert lock is not None
+                            lock.release()  # written no more: the pass goes on in memory
+                            lock = None
+                    if where != "stream":
+                        if kept is None:
+                            kept = _Kept(n_train, self.device if where == "device" else torch.device("cpu"))
+                        kept.add(offset, A, G, norms)
+                        if n_train is None and self.max_memory is not None and writer is None:
+                            if self._factor_bytes(offset + n) > self.max_memory:
+                                self._raise_too_big(offset + n)
+                    prog.update(n)
+                if total == 0:
+                    raise ValueError("train_dataset is empty: there is nothing to compute influence against.")
+                if writer is not None:
+                    assert where is not None
+                    try:
+                        writer.commit(rows=total)
+                    except OSError as e:
+                        writer = self._store_failed(writer, e, where)
+            except BaseException:
+                if writer is not None:  # keep every block written completely: the next call resumes there
+                    with contextlib.suppress(OSError):
+                        writer.commit()
+                raise
+            finally:
+                prog.close()
+                if writer is not None:
+                    writer.close()
+                if lock is not None:
+                    lock.release()
+        self._placement = where
+        if where == "stream":
+            assert writer is not None
+            self._stream = writer.store
+            self._norms = writer.store.norms()
+            return
+        assert kept is not None
+        A, G, self._norms = kept.result(total)
+        self._factors = Factors(A, G)
+
+    @staticmethod
+    def _stored_rows(store: FactorStore, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fds = store._open()
+        try:
+            A, G = store.read_rows(fds, 0, rows)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return A, G, store.norms()[:rows]
+
+    def _new_store(self, folder: Path, expect: dict[str, Any], where: str) -> StoreWriter | None:
+        """A new store for this pass (the dims are known); None when it cannot be written (warned)."""
+        meta = {
+            **expect,
+            "rows": expect.get("rows"),
+            "dims": {"A": self._dims[0], "G": self._dims[1]},
+            "dtype": dtype_name(self._factor_dtype),
+            "norm_dtype": dtype_name(self._compute_dtype),
+        }
+        try:
+            return StoreWriter.create(folder, meta)
+        except OSError as e:
+            if where == "stream":
+                raise store_error(folder, e, 0) from e
+            with contextlib.suppress(OSError):
+                shutil.rmtree(folder)  # nothing in it worth keeping
+            self._store_unwritable(folder, e)
+            return None
+
+    def _store_failed(self, writer: StoreWriter, e: OSError, where: str) -> StoreWriter | None:
+        """Writing the store failed: stop with an error naming it when the factors live only there, else warn
+        (once) and go on in memory. Every block recorded in the manifest is kept for a later call."""
+        with contextlib.suppress(OSError):
+            writer.commit()  # the blocks appended completely before
+        writer.close()
+        store = writer.store
+        if where == "stream":
+            raise store_error(store.folder, e, store.rows_complete) from e
+        if store.rows_complete == 0:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(store.folder)
+        self._store_unwritable(store.folder, e)
+        return None
+
+    def _store_unwritable(self, folder: Path, e: OSError) -> None:
+        self._cache_unwritable = f"{type(e).__name__}: {e}"
+        _cache.warn_not_saved(self.cache_dir or folder, self._cache_unwritable)
+
+    def _cast_factors(self, A: torch.Tensor, G: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors in ``factor_dtype``; float16 overflowing (beyond +-65504) is an error, not an inf."""
+        if self._factor_dtype == A.dtype:
+            return A, G
+        A, G = A.to(self._factor_dtype), G.to(self._factor_dtype)
+        if self._factor_dtype == torch.float16 and not bool(torch.isfinite(A).all() & torch.isfinite(G).all()):
+            raise ValueError(
+                f"factor_dtype=torch.float16 cannot hold the factors of training rows from {offset} on (values "
+                "beyond +-65504): use factor_dtype=torch.bfloat16 (the range of float32) or torch.float32."
+            )
+        return A, G
+
+    # ------------------------------------------------------------------ factor blocks for the queries
+    def _n_rows(self) -> int:
+        if self._factors is not None:
+            return int(self._factors.A.shape[0])
+        assert self._stream is not None
+        return self._stream.rows
+
+    def _factor_blocks(self, step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(start, A, G)`` chunks of at most ``step`` training rows on the compute device, in the dtype the
+        factors were computed in (from memory, or read from the store block by block)."""
+        dev, dt = self.device, self._compute_dtype
+        if self._factors is not None:
+            A, G = self._factors
+            for s in range(0, A.shape[0], step):
+                yield s, A[s : s + step].to(dev, dt), G[s : s + step].to(dev, dt)
+            return
+        assert self._stream is not None
+        store = self._stream
+        rows = stream_rows(store.row_bytes, self.max_memory)
+        for s, A, G in store.blocks(rows, pin=dev.type == "cuda"):
+            A, G = A.to(dev, non_blocking=True), G.to(dev, non_blocking=True)
+            for j in range(0, A.shape[0], step):
+                yield s + j, A[j : j + step].to(dt), G[j : j + step].to(dt)
+
+    def _factor_rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors of training rows ``idx`` (any shape), on the compute device, in the computation dtype."""
+        if self._factors is not None:
+            A, G = self._factors
+            i = idx.to(A.device)
+            return A[i].to(self.device, self._compute_dtype), G[i].to(self.device, self._compute_dtype)
+        assert self._stream is not None
+        A, G = self._stream.gather(idx)
+        return A.to(self.device, self._compute_dtype), G.to(self.device, self._compute_dtype)
 
     @locked
     def fit(self, show_progress: bool = False) -> TracInCPFast:
@@ -416,9 +815,9 @@ class TracInCPFast(TracInCPBase):
             ValueError: the training set is empty, the model cannot take its batches, a label is not a class of
                 the model, or a factor is not finite (naming the rows).
         """
-        if self._factors is not None and show_progress:  # nothing to do: still show that the call ran
-            _Progress("training factors (cached)", self._factors.A.shape[0], True, None).finish()
-        self._ensure_factors(show_progress)
+        if (self._factors is not None or self._stream is not None) and show_progress:  # still show the call ran
+            _Progress("training factors (cached)", self._n_rows(), True, None).finish()
+        self._prepare_factors(show_progress)
         return self
 
     def _test_factors(
@@ -453,20 +852,17 @@ class TracInCPFast(TracInCPBase):
         return torch.tensor(lrs, dtype=like.dtype, device=like.device)
 
     def _score_chunks(self, At: torch.Tensor, Gt: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-        assert self._factors is not None
-        A, G = self._factors
-        lr = self._lr_tensor(A).view(-1, 1, 1)
-        step = self._chunk_rows(At.shape[0], A.shape[1])
-        for s in range(0, A.shape[0], step):
-            gg = torch.einsum("ncd,mcd->cnm", Gt, G[s : s + step])
-            aa = torch.einsum("ncd,mcd->cnm", At, A[s : s + step])
+        lr = self._lr_tensor(At).view(-1, 1, 1)
+        step = self._chunk_rows(At.shape[0], At.shape[1])
+        for s, A, G in self._factor_blocks(step):
+            gg = torch.einsum("ncd,mcd->cnm", Gt, G)
+            aa = torch.einsum("ncd,mcd->cnm", At, A)
             yield s, (gg * aa * lr).sum(0)
 
     def _scores_or_topk(
         self, At: torch.Tensor, Gt: torch.Tensor, k: int | None, proponents: bool, show_progress: bool = False
     ) -> torch.Tensor | KMostInfluentialResults:
-        assert self._factors is not None
-        n_train = self._factors.A.shape[0]
+        n_train = self._n_rows()
         prog = _Progress("influence", n_train, show_progress, None)  # a per-query step: tqdm only
         try:
             if k is None:
@@ -516,7 +912,7 @@ class TracInCPFast(TracInCPBase):
         proponents = check_proponents(proponents)
         # validate before the (possibly long) training pass
         batches = self._test_batches(inputs, show_progress=show_progress)
-        self._ensure_factors(show_progress)
+        self._prepare_factors(show_progress)
         At, Gt = self._test_factors(inputs, batches=batches, show_progress=show_progress)
         return self._scores_or_topk(At, Gt, k, proponents, show_progress)
 
@@ -576,9 +972,14 @@ class TracInCPFast(TracInCPBase):
         """
         if inputs is None:
             if self._self_influence is None:
-                cached = self._factors is not None
-                A, G = self._ensure_factors(show_progress)
-                self._self_influence = self._self_from_factors(A, G).cpu()
+                cached = self._factors is not None or self._stream is not None
+                self._prepare_factors(show_progress)
+                if self._norms is not None:  # written with the factors (exact also for half-precision ones)
+                    n = self._norms
+                    self._self_influence = (n[..., 0] * n[..., 1] * self._lr_tensor(n)).sum(1).cpu()
+                else:
+                    assert self._factors is not None
+                    self._self_influence = self._self_from_factors(*self._factors).cpu()
                 if cached and show_progress:  # the factors were ready: still show that the call ran
                     _Progress("self influence", len(self._self_influence), True, None).finish()
             elif show_progress:
@@ -652,10 +1053,14 @@ class TracInCPFastRandProj(TracInCPFast):
             ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
         progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
             advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
-            aborts cleanly: the model is restored and nothing partial is cached. Default None.
-        cache_dir: a folder where the training-set factors (shared with ``TracInCPFast``) are saved
-            and reused by later instances (default None: kept in memory only). A file is reused only when the
-            loss (type and settings), the layers, the checkpoint files' contents and learning rates,
+            aborts cleanly: the model is restored and nothing partial is used as complete (a ``cache_dir`` store
+            keeps the blocks written so far, and the next call resumes from them). Default None.
+        cache_dir: a folder where the training-set factors (shared by ``TracInCPFast`` and
+            ``TracInCPFastRandProj``) are written during the pass, as a store (a folder of plain row-major files
+            and a ``manifest.json``, see ``influence/_store.py``), and reused by later instances (default None:
+            kept in memory only). An interrupted pass (an exception, ``Cancelled``, Ctrl-C, a killed job) resumes
+            from the last block written; a second process writing the same store is refused. A store is reused
+            only when the loss (type and settings), the layers, the checkpoint files' contents and learning rates,
             ``checkpoints_load_func``, the model's architecture and precision, the device type, ``data_version``
             and the training data are all the same. A folder that cannot be written gives a ``TracInWarning``
             before the pass (results stay in memory); the checkpoints folder itself is a ``ValueError``.
@@ -665,6 +1070,18 @@ class TracInCPFastRandProj(TracInCPFast):
             key. Array-backed datasets (``TensorDataset``, a ``Subset`` of one, torchvision's CIFAR/MNIST) are
             hashed in full; any other dataset only by its type, length and 24 items spread over it, so change
             ``data_version`` when its contents change (a dataset without a length is reused only with one).
+        max_memory: the most memory the training-set factors may take: bytes as an int, or a string such as
+            ``"512MB"`` or ``"10GiB"`` (MB/GB: powers of 1000, MiB/GiB: of 1024, as in Hugging Face accelerate).
+            Factors larger than that stay in the ``cache_dir`` store and every query reads it block by block (same
+            results, at disk speed); without a ``cache_dir`` that is a ``ValueError`` before the pass. Default
+            None: on the compute device when they take less than half its free memory, else in host memory,
+            else (with a ``cache_dir``) read from the store.
+        factor_dtype: the dtype the factors are kept in: None (the default: as computed, ``torch.float32`` for a
+            float32 model, Captum's numbers), ``torch.float32``, or ``torch.bfloat16`` / ``torch.float16`` (half
+            the memory, disk and traffic; products still accumulate in float32; scores are approximate: with
+            bfloat16 within 0.25 % of each test row's largest score and the same top-10 on the tests' models and
+            the tutorial's, see ``benchmarks/probes/factor_dtype.py``). Self-influence stays exact (its norms are
+            kept in the computation dtype). Anything else is a ``ValueError``.
     """
 
     def __init__(
@@ -689,6 +1106,8 @@ class TracInCPFastRandProj(TracInCPFast):
         cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
         data_version: str | None = None,
+        max_memory: int | str | None = None,
+        factor_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -706,6 +1125,8 @@ class TracInCPFastRandProj(TracInCPFast):
             cache_dir=cache_dir,
             weights_only=weights_only,
             data_version=data_version,
+            max_memory=max_memory,
+            factor_dtype=factor_dtype,
         )
         if projection_dim is not None and (
             isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim <= 0
@@ -729,9 +1150,13 @@ class TracInCPFastRandProj(TracInCPFast):
 
     @locked
     def _build(self) -> None:
-        A, G = self._ensure_factors()
-        self._projections = self._make_projections(G.shape[-1], A.shape[-1])
-        emb = self._embed(A, G)
+        self._prepare_factors()
+        da, dg = self._dims if self._factors is None else (self._factors.A.shape[-1], self._factors.G.shape[-1])
+        self._projections = self._make_projections(dg, da)
+        if self._factors is not None and self._factors.A.dtype == self._compute_dtype and self._placement != "host":
+            emb = self._embed(*self._factors)
+        else:  # streamed, in host memory or half precision: embedded block by block on the device, in full precision
+            emb = torch.cat([self._embed(A, G) for _, A, G in self._factor_blocks(1 << 16)])
         prog = _Progress("nearest-neighbour index", emb.shape[0], False, self.progress_callback)
         self.nearest_neighbors.setup(emb)
         prog.update(emb.shape[0])
@@ -827,8 +1252,7 @@ class TracInCPFastRandProj(TracInCPFast):
             prog.finish()
             return scores
         q = self._embed(At, Gt)
-        assert self._factors is not None
-        n_train = self._factors.A.shape[0]
+        n_train = self._n_rows()
         kk = min(n_train, k * self.rerank) if self.rerank else k
         prog = _Progress("nearest neighbours", q.shape[0], show_progress, None)
         idx, vals = self.nearest_neighbors.get_nearest_neighbors(q if proponents else -q, kk)
@@ -838,10 +1262,10 @@ class TracInCPFastRandProj(TracInCPFast):
         if not self.rerank:
             return KMostInfluentialResults(idx.cpu(), (vals if proponents else -vals).cpu())
         # exact rerank of the candidates from the cached factors
-        A, G = self._factors
-        cand = idx.to(A.device)
-        gg = torch.einsum("ncd,nkcd->nkc", Gt, G[cand])
-        aa = torch.einsum("ncd,nkcd->nkc", At, A[cand])
+        cand = idx.to(self.device)
+        A, G = self._factor_rows(cand)
+        gg = torch.einsum("ncd,nkcd->nkc", Gt, G)
+        aa = torch.einsum("ncd,nkcd->nkc", At, A)
         exact = (gg * aa * self._lr_tensor(A)).sum(-1)
         vals, pos = torch.topk(exact, min(k, exact.shape[1]), dim=1, largest=proponents)
         return KMostInfluentialResults(torch.gather(cand, 1, pos).cpu(), vals.cpu())
