@@ -291,6 +291,17 @@ def test_streamed_top_k_equals_in_memory(streamed, proponents):
     torch.testing.assert_close(b.influence_scores, a.influence_scores, rtol=1e-5, atol=1e-6)
 
 
+def test_streamed_checkpoint_terms_equal_in_memory(streamed):
+    """influence_by_checkpoint reads only the requested rows from the store (no factors in memory)."""
+    p, mem, stream = streamed
+    rows = [0, 7, 2999, 1234]
+    a = mem.influence_by_checkpoint(p.test, rows)
+    b = stream.influence_by_checkpoint(p.test, rows)
+    assert stream._factors is None
+    torch.testing.assert_close(b, a, rtol=1e-6, atol=0)
+    torch.testing.assert_close(b.sum(-1), mem.influence(p.test, k=None)[:, rows], rtol=1e-5, atol=1e-6)
+
+
 def test_streamed_scores_and_self_influence_equal_in_memory(streamed):
     p, mem, stream = streamed
     expected = mem.influence(p.test, k=None)

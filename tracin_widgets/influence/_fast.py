@@ -938,12 +938,12 @@ class TracInCPFast(TracInCPBase):
         """
         idx = check_train_indices(train_indices, self._n_train())
         batches = self._test_batches(inputs)
-        A, G = self._ensure_factors()
-        idx = check_train_indices(idx, A.shape[0])  # a training set without a length is checked once read
+        self._prepare_factors()  # in memory or streamed from the store: only the requested rows are read
+        idx = check_train_indices(idx, self._n_rows())  # a training set without a length is checked once read
         At, Gt = self._test_factors(inputs, batches=batches)
-        sel = idx.to(A.device)
-        gg = torch.einsum("ncd,kcd->nkc", Gt, G[sel])
-        aa = torch.einsum("ncd,kcd->nkc", At, A[sel])
+        A, G = self._factor_rows(idx)
+        gg = torch.einsum("ncd,kcd->nkc", Gt.to(G.dtype), G)
+        aa = torch.einsum("ncd,kcd->nkc", At.to(A.dtype), A)
         return (gg * aa * self._lr_tensor(A)).cpu()
 
     @locked
