@@ -269,6 +269,43 @@ def ranks_from_scores(scores: np.ndarray) -> np.ndarray:
     return rank
 
 
+def filter_mask(
+    scores: np.ndarray,
+    *,
+    labels: np.ndarray | None = None,
+    preds: np.ndarray | None = None,
+    label: int | None = None,
+    only: str = "all",
+    flagged: Sequence[int] = (),
+    is_mislabelled: np.ndarray | None = None,
+    score_range: Sequence[float] | None = None,
+) -> np.ndarray:
+    """The table's filters as one boolean mask over the training set (see :func:`table_order`)."""
+    n = len(scores)
+    mask = np.ones(n, dtype=bool)
+    if label is not None:
+        if labels is None:
+            raise ValueError("cannot filter by class before the labels are known.")
+        mask &= np.asarray(labels) == int(label)
+    if only == "flagged":
+        fm = np.zeros(n, dtype=bool)
+        fl = np.asarray(list(flagged), dtype=np.int64)
+        fm[fl[(fl >= 0) & (fl < n)]] = True
+        mask &= fm
+    elif only == "disagree":
+        if labels is None or preds is None:
+            raise ValueError("cannot filter label != prediction before the predictions are computed.")
+        mask &= np.asarray(labels) != np.asarray(preds)
+    elif only == "mislabelled":
+        if is_mislabelled is None:
+            raise ValueError("only='mislabelled' needs is_mislabelled ground truth.")
+        mask &= np.asarray(is_mislabelled, dtype=bool)
+    if score_range is not None:
+        lo, hi = float(score_range[0]), float(score_range[1])
+        mask &= (scores >= lo) & (scores <= hi)
+    return mask
+
+
 def table_order(
     scores: np.ndarray,
     *,
@@ -306,27 +343,16 @@ def table_order(
         k = np.asarray(key)[by_rank]
         pos = np.argsort(-k if descending else k, kind="stable")
         order = by_rank[pos]
-    mask = np.ones(n, dtype=bool)
-    if label is not None:
-        if labels is None:
-            raise ValueError("cannot filter by class before the labels are known.")
-        mask &= np.asarray(labels) == int(label)
-    if only == "flagged":
-        fm = np.zeros(n, dtype=bool)
-        fl = np.asarray(list(flagged), dtype=np.int64)
-        fm[fl[(fl >= 0) & (fl < n)]] = True
-        mask &= fm
-    elif only == "disagree":
-        if labels is None or preds is None:
-            raise ValueError("cannot filter label != prediction before the predictions are computed.")
-        mask &= np.asarray(labels) != np.asarray(preds)
-    elif only == "mislabelled":
-        if is_mislabelled is None:
-            raise ValueError("only='mislabelled' needs is_mislabelled ground truth.")
-        mask &= np.asarray(is_mislabelled, dtype=bool)
-    if score_range is not None:
-        lo, hi = float(score_range[0]), float(score_range[1])
-        mask &= (scores >= lo) & (scores <= hi)
+    mask = filter_mask(
+        scores,
+        labels=labels,
+        preds=preds,
+        label=label,
+        only=only,
+        flagged=flagged,
+        is_mislabelled=is_mislabelled,
+        score_range=score_range,
+    )
     return order[mask[order]]
 
 

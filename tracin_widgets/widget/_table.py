@@ -100,28 +100,16 @@ class Table:
         order = self._sort(sort, descending, scores, rank, labels if sort == "label" else preds, generation)
         if label is None and only == "all" and score_range is None:
             return order
-        n = len(scores)
-        mask = np.ones(n, dtype=bool)
-        if label is not None:
-            if labels is None:
-                raise ValueError("cannot filter by class before the labels are known.")
-            mask &= np.asarray(labels) == int(label)
-        if only == "flagged":
-            fm = np.zeros(n, dtype=bool)
-            fl = np.asarray(list(flagged), dtype=np.int64)
-            fm[fl[(fl >= 0) & (fl < n)]] = True
-            mask &= fm
-        elif only == "disagree":
-            if labels is None or preds is None:
-                raise ValueError("cannot filter label != prediction before the predictions are computed.")
-            mask &= np.asarray(labels) != np.asarray(preds)
-        elif only == "mislabelled":
-            if truth is None:
-                raise ValueError("only='mislabelled' needs is_mislabelled ground truth.")
-            mask &= np.asarray(truth, dtype=bool)
-        if score_range is not None:
-            lo, hi = float(score_range[0]), float(score_range[1])
-            mask &= (scores >= lo) & (scores <= hi)
+        mask = _payload.filter_mask(
+            scores,
+            labels=labels,
+            preds=preds,
+            label=label,
+            only=only,
+            flagged=flagged,
+            is_mislabelled=truth,
+            score_range=score_range,
+        )
         out = order[mask[order]]
         with ex.lock:
             if self._generation == generation:
