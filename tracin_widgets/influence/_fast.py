@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
@@ -40,10 +41,11 @@ from ._base import (
     merge_topk,
     sqrt_lr,
 )
-from ._data import batch_len, rows_getter, split_rows
+from ._data import batch_len, rows_getter, split_rows, tensor_fast_path
 from ._errors import TracInWarning
 from ._layers import resolve_module, trace_output_module
 from ._loss import loss_mode, total_loss
+from ._model import inner_module, model_lock
 from ._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 from ._ops import FastCpuOps
 from ._store import FORMAT as STORE_FORMAT
@@ -805,6 +807,94 @@ class TracInCPFast(TracInCPBase):
         assert self._stream is not None
         A, G = self._stream.gather(idx)
         return A.to(self.device, self._compute_dtype), G.to(self.device, self._compute_dtype)
+
+    @locked
+    def _train_probabilities(
+        self,
+        model: nn.Module,
+        labels: Any = None,
+        read_labels: Callable[[Any], Any] | None = None,
+        rows: int = 65536,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
+        """The softmax probabilities ``(n_train, C)`` (CPU, the computation dtype) of ``model`` on the training set
+        and the labels ``(n_train,)`` int64, read off the factors without a forward pass, and why (or why not):
+        ``(None, None, reason)`` when that would not be exact.
+
+        With ``nn.CrossEntropyLoss`` (reduction "sum" or "mean", no class ``weight``, no label smoothing) the stored
+        loss gradient of row i at the last checkpoint is ``softmax(z_i) - onehot(y_i)`` (Captum's "mean" is rescaled
+        by the batch size, so the same), and ``model(*x_i)`` in eval mode gives ``z_i`` when ``model``'s weights
+        equal the last checkpoint's, tensor by tensor. Needs the factors computed (never starts a pass), kept as
+        computed (no half-precision ``factor_dtype``), and every label a class index other than ``ignore_index``.
+
+        Labels: ``labels`` (one int per training row) when given; else the TensorDataset's own; else, when the
+        caller knows the labels are int class indices and passes ``read_labels(rows) -> labels of those rows``,
+        each row's label is its gradient's one negative entry (``p - 1``), and only rows without one (``p == 1``
+        in float, or an ignored row's zero gradient) are read.
+        """
+        loss = self.loss_fn
+        if type(loss) is not nn.CrossEntropyLoss or self.reduction_type not in ("sum", "mean"):
+            return (
+                None,
+                None,
+                f"the loss is {type(loss).__name__}, not nn.CrossEntropyLoss with reduction 'sum' or 'mean'",
+            )
+        if loss.weight is not None or loss.label_smoothing != 0:
+            return None, None, "the loss has a class weight or label smoothing"
+        if self._factors is None and self._stream is None:
+            return None, None, "the training factors are not computed yet"
+        if self._factor_dtype != self._compute_dtype:
+            return None, None, f"the factors are kept in {dtype_name(self._factor_dtype)}, not as computed"
+        if inner_module(model) is not self._net:
+            return None, None, "the model is not the engine's model"
+        states, _ = self._checkpoint_states()
+        with model_lock(self.model):
+            current = inner_module(model).state_dict()
+            last = states[-1]
+            same = current.keys() == last.keys() and all(
+                v.dtype == last[k].dtype and v.shape == last[k].shape and torch.equal(v.to(last[k].device), last[k])
+                for k, v in current.items()
+            )
+        if not same:
+            return None, None, "the model's weights differ from the last checkpoint's"
+        n, C = self._n_rows(), self._dims[1]
+        y: torch.Tensor | None = None
+        if labels is None and tensor_fast_path(self.train_dataloader):
+            labels = self.train_dataloader.dataset.tensors[-1]  # type: ignore[attr-defined]
+        if labels is not None:
+            y = torch.as_tensor(labels).cpu()
+            if y.shape != (n,) or y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+                return None, None, "the labels are not one int class index per training row"
+            y = y.long()
+        elif read_labels is None:
+            return None, None, "the training labels are not known without reading every example"
+        parts, ambiguous = [], []
+        for s, _A, G in self._factor_blocks(rows):
+            p = G[:, -1, :].cpu().clone()
+            if y is not None:
+                lab = y[s : s + p.shape[0]]
+            else:
+                neg = p < 0
+                count = neg.sum(1)
+                if bool((count > 1).any()):
+                    return None, None, "a loss gradient has several negative entries: the labels are not class indices"
+                lab = neg.to(torch.uint8).argmax(1)
+                ambiguous.append(torch.nonzero(count == 0).flatten() + s)
+            parts.append((p, lab))
+        probs = torch.cat([p for p, _ in parts])
+        lab = torch.cat([b for _, b in parts])
+        if y is None:
+            amb = torch.cat(ambiguous)
+            if len(amb):
+                read = torch.as_tensor(np.asarray(read_labels(amb.numpy()), dtype=np.int64)).reshape(-1)  # type: ignore[misc]
+                if read.shape != amb.shape:
+                    return None, None, "read_labels did not give one label per requested row"
+                lab[amb] = read
+        if bool(((lab < 0) | (lab >= C) | (lab == loss.ignore_index)).any()):
+            return None, None, f"a label is ignore_index ({loss.ignore_index}) or not a class in 0..{C - 1}"
+        probs[torch.arange(len(lab)), lab] += 1
+        if len(probs) and float(probs.min()) < 0:  # g_y = p_y - 1 <= 0 and g_k = p_k >= 0: other labels than trained on
+            return None, None, "the labels do not match the loss gradients (not the engine's training labels?)"
+        return probs, lab, "read off the last checkpoint's loss gradients"
 
     @locked
     def fit(self, show_progress: bool = False) -> TracInCPFast:

@@ -4,13 +4,15 @@ the gallery requests (a cancel names its run, a late one cancels nothing)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
-from ..influence import Cancelled
+from ..influence import Cancelled, TracInCPFast
 from ._engine import EngineAdapter, background_threads
 from ._examples import Examples
 from ._table import Table
@@ -18,6 +20,7 @@ from ._tasks import Progress
 
 # what a step stored, as passed to ``computed``
 TEST_PREDICTIONS, SELF_INFLUENCE, TRAIN_PREDICTIONS = "test predictions", "self-influence", "training predictions"
+log = logging.getLogger("tracin_widgets.widget")
 
 
 class Pipeline:
@@ -68,6 +71,7 @@ class Pipeline:
         self._gallery_busy = 0  # gallery computations in flight
         self._thread: threading.Thread | None = None
         self.threads = background_threads()  # torch threads of the run (the caller's: all cores by default)
+        self.train_path = ""  # how the training predictions were computed ("factors: ..." or "predict: ...")
 
     def start(self) -> bool:
         """Start a run on a new thread, unless one is alive or all is computed (``ready``). True if started."""
@@ -184,8 +188,36 @@ class Pipeline:
 
     def _step_train_predictions(self) -> None:
         ex = self.examples
-        labels, preds, probs = self._predict("train", None, "training predictions")
+        from_factors = self._train_predictions_from_factors()
+        if from_factors is not None:
+            labels, preds, probs = from_factors
+        else:
+            labels, preds, probs = self._predict("train", None, "training predictions")
         with self.lock:  # new predictions and no order sorted by the old ones, together
             ex.train_labels, ex.train_preds, ex.train_probs = labels, preds, probs
             self.table.forget_orders()
         self.computed(TRAIN_PREDICTIONS)
+
+    def _train_predictions_from_factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The training predictions read off the engine's factors, without a forward pass (a few ms), when that is
+        exact: a TracInCPFast (or RandProj) on the explorer's training set and model, whose weights equal the last
+        checkpoint's, trained with a plain cross-entropy (see ``TracInCPFast._train_probabilities``). None otherwise
+        (the caller then runs the model); ``train_path`` says which path ran and why."""
+        ex, src = self.examples, self.engine.source
+        if not isinstance(src, TracInCPFast) or src.train_dataset is not ex.train:
+            self.train_path = "predict: the engine is not a TracInCPFast on the explorer's training set"
+        else:
+            probs, labels, why = self.engine.call(
+                lambda: src._train_probabilities(
+                    ex.model, ex.train_labels, lambda rows: np.array([ex.train_label(int(i)) for i in rows], np.int64)
+                )
+            )
+            if probs is not None and labels is not None:
+                conf, cls = probs.max(dim=1)
+                ex._note_width(int(probs.shape[1]))
+                self.train_path = f"factors: {why}"
+                log.debug("training predictions %s", self.train_path)
+                return labels.numpy().astype(np.int64), cls.numpy().astype(np.int64), conf.double().numpy()
+            self.train_path = f"predict: {why}"
+        log.debug("training predictions %s", self.train_path)
+        return None
