@@ -420,6 +420,11 @@ def widget_load_table(name: str, doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _percent(v: float) -> str:
+    """Whole percent, or two significant digits below 1 % (never "0%" for a small but measured share)."""
+    return f"{v:.0f}%" if v >= 1 or v == 0 else f"{v:.2g}%"
+
+
 def widget_size_table(name: str, doc: dict) -> str:
     """Issue 10 point 12: a cold explorer at size, before and after (the before is recorded in the same file)."""
     cols = [(label, doc[key]) for key, label in (("size_before", "before"), ("size", "after")) if doc.get(key)]
@@ -449,7 +454,7 @@ def widget_size_table(name: str, doc: dict) -> str:
     row(
         "training predictions ÷ factor pass",
         lambda c: (
-            f"{100 * c['steps_s'][pr] / c['steps_s'][tf]:.0f}%"
+            _percent(100 * c["steps_s"][pr] / c["steps_s"][tf])
             if c.get("steps_s", {}).get(tf) and c["steps_s"].get(pr) is not None
             else None
         ),
