@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tracin_widgets.influence import TracInCPFast, TracInCPFastRandProj
+from tracin_widgets.influence import Cancelled, TracInCPFast, TracInCPFastRandProj
 from tracin_widgets.influence import _fast as fast_module
 
 from .helpers import save_perturbed_checkpoints
@@ -140,4 +140,64 @@ def test_torchrun_ranks_with_different_keys_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(fast_module, "process_group", lambda device: (0, 2))
     monkeypatch.setattr(fast_module, "all_equal", lambda value: False)
     with pytest.raises(ValueError, match=r"ranks of torch.distributed \(torchrun\) disagree on .* cache key"):
+        _engine(model, data, paths, tmp_path / "cache").fit()
+
+
+def _as_rank(monkeypatch, rank: int) -> None:
+    """This process plays ``rank`` of 2 (the collectives answer for this rank alone)."""
+    monkeypatch.setattr(fast_module, "process_group", lambda device: (rank, 2))
+    monkeypatch.setattr(fast_module, "all_equal", lambda value: True)
+    monkeypatch.setattr(fast_module, "all_ok", lambda ok, device: ok)
+
+
+def test_rank_shards_resume_and_are_joined_by_rank_0(tmp_path, monkeypatch):
+    model, data, paths, test = _problem(tmp_path)
+    cache = tmp_path / "cache"
+    # rank 1 first: its shard is written, but the store is not complete until rank 0 joins it
+    _as_rank(monkeypatch, 1)
+    with pytest.raises(ValueError, match=r"joined by rank 0 cannot be read by rank 1: cache_dir must be one folder"):
+        _engine(model, data, paths, cache).fit()
+    (shard,) = cache.glob("tracin-fast-store-*.rows-100-200")
+    assert json.loads((shard / "manifest.json").read_text())["complete"] is True
+    # rank 0 cancelled after its first block: its shard keeps the rows written; the next call resumes there
+    _as_rank(monkeypatch, 0)
+
+    def cancel(phase, done, total):
+        if phase == "training factors" and done >= 64:
+            raise Cancelled()
+
+    monkeypatch.setattr(TracInCPFast, "cpu_chunk", 32)  # blocks of the loader's 64 rows
+    obj = _engine(model, data, paths, cache)
+    obj.progress_callback = cancel
+    with pytest.raises(Cancelled):
+        obj.fit()
+    (shard0,) = cache.glob("tracin-fast-store-*.rows-0-100")
+    kept = json.loads((shard0 / "manifest.json").read_text())
+    assert kept["complete"] is False and kept["rows_complete"] == 64 and kept["shard"] == [0, 100]
+    computed: list[int] = []
+    real = TracInCPFast._factors_of
+
+    def spy(self, batches, *a, **k):
+        computed.append(sum(b[0].shape[0] for b in batches))
+        return real(self, batches, *a, **k)
+
+    monkeypatch.setattr(TracInCPFast, "_factors_of", spy)
+    joined = _engine(model, data, paths, cache).fit()
+    assert sum(computed) == 36  # only the rest of rank 0's rows
+    assert sorted(p.name for p in cache.iterdir()) == [_store(cache).name]  # the shards are removed
+    monkeypatch.setattr(fast_module, "process_group", lambda device: None)  # a single process from here on
+    _engine(model, data, paths, tmp_path / "single").fit()
+    for name in ("A-0.bin", "G-2.bin", "norms.bin", "manifest.json"):
+        assert (_store(cache) / name).read_bytes() == (_store(tmp_path / "single") / name).read_bytes(), name
+    plain = _engine(model, data, paths)
+    assert torch.equal(joined.influence(test), plain.influence(test))
+
+
+def test_a_missing_shard_stops_rank_0(tmp_path, monkeypatch):
+    model, data, paths, _ = _problem(tmp_path)
+    _as_rank(monkeypatch, 0)
+    with pytest.raises(
+        ValueError,
+        match=r"shard .* of rows 100:200 is missing or incomplete after every rank finished its pass \(cache_dir",
+    ):
         _engine(model, data, paths, tmp_path / "cache").fit()

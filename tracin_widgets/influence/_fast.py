@@ -188,7 +188,8 @@ class TracInCPFast(TracInCPBase):
             writing its rows into its own shard next to the store; rank 0 joins the shards into the store (the
             same files as one process writes) and every rank then reads all of it. ``cache_dir`` is then
             required, a folder every rank shares: None is a ``ValueError`` (every rank computing everything
-            would multiply the work, not share it).
+            would multiply the work, not share it). Every rank must make the call that needs the factors
+            (``fit()`` first is simplest): the ranks wait for each other there.
         weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
             tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
         data_version: any string naming the version of the training data (default None), part of the cache
@@ -1247,7 +1248,8 @@ class TracInCPFastRandProj(TracInCPFast):
             writing its rows into its own shard next to the store; rank 0 joins the shards into the store (the
             same files as one process writes) and every rank then reads all of it. ``cache_dir`` is then
             required, a folder every rank shares: None is a ``ValueError`` (every rank computing everything
-            would multiply the work, not share it).
+            would multiply the work, not share it). Every rank must make the call that needs the factors
+            (``fit()`` first is simplest): the ranks wait for each other there.
         weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
             tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
         data_version: any string naming the version of the training data (default None), part of the cache
