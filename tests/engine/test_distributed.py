@@ -138,7 +138,7 @@ def test_torchrun_without_cache_dir_is_an_error(tmp_path, monkeypatch):
 def test_torchrun_ranks_with_different_keys_is_an_error(tmp_path, monkeypatch):
     model, data, paths, _ = _problem(tmp_path)
     monkeypatch.setattr(fast_module, "process_group", lambda device: (0, 2))
-    monkeypatch.setattr(fast_module, "all_equal", lambda value: False)
+    monkeypatch.setattr(fast_module, "all_equal", lambda key, device: False)
     with pytest.raises(ValueError, match=r"ranks of torch.distributed \(torchrun\) disagree on .* cache key"):
         _engine(model, data, paths, tmp_path / "cache").fit()
 
@@ -146,7 +146,7 @@ def test_torchrun_ranks_with_different_keys_is_an_error(tmp_path, monkeypatch):
 def _as_rank(monkeypatch, rank: int) -> None:
     """This process plays ``rank`` of 2 (the collectives answer for this rank alone)."""
     monkeypatch.setattr(fast_module, "process_group", lambda device: (rank, 2))
-    monkeypatch.setattr(fast_module, "all_equal", lambda value: True)
+    monkeypatch.setattr(fast_module, "all_equal", lambda key, device: True)
     monkeypatch.setattr(fast_module, "all_ok", lambda ok, device: ok)
 
 

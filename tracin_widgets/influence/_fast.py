@@ -499,7 +499,7 @@ class TracInCPFast(TracInCPBase):
             )
         folder, expect = self._store_target()
         assert folder is not None
-        if not all_equal(expect.get("fingerprint")):
+        if not all_equal(expect["fingerprint"], self.device):
             raise ValueError(
                 "the ranks of torch.distributed (torchrun) disagree on the training-set factors' cache key: every "
                 "rank must build the engine with the same model, checkpoints, loss, layer, training data, "
