@@ -42,6 +42,7 @@ from ._base import (
     sqrt_lr,
 )
 from ._data import batch_len, rows_getter, split_rows, tensor_fast_path
+from ._distributed import all_equal, all_ok, join_shards, process_group, row_range, shard_target
 from ._errors import TracInWarning
 from ._layers import resolve_module, trace_output_module
 from ._loss import loss_mode, total_loss
@@ -180,6 +181,15 @@ class TracInCPFast(TracInCPBase):
             ``checkpoints_load_func``, the model's architecture and precision, the device type, ``data_version``
             and the training data are all the same. A folder that cannot be written gives a ``TracInWarning``
             before the pass (results stay in memory); the checkpoints folder itself is a ``ValueError``.
+            Under ``torchrun`` (a ``torch.distributed`` default process group, or torchrun's ``WORLD_SIZE``,
+            ``RANK`` and ``LOCAL_RANK`` environment, in which case the default group is initialised here with
+            backend ``"nccl"`` on a CUDA device, ``"gloo"`` on the CPU; give each rank its own GPU with
+            ``device=f"cuda:{LOCAL_RANK}"``) the pass is split by rank over contiguous row ranges, each rank
+            writing its rows into its own shard next to the store; rank 0 joins the shards into the store (the
+            same files as one process writes) and every rank then reads all of it. ``cache_dir`` is then
+            required, a folder every rank shares: None is a ``ValueError`` (every rank computing everything
+            would multiply the work, not share it). Every rank must make the call that needs the factors
+            (``fit()`` first is simplest): the ranks wait for each other there.
         weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
             tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
         data_version: any string naming the version of the training data (default None), part of the cache
@@ -460,6 +470,10 @@ class TracInCPFast(TracInCPBase):
         (``self._stream``): read from a complete store in ``cache_dir``, else one pass (resuming a store)."""
         if self._factors is not None or self._stream is not None:
             return
+        group = process_group(self.device)
+        if group is not None:
+            self._distributed_pass(*group, show_progress)
+            return
         if self.cache_dir is None and self.max_memory is None and self.factor_dtype is None:
             self._memory_pass(show_progress)  # the plain path: exactly as without a store
             return
@@ -472,6 +486,61 @@ class TracInCPFast(TracInCPBase):
             return
         self._probe_cache()  # a cache_dir that cannot be written: warn now, before the pass
         self._store_pass(None if self._cache_unwritable is not None else folder, expect, show_progress)
+
+    def _distributed_pass(self, rank: int, world: int, show_progress: bool) -> None:
+        """Under torchrun: this rank's rows into its shard, rank 0 joins the shards into the store, every rank
+        then reads the whole store (``influence/_distributed.py``)."""
+        if self.cache_dir is None:
+            raise ValueError(
+                f"this process is rank {rank} of {world} of torch.distributed (torchrun), which splits the factor "
+                "pass over the ranks through a store, but cache_dir is None: pass cache_dir= a folder that every "
+                "rank shares (the ranks write their rows there and each then reads them all), or run the engine "
+                "in a single process."
+            )
+        folder, expect = self._store_target()
+        assert folder is not None
+        if not all_equal(expect["fingerprint"], self.device):
+            raise ValueError(
+                "the ranks of torch.distributed (torchrun) disagree on the training-set factors' cache key: every "
+                "rank must build the engine with the same model, checkpoints, loss, layer, training data, "
+                "data_version, factor_dtype and cache_dir."
+            )
+        n = expect.get("rows")
+        if n is None:
+            raise ValueError(
+                "under torch.distributed (torchrun) the factor pass is split by rows, so train_dataset must have a "
+                "length (len(train_dataset)); an IterableDataset cannot be split: run it in a single process."
+            )
+        store = FactorStore.read(folder, expect)
+        if store is None or not store.complete:
+            shards = [shard_target(folder, expect, *row_range(n, r, world)) for r in range(world)]
+            start, stop = row_range(n, rank, world)
+            error: BaseException | None = None
+            try:
+                if stop > start:
+                    self._store_pass(shards[rank][0], shards[rank][1], show_progress, rows=(start, stop))
+                    self._factors = self._stream = self._norms = None  # this rank's rows only: read whole below
+                    self._placement = None
+            except Exception as e:
+                error = e
+            if not all_ok(error is None, self.device):
+                raise error or RuntimeError("another rank's factor pass failed (see its error); rows done are kept")
+            if rank == 0:
+                try:
+                    join_shards(folder, expect, [s for s in shards if s[1]["rows"] > 0])
+                except Exception as e:
+                    error = e
+            if not all_ok(error is None, self.device):
+                raise error or RuntimeError("rank 0 could not join the factor store shards (see its error)")
+            store = FactorStore.read(folder, expect)
+            if store is None or not store.complete:
+                raise ValueError(
+                    f"the factor store {str(folder)!r} joined by rank 0 cannot be read by rank {rank}: cache_dir "
+                    "must be one folder that every rank shares (e.g. on a shared filesystem across machines)."
+                )
+        self._adopt(store)
+        if show_progress:
+            _Progress("training factors (cache file)", store.rows, True, None).finish()
 
     def _memory_pass(self, show_progress: bool) -> None:
         with self._computing():
@@ -605,10 +674,18 @@ class TracInCPFast(TracInCPBase):
         self._set_dims(a.shape[-1], g.shape[-1], a.dtype)
         return True
 
-    def _store_pass(self, folder: Path | None, expect: dict[str, Any], show_progress: bool) -> None:
+    def _store_pass(
+        self, folder: Path | None, expect: dict[str, Any], show_progress: bool, rows: tuple[int, int] | None = None
+    ) -> None:
         """The factor pass when a store, ``max_memory`` or ``factor_dtype`` is involved: each block is checked,
-        cast to ``factor_dtype``, appended to the store (resuming it) and kept in memory unless streamed."""
-        n_train = self._n_train()
+        cast to ``factor_dtype``, appended to the store (resuming it) and kept in memory unless streamed.
+        ``rows=(start, stop)``: only those training rows, into the store only (a torchrun rank's shard)."""
+        lo, hi = rows if rows is not None else (0, None)
+        n_train = self._n_train() if hi is None else hi - lo
+
+        def place(n: int | None, has_store: bool) -> str:
+            return self._place(n, has_store) if rows is None else "stream"
+
         with self._computing():
             states, _ = self._checkpoint_states(show_progress)
             self._n_ckpts = len(states)
@@ -619,6 +696,8 @@ class TracInCPFast(TracInCPBase):
                 try:
                     lock, found = lock_store(folder, expect)
                 except OSError as e:
+                    if rows is not None:  # a rank's shard lives only in the store
+                        raise store_error(folder, e, 0) from e
                     self._store_unwritable(folder, e)
                     found = None
                 if found is not None and found.complete:
@@ -630,20 +709,28 @@ class TracInCPFast(TracInCPBase):
                     writer = StoreWriter(found)
                     self._set_dims(found.da, found.dg, found.norm_dtype)
             if writer is None and self.max_memory is not None and self._probe_dims(states):
-                where = self._place(n_train, lock is not None)  # too big without a store: said before the pass
+                where = place(n_train, lock is not None)  # too big without a store: said before the pass
             done = writer.rows_written if writer is not None else 0
             kept: _Kept | None = None
             prog = _Progress("training factors", n_train, show_progress, self.progress_callback)
             total = 0
             try:
                 if writer is not None:
-                    where = self._place(n_train, True)
+                    where = place(n_train, True)
                     if where != "stream":  # resumed in memory: the rows stored already, as stored
                         kept = _Kept(n_train, self.device if where == "device" else torch.device("cpu"))
                         kept.add(0, *self._stored_rows(writer.store, done))
                 merge = self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
                 for offset, batch in self._train_batches(self._pass_rows(states[-1], merge)):
                     n = batch_len(batch)
+                    if hi is not None:  # a rank's rows only (offsets from here on count from lo)
+                        if offset >= hi:
+                            break
+                        if offset + n <= lo:
+                            continue
+                        a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
+                        batch = tuple(x[a:b] if _has_rows(x, n) else x for x in batch)
+                        n, offset = b - a, offset + a - lo
                     total = offset + n
                     if total <= done:  # stored already
                         prog.update(n)
@@ -656,13 +743,13 @@ class TracInCPFast(TracInCPBase):
                         self._measure_rows(states[-1], batch, "training batch")
                         self._check_layer(states[-1], split_rows(batch, n, self._rows(merge))[0])
                     A, G = self._factors_of(
-                        [batch], states, self.reduction_type, self.loss_fn, "training batch", True, offset, False
+                        [batch], states, self.reduction_type, self.loss_fn, "training batch", True, lo + offset, False
                     )
                     if where is None:
                         self._set_dims(A.shape[-1], G.shape[-1], A.dtype)
-                        where = self._place(n_train, lock is not None)
+                        where = place(n_train, lock is not None)
                     norms = torch.stack([G.pow(2).sum(-1), A.pow(2).sum(-1)], -1)
-                    A, G = self._cast_factors(A, G, offset)
+                    A, G = self._cast_factors(A, G, lo + offset)
                     if lock is not None and writer is None:
                         writer = self._new_store(folder, expect, where)  # type: ignore[arg-type]
                         if writer is None:
@@ -1154,6 +1241,15 @@ class TracInCPFastRandProj(TracInCPFast):
             ``checkpoints_load_func``, the model's architecture and precision, the device type, ``data_version``
             and the training data are all the same. A folder that cannot be written gives a ``TracInWarning``
             before the pass (results stay in memory); the checkpoints folder itself is a ``ValueError``.
+            Under ``torchrun`` (a ``torch.distributed`` default process group, or torchrun's ``WORLD_SIZE``,
+            ``RANK`` and ``LOCAL_RANK`` environment, in which case the default group is initialised here with
+            backend ``"nccl"`` on a CUDA device, ``"gloo"`` on the CPU; give each rank its own GPU with
+            ``device=f"cuda:{LOCAL_RANK}"``) the pass is split by rank over contiguous row ranges, each rank
+            writing its rows into its own shard next to the store; rank 0 joins the shards into the store (the
+            same files as one process writes) and every rank then reads all of it. ``cache_dir`` is then
+            required, a folder every rank shares: None is a ``ValueError`` (every rank computing everything
+            would multiply the work, not share it). Every rank must make the call that needs the factors
+            (``fit()`` first is simplest): the ranks wait for each other there.
         weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
             tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
         data_version: any string naming the version of the training data (default None), part of the cache

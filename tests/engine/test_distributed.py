@@ -1,0 +1,203 @@
+"""The factor pass under ``torchrun`` (issue 11, points 6-7): two CPU ranks (gloo) each write their rows of the
+store, rank 0 joins them; the store equals a single-process store byte for byte, and a single process then
+queries it without a pass, with the same results as a plain in-memory engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from tracin_widgets.influence import Cancelled, TracInCPFast, TracInCPFastRandProj
+from tracin_widgets.influence import _fast as fast_module
+
+from .helpers import save_perturbed_checkpoints
+
+ROOT = Path(__file__).resolve().parents[2]
+N = 200
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+    from tracin_widgets.influence import TracInCPFast
+
+    tmp = sys.argv[1]
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5))
+    x, y = torch.load(os.path.join(tmp, "data.pt"))
+    paths = json.load(open(os.path.join(tmp, "paths.json")))
+    rank = os.environ["RANK"]
+    try:
+        TracInCPFast(model, "2", TensorDataset(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="sum")).fit()
+    except ValueError as e:
+        print(f"rank {rank} without cache_dir: {e}")
+    computed = []
+    obj = TracInCPFast(
+        model, "2", TensorDataset(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=64,
+        cache_dir=os.path.join(tmp, "cache"),
+        progress_callback=lambda phase, done, total: computed.append((phase, done, total)),
+    ).fit()
+    A, G = obj._factors
+    print(f"rank {rank}: {A.shape[0]} rows, world {torch.distributed.get_world_size()}")
+    print(f"rank {rank} computed {max(t for ph, d, t in computed if ph == 'training factors')} rows")
+    torch.distributed.destroy_process_group()
+    """
+)
+
+
+def _problem(tmp_path: Path) -> tuple[nn.Module, TensorDataset, list[str], tuple]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5))
+    paths = save_perturbed_checkpoints(model, tmp_path, 3, 0.3)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(N, 8, generator=g), torch.randint(0, 5, (N,), generator=g)
+    test = (torch.randn(6, 8, generator=g), torch.randint(0, 5, (6,), generator=g))
+    return model, TensorDataset(x, y), paths, test
+
+
+def _engine(model, data, paths, cache_dir=None, cls=TracInCPFast):
+    return cls(
+        model, "2", data, paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=64, cache_dir=cache_dir
+    )
+
+
+def _store(cache: Path) -> Path:
+    (folder,) = cache.glob("tracin-fast-store-*")
+    return folder
+
+
+def test_torchrun_pass_on_two_cpu_ranks_equals_a_single_process(tmp_path, monkeypatch):
+    model, data, paths, test = _problem(tmp_path)
+    torch.save(data.tensors, tmp_path / "data.pt")
+    (tmp_path / "paths.json").write_text(json.dumps(paths))
+    (tmp_path / "run.py").write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    done = subprocess.run(
+        [*cmd, str(tmp_path / "run.py"), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for r in (0, 1):  # every rank reads the whole store; without cache_dir the message names it
+        assert f"rank {r}: {N} rows, world 2" in done.stdout
+        assert f"rank {r} computed {N // 2} rows" in done.stdout  # its half of the pass only
+        assert f"rank {r} without cache_dir: this process is rank {r} of 2" in done.stdout
+    assert "cache_dir is None" in done.stdout
+
+    dist_store = _store(tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [dist_store.name]  # the shards are removed
+    manifest = json.loads((dist_store / "manifest.json").read_text())
+    assert manifest["rows"] == manifest["rows_complete"] == N and manifest["complete"] is True
+    assert "shard" not in manifest
+
+    # a single-process pass writes the same files, byte for byte
+    _engine(model, data, paths, tmp_path / "single").fit()
+    single_store = _store(tmp_path / "single")
+    assert single_store.name == dist_store.name
+    names = sorted(p.name for p in single_store.iterdir() if p.name != ".lock")
+    assert names == sorted(p.name for p in dist_store.iterdir() if p.name != ".lock")
+    for name in names:
+        assert (single_store / name).read_bytes() == (dist_store / name).read_bytes(), name
+
+    # a single process reuses the torchrun store without a pass, with the in-memory engine's results
+    plain = _engine(model, data, paths)
+    expected = plain.influence(test, k=5)
+    expected_self = plain.self_influence()
+
+    def no_pass(*a, **k):
+        raise AssertionError("the store written under torchrun was not reused")
+
+    monkeypatch.setattr(TracInCPFast, "_store_pass", no_pass)
+    monkeypatch.setattr(TracInCPFast, "_memory_pass", no_pass)
+    reused = _engine(model, data, paths, tmp_path / "cache")
+    got = reused.influence(test, k=5)
+    assert torch.equal(got.indices, expected.indices) and torch.equal(got.influence_scores, expected.influence_scores)
+    assert torch.equal(reused.self_influence(), expected_self)
+    assert torch.equal(reused.influence(test), plain.influence(test))
+
+
+def test_torchrun_without_cache_dir_is_an_error(tmp_path, monkeypatch):
+    model, data, paths, _ = _problem(tmp_path)
+    monkeypatch.setattr(fast_module, "process_group", lambda device: (1, 2))
+    for cls in (TracInCPFast, TracInCPFastRandProj):
+        with pytest.raises(ValueError, match=r"rank 1 of 2 .*torchrun.*cache_dir is None: pass cache_dir= a folder"):
+            _engine(model, data, paths, cls=cls).fit()
+
+
+def test_torchrun_ranks_with_different_keys_is_an_error(tmp_path, monkeypatch):
+    model, data, paths, _ = _problem(tmp_path)
+    monkeypatch.setattr(fast_module, "process_group", lambda device: (0, 2))
+    monkeypatch.setattr(fast_module, "all_equal", lambda key, device: False)
+    with pytest.raises(ValueError, match=r"ranks of torch.distributed \(torchrun\) disagree on .* cache key"):
+        _engine(model, data, paths, tmp_path / "cache").fit()
+
+
+def _as_rank(monkeypatch, rank: int) -> None:
+    """This process plays ``rank`` of 2 (the collectives answer for this rank alone)."""
+    monkeypatch.setattr(fast_module, "process_group", lambda device: (rank, 2))
+    monkeypatch.setattr(fast_module, "all_equal", lambda key, device: True)
+    monkeypatch.setattr(fast_module, "all_ok", lambda ok, device: ok)
+
+
+def test_rank_shards_resume_and_are_joined_by_rank_0(tmp_path, monkeypatch):
+    model, data, paths, test = _problem(tmp_path)
+    cache = tmp_path / "cache"
+    # rank 1 first: its shard is written, but the store is not complete until rank 0 joins it
+    _as_rank(monkeypatch, 1)
+    with pytest.raises(ValueError, match=r"joined by rank 0 cannot be read by rank 1: cache_dir must be one folder"):
+        _engine(model, data, paths, cache).fit()
+    (shard,) = cache.glob("tracin-fast-store-*.rows-100-200")
+    assert json.loads((shard / "manifest.json").read_text())["complete"] is True
+    # rank 0 cancelled after its first block: its shard keeps the rows written; the next call resumes there
+    _as_rank(monkeypatch, 0)
+
+    def cancel(phase, done, total):
+        if phase == "training factors" and done >= 64:
+            raise Cancelled()
+
+    monkeypatch.setattr(TracInCPFast, "cpu_chunk", 32)  # blocks of the loader's 64 rows
+    obj = _engine(model, data, paths, cache)
+    obj.progress_callback = cancel
+    with pytest.raises(Cancelled):
+        obj.fit()
+    (shard0,) = cache.glob("tracin-fast-store-*.rows-0-100")
+    kept = json.loads((shard0 / "manifest.json").read_text())
+    assert kept["complete"] is False and kept["rows_complete"] == 64 and kept["shard"] == [0, 100]
+    computed: list[int] = []
+    real = TracInCPFast._factors_of
+
+    def spy(self, batches, *a, **k):
+        computed.append(sum(b[0].shape[0] for b in batches))
+        return real(self, batches, *a, **k)
+
+    monkeypatch.setattr(TracInCPFast, "_factors_of", spy)
+    joined = _engine(model, data, paths, cache).fit()
+    assert sum(computed) == 36  # only the rest of rank 0's rows
+    assert sorted(p.name for p in cache.iterdir()) == [_store(cache).name]  # the shards are removed
+    monkeypatch.setattr(fast_module, "process_group", lambda device: None)  # a single process from here on
+    _engine(model, data, paths, tmp_path / "single").fit()
+    for name in ("A-0.bin", "G-2.bin", "norms.bin", "manifest.json"):
+        assert (_store(cache) / name).read_bytes() == (_store(tmp_path / "single") / name).read_bytes(), name
+    plain = _engine(model, data, paths)
+    assert torch.equal(joined.influence(test), plain.influence(test))
+
+
+def test_a_missing_shard_stops_rank_0(tmp_path, monkeypatch):
+    model, data, paths, _ = _problem(tmp_path)
+    _as_rank(monkeypatch, 0)
+    with pytest.raises(
+        ValueError,
+        match=r"shard .* of rows 100:200 is missing or incomplete after every rank finished its pass \(cache_dir",
+    ):
+        _engine(model, data, paths, tmp_path / "cache").fit()

@@ -1,0 +1,152 @@
+"""The factor pass split over the ranks of ``torchrun`` (``torch.distributed``), for TracInCPFast/RandProj.
+
+Each rank computes a contiguous range of training rows into its own *shard*: a complete store of its rows
+(``<store>.rows-<start>-<stop>``, with its own manifest and lock, so it resumes after an interruption exactly as
+a single-process store and never blocks the other ranks). After the ranks agree that every shard is complete,
+rank 0 joins the shards into the store (the same files, byte for byte, as a single-process pass writes: a
+copy, in the kernel where it can, under the store's own lock), records it complete, and removes the shards;
+every rank then reads the whole store. Queries afterwards run in any process over the whole store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._store import FactorStore, StoreLock
+
+TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+
+
+def process_group(device: torch.device) -> tuple[int, int] | None:
+    """``(rank, world size)`` when this process is one of several ranks of ``torch.distributed``: a default
+    process group the user initialised, or torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``),
+    in which case the default group is initialised here (backend ``"nccl"`` on CUDA devices, ``"gloo"`` on
+    the CPU). None for a single process."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return None
+    if not dist.is_initialized():
+        if not all(k in os.environ for k in TORCHRUN_ENV) or int(os.environ["WORLD_SIZE"]) <= 1:
+            return None
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # NCCL's collectives run on the current device: this rank's
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    world = dist.get_world_size()
+    return None if world <= 1 else (dist.get_rank(), world)
+
+
+def _flag_device(device: torch.device) -> torch.device:
+    import torch.distributed as dist
+
+    if dist.get_backend() != "nccl":
+        return torch.device("cpu")
+    return device if device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+
+
+def all_ok(ok: bool, device: torch.device) -> bool:
+    """True when every rank passes ``ok=True`` (also a barrier)."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=_flag_device(device))
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def all_equal(key: str, device: torch.device) -> bool:
+    """Does every rank hold the same hexadecimal ``key`` (its first 60 bits compared)?"""
+    import torch.distributed as dist
+
+    value = int(key[:15], 16)
+    lo = torch.tensor([value], dtype=torch.int64, device=_flag_device(device))
+    hi = lo.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return int(lo.item()) == int(hi.item()) == value
+
+
+def row_range(rows: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous rows of ``rank``: ``rows`` split as evenly as possible, in rank order."""
+    return rank * rows // world, (rank + 1) * rows // world
+
+
+def shard_target(folder: Path, expect: dict[str, Any], start: int, stop: int) -> tuple[Path, dict[str, Any]]:
+    """The shard folder of rows ``start:stop`` and what its manifest must say."""
+    return folder.with_name(f"{folder.name}.rows-{start}-{stop}"), {
+        **expect,
+        "rows": stop - start,
+        "shard": [start, stop],
+    }
+
+
+def _copy(src: int, dst: int, nbytes: int) -> None:
+    """Append ``nbytes`` from the start of ``src`` to ``dst`` (both file descriptors at their positions)."""
+    left = nbytes
+    with contextlib.suppress(OSError, AttributeError):  # copy_file_range: Linux, and not across every filesystem
+        while left:
+            n = os.copy_file_range(src, dst, left)
+            if n == 0:
+                break
+            left -= n
+    while left:
+        chunk = os.read(src, min(left, 64 << 20))
+        if not chunk:
+            raise OSError(f"a factor store shard is shorter than its manifest says ({left} bytes missing)")
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+        left -= len(chunk)
+
+
+def join_shards(folder: Path, expect: dict[str, Any], shards: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Rank 0: join the complete shards (in row order) into the store in ``folder``, then remove them."""
+    stores = []
+    for path, want in shards:
+        store = FactorStore.read(path, want)
+        if store is None or not store.complete:
+            raise ValueError(
+                f"the factor store shard {str(path)!r} of rows {want['shard'][0]}:{want['shard'][1]} is missing or "
+                "incomplete after every rank finished its pass (cache_dir must be one folder that every rank "
+                "shares, e.g. on a shared filesystem when the ranks run on several machines)."
+            )
+        stores.append(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = StoreLock(folder)
+    lock.acquire()
+    try:
+        found = FactorStore.read(folder, expect)
+        if found is None or not found.complete:
+            for p in folder.iterdir():
+                if p.name != ".lock":
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            meta = {k: v for k, v in stores[0].meta.items() if k != "shard"}
+            rows = sum(s.rows for s in stores)
+            store = FactorStore(
+                folder, {**meta, "rows": expect.get("rows", rows), "rows_complete": 0, "complete": False}
+            )
+            store.write_manifest()
+            for i, (path, nb) in enumerate(store.files()):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    for s in stores:
+                        src = os.open(s.files()[i][0], os.O_RDONLY)
+                        try:
+                            _copy(src, fd, s.rows * nb)
+                        finally:
+                            os.close(src)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            store.meta = {**store.meta, "rows_complete": rows, "rows": rows, "complete": True}
+            store.write_manifest()
+    finally:
+        lock.release()
+    for path, _ in shards:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path)
