@@ -881,6 +881,23 @@ def table(results: dict, device: torch.device) -> str:
     return "\n".join(lines)
 
 
+def probe_bench(data_dir: str, data_size: int, device: str) -> Bench:
+    """The tutorial workload as the probes use it: seed 0, fc3, batch 2048, workers decided per pass, no Captum."""
+    args = argparse.Namespace(
+        data_dir=data_dir,
+        data_size=data_size,
+        seed=0,
+        device=device,
+        num_workers=-1,
+        final_fc="fc3",
+        batch_size=2048,
+        captum_workers=0,
+        profile="",
+        skip_captum="",
+    )
+    return Bench(args)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-train", type=int, default=N_FULL, help="training examples (first N of the 50k; default 50000)")

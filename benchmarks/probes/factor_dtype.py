@@ -46,19 +46,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    args = argparse.Namespace(
-        data_dir=a.data_dir,
-        data_size=a.data_size,
-        seed=0,
-        device=a.device,
-        num_workers=-1,
-        final_fc="fc3",
-        batch_size=2048,
-        captum_workers=0,
-        profile="",
-        skip_captum="",
-    )
-    bench = be.Bench(args)
+    bench = be.probe_bench(a.data_dir, a.data_size, a.device)
     from tracin_widgets.influence import TracInCPFast
 
     ds = bench.dataset("tensor", a.n_train)

@@ -110,3 +110,29 @@ class Sent(list):
 @pytest.fixture
 def sent():
     return Sent()
+
+
+def train_digits(tmp_path, *, lr: float, epochs: int):
+    """A tiny MLP trained on the first 200 of scikit-learn's digits (the next 20 are the test set), one checkpoint
+    per epoch: ``(model, checkpoint paths, train TensorDataset, test TensorDataset)``."""
+    from sklearn.datasets import load_digits
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    d = load_digits()
+    x = torch.tensor(d.images[:220] / 16.0, dtype=torch.float32).unsqueeze(1)  # (n, 1, 8, 8)
+    y = torch.tensor(d.target[:220], dtype=torch.long)
+    train, test = TensorDataset(x[:200], y[:200]), TensorDataset(x[200:], y[200:])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    ckpts = []
+    loader = DataLoader(train, batch_size=20, shuffle=True, generator=torch.Generator().manual_seed(0))
+    for epoch in range(epochs):
+        for xb, yb in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+        path = tmp_path / f"checkpoint-{epoch}.pt"
+        torch.save(model.state_dict(), path)
+        ckpts.append(str(path))
+    return model, ckpts, train, test

@@ -14,27 +14,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from tracin_widgets.influence import ExactNearestNeighbors, TracInCPFast, TracInCPFastRandProj
 from tracin_widgets.widget import InfluenceExplorer
 
+from .conftest import train_digits
+
 
 @pytest.fixture
 def digits_problem(tmp_path):
-    torch.manual_seed(0)
-    d = load_digits()
-    x = torch.tensor(d.images[:220] / 16.0, dtype=torch.float32).unsqueeze(1)  # (n, 1, 8, 8)
-    y = torch.tensor(d.target[:220], dtype=torch.long)
-    train, test = TensorDataset(x[:200], y[:200]), TensorDataset(x[200:], y[200:])
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
-    ckpts = []
-    loader = DataLoader(train, batch_size=20, shuffle=True, generator=torch.Generator().manual_seed(0))
-    for epoch in range(2):
-        for xb, yb in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
-        path = tmp_path / f"checkpoint-{epoch}.pt"
-        torch.save(model.state_dict(), path)
-        ckpts.append(str(path))
-    return model, ckpts, train, test
+    return train_digits(tmp_path, lr=0.2, epochs=2)
 
 
 def final_weight_grads(model, state, x, y):

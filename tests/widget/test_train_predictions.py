@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from tracin_widgets.influence import TracInCPFast
 from tracin_widgets.widget import InfluenceExplorer
 from tracin_widgets.widget._data import predict
+
+from .conftest import train_digits
 
 
 class PerItem(Dataset):
@@ -29,24 +30,7 @@ class PerItem(Dataset):
 
 @pytest.fixture
 def problem(tmp_path):
-    torch.manual_seed(0)
-    d = load_digits()
-    x = torch.tensor(d.images[:220] / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(d.target[:220], dtype=torch.long)
-    train, test = TensorDataset(x[:200], y[:200]), TensorDataset(x[200:], y[200:])
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    ckpts = []
-    loader = DataLoader(train, batch_size=20, shuffle=True, generator=torch.Generator().manual_seed(0))
-    for epoch in range(3):
-        for xb, yb in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
-        path = tmp_path / f"checkpoint-{epoch}.pt"
-        torch.save(model.state_dict(), path)
-        ckpts.append(str(path))
-    return model, ckpts, train, test
+    return train_digits(tmp_path, lr=0.5, epochs=3)
 
 
 def explore(model, ckpts, train, test, loss_fn=None):
