@@ -235,3 +235,57 @@ def test_rows_per_forward_drop_when_memory_is_short_and_scores_do_not_change(wid
         assert vrows == rows // 3 and vrows in seen
     for g, w in zip(got, want, strict=False):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_memory_reads_the_allocator_peak_between_module_ends():
+    """On CUDA a no-grad forward is sized by what the allocator really held (read at each module's end), not by
+    the sum of every output: a stack of layers whose outputs are freed as it goes holds one or two at once."""
+    from tracin_widgets.influence._memory import forward_memory
+
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    live = iter([1000, 1096, 1192, 1120, 1024])  # before the call, then after each of the 4 modules' ends
+    summed, peak = forward_memory(net, lambda: net(x), (x,), allocated=lambda: next(live))
+    assert summed == 3 * 4 * 4 + 3 * 8 * 4 * 2 + 3 * 2 * 4 + 3 * 2 * 4  # input, 2 x (3, 8), 2 x (3, 2) outputs
+    assert peak == 192 + 3 * 4 * 4  # the highest rise above the start, plus the inputs
+    assert forward_memory(net, lambda: net(x), (x,))[1] is None  # no allocator counter: no peak
+
+
+def test_large_models_loop_over_checkpoints_on_a_gpu(cnn, monkeypatch):
+    """vmap only pays for small (launch-bound) models: when memory caps a vmapped forward below its share of the
+    merge target, the GPU path loops over the checkpoints with cuDNN's own kernels; a no-grad forward is sized by
+    the measured peak, a backward pass by the summed outputs."""
+    from tracin_widgets.influence import TracInCPFast, _memory
+
+    ours = TracInCPFast(
+        cnn.model(), "fc3", cnn.train_dataset(), cnn.ckpts, cnn.load_func, loss_fn=cnn.loss("sum"), batch_size=64
+    )
+    monkeypatch.setattr(_memory, "free_memory", lambda device: 8 << 30)
+    ours.device = torch.device("cuda")  # only the decision is exercised: nothing runs on the device
+    C, want = len(ours.checkpoints), max(TracInCPFast.vmap_min_rows, TracInCPFast.gpu_rows // len(ours.checkpoints))
+    ours._row_bytes, ours._row_peak = 100e6, 10e6  # ResNet-50-like: 100 MB of outputs, 10 MB held at once
+    assert ours._use_vmap() is False  # (8 GiB / 2) / (2 x 10 MB x C) rows < want
+    assert ours._rows(16384) == 64  # capped by memory, then by the loader's batch size
+    assert ours._rows(16384, backward=True) == 10  # (8 GiB / 2) / (4 x 100 MB)
+    ours._row_bytes, ours._row_peak = 60e3, 20e3  # the tutorial's Net
+    assert ours._use_vmap() is True
+    assert ours._rows(want, copies=C) == want
+    ours.device = torch.device("cpu")
+    assert ours._use_vmap() is False
+
+
+def test_the_vmapped_forward_keeps_the_users_precision_settings(cnn, monkeypatch):
+    """The engine runs under PyTorch's own precision flags, as a plain forward and Captum do (cuDNN's TF32 for
+    convolutions is PyTorch's default on GPUs; a user who turns it off gets strict fp32 everywhere)."""
+    from tracin_widgets.influence import TracInCPFast
+
+    monkeypatch.setattr(TracInCPFast, "_use_vmap", lambda self: True)
+    seen: list[bool] = []
+    for flag in (True, False):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", flag)
+        ours = TracInCPFast(cnn.model(), "fc3", cnn.train_dataset(), cnn.ckpts, cnn.load_func, loss_fn=cnn.loss("sum"))
+        ours._net.conv1.register_forward_hook(lambda m, i, o: seen.append(torch.backends.cudnn.allow_tf32))
+        ours.fit()
+        assert ours._vmap_ok is True
+        assert set(seen) == {flag}
+        seen.clear()

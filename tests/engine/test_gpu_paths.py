@@ -35,7 +35,7 @@ def test_vmapped_checkpoints_match_the_oracle(vmapped, request, setup_name, redu
     assert_scores_close(ours.influence(s.test), oracle.influence(s.test, s.train).float())
     assert_scores_close(ours.self_influence(), oracle.self_influence(s.train).float(), what="self-influence")
     assert ours._vmap_ok is True  # the vmapped path really ran
-    assert torch.backends.cudnn.allow_tf32 is True  # switched off only inside the vmapped forward
+    assert torch.backends.cudnn.allow_tf32 is True  # left as the user set it
 
 
 def test_vmapped_rows_are_split_and_match_the_loop(vmapped, cnn, monkeypatch):

@@ -450,13 +450,13 @@ def test_factor_dtype_errors(tmp_path):
 
 
 def test_default_placement(monkeypatch):
-    """Default: on the compute device under half its free memory, else in host memory, else (with a store) read
-    from the store; max_memory smaller than the factors: read from the store."""
+    """Default: on a GPU under 3/4 of its free memory, else in host memory under half of its free memory, else
+    (with a store) read from the store; max_memory smaller than the factors: read from the store."""
     free = {"cuda": 1000, "cpu": 10_000}
     monkeypatch.setattr(_store, "free_memory", lambda d: free[d.type])
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert _store.placement(500, cuda, None, True) == "device"
-    assert _store.placement(501, cuda, None, True) == "host"
+    assert _store.placement(750, cuda, None, True) == "device"
+    assert _store.placement(751, cuda, None, True) == "host"
     assert _store.placement(5001, cuda, None, True) == "stream"
     assert _store.placement(5001, cuda, None, False) == "host"  # nowhere else to go
     assert _store.placement(5000, cpu, None, True) == "device"
@@ -477,3 +477,33 @@ def test_kept_rows_fill_preallocated_tensors_and_survive_a_wrong_length():
     short.add(0, blocks[0])
     short.add(3, blocks[1])
     assert torch.equal(short.result(6)[0], torch.cat(blocks))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("max_memory", [None, "1KB"])
+def test_half_factors_are_read_as_they_are_on_a_gpu(tmp_path, monkeypatch, dtype, max_memory):
+    """On CUDA, half-precision factors are multiplied as they are (``torch.mm(..., out_dtype=torch.float32)``:
+    float32 accumulation and result) instead of being converted to float32 block by block (3x the memory
+    traffic). Emulated here on the CPU: the scores stay within the half-precision tolerance of float32, and no
+    block is converted."""
+    from tracin_widgets.influence import _fast
+
+    p = _Problem(tmp_path)
+    fp32 = p.engine(cache=False)
+    half = p.engine(factor_dtype=dtype, max_memory=max_memory)
+    converted = half.influence(p.test)
+    seen: list[torch.dtype] = []
+    monkeypatch.setattr(_fast, "_mm32_supported", lambda device: True)
+
+    def mm32(train, test):
+        seen.append(train.dtype)
+        return train.double().mm(test.double().T).float()  # float32 result of exact products
+
+    monkeypatch.setattr(_fast, "_mm32", mm32)
+    native = half.influence(p.test)
+    assert set(seen) == {dtype} and len(seen) % 6 == 0  # A and G of the 3 checkpoints per block, read as kept
+    _check_half(fp32, half, p.test)
+    assert torch.equal(half.influence(p.test, k=5).indices, fp32.influence(p.test, k=5).indices)
+    # the only difference from the converted path: the test factors rounded to the factors' precision
+    torch.testing.assert_close(native, converted, rtol=0, atol=float(converted.abs().max()) * 2e-2)
+    assert not torch.equal(native, converted)

@@ -33,7 +33,7 @@ from ._data import (
     tensor_fast_path,
     to_device,
 )
-from ._memory import BACKWARD_SAFETY, NO_GRAD_SAFETY, PROBE_ROWS, activation_bytes, rows_per_forward
+from ._memory import BACKWARD_SAFETY, NO_GRAD_SAFETY, PROBE_ROWS, forward_memory, rows_per_forward
 from ._model import eval_mode, inner_module, model_device, model_lock
 from ._vision import VectorisedImages, vectorised_source
 
@@ -304,6 +304,7 @@ class TracInCPBase:
         self._lrs: list[float] | None = None
         self._fingerprint: str | None = None
         self._row_bytes: float | None = None  # activation bytes of one row (measured once, see _memory.py)
+        self._row_peak: float | None = None  # what a no-grad forward of one row really holds (CUDA only)
 
     @classmethod
     def get_name(cls) -> str:
@@ -422,16 +423,20 @@ class TracInCPBase:
         k = min(n, PROBE_ROWS)
         probe = tuple(x[:k] if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n else x for x in batch)
         feats = tuple(probe[:-1])
+        dev = self.device
+        allocated = (lambda: torch.cuda.memory_allocated(dev)) if dev.type == "cuda" else None
         with torch.no_grad():
-            total = activation_bytes(self._net, lambda: self._forward(state, feats, what), feats)
+            total, peak = forward_memory(self._net, lambda: self._forward(state, feats, what), feats, allocated)
         self._row_bytes = total / max(1, k)
+        self._row_peak = None if peak is None else min(total, peak) / max(1, k)
 
     def _rows(self, merge_rows: int, copies: int = 1, backward: bool = False) -> int:
         """Rows per forward (``_memory.rows_per_forward``) once ``_measure_rows`` has run; ``merge_rows`` before."""
         if self._row_bytes is None:
             return merge_rows
+        row = self._row_bytes if backward or self._row_peak is None else self._row_peak
         return rows_per_forward(
-            self._row_bytes,
+            row,
             merge_rows,
             self.train_dataloader.batch_size,
             self.device,

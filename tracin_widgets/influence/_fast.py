@@ -80,6 +80,23 @@ class _Stacked(NamedTuple):
     params: dict[str, torch.Tensor]  # name -> (n_checkpoints, *shape)
 
 
+def _mm32_supported(device: torch.device) -> bool:
+    """Whether ``_mm32`` runs on ``device``: CUDA with torch >= 2.8 (``torch.mm(..., out_dtype=)``)."""
+    if device.type != "cuda":
+        return False
+    half = torch.empty(1, 1, device="meta", dtype=torch.bfloat16)
+    try:
+        torch.mm(half, half, out_dtype=torch.float32)  # type: ignore[call-overload]
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def _mm32(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+    """``train @ test.T`` of two half-precision matrices, accumulated and returned in float32: (m, n)."""
+    return torch.mm(train, test.T, out_dtype=torch.float32)  # type: ignore[call-overload]
+
+
 def _has_rows(x: Any, n: int) -> bool:
     return isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n
 
@@ -110,17 +127,6 @@ class _Kept:
         if self.full is not None:
             return tuple(f[:rows] for f in self.full)
         return tuple(torch.cat(p) for p in zip(*self.parts, strict=True))
-
-
-@contextlib.contextmanager
-def _no_tf32() -> Iterator[None]:
-    cudnn = torch.backends.cudnn
-    saved = cudnn.allow_tf32
-    cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        cudnn.allow_tf32 = saved
 
 
 class TracInCPFast(TracInCPBase):
@@ -200,8 +206,8 @@ class TracInCPFast(TracInCPBase):
             ``"512MB"`` or ``"10GiB"`` (MB/GB: powers of 1000, MiB/GiB: of 1024, as in Hugging Face accelerate).
             Factors larger than that stay in the ``cache_dir`` store and every query reads it block by block (same
             results, at disk speed); without a ``cache_dir`` that is a ``ValueError`` before the pass. Default
-            None: on the compute device when they take less than half its free memory, else in host memory,
-            else (with a ``cache_dir``) read from the store.
+            None: on the compute device when they take less than 3/4 of a GPU's free memory (half of the
+            CPU's), else in host memory, else (with a ``cache_dir``) read from the store.
         factor_dtype: the dtype the factors are kept in: None (the default: as computed, ``torch.float32`` for a
             float32 model, Captum's numbers), ``torch.float32``, or ``torch.bfloat16`` / ``torch.float16`` (half
             the memory, disk and traffic; products still accumulate in float32; scores are approximate: with
@@ -348,7 +354,15 @@ class TracInCPFast(TracInCPBase):
         return g.reshape(n, -1), captured[0].reshape(n, -1)
 
     def _use_vmap(self) -> bool:
-        return self.device.type == "cuda"  # on the CPU the per-checkpoint loop is faster
+        """All checkpoints in one vmapped forward: on a GPU, for a model small enough that a vmapped forward
+        takes its full share of the merge target (launch-bound: one grouped launch per layer pays). A large
+        model's forwards are compute-bound and memory caps their rows: cuDNN's own kernels per checkpoint are
+        faster than grouped ones (ResNet-50, see benchmarks/RESULTS.md). On the CPU the loop is faster."""
+        if self.device.type != "cuda":
+            return False
+        C = max(1, len(self.checkpoints))
+        want = max(self.vmap_min_rows, self.gpu_rows // C)
+        return self._rows(want, copies=C) >= want
 
     def _vmapped_factors(
         self, states: list[dict], batch: tuple, mode: str, loss_fn: Any
@@ -380,8 +394,8 @@ class TracInCPFast(TracInCPBase):
             for part in split_rows(batch, n, rows):
                 m = batch_len(part)
                 feats = tuple(part[:-1])
-                # exact fp32: a grouped conv may otherwise take TF32 tensor cores (1e-3 relative error)
-                with torch.no_grad(), _no_tf32():
+                # PyTorch's precision settings apply, as in the per-checkpoint loop and a plain forward
+                with torch.no_grad():
                     out, a = vmap(one, in_dims=(0,) + (None,) * len(feats))(stacked, *feats)
                 outs = [out[c].detach().requires_grad_(True) for c in range(C)]
                 with torch.enable_grad():  # the checkpoints' losses are independent: one backward for all
@@ -545,7 +559,8 @@ class TracInCPFast(TracInCPBase):
     def _memory_pass(self, show_progress: bool) -> None:
         with self._computing():
             states, _ = self._checkpoint_states(show_progress)
-            A_parts, G_parts = [], []
+            kept: _Kept | None = None
+            rows = 0
             prog = _Progress("training factors", self._n_train(), show_progress, self.progress_callback)
             try:
                 merge = self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
@@ -564,21 +579,21 @@ class TracInCPFast(TracInCPBase):
                         offset,
                         complete=False,
                     )
-                    if self._placement is None:  # a GPU without room for all of them: keep them in host memory
+                    if kept is None:  # a GPU without room for all of them: keep them in host memory
                         self._set_dims(A.shape[-1], G.shape[-1], A.dtype)
                         self._n_ckpts = A.shape[1]
                         n = self._n_train()
                         self._placement = "device" if n is None else self._place(n, False)
-                    if self._placement == "host":
-                        A, G = A.cpu(), G.cpu()
-                    A_parts.append(A)
-                    G_parts.append(G)
+                        # written into tensors of all the rows: no second copy from concatenating at the end
+                        kept = _Kept(n, self.device if self._placement == "device" else torch.device("cpu"))
+                    kept.add(offset, A, G)
+                    rows = offset + A.shape[0]
                     prog.update(batch_len(batch))
             finally:
                 prog.close()
-        if not A_parts:
+        if kept is None:
             raise ValueError("train_dataset is empty: there is nothing to compute influence against.")
-        A, G = torch.cat(A_parts), torch.cat(G_parts)
+        A, G = kept.result(rows)
         if self.device.type != "cpu":
             self._check_factors(A, G, "training batch")
         self._factors = Factors(A, G)
@@ -868,10 +883,10 @@ class TracInCPFast(TracInCPBase):
         assert self._stream is not None
         return self._stream.rows
 
-    def _factor_blocks(self, step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    def _factor_blocks(self, step: int, native: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """``(start, A, G)`` chunks of at most ``step`` training rows on the compute device, in the dtype the
-        factors were computed in (from memory, or read from the store block by block)."""
-        dev, dt = self.device, self._compute_dtype
+        factors were computed in (``native``: as kept), from memory or read from the store block by block."""
+        dev, dt = self.device, (self._factor_dtype if native else self._compute_dtype)
         if self._factors is not None:
             A, G = self._factors
             for s in range(0, A.shape[0], step):
@@ -1031,10 +1046,33 @@ class TracInCPFast(TracInCPBase):
     def _score_chunks(self, At: torch.Tensor, Gt: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         lr = self._lr_tensor(At).view(-1, 1, 1)
         step = self._chunk_rows(At.shape[0], At.shape[1])
+        half = self._native_half(At, Gt)
+        if half is not None:  # half-precision factors on a GPU: read as they are, products summed in float32
+            Ah, Gh = half
+            for s, A, G in self._factor_blocks(step, native=True):
+                terms = [lr[c, 0] * _mm32(G[:, c], Gh[:, c]) * _mm32(A[:, c], Ah[:, c]) for c in range(A.shape[1])]
+                yield s, functools.reduce(torch.add, terms).T
+            return
+        if self._factor_dtype != self._compute_dtype:  # converted block by block: bound the float32 copies
+            step = min(step, max(1024, (256 << 20) // max(1, 2 * self._factor_bytes(1))))
         for s, A, G in self._factor_blocks(step):
             gg = torch.einsum("ncd,mcd->cnm", Gt, G)
             aa = torch.einsum("ncd,mcd->cnm", At, A)
             yield s, (gg * aa * lr).sum(0)
+
+    def _native_half(self, At: torch.Tensor, Gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The test factors in the training factors' half precision, when the products can read those as they
+        are (CUDA: ``torch.mm(..., out_dtype=torch.float32)``, float32 accumulation and result) instead of
+        converting every block to float32 first (3x the memory traffic: 39 GB of bfloat16 factors at ImageNet
+        size would need 78 GB of float32 copies). None otherwise, or when a test factor is out of float16's
+        range."""
+        dt = self._factor_dtype
+        if dt not in (torch.bfloat16, torch.float16) or not _mm32_supported(self.device):
+            return None
+        Ah, Gh = At.to(dt), Gt.to(dt)
+        if dt == torch.float16 and not bool(torch.isfinite(Ah).all() and torch.isfinite(Gh).all()):
+            return None
+        return Ah, Gh
 
     def _scores_or_topk(
         self, At: torch.Tensor, Gt: torch.Tensor, k: int | None, proponents: bool, show_progress: bool = False
@@ -1154,9 +1192,11 @@ class TracInCPFast(TracInCPBase):
                 if self._norms is not None:  # written with the factors (exact also for half-precision ones)
                     n = self._norms
                     self._self_influence = (n[..., 0] * n[..., 1] * self._lr_tensor(n)).sum(1).cpu()
-                else:
-                    assert self._factors is not None
-                    self._self_influence = self._self_from_factors(*self._factors).cpu()
+                else:  # block by block: no temporaries the size of the factors
+                    step = max(1, (256 << 20) // max(1, self._factor_bytes(1)))
+                    self._self_influence = torch.cat(
+                        [self._self_from_factors(A, G).cpu() for _, A, G in self._factor_blocks(step)]
+                    )
                 if cached and show_progress:  # the factors were ready: still show that the call ran
                     _Progress("self influence", len(self._self_influence), True, None).finish()
             elif show_progress:
@@ -1260,8 +1300,8 @@ class TracInCPFastRandProj(TracInCPFast):
             ``"512MB"`` or ``"10GiB"`` (MB/GB: powers of 1000, MiB/GiB: of 1024, as in Hugging Face accelerate).
             Factors larger than that stay in the ``cache_dir`` store and every query reads it block by block (same
             results, at disk speed); without a ``cache_dir`` that is a ``ValueError`` before the pass. Default
-            None: on the compute device when they take less than half its free memory, else in host memory,
-            else (with a ``cache_dir``) read from the store.
+            None: on the compute device when they take less than 3/4 of a GPU's free memory (half of the
+            CPU's), else in host memory, else (with a ``cache_dir``) read from the store.
         factor_dtype: the dtype the factors are kept in: None (the default: as computed, ``torch.float32`` for a
             float32 model, Captum's numbers), ``torch.float32``, or ``torch.bfloat16`` / ``torch.float16`` (half
             the memory, disk and traffic; products still accumulate in float32; scores are approximate: with

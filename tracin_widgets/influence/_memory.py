@@ -6,6 +6,11 @@ activations grow with the rows: ResNet-50 on 224x224 images needs ~100 MB per ro
 memory and otherwise runs as many rows as fit, never more than the loader's ``batch_size``. The activation
 memory of one row is measured once per engine on a few rows (``activation_bytes``); scores never depend on
 the row count.
+
+Two measures: the bytes of every module output (an upper bound, what a backward pass keeps), and, on a CUDA
+device, the peak the caching allocator reached between module ends during the probe forward (what a no-grad
+forward really holds at once: ResNet-50 keeps ~10 % of its summed outputs alive). A no-grad forward is sized
+by the smaller of the two; a backward pass by the sum.
 """
 
 from __future__ import annotations
@@ -55,10 +60,24 @@ def _tensor_bytes(obj: Any) -> int:
 def activation_bytes(net: nn.Module, call: Callable[[], Any], inputs: Any = ()) -> int:
     """Bytes of every module output (and of ``inputs``) produced while ``call()`` runs ``net``: an upper
     bound on a forward pass's activation memory."""
+    return forward_memory(net, call, inputs)[0]
+
+
+def forward_memory(
+    net: nn.Module, call: Callable[[], Any], inputs: Any = (), allocated: Callable[[], int] | None = None
+) -> tuple[int, int | None]:
+    """``(summed, peak)`` while ``call()`` runs ``net``: ``summed`` as ``activation_bytes``; ``peak`` the most
+    ``allocated()`` (e.g. ``torch.cuda.memory_allocated``) rose above its value before the call, read at every
+    module's end, plus ``inputs``' bytes (None without ``allocated``). Reading the allocator's counter needs no
+    device synchronisation and leaves its peak statistics (which users may be tracking) alone."""
     total = [_tensor_bytes(inputs)]
+    base = allocated() if allocated is not None else 0
+    peak = [base]
 
     def hook(mod: nn.Module, inp: Any, out: Any) -> None:
         total[0] += _tensor_bytes(out)
+        if allocated is not None:
+            peak[0] = max(peak[0], allocated())
 
     handles = [m.register_forward_hook(hook) for m in net.modules()]
     try:
@@ -66,7 +85,9 @@ def activation_bytes(net: nn.Module, call: Callable[[], Any], inputs: Any = ()) 
     finally:
         for h in handles:
             h.remove()
-    return total[0]
+    if allocated is None:
+        return total[0], None
+    return total[0], peak[0] - base + _tensor_bytes(inputs)
 
 
 def rows_per_forward(

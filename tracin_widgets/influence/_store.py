@@ -38,7 +38,8 @@ from ._memory import free_memory
 FORMAT = 1
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FACTOR_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-COMFORT = 0.5  # the factors stay in a memory when they take at most this fraction of its free bytes
+COMFORT = 0.5  # the factors stay in host memory when they take at most this fraction of its free bytes
+DEVICE_COMFORT = 0.75  # on the compute device: a GPU holds little else (ImageNet's 78 GB fp32 fit an H200)
 STREAM_BLOCK_BYTES = 64 << 20  # bytes of factors per streamed block (at most; max_memory // 4 when smaller)
 
 _UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -105,7 +106,7 @@ def placement(nbytes: int, device: torch.device, max_memory: int | None, has_sto
     if max_memory is not None and nbytes > max_memory:
         return "stream"
     host_free = free_memory(torch.device("cpu"))
-    if device.type != "cpu" and nbytes <= COMFORT * free_memory(device):
+    if device.type != "cpu" and nbytes <= DEVICE_COMFORT * free_memory(device):
         return "device"
     if nbytes <= COMFORT * host_free or not has_store:
         return "device" if device.type == "cpu" else "host"
