@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from tracin_widgets.influence import _tracincp
 
@@ -115,6 +115,26 @@ def test_aggregate_topk_streams_and_a_kept_matrix_answers_the_aggregate(eng, tb,
     opp = obj.influence(mlp.test, k=3, proponents=False, aggregate=True)
     assert _passes(phases) == 2, "the kept matrix answers the aggregate too"
     assert_topk_consistent(opp, ref, k=3, proponents=False)
+
+
+class Stream(IterableDataset):
+    """Training rows without a length: the score matrix cannot be allocated up front."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y, strict=True))
+
+
+def test_a_training_set_without_length_gives_the_same_matrix_and_topk(eng, tb, mlp):
+    ref = tb.captum_scores(mlp, CP)
+    obj = _engine(eng, mlp, train=Stream(*mlp.train))
+    full = obj.influence(mlp.test, k=None)
+    assert_scores_close(full, ref)
+    assert torch.equal(full, _engine(eng, mlp).influence(mlp.test, k=None))
+    res = _engine(eng, mlp, train=Stream(*mlp.train)).influence(mlp.test, k=5, proponents=False)
+    assert_topk_consistent(res, ref, k=5, proponents=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
