@@ -570,10 +570,18 @@ class TracInCPBase:
         """``inputs`` as batches on the compute device, checked before any long pass: the model takes them
         (a forward of two rows; again only when the feature shapes change) and, for a loss that takes class
         indices (``loss``: "test" for ``test_loss_fn``, else ``loss_fn``), every label is a class."""
-        batches = [to_device(b, self.device) for b in iter_input_batches(inputs, what)]
+        return list(self._checked_batches(iter_input_batches(inputs, what), what, loss, show_progress))
+
+    def _checked_batches(
+        self, batches: Iterable[tuple], what: str = "inputs", loss: str = "test", show_progress: bool = False
+    ) -> Iterator[tuple]:
+        """``_test_batches`` one batch at a time (each moved and checked as it comes), for callers that stream
+        ``inputs`` instead of holding all of it."""
+        self._test_rows = None  # not known until the last batch: messages say later rows were not checked
         rule = label_rule(self.test_loss_fn if loss == "test" else self.loss_fn)
         offset, seen, tail = 0, None, ()
         for b in batches:
+            b = to_device(b, self.device)
             shapes = [(tuple(x.shape[1:]), x.dtype) if isinstance(x, torch.Tensor) else type(x) for x in b[:-1]]
             if shapes != seen:
                 probe = "test batch" if loss == "test" else "batch"
@@ -581,8 +589,8 @@ class TracInCPBase:
             if rule is not None:
                 check_labels(b[-1], tail, rule, what, offset)
             offset += batch_len(b)
+            yield b
         self._test_rows = offset
-        return batches
 
     def _train_row(self, i: int) -> Any:
         """Training example ``i`` as the dataset gives it (to say why its gradients are not finite)."""

@@ -6,7 +6,7 @@ import math
 import numbers
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -413,6 +413,12 @@ def check_batch(batch: Any, what: str) -> tuple:
 
 def iter_input_batches(inputs: Any, what: str = "inputs") -> list[tuple]:
     """``inputs`` is one batch tuple or a DataLoader of batches; returns a list of batch tuples."""
+    return list(input_batches(inputs, what))
+
+
+def input_batches(inputs: Any, what: str = "inputs") -> Iterator[tuple]:
+    """``inputs`` (one batch tuple or a DataLoader of batches) batch by batch, each checked as it comes: a
+    DataLoader is read once, lazily, so that its batches need not all fit in memory at once."""
     if inputs is None:
         raise ValueError(
             f"{what} is required: pass a batch (x, y). For self-influence of the training set, call "
@@ -420,17 +426,18 @@ def iter_input_batches(inputs: Any, what: str = "inputs") -> list[tuple]:
         )
     if isinstance(inputs, DataLoader):
         check_sequential_loader(inputs, what)
-        batches = [check_batch(b, what) for b in inputs]
-        if not batches:
-            raise ValueError(
-                f"{what} is a DataLoader without batches (its dataset is empty): pass at least one example."
-            )
+        source: Iterable[Any] = inputs
     else:
-        batches = [check_batch(inputs, what)]
-    for b in batches:
+        source = [inputs]
+    empty = True
+    for raw in source:
+        b = check_batch(raw, what)
         if batch_len(b) == 0:
             raise ValueError(f"{what} has 0 rows: pass at least one example, e.g. (x[:1], y[:1]).")
-    return batches
+        empty = False
+        yield b
+    if empty:
+        raise ValueError(f"{what} is a DataLoader without batches (its dataset is empty): pass at least one example.")
 
 
 def batch_len(batch: tuple) -> int:

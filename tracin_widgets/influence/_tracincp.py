@@ -5,13 +5,16 @@ Per-example gradients are never computed in a Python loop over examples:
   grad = g a^T (+ g for its bias), so dot products are (g.g')(a.a' + 1) without materialising grads;
 * every other selected parameter gets batched per-example gradients from ``torch.func.vmap(grad(...))``.
 One pass over the training data (checkpoints loaded once, batches outer, checkpoints inner) gives the
-scores for a test batch and the self-influence of every training example; both are cached.
+scores for a test batch and the self-influence of every training example; both are cached. Nothing kept
+grows with n_test * n_train unless the whole score matrix is asked for (``k=None``): with ``k`` the pass keeps
+a running top-k of the proponents and the opponents.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import warnings
 from collections import OrderedDict
@@ -36,10 +39,11 @@ from ._base import (
     sqrt_lr,
 )
 from ._cache import hash_tensors
-from ._data import batch_len, rows_getter, split_rows
+from ._data import batch_len, input_batches, rows_getter, split_rows
 from ._errors import TracInWarning
 from ._layers import resolve_module
 from ._loss import loss_mode, total_loss
+from ._store import human
 
 
 class FactoredBlock(NamedTuple):
@@ -153,6 +157,138 @@ def _blocks_cat(parts: list[list[Block]]) -> list[Block]:
     return [_block_cat(blocks) for blocks in zip(*parts, strict=True)]
 
 
+TopK = tuple[torch.Tensor, torch.Tensor]  # (values, indices), (n, k) each
+
+
+def _chunk_topk(scores: torch.Tensor, k: int, largest: bool) -> TopK:
+    """The top-k of each row of ``scores``, sorted, ties to the lower index (``torch.topk`` leaves ties in any
+    order and, at the k-th value, may return any of the tied columns)."""
+    kk = min(k, scores.shape[1])
+    vals, idx = torch.topk(scores, kk, dim=1, largest=largest)
+    idx = idx.sort(dim=1).values
+    kth = vals[:, -1:]
+    tied = (((scores >= kth) if largest else (scores <= kth)).sum(1) > kk).nonzero().flatten()
+    if tied.numel():  # more columns reach the k-th value than there are places: keep the lowest tied ones
+        sub, t = scores[tied], kth[tied]
+        beyond, at = (sub > t) if largest else (sub < t), sub == t
+        need = kk - beyond.sum(1, keepdim=True)
+        idx[tied] = (beyond | (at & (at.cumsum(1) <= need))).nonzero()[:, 1].reshape(-1, kk)
+    vals, pos = torch.sort(torch.gather(scores, 1, idx), dim=1, descending=largest, stable=True)
+    return vals, torch.gather(idx, 1, pos)
+
+
+def _merge_sorted(best: TopK | None, scores: torch.Tensor, offset: int, k: int, largest: bool) -> TopK:
+    """Running top-k over column chunks of a score matrix (``offset``: the chunk's first column). Ties go to the
+    lower index, so the result is the first ``k`` columns of a stable sort of the whole row, whatever the chunks."""
+    vals, idx = _chunk_topk(scores, k, largest)
+    idx = idx + offset
+    if best is not None:  # best holds lower indices than this chunk: the stable sort keeps them first among ties
+        vals, idx = torch.cat([best[0], vals], dim=1), torch.cat([best[1], idx], dim=1)
+        vals, pos = torch.sort(vals, dim=1, descending=largest, stable=True)
+        vals, idx = vals[:, :k], torch.gather(idx, 1, pos[:, :k])
+    return vals, idx
+
+
+class _TopK(NamedTuple):
+    """The ``k`` proponents and opponents of a query, kept together: asking for the other direction, or for a
+    smaller ``k``, reads them (a prefix of a sorted top-k is the smaller top-k)."""
+
+    k: int
+    pro: TopK  # descending
+    opp: TopK  # ascending
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.pro, *self.opp))
+
+    def get(self, k: int, proponents: bool) -> KMostInfluentialResults:
+        vals, idx = self.pro if proponents else self.opp
+        return KMostInfluentialResults(idx[:, :k].to(torch.int64).contiguous(), vals[:, :k].contiguous())
+
+
+class _Scores:
+    """Where ``TracInCP._pass`` puts the scores ``(n_test, rows)`` of each training batch; with ``aggregate``, their
+    sum over the test rows (the same sums as of the whole matrix: each column is summed on its own)."""
+
+    def __init__(self, aggregate: bool) -> None:
+        self.aggregate = aggregate
+
+    def add(self, scores: torch.Tensor, offset: int) -> None:
+        self._add(scores.sum(0, keepdim=True) if self.aggregate else scores, offset)
+
+    def _add(self, scores: torch.Tensor, offset: int) -> None:
+        raise NotImplementedError
+
+
+class _FullScores(_Scores):
+    """``k=None``: the whole score matrix on the CPU, written in place when the training set's length is known
+    (no list of parts joined at the end: one matrix at the peak, not two)."""
+
+    def __init__(self, aggregate: bool, n_train: int | None) -> None:
+        super().__init__(aggregate)
+        self.n_train, self.rows = n_train, 0
+        self.out: torch.Tensor | None = None
+        self.parts: list[torch.Tensor] = []
+
+    def _add(self, scores: torch.Tensor, offset: int) -> None:
+        m = scores.shape[1]
+        if self.out is None and not self.parts and self.n_train is not None:
+            self.out = torch.empty(scores.shape[0], self.n_train, dtype=scores.dtype)
+        if self.out is not None and offset + m <= self.out.shape[1]:
+            self.out[:, offset : offset + m] = scores
+        else:  # more rows than len(train_dataset) said, or no length: parts joined at the end
+            if self.out is not None:
+                self.parts.append(self.out[:, :offset])
+                self.out = None
+            self.parts.append(scores.cpu())
+        self.rows = offset + m
+
+    def result(self) -> torch.Tensor:
+        if self.out is not None:
+            return self.out if self.rows == self.out.shape[1] else self.out[:, : self.rows].clone()
+        return torch.cat(self.parts, dim=1)
+
+
+class _RunningTopK(_Scores):
+    """``k`` given: the running top-k proponents and opponents (on the compute device), never the matrix."""
+
+    def __init__(self, aggregate: bool, k: int) -> None:
+        super().__init__(aggregate)
+        self.k = k
+        self.pro: TopK | None = None
+        self.opp: TopK | None = None
+
+    def _add(self, scores: torch.Tensor, offset: int) -> None:
+        self.pro = _merge_sorted(self.pro, scores, offset, self.k, True)
+        self.opp = _merge_sorted(self.opp, scores, offset, self.k, False)
+
+    def result(self) -> _TopK:
+        assert self.pro is not None and self.opp is not None  # the pass refuses an empty training set
+        pro, opp = ((v.contiguous().cpu(), i.contiguous().cpu()) for v, i in (self.pro, self.opp))
+        return _TopK(self.k, pro, opp)
+
+
+def _topk_of(scores: torch.Tensor, k: int) -> _TopK:
+    """The top-k of a whole score matrix by the same rule as the running one (column chunks: bounded memory)."""
+    acc = _RunningTopK(False, k)
+    step = max(k, (1 << 24) // max(1, scores.shape[0]))
+    for s in range(0, scores.shape[1], step):
+        acc.add(scores[:, s : s + step], s)
+    return acc.result()
+
+
+def _entry_bytes(entry: torch.Tensor | _TopK) -> int:
+    return entry.numel() * entry.element_size() if isinstance(entry, torch.Tensor) else entry.nbytes
+
+
+def _host_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class TracInCP(TracInCPBase):
     """TracIn over the parameters of ``layers`` (every trainable parameter when None), with Captum 0.9's API.
 
@@ -161,6 +297,13 @@ class TracInCP(TracInCPBase):
     ``nn.Linear`` layers are factorised (their gradients are never materialised), ``Conv2d`` gradients come from
     hooks and anything else from ``torch.func.vmap``. One pass over the training data gives the scores of a test
     batch and every self-influence; both are kept for later calls (the self-influence also in ``cache_dir``).
+
+    Memory does not grow with the training set beyond ``n_train`` floats (the self-influence): the training data
+    are read batch by batch, per-example gradients are materialised only for non-Linear layers and at most
+    ``max_grad_floats`` floats (512 MB) of them per chunk, and ``influence(k=...)`` keeps a running top-k (the
+    proponents and the opponents, ``n_test * k`` values) instead of the ``(n_test, n_train)`` matrix that only
+    ``k=None`` builds. Results kept for later calls take at most ``score_cache_bytes`` (512 MB). TracInCP takes
+    no ``max_memory=`` (TracInCPFast's bound on its cached factors): it caches no per-example gradients.
 
     Args:
         model: the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
@@ -270,7 +413,7 @@ class TracInCP(TracInCPBase):
         self._param_names = self._select_params(layers)
         self._plan: Plan | None = None
         self._self_influence: torch.Tensor | None = None
-        self._score_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._score_cache: OrderedDict[tuple[str, bool], torch.Tensor | _TopK] = OrderedDict()
         self._warned_loop = False
 
     # ------------------------------------------------------------------ parameters
@@ -508,20 +651,22 @@ class TracInCP(TracInCPBase):
 
     # ------------------------------------------------------------------ passes
     def _pass(
-        self, test_blocks: list[list[Block]] | None, show_progress: bool, phase: str
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """One pass over the training data: scores vs ``test_blocks`` (if any) and self-influence."""
+        self, test_blocks: list[list[Block]] | None, show_progress: bool, phase: str, sink: _Scores | None = None
+    ) -> torch.Tensor:
+        """One pass over the training data: the self-influence (returned, ``(n_train,)``) and, with
+        ``test_blocks``, each training batch's scores against them handed to ``sink`` (the matrix or a running
+        top-k: nothing here grows with ``n_test * n_train``)."""
         states, lrs = self._checkpoint_states(show_progress)
-        score_parts, self_parts = [], []
+        self_parts = []
         prog = _Progress(phase, self._n_train(), show_progress, self.progress_callback)
         try:
             for offset, batch in self._train_batches(self._pass_rows(states[0], self._merge_rows(), backward=True)):
                 per_ckpt = self._all_blocks(batch, states, self.reduction_type, self.loss_fn, "training batch", offset)
                 sq = _total(lr * _blocks_sq(b) for lr, b in zip(lrs, per_ckpt, strict=True))
                 self_parts.append(sq.cpu())
-                if test_blocks is not None:
+                if test_blocks is not None and sink is not None:
                     sc = _total(lr * _blocks_dot(tb, b) for lr, tb, b in zip(lrs, test_blocks, per_ckpt, strict=True))
-                    score_parts.append(sc.cpu())
+                    sink.add(sc, offset)
                 prog.update(batch_len(batch))
         finally:
             prog.close()
@@ -531,7 +676,7 @@ class TracInCP(TracInCPBase):
         if self._self_influence is None:
             self._self_influence = self_inf
             self._cache_save(self._cache_file("self", self._key()), {"self": self_inf})
-        return (torch.cat(score_parts, dim=1) if test_blocks is not None else None), self_inf
+        return self_inf
 
     def _key(self) -> str:
         return f"{','.join(self._param_names)}|{self.reduction_type}"
@@ -560,8 +705,13 @@ class TracInCP(TracInCPBase):
     ) -> torch.Tensor | KMostInfluentialResults:
         """Influence of every training example on each example of ``inputs``.
 
-        The scores of a test batch are kept (the last eight batches), so asking for the opponents after the
-        proponents costs no second pass over the training data.
+        With ``k``, one pass keeps a running top-k of both the proponents and the opponents (never the whole
+        score matrix: memory ``n_test * k`` values plus one training batch's scores), so asking for the other
+        direction, or for a smaller ``k``, of the same inputs afterwards costs no second pass. Among equal
+        scores the lower training index comes first (``torch.topk`` leaves ties in any order), whatever the
+        batching. ``k=None`` builds the ``(n_test, n_train)`` matrix (a later top-k of
+        the same inputs reads it). Results are kept up to ``score_cache_bytes`` (512 MB, least recently used
+        dropped first; a larger matrix is returned but not kept).
 
         Args:
             inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
@@ -581,6 +731,7 @@ class TracInCP(TracInCPBase):
 
         Raises:
             TypeError, ValueError: ``k`` is not a positive int or None, ``proponents`` is not a bool.
+            ValueError: ``k=None`` and the score matrix is larger than this machine's memory (before the pass).
             TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
                 labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
                 loss that takes class indices); ValueError when gradients are not finite, naming the rows.
@@ -589,10 +740,12 @@ class TracInCP(TracInCPBase):
         proponents = check_proponents(proponents)
         batches = self._test_batches(inputs, show_progress=show_progress)
         key = self._test_key(batches)
-        scores = self._score_cache.get(key)
-        if scores is None:
+        found = self._cached_scores(key, k, aggregate)
+        if found is None:
             with self._computing():
                 states, _ = self._checkpoint_states(show_progress)
+                if k is None:
+                    self._check_matrix_fits(1 if aggregate else sum(batch_len(b) for b in batches), states)
                 prog = _Progress("test gradients", sum(batch_len(b) for b in batches), show_progress, None)
                 parts, start = [], 0
                 try:
@@ -604,20 +757,65 @@ class TracInCP(TracInCPBase):
                 finally:
                     prog.close()
                 test_blocks = [_blocks_cat([p[c] for p in parts]) for c in range(len(states))]
-                scores, _ = self._pass(test_blocks, show_progress, "influence")
-                assert scores is not None  # a pass with test blocks scores them
-            self._score_cache[key] = scores
-            while len(self._score_cache) > 8:
-                self._score_cache.popitem(last=False)
-        elif show_progress:  # no pass needed: still show that the call ran
-            _Progress("influence (cached)", scores.shape[1], True, None).finish()
-        if aggregate:
-            scores = scores.sum(0, keepdim=True)
+                del parts
+                sink = _FullScores(aggregate, self._n_train()) if k is None else _RunningTopK(aggregate, k)
+                self._pass(test_blocks, show_progress, "influence", sink)
+            entry = sink.result()
+            shared = self._cache_put((key, aggregate), entry)
+        else:
+            entry, shared = found
+            if show_progress:  # no pass needed: still show that the call ran
+                _Progress("influence (cached)", self._n_train(), True, None).finish()
+        if isinstance(entry, _TopK):
+            assert k is not None  # a top-k entry is only found or made for a k
+            return entry.get(k, proponents)
         if k is None:
-            return scores.clone()
-        kk = min(k, scores.shape[1])
-        vals, idx = torch.topk(scores, kk, dim=1, largest=proponents)
-        return KMostInfluentialResults(idx.to(torch.int64), vals)
+            return entry.clone() if shared else entry
+        return _topk_of(entry, k).get(k, proponents)
+
+    score_cache_bytes = 512 << 20  # the query results kept for later calls (least recently used dropped first)
+
+    def _cached_scores(self, key: str, k: int | None, aggregate: bool) -> tuple[torch.Tensor | _TopK, bool] | None:
+        """A kept result that answers this call, and whether it is the cache's own (to be copied before it is
+        returned); None when a pass is needed. A top-k answers a ``k`` up to its own; a score matrix answers
+        anything (its aggregate row too)."""
+        for agg in (aggregate, False) if aggregate else (False,):
+            entry = self._score_cache.get((key, agg))
+            if entry is None or (isinstance(entry, _TopK) and (k is None or k > entry.k or agg != aggregate)):
+                continue
+            self._score_cache.move_to_end((key, agg))
+            if agg != aggregate:
+                assert isinstance(entry, torch.Tensor)
+                return entry.sum(0, keepdim=True), False
+            return entry, True
+        return None
+
+    def _cache_put(self, key: tuple[str, bool], entry: torch.Tensor | _TopK) -> bool:
+        """Keep ``entry`` within ``score_cache_bytes`` (dropping the oldest); one larger than that is not kept.
+        Returns whether it was kept."""
+        budget = self.score_cache_bytes
+        if _entry_bytes(entry) > budget:
+            return False
+        self._score_cache[key] = entry
+        self._score_cache.move_to_end(key)
+        while sum(_entry_bytes(e) for e in self._score_cache.values()) > budget:
+            self._score_cache.popitem(last=False)
+        return True
+
+    def _check_matrix_fits(self, rows: int, states: list[dict[str, torch.Tensor]]) -> None:
+        """``k=None`` asks for the whole ``(rows, n_train)`` matrix: refuse it before the pass when it is larger
+        than this machine's memory (the top-k needs only ``rows * k`` values)."""
+        n_train, memory = self._n_train(), _host_memory()
+        if n_train is None or memory is None:
+            return
+        need = rows * n_train * states[0][self._param_names[0]].element_size()
+        if need > memory:
+            raise ValueError(
+                f"influence(k=None) returns the full score matrix of {rows} test row(s) x {n_train} training rows "
+                f"({human(need)}), more than this machine's memory ({human(memory)}). Pass k=... (e.g. k=100) for "
+                "the most influential training examples of each test row (proponents and opponents, kept "
+                "together), or fewer test rows per call."
+            )
 
     @locked
     def influence_by_checkpoint(self, inputs: Inputs, train_indices: Any) -> torch.Tensor:
@@ -665,7 +863,7 @@ class TracInCP(TracInCPBase):
         Args:
             inputs: None (the default) for the training set: one pass, then kept (and saved in ``cache_dir``).
                 Or one batch ``(*features, labels)`` or a ``DataLoader`` of such batches (scored with
-                ``loss_fn``).
+                ``loss_fn``), read one batch at a time: only ``n`` floats are kept, whatever its size.
             show_progress: show tqdm bars for the passes.
             outer_loop_by_checkpoints: accepted for Captum compatibility; the result does not depend on it
                 (every checkpoint is loaded once per instance anyway).
@@ -677,7 +875,8 @@ class TracInCP(TracInCPBase):
         Raises:
             TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
                 labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
-                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+                loss that takes class indices); for a ``DataLoader``, each batch is checked as it is read (a bad
+                later batch stops the call there). ValueError when gradients are not finite, naming the rows.
         """
         if inputs is None:
             if self._self_influence is None:
@@ -693,14 +892,21 @@ class TracInCP(TracInCPBase):
                 _Progress("self influence (cached)", len(self._self_influence), True, None).finish()
             assert self._self_influence is not None  # set by the cache read or the pass above
             return self._self_influence.clone()
-        batches = self._test_batches(inputs, loss="train", show_progress=show_progress)
+        # a DataLoader is streamed (each batch checked as it comes): its rows never need to fit in memory at once
+        batches = self._checked_batches(input_batches(inputs), loss="train", show_progress=show_progress)
+        first = next(batches)  # the first batch is checked before any gradient
+        total = batch_len(first)
+        if isinstance(inputs, torch.utils.data.DataLoader):
+            try:
+                total = len(inputs.dataset)  # type: ignore[arg-type]
+            except TypeError:
+                total = -1
         with self._computing():
             states, lrs = self._checkpoint_states(show_progress)
             out, start = [], 0
-            total = sum(batch_len(b) for b in batches)
-            prog = _Progress("self influence", total, show_progress, self.progress_callback)
+            prog = _Progress("self influence", total if total >= 0 else None, show_progress, self.progress_callback)
             try:
-                for b in batches:
+                for b in itertools.chain([first], batches):
                     per_ckpt = self._all_blocks(b, states, self.reduction_type, self.loss_fn, "batch", start)
                     out.append(_total(lr * _blocks_sq(x) for lr, x in zip(lrs, per_ckpt, strict=True)).cpu())
                     start += batch_len(b)
