@@ -201,3 +201,79 @@ def test_a_missing_shard_stops_rank_0(tmp_path, monkeypatch):
         match=r"shard .* of rows 100:200 is missing or incomplete after every rank finished its pass \(cache_dir",
     ):
         _engine(model, data, paths, tmp_path / "cache").fit()
+
+
+class _Counted(torch.utils.data.Dataset):
+    """A map-style dataset that records the rows read while ``counting`` is on (the pass itself)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y, self.read, self.counting = x, y, [], False
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.counting:
+            self.read.append(int(i))
+        return self.x[i], self.y[i]
+
+
+def _padding_collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+@pytest.mark.parametrize("form", ["dataset", "loader", "loader with its own collate_fn"])
+def test_each_rank_reads_only_its_rows(tmp_path, monkeypatch, form):
+    model, data, paths, test = _problem(tmp_path)
+    ds = _Counted(*data.tensors)
+    train = {
+        "dataset": ds,
+        "loader": torch.utils.data.DataLoader(ds, batch_size=64),
+        "loader with its own collate_fn": torch.utils.data.DataLoader(ds, batch_size=64, collate_fn=_padding_collate),
+    }[form]
+    real = TracInCPFast._train_batches
+
+    def counted(self, *a, **k):  # only the pass's own reads (not the cache key's samples or the memory probe)
+        ds.counting = True
+        try:
+            yield from real(self, *a, **k)
+        finally:
+            ds.counting = False
+
+    monkeypatch.setattr(TracInCPFast, "_train_batches", counted)
+    cache = tmp_path / "cache"
+    _as_rank(monkeypatch, 1)
+    with pytest.raises(ValueError, match="joined by rank 0 cannot be read by rank 1"):
+        _engine(model, train, paths, cache).fit()
+    # rank 1's rows are 100:200; a collate_fn of the user's own gets the same batches as in one pass (64:128 ...)
+    assert sorted(ds.read) == list(range(64 if form.endswith("collate_fn") else 100, N))
+    ds.read.clear()
+    _as_rank(monkeypatch, 0)
+    joined = _engine(model, train, paths, cache).fit()
+    assert sorted(ds.read) == list(range(0, 128 if form.endswith("collate_fn") else 100))
+    monkeypatch.setattr(fast_module, "process_group", lambda device: None)
+    plain = _engine(model, data, paths)
+    torch.testing.assert_close(joined.influence(test), plain.influence(test), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["TensorDataset", "CIFAR10"])
+def test_rank_rows_of_array_datasets_are_sliced(tmp_path, form):
+    """A TensorDataset is sliced and torchvision's CIFAR arrays are read in blocks from the rank's first row: the
+    batches of rows 13:29 are exactly those rows of a whole pass."""
+    import torchvision.transforms as T
+
+    from .test_vision import make_cifar
+
+    model, data, paths, _ = _problem(tmp_path)
+    if form == "CIFAR10":
+        data = make_cifar(n=40, transform=T.ToTensor())
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+        paths = save_perturbed_checkpoints(model, tmp_path, 1, 0.1, prefix="cifar-")
+    obj = TracInCPFast(model, model[-1], data, paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=8)
+    assert (obj._vectorised() is not None) == (form == "CIFAR10")
+    whole = [b for _, b in obj._train_batches()]
+    x, y = torch.cat([b[0] for b in whole]), torch.cat([b[1] for b in whole])
+    part = list(obj._train_batches(0, (13, 29)))
+    assert [o for o, _ in part] == [13, 21]
+    assert torch.equal(torch.cat([b[0] for _, b in part]), x[13:29])
+    assert torch.equal(torch.cat([b[1] for _, b in part]), y[13:29])

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
+from torch.utils.data._utils.collate import default_collate
 
 from ._store import FactorStore, StoreLock
 
@@ -74,6 +76,51 @@ def all_equal(key: str, device: torch.device) -> bool:
 def row_range(rows: int, rank: int, world: int) -> tuple[int, int]:
     """The contiguous rows of ``rank``: ``rows`` split as evenly as possible, in rank order."""
     return rank * rows // world, (rank + 1) * rows // world
+
+
+def rank_loader(loader: DataLoader, start: int, stop: int) -> tuple[DataLoader, int]:
+    """A loader that reads only rows ``start:stop`` of ``loader``'s rows (a rank's range), and the first row it
+    yields.
+
+    A plain batched, sequential loader over a map-style dataset (what the engine builds around a Dataset, and
+    what a user's ``DataLoader(dataset, batch_size=B)`` is) becomes the same loader (same dataset, batch size,
+    collate function, workers, pinning) over the indices ``start:stop``. With a ``collate_fn`` other than
+    torch's default, whose output may depend on the rows batched together (e.g. padding to the longest), the
+    range is widened to the loader's batch boundaries (at most ``B - 1`` more rows each side) so every batch
+    holds the same rows as in a single-process pass. Anything else (an ``IterableDataset``, an unbatched loader)
+    is ``loader`` itself from row 0: the rows before ``start`` are then read and skipped."""
+    ds, bs = loader.dataset, loader.batch_size
+    if (
+        isinstance(ds, IterableDataset)
+        or bs is None
+        or type(loader.sampler) is not SequentialSampler
+        or type(loader.batch_sampler) is not BatchSampler
+        or loader.drop_last
+    ):
+        return loader, 0
+    if loader.collate_fn is not default_collate:
+        start, stop = start // bs * bs, min(len(ds), -(-stop // bs) * bs)  # type: ignore[arg-type]
+    extra: dict[str, Any] = {}
+    if loader.num_workers > 0:
+        extra["prefetch_factor"] = loader.prefetch_factor
+    if hasattr(loader, "in_order"):  # torch >= 2.6
+        extra["in_order"] = loader.in_order
+    sub = DataLoader(
+        ds,
+        batch_size=bs,
+        sampler=range(start, stop),
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        persistent_workers=loader.persistent_workers,
+        pin_memory_device=loader.pin_memory_device,
+        **extra,
+    )
+    return sub, start
 
 
 def shard_target(folder: Path, expect: dict[str, Any], start: int, stop: int) -> tuple[Path, dict[str, Any]]:

@@ -185,8 +185,10 @@ class TracInCPFast(TracInCPBase):
             ``RANK`` and ``LOCAL_RANK`` environment, in which case the default group is initialised here with
             backend ``"nccl"`` on a CUDA device, ``"gloo"`` on the CPU; give each rank its own GPU with
             ``device=f"cuda:{LOCAL_RANK}"``) the pass is split by rank over contiguous row ranges, each rank
-            writing its rows into its own shard next to the store; rank 0 joins the shards into the store (the
-            same files as one process writes) and every rank then reads all of it. ``cache_dir`` is then
+            writing its rows into its own shard next to the store (reading only those rows where the data can be
+            read by index: a Dataset, or a plain batched ``DataLoader`` over one; an ``IterableDataset`` is read
+            from its start); rank 0 joins the shards into the store (the same files as one process writes) and
+            every rank then reads all of it. ``cache_dir`` is then
             required, a folder every rank shares: None is a ``ValueError`` (every rank computing everything
             would multiply the work, not share it). Every rank must make the call that needs the factors
             (``fit()`` first is simplest): the ranks wait for each other there.
@@ -721,7 +723,7 @@ class TracInCPFast(TracInCPBase):
                         kept = _Kept(n_train, self.device if where == "device" else torch.device("cpu"))
                         kept.add(0, *self._stored_rows(writer.store, done))
                 merge = self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
-                for offset, batch in self._train_batches(self._pass_rows(states[-1], merge)):
+                for offset, batch in self._train_batches(self._pass_rows(states[-1], merge), rows):
                     n = batch_len(batch)
                     if hi is not None:  # a rank's rows only (offsets from here on count from lo)
                         if offset >= hi:
