@@ -1,11 +1,14 @@
-"""The factor pass under ``torchrun`` (issue 11, points 6-7): two CPU ranks (gloo) each write their rows of the
-store, rank 0 joins them; the store equals a single-process store byte for byte, and a single process then
-queries it without a pass, with the same results as a plain in-memory engine."""
+"""The factor pass under ``torchrun`` (issue 11, points 6-7): two CPU ranks (gloo) each read and write only their
+rows of the store, rank 0 joins them; the store equals a single-process store byte for byte, and a single process
+then queries it without a pass, with the same results as a plain in-memory engine. Queries split over the ranks
+(``distributed=True``) give every rank the single process's top-k, score matrix and self-influence; a
+disagreement or one rank's error is raised on every rank."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -50,6 +53,34 @@ SCRIPT = textwrap.dedent(
     A, G = obj._factors
     print(f"rank {rank}: {A.shape[0]} rows, world {torch.distributed.get_world_size()}")
     print(f"rank {rank} computed {max(t for ph, d, t in computed if ph == 'training factors')} rows")
+
+    # queries split over the ranks: in memory, then streamed from the store (max_memory=1 byte)
+    test = torch.load(os.path.join(tmp, "test.pt"))
+    out = {
+        "pro": tuple(obj.influence(test, k=5, distributed=True)),
+        "opp": tuple(obj.influence(test, k=5, proponents=False, distributed=True)),
+        "full": obj.influence(test, distributed=True),
+        "self": obj.self_influence(distributed=True),
+    }
+    streamed = TracInCPFast(
+        model, "2", TensorDataset(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=64,
+        cache_dir=os.path.join(tmp, "cache"), max_memory=1,
+    )
+    out["stream_opp150"] = tuple(streamed.influence(test, k=150, proponents=False, distributed=True))
+    out["stream_self"] = streamed.self_influence(distributed=True)
+    print(f"rank {rank} streamed: {streamed._stream is not None}")
+    # the ranks disagree, or one fails alone: an error on every rank, none waits forever
+    try:
+        obj.influence(test, k=3 + int(rank), distributed=True)
+    except ValueError as e:
+        print(f"rank {rank} different k: {e}")
+    bad = (test[0], test[1] + 7) if rank == "1" else test
+    try:
+        obj.influence(bad, k=5, distributed=True)
+    except (ValueError, RuntimeError) as e:
+        print(f"rank {rank} one bad batch: {type(e).__name__}: {e}")
+    out["after"] = tuple(obj.influence(test, k=5, distributed=True))  # the ranks are still in step
+    torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
     """
 )
@@ -80,6 +111,7 @@ def test_torchrun_pass_on_two_cpu_ranks_equals_a_single_process(tmp_path, monkey
     model, data, paths, test = _problem(tmp_path)
     torch.save(data.tensors, tmp_path / "data.pt")
     (tmp_path / "paths.json").write_text(json.dumps(paths))
+    torch.save(test, tmp_path / "test.pt")
     (tmp_path / "run.py").write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -94,6 +126,15 @@ def test_torchrun_pass_on_two_cpu_ranks_equals_a_single_process(tmp_path, monkey
         assert f"rank {r} computed {N // 2} rows" in done.stdout  # its half of the pass only
         assert f"rank {r} without cache_dir: this process is rank {r} of 2" in done.stdout
     assert "cache_dir is None" in done.stdout
+    for r in (0, 1):  # a disagreement or one rank's error is raised on every rank
+        assert f"rank {r} streamed: True" in done.stdout
+        assert (
+            f"rank {r} different k: the ranks of torch.distributed (torchrun) made different influence" in done.stdout
+        )
+    assert re.search(
+        r"rank 1 one bad batch: ValueError: inputs .*Labels must be int64 class indices in 0..4", done.stdout
+    )
+    assert "rank 0 one bad batch: RuntimeError: another rank of torch.distributed failed in influence" in done.stdout
 
     dist_store = _store(tmp_path / "cache")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [dist_store.name]  # the shards are removed
@@ -125,6 +166,26 @@ def test_torchrun_pass_on_two_cpu_ranks_equals_a_single_process(tmp_path, monkey
     assert torch.equal(got.indices, expected.indices) and torch.equal(got.influence_scores, expected.influence_scores)
     assert torch.equal(reused.self_influence(), expected_self)
     assert torch.equal(reused.influence(test), plain.influence(test))
+
+    # the queries split over the ranks: every rank got the single process's results
+    want = {
+        "pro": expected,
+        "opp": plain.influence(test, k=5, proponents=False),
+        "full": plain.influence(test),
+        "self": expected_self,
+        "stream_opp150": plain.influence(test, k=150, proponents=False),
+        "stream_self": expected_self,
+        "after": expected,
+    }
+    for r in (0, 1):
+        got = torch.load(tmp_path / f"rank{r}.pt")
+        for name, exp in want.items():
+            if isinstance(exp, torch.Tensor):
+                torch.testing.assert_close(got[name], exp, msg=f"rank {r} {name}")
+                continue
+            indices, scores = got[name]
+            assert indices.dtype == torch.int64 and torch.equal(indices, exp.indices), (r, name)
+            torch.testing.assert_close(scores, exp.influence_scores, msg=f"rank {r} {name}")
 
 
 def test_torchrun_without_cache_dir_is_an_error(tmp_path, monkeypatch):
@@ -201,3 +262,133 @@ def test_a_missing_shard_stops_rank_0(tmp_path, monkeypatch):
         match=r"shard .* of rows 100:200 is missing or incomplete after every rank finished its pass \(cache_dir",
     ):
         _engine(model, data, paths, tmp_path / "cache").fit()
+
+
+class _Counted(torch.utils.data.Dataset):
+    """A map-style dataset that records the rows read while ``counting`` is on (the pass itself)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y, self.read, self.counting = x, y, [], False
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.counting:
+            self.read.append(int(i))
+        return self.x[i], self.y[i]
+
+
+def _padding_collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+@pytest.mark.parametrize("form", ["dataset", "loader", "loader with its own collate_fn"])
+def test_each_rank_reads_only_its_rows(tmp_path, monkeypatch, form):
+    model, data, paths, test = _problem(tmp_path)
+    ds = _Counted(*data.tensors)
+    train = {
+        "dataset": ds,
+        "loader": torch.utils.data.DataLoader(ds, batch_size=64),
+        "loader with its own collate_fn": torch.utils.data.DataLoader(ds, batch_size=64, collate_fn=_padding_collate),
+    }[form]
+    real = TracInCPFast._train_batches
+
+    def counted(self, *a, **k):  # only the pass's own reads (not the cache key's samples or the memory probe)
+        ds.counting = True
+        try:
+            yield from real(self, *a, **k)
+        finally:
+            ds.counting = False
+
+    monkeypatch.setattr(TracInCPFast, "_train_batches", counted)
+    cache = tmp_path / "cache"
+    _as_rank(monkeypatch, 1)
+    with pytest.raises(ValueError, match="joined by rank 0 cannot be read by rank 1"):
+        _engine(model, train, paths, cache).fit()
+    # rank 1's rows are 100:200; a collate_fn of the user's own gets the same batches as in one pass (64:128 ...)
+    assert sorted(ds.read) == list(range(64 if form.endswith("collate_fn") else 100, N))
+    ds.read.clear()
+    _as_rank(monkeypatch, 0)
+    joined = _engine(model, train, paths, cache).fit()
+    assert sorted(ds.read) == list(range(0, 128 if form.endswith("collate_fn") else 100))
+    monkeypatch.setattr(fast_module, "process_group", lambda device: None)
+    plain = _engine(model, data, paths)
+    torch.testing.assert_close(joined.influence(test), plain.influence(test), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["TensorDataset", "CIFAR10"])
+def test_rank_rows_of_array_datasets_are_sliced(tmp_path, form):
+    """A TensorDataset is sliced and torchvision's CIFAR arrays are read in blocks from the rank's first row: the
+    batches of rows 13:29 are exactly those rows of a whole pass."""
+    import torchvision.transforms as T
+
+    from .test_vision import make_cifar
+
+    model, data, paths, _ = _problem(tmp_path)
+    if form == "CIFAR10":
+        data = make_cifar(n=40, transform=T.ToTensor())
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+        paths = save_perturbed_checkpoints(model, tmp_path, 1, 0.1, prefix="cifar-")
+    obj = TracInCPFast(model, model[-1], data, paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=8)
+    assert (obj._vectorised() is not None) == (form == "CIFAR10")
+    whole = [b for _, b in obj._train_batches()]
+    x, y = torch.cat([b[0] for b in whole]), torch.cat([b[1] for b in whole])
+    part = list(obj._train_batches(0, (13, 29)))
+    assert [o for o, _ in part] == [13, 21]
+    assert torch.equal(torch.cat([b[0] for _, b in part]), x[13:29])
+    assert torch.equal(torch.cat([b[1] for _, b in part]), y[13:29])
+
+
+def test_a_rank_scores_only_its_rows_in_a_distributed_query(tmp_path, monkeypatch):
+    """Rank 1 of 2 scores rows 100:200 only (the other rank's part is left to all_gather, faked here)."""
+    model, data, paths, test = _problem(tmp_path)
+    plain = _engine(model, data, paths)
+    scores, self_influence = plain.influence(test), plain.self_influence()
+    _engine(model, data, paths, tmp_path / "cache").fit()  # the store, from a single process
+    _as_rank(monkeypatch, 1)
+
+    def agree(error, key, device, call):
+        if error is not None:
+            raise error
+
+    sent: list[torch.Tensor] = []
+
+    def gather(local, widths, device):
+        sent.append(local.cpu())
+        return torch.cat([torch.zeros(local.shape[0], widths[0], dtype=local.dtype), local.cpu()], dim=1)
+
+    monkeypatch.setattr(fast_module, "agree", agree)
+    monkeypatch.setattr(fast_module, "gather_columns", gather)
+    obj = _engine(model, data, paths, tmp_path / "cache")
+    assert obj.influence(test).shape == (6, N) and not sent  # without distributed=True: this rank alone, every row
+    obj.influence(test, distributed=True)
+    torch.testing.assert_close(sent[-1], scores[:, 100:])
+    obj.influence(test, k=5, proponents=False, distributed=True)
+    values, indices = sent[-2:]
+    expected = scores[:, 100:].topk(5, dim=1, largest=False)
+    assert torch.equal(indices, expected.indices + 100)
+    torch.testing.assert_close(values, expected.values)
+    obj.self_influence(distributed=True)
+    torch.testing.assert_close(sent[-1], self_influence[100:].unsqueeze(0))
+
+
+def test_distributed_query_arguments(tmp_path, monkeypatch):
+    model, data, paths, test = _problem(tmp_path)
+    obj = _engine(model, data, paths)
+    with pytest.raises(TypeError, match=r"distributed must be a bool \(True: split the query over the ranks"):
+        obj.influence(test, k=5, distributed="yes")
+    # a single process: distributed=True changes nothing
+    assert torch.equal(obj.influence(test, k=5, distributed=True).indices, obj.influence(test, k=5).indices)
+    assert torch.equal(obj.self_influence(distributed=True), obj.self_influence())
+    rp = _engine(model, data, paths, cls=TracInCPFastRandProj)
+    monkeypatch.setattr(fast_module, "process_group", lambda device: (0, 2))
+    monkeypatch.setattr(fast_module, "agree", lambda error, key, device, call: None if error is None else _raise(error))
+    with pytest.raises(ValueError, match=r"self_influence\(inputs, distributed=True\): distributed=True splits the"):
+        obj.self_influence(test, distributed=True)
+    with pytest.raises(ValueError, match=r"RandProj.influence\(distributed=True\): its nearest-neighbour index holds"):
+        rp.influence(test, k=5, distributed=True)
+
+
+def _raise(error: BaseException) -> None:
+    raise error

@@ -33,6 +33,7 @@ from ._data import (
     tensor_fast_path,
     to_device,
 )
+from ._distributed import rank_loader
 from ._memory import BACKWARD_SAFETY, NO_GRAD_SAFETY, PROBE_ROWS, forward_memory, rows_per_forward
 from ._model import eval_mode, inner_module, model_device, model_lock
 from ._vision import VectorisedImages, vectorised_source
@@ -454,11 +455,14 @@ class TracInCPBase:
             self._measure_rows(state, probe, "training batch")
         return self._rows(merge_rows, backward=backward)
 
-    def _train_batches(self, min_rows: int = 0) -> Iterator[tuple[int, tuple]]:
+    def _train_batches(self, min_rows: int = 0, rows: tuple[int, int] | None = None) -> Iterator[tuple[int, tuple]]:
         """Training batches on the compute device with their row offset. ``min_rows`` merges consecutive
         loader batches (fewer, larger launches; scores do not depend on the batching). On a GPU each loader
-        batch is copied first and the merge happens there."""
-        offset = 0
+        batch is copied first and the merge happens there. ``rows=(start, stop)`` (a torchrun rank's range):
+        batches from row ``start`` on (the first offset may be earlier, see ``rank_loader``), read only up to
+        ``stop`` where the data can be read by index; the caller trims them to the range."""
+        start, stop = rows if rows is not None else (0, None)
+        offset = start
         loader = self.train_dataloader
         cuda = self.device.type == "cuda"
         vec = self._vectorised()
@@ -467,23 +471,26 @@ class TracInCPBase:
         if rule is not None and not self._labels_checked and (vec is not None or tensor_fast_path(loader)):
             self._check_all_train_labels(vec, rule)  # every label at once, before the pass
         if vec is not None:  # torchvision CIFAR: the transform on whole blocks of the uint8 array, exactly
-            batches = vec.batches(self.copy_rows if cuda else max(loader.batch_size or 1, min_rows), self.device)
+            step = self.copy_rows if cuda else max(loader.batch_size or 1, min_rows)
+            batches = vec.batches(step, self.device, start, stop)
             batches = _merge_batches(batches, min_rows) if cuda and min_rows else batches
         elif tensor_fast_path(loader) and cuda:
             # pinned chunks: an asynchronous copy at full PCIe speed (a pageable one is ~10x slower and stalls
             # the GPU); the chunks are merged on the device
             batches = (
                 to_device(tuple(t.pin_memory() if t.device.type == "cpu" else t for t in b), self.device)
-                for b in iter_tensor_batches(loader, self.copy_rows)
+                for b in iter_tensor_batches(loader, self.copy_rows, start, stop)
             )
             batches = _merge_batches(batches, min_rows) if min_rows else batches
         elif tensor_fast_path(loader):
-            batches = iter_tensor_batches(loader, min_rows)
+            batches = iter_tensor_batches(loader, min_rows, start, stop)
         else:
             if self._own_loader:  # workers only here: the paths above read arrays directly
                 loader = pass_loader(loader, self.num_workers, self.device, self._auto_workers)
+            if rows is not None:
+                loader, offset = rank_loader(loader, *rows)
             # labels checked on the host, before the copy: no device sync
-            batches = self._labels_per_batch(iter(loader), rule)
+            batches = self._labels_per_batch(iter(loader), rule, offset)
             if self.device.type != "cpu":
                 batches = (to_device(b, self.device) if isinstance(b, (list, tuple)) else b for b in batches)
             if min_rows:
@@ -534,9 +541,9 @@ class TracInCPBase:
         check_labels(labels, self._output_tail(first, "training batch"), rule, "train_dataset", 0)
         self._labels_checked = True
 
-    def _labels_per_batch(self, batches: Iterator, rule: tuple[str, int] | None) -> Iterator:
-        """Check each loader batch's labels as it arrives (the error names the global row)."""
-        offset = 0
+    def _labels_per_batch(self, batches: Iterator, rule: tuple[str, int] | None, offset: int = 0) -> Iterator:
+        """Check each loader batch's labels as it arrives (the error names the global row; the first batch
+        starts at row ``offset``)."""
         for b in batches:
             if isinstance(b, (list, tuple)) and len(b) >= 2:
                 if isinstance(b[-1], torch.Tensor) and b[-1].dim() == 0:

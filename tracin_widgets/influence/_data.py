@@ -293,11 +293,14 @@ def tensor_fast_path(loader: DataLoader) -> bool:
     )
 
 
-def iter_tensor_batches(loader: DataLoader, min_rows: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+def iter_tensor_batches(
+    loader: DataLoader, min_rows: int = 0, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Slices of the loader's TensorDataset (rows ``start:stop``, default all)."""
     tensors, bs = loader.dataset.tensors, max(loader.batch_size or 1, min_rows)  # type: ignore[attr-defined]
-    n = len(loader.dataset)  # type: ignore[arg-type]
-    for s in range(0, n, bs):
-        yield tuple(t[s : s + bs] for t in tensors)
+    n = len(loader.dataset) if stop is None else stop  # type: ignore[arg-type]
+    for s in range(start, n, bs):
+        yield tuple(t[s : min(s + bs, n)] for t in tensors)
 
 
 def usable_cores() -> int:

@@ -5,18 +5,28 @@ Each rank computes a contiguous range of training rows into its own *shard*: a c
 a single-process store and never blocks the other ranks). After the ranks agree that every shard is complete,
 rank 0 joins the shards into the store (the same files, byte for byte, as a single-process pass writes: a
 copy, in the kernel where it can, under the store's own lock), records it complete, and removes the shards;
-every rank then reads the whole store. Queries afterwards run in any process over the whole store.
+every rank then reads the whole store. Queries afterwards run in any process over the whole store, or across
+the ranks (``distributed=True``: each rank scores its own rows, ``gather_columns`` joins the parts, and every
+local step is followed by ``agree`` so that a rank's error or a different call never leaves the others waiting).
+
+Why shards and a copy rather than every rank writing its rows into one preallocated store: each shard is an
+ordinary store, so the resume (a manifest recording the rows complete, one prefix per store) and the lock (one
+writer per store) hold per rank unchanged; one shared store would need per-rank progress records and a lock that
+several writers share. The price is disk: the store and the shards coexist until the join is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
+from torch.utils.data._utils.collate import default_collate
 
 from ._store import FactorStore, StoreLock
 
@@ -71,9 +81,104 @@ def all_equal(key: str, device: torch.device) -> bool:
     return int(lo.item()) == int(hi.item()) == value
 
 
+def agree(error: Exception | None, key: str | None, device: torch.device, call: str) -> None:
+    """The agreement step of a call every rank makes (the same collectives on every rank, whatever happened on
+    it, so a rank's own error never leaves the others waiting): raise on every rank when any rank failed (its
+    own error on that rank, a ``RuntimeError`` on the others) or, with ``key``, when the ranks' keys differ."""
+    if not all_ok(error is None, device):
+        if error is not None:
+            raise error
+        raise RuntimeError(f"another rank of torch.distributed failed in {call} (see its error); so does this one.")
+    if key is not None and not all_equal(key, device):
+        raise ValueError(
+            f"the ranks of torch.distributed (torchrun) made different {call} calls with distributed=True: every "
+            "rank must make the same call, with the same arguments and the same inputs, once each rank has the "
+            "training-set factors or none has (a rank that queried alone before computed them alone)."
+        )
+
+
+def call_key(*parts: Any) -> str:
+    """A hexadecimal digest of a call's arguments (tensors by dtype, shape and bytes; lists and tuples by their
+    items; anything else by its ``repr``), compared across the ranks by ``agree``."""
+    h = hashlib.sha256()
+
+    def add(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, (list, tuple)):
+            h.update(f"L{len(x)}|".encode())
+            for y in x:
+                add(y)
+        else:
+            h.update(f"R{x!r}|".encode())
+
+    add(parts)
+    return h.hexdigest()
+
+
+def gather_columns(local: torch.Tensor, widths: list[int], device: torch.device) -> torch.Tensor:
+    """Every rank's ``local`` (``(n, widths[rank], ...)``) joined along dim 1 in rank order, on every rank (CPU):
+    an ``all_gather`` of tensors padded to the widest, no pickled objects (NCCL-safe)."""
+    import torch.distributed as dist
+
+    dev = _flag_device(device)
+    padded = torch.zeros(local.shape[0], max(widths), *local.shape[2:], dtype=local.dtype, device=dev)
+    padded[:, : local.shape[1]] = local
+    parts = [torch.empty_like(padded) for _ in widths]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:, :w] for p, w in zip(parts, widths, strict=True)], dim=1).cpu()
+
+
 def row_range(rows: int, rank: int, world: int) -> tuple[int, int]:
     """The contiguous rows of ``rank``: ``rows`` split as evenly as possible, in rank order."""
     return rank * rows // world, (rank + 1) * rows // world
+
+
+def rank_loader(loader: DataLoader, start: int, stop: int) -> tuple[DataLoader, int]:
+    """A loader that reads only rows ``start:stop`` of ``loader``'s rows (a rank's range), and the first row it
+    yields.
+
+    A plain batched, sequential loader over a map-style dataset (what the engine builds around a Dataset, and
+    what a user's ``DataLoader(dataset, batch_size=B)`` is) becomes the same loader (same dataset, batch size,
+    collate function, workers, pinning) over the indices ``start:stop``. With a ``collate_fn`` other than
+    torch's default, whose output may depend on the rows batched together (e.g. padding to the longest), the
+    range is widened to the loader's batch boundaries (at most ``B - 1`` more rows each side) so every batch
+    holds the same rows as in a single-process pass. Anything else (an ``IterableDataset``, an unbatched loader)
+    is ``loader`` itself from row 0: the rows before ``start`` are then read and skipped."""
+    ds, bs = loader.dataset, loader.batch_size
+    if (
+        isinstance(ds, IterableDataset)
+        or bs is None
+        or type(loader.sampler) is not SequentialSampler
+        or type(loader.batch_sampler) is not BatchSampler
+        or loader.drop_last
+    ):
+        return loader, 0
+    if loader.collate_fn is not default_collate:
+        start, stop = start // bs * bs, min(len(ds), -(-stop // bs) * bs)  # type: ignore[arg-type]
+    extra: dict[str, Any] = {}
+    if loader.num_workers > 0:
+        extra["prefetch_factor"] = loader.prefetch_factor
+    if hasattr(loader, "in_order"):  # torch >= 2.6
+        extra["in_order"] = loader.in_order
+    sub = DataLoader(
+        ds,
+        batch_size=bs,
+        sampler=range(start, stop),
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        persistent_workers=loader.persistent_workers,
+        pin_memory_device=loader.pin_memory_device,
+        **extra,
+    )
+    return sub, start
 
 
 def shard_target(folder: Path, expect: dict[str, Any], start: int, stop: int) -> tuple[Path, dict[str, Any]]:

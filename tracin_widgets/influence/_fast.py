@@ -42,7 +42,17 @@ from ._base import (
     sqrt_lr,
 )
 from ._data import batch_len, rows_getter, split_rows, tensor_fast_path
-from ._distributed import all_equal, all_ok, join_shards, process_group, row_range, shard_target
+from ._distributed import (
+    agree,
+    all_equal,
+    all_ok,
+    call_key,
+    gather_columns,
+    join_shards,
+    process_group,
+    row_range,
+    shard_target,
+)
 from ._errors import TracInWarning
 from ._layers import resolve_module, trace_output_module
 from ._loss import loss_mode, total_loss
@@ -191,11 +201,16 @@ class TracInCPFast(TracInCPBase):
             ``RANK`` and ``LOCAL_RANK`` environment, in which case the default group is initialised here with
             backend ``"nccl"`` on a CUDA device, ``"gloo"`` on the CPU; give each rank its own GPU with
             ``device=f"cuda:{LOCAL_RANK}"``) the pass is split by rank over contiguous row ranges, each rank
-            writing its rows into its own shard next to the store; rank 0 joins the shards into the store (the
-            same files as one process writes) and every rank then reads all of it. ``cache_dir`` is then
+            writing its rows into its own shard next to the store (reading only those rows where the data can be
+            read by index: a Dataset, or a plain batched ``DataLoader`` over one; an ``IterableDataset`` is read
+            from its start); rank 0 joins the shards into the store (the same files as one process writes) and
+            every rank then reads all of it. ``cache_dir`` is then
             required, a folder every rank shares: None is a ``ValueError`` (every rank computing everything
             would multiply the work, not share it). Every rank must make the call that needs the factors
-            (``fit()`` first is simplest): the ranks wait for each other there.
+            (``fit()`` first is simplest): the ranks wait for each other there. Rank 0's join needs room for
+            the factors twice in ``cache_dir`` for a moment. Queries are this process's alone unless every
+            rank calls ``influence(..., distributed=True)`` or ``self_influence(distributed=True)``: each rank
+            then scores its contiguous share of the training rows and every rank gets the whole result.
         weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
             tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
         data_version: any string naming the version of the training data (default None), part of the cache
@@ -736,7 +751,7 @@ class TracInCPFast(TracInCPBase):
                         kept = _Kept(n_train, self.device if where == "device" else torch.device("cpu"))
                         kept.add(0, *self._stored_rows(writer.store, done))
                 merge = self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
-                for offset, batch in self._train_batches(self._pass_rows(states[-1], merge)):
+                for offset, batch in self._train_batches(self._pass_rows(states[-1], merge), rows):
                     n = batch_len(batch)
                     if hi is not None:  # a rank's rows only (offsets from here on count from lo)
                         if offset >= hi:
@@ -883,19 +898,25 @@ class TracInCPFast(TracInCPBase):
         assert self._stream is not None
         return self._stream.rows
 
-    def _factor_blocks(self, step: int, native: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """``(start, A, G)`` chunks of at most ``step`` training rows on the compute device, in the dtype the
-        factors were computed in (``native``: as kept), from memory or read from the store block by block."""
+    def _factor_blocks(
+        self, step: int, span: tuple[int, int] | None = None, native: bool = False
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(start, A, G)`` chunks of at most ``step`` training rows (of rows ``span=(start, stop)``, default
+        all) on the compute device, in the dtype the factors were computed in (``native``: as kept), from memory
+        or read from the store block by block."""
         dev, dt = self.device, (self._factor_dtype if native else self._compute_dtype)
+        lo, hi = span if span is not None else (0, None)
         if self._factors is not None:
             A, G = self._factors
-            for s in range(0, A.shape[0], step):
-                yield s, A[s : s + step].to(dev, dt), G[s : s + step].to(dev, dt)
+            end = A.shape[0] if hi is None else hi
+            for s in range(lo, end, step):
+                e = min(s + step, end)
+                yield s, A[s:e].to(dev, dt), G[s:e].to(dev, dt)
             return
         assert self._stream is not None
         store = self._stream
         rows = stream_rows(store.row_bytes, self.max_memory)
-        for s, A, G in store.blocks(rows, pin=dev.type == "cuda"):
+        for s, A, G in store.blocks(rows, pin=dev.type == "cuda", start=lo, stop=hi):
             A, G = A.to(dev, non_blocking=True), G.to(dev, non_blocking=True)
             for j in range(0, A.shape[0], step):
                 yield s + j, A[j : j + step].to(dt), G[j : j + step].to(dt)
@@ -1043,19 +1064,21 @@ class TracInCPFast(TracInCPBase):
         _, lrs = self._checkpoint_states()
         return torch.tensor(lrs, dtype=like.dtype, device=like.device)
 
-    def _score_chunks(self, At: torch.Tensor, Gt: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    def _score_chunks(
+        self, At: torch.Tensor, Gt: torch.Tensor, span: tuple[int, int] | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         lr = self._lr_tensor(At).view(-1, 1, 1)
         step = self._chunk_rows(At.shape[0], At.shape[1])
         half = self._native_half(At, Gt)
         if half is not None:  # half-precision factors on a GPU: read as they are, products summed in float32
             Ah, Gh = half
-            for s, A, G in self._factor_blocks(step, native=True):
+            for s, A, G in self._factor_blocks(step, span, native=True):
                 terms = [lr[c, 0] * _mm32(G[:, c], Gh[:, c]) * _mm32(A[:, c], Ah[:, c]) for c in range(A.shape[1])]
                 yield s, functools.reduce(torch.add, terms).T
             return
         if self._factor_dtype != self._compute_dtype:  # converted block by block: bound the float32 copies
             step = min(step, max(1024, (256 << 20) // max(1, 2 * self._factor_bytes(1))))
-        for s, A, G in self._factor_blocks(step):
+        for s, A, G in self._factor_blocks(step, span):
             gg = torch.einsum("ncd,mcd->cnm", Gt, G)
             aa = torch.einsum("ncd,mcd->cnm", At, A)
             yield s, (gg * aa * lr).sum(0)
@@ -1094,9 +1117,73 @@ class TracInCPFast(TracInCPBase):
         finally:
             prog.close()
 
+    def _query_group(self, distributed: Any) -> tuple[int, int] | None:
+        """``(rank, world)`` when ``distributed`` is True and this process is one of several ranks."""
+        if not isinstance(distributed, bool):
+            raise TypeError(
+                "distributed must be a bool (True: split the query over the ranks of torch.distributed, every "
+                f"rank making the same call), got {type(distributed).__name__}."
+            )
+        return process_group(self.device) if distributed else None
+
+    def _ready(self) -> bool:
+        return self._factors is not None or self._stream is not None
+
+    def _rank_widths(self, world: int, k: int | None) -> tuple[list[tuple[int, int]], list[int]]:
+        """Each rank's contiguous training rows and the width of its part of a result (``k``: of its top-k)."""
+        ranges = [row_range(self._n_rows(), r, world) for r in range(world)]
+        return ranges, [b - a if k is None else min(k, b - a) for a, b in ranges]
+
+    def _influence_across_ranks(
+        self, rank: int, world: int, inputs: Inputs | None, k: Any, proponents: Any, show_progress: bool
+    ) -> torch.Tensor | KMostInfluentialResults:
+        """``influence(distributed=True)``: each rank scores its contiguous training rows; the local top-k (or
+        score columns) of every rank are joined with all_gather, so every rank returns the whole result. Every
+        local step is followed by an agreement step (``_distributed.agree``)."""
+        error: Exception | None = None
+        batches: list[tuple] = []
+        key = ""
+        try:
+            k = check_k(k)
+            proponents = check_proponents(proponents)
+            batches = self._test_batches(inputs, show_progress=show_progress)
+            key = call_key("influence", k, proponents, self._ready(), batches)
+        except Exception as e:
+            error = e
+        agree(error, key, self.device, "influence")
+        self._prepare_factors(show_progress)  # its own collectives when the factors are not there yet
+        ranges, widths = self._rank_widths(world, k)
+        local = idx = torch.empty(0)
+        try:
+            At, Gt = self._test_factors(inputs, batches=batches, show_progress=show_progress)
+            empty = torch.empty(At.shape[0], 0, dtype=self._compute_dtype, device=self.device)
+            if k is None:
+                parts = [sc for _s, sc in self._score_chunks(At, Gt, ranges[rank])]
+                local = torch.cat(parts, dim=1) if parts else empty
+            else:
+                best = None
+                for s, sc in self._score_chunks(At, Gt, ranges[rank]):
+                    best = merge_topk(best, sc, s, k, largest=proponents)
+                local, idx = best if best is not None else (empty, empty.long())
+        except Exception as e:
+            error = e
+        agree(error, None, self.device, "influence")
+        scores = gather_columns(local, widths, self.device)
+        if k is None:
+            return scores
+        indices = gather_columns(idx, widths, self.device)
+        vals, pos = torch.topk(scores, min(k, scores.shape[1]), dim=1, largest=proponents)
+        return KMostInfluentialResults(torch.gather(indices, 1, pos).to(torch.int64), vals)
+
     @locked
     def influence(
-        self, inputs: Inputs | None = None, k: int | None = None, proponents: bool = True, show_progress: bool = False
+        self,
+        inputs: Inputs | None = None,
+        k: int | None = None,
+        proponents: bool = True,
+        show_progress: bool = False,
+        *,
+        distributed: bool = False,
     ) -> torch.Tensor | KMostInfluentialResults:
         """Influence of every training example on each example of ``inputs``.
 
@@ -1111,6 +1198,13 @@ class TracInCPFast(TracInCPBase):
             proponents: with ``k``: True (the default) for the highest scores, False for the opponents (the
                 lowest scores, most negative first).
             show_progress: show tqdm bars for the passes.
+            distributed: keyword-only, under ``torchrun`` (see the class docstring): True splits the query over
+                the ranks, each scoring its contiguous share of the training rows (its local top-k, or its score
+                columns, joined with ``torch.distributed.all_gather``); every rank gets the whole result, the
+                same as a single process's. Every rank must then make the same call with the same inputs (the
+                ranks check that they did, and a rank's error is raised on every rank instead of leaving the
+                others waiting). Default False: this process alone answers, as in Captum. In a single process
+                True changes nothing.
 
         Returns:
             ``k=None``: a float tensor ``(n_test, n_train)`` on the CPU, in the checkpoints' dtype. ``k`` int:
@@ -1122,7 +1216,12 @@ class TracInCPFast(TracInCPBase):
             TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
                 labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
                 loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+            ValueError: with ``distributed=True``, the ranks made different calls (another rank's error is a
+                ``RuntimeError`` on this one).
         """
+        group = self._query_group(distributed)
+        if group is not None:
+            return self._influence_across_ranks(*group, inputs, k, proponents, show_progress)
         k = check_k(k)
         proponents = check_proponents(proponents)
         # validate before the (possibly long) training pass
@@ -1163,7 +1262,12 @@ class TracInCPFast(TracInCPBase):
 
     @locked
     def self_influence(
-        self, inputs: Inputs | None = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False
+        self,
+        inputs: Inputs | None = None,
+        show_progress: bool = False,
+        outer_loop_by_checkpoints: bool = False,
+        *,
+        distributed: bool = False,
     ) -> torch.Tensor:
         """Self-influence ``sum_c lr_c |g_c|^2 |a_c|^2`` of each example (exact, from the factors): high values
         flag unusual or mislabelled training examples.
@@ -1175,6 +1279,10 @@ class TracInCPFast(TracInCPBase):
             show_progress: show tqdm bars for the passes.
             outer_loop_by_checkpoints: accepted for Captum compatibility; the result does not depend on it
                 (every checkpoint is loaded once per instance anyway).
+            distributed: keyword-only, under ``torchrun``: True splits the training set's self-influence over the
+                ranks (each its contiguous rows, joined with ``all_gather``; every rank gets all of it), as in
+                ``influence``; every rank must make the same call. Only with ``inputs=None`` (a ``ValueError``
+                otherwise). Default False: this process alone answers.
 
         Returns:
             A float tensor ``(n,)`` on the CPU, in the checkpoints' dtype (``n = len(train_dataset)`` when
@@ -1185,6 +1293,9 @@ class TracInCPFast(TracInCPBase):
                 labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
                 loss that takes class indices); ValueError when gradients are not finite, naming the rows.
         """
+        group = self._query_group(distributed)
+        if group is not None:
+            return self._self_influence_across_ranks(*group, inputs, show_progress)
         if inputs is None:
             if self._self_influence is None:
                 cached = self._factors is not None or self._stream is not None
@@ -1206,6 +1317,40 @@ class TracInCPFast(TracInCPBase):
             inputs, loss="train", show_progress=show_progress, phase="self influence", callback=True
         )
         return self._self_from_factors(A, G).cpu()
+
+    def _self_influence_across_ranks(
+        self, rank: int, world: int, inputs: Inputs | None, show_progress: bool
+    ) -> torch.Tensor:
+        """``self_influence(distributed=True)``: each rank its contiguous rows, joined with all_gather."""
+        error: Exception | None = None
+        key = ""
+        try:
+            if inputs is not None:
+                raise ValueError(
+                    "self_influence(inputs, distributed=True): distributed=True splits the training set's "
+                    "self-influence over the ranks; for inputs, call self_influence(inputs) without it (each rank "
+                    "computes them), or split the inputs over the ranks yourself."
+                )
+            key = call_key("self_influence", self._ready())
+        except Exception as e:
+            error = e
+        agree(error, key, self.device, "self_influence")
+        self._prepare_factors(show_progress)  # its own collectives when the factors are not there yet
+        ranges, widths = self._rank_widths(world, None)
+        lo, hi = ranges[rank]
+        local = torch.empty(0)
+        try:
+            if self._norms is not None:  # written with the factors (exact also for half-precision ones)
+                n = self._norms[lo:hi]
+                local = (n[..., 0] * n[..., 1] * self._lr_tensor(n)).sum(1)
+            else:
+                assert self._factors is not None
+                local = self._self_from_factors(self._factors.A[lo:hi], self._factors.G[lo:hi])
+        except Exception as e:
+            error = e
+        agree(error, None, self.device, "self_influence")
+        self._self_influence = gather_columns(local.unsqueeze(0), widths, self.device)[0]
+        return self._self_influence.clone()
 
     def _self_from_factors(self, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         lr = self._lr_tensor(A)
@@ -1440,7 +1585,13 @@ class TracInCPFastRandProj(TracInCPFast):
 
     @locked
     def influence(
-        self, inputs: Inputs | None = None, k: int | None = 5, proponents: bool = True, show_progress: bool = False
+        self,
+        inputs: Inputs | None = None,
+        k: int | None = 5,
+        proponents: bool = True,
+        show_progress: bool = False,
+        *,
+        distributed: bool = False,
     ) -> torch.Tensor | KMostInfluentialResults:
         """The most influential training examples of each example of ``inputs``, from the index (as Captum,
         note the default ``k=5``), or the score matrix with ``k=None``.
@@ -1454,6 +1605,8 @@ class TracInCPFastRandProj(TracInCPFast):
             proponents: True (the default) for the highest scores, False for the opponents (the lowest scores,
                 most negative first).
             show_progress: show tqdm bars for the passes.
+            distributed: keyword-only; True under ``torchrun`` is a ``ValueError`` (the index holds every training
+                row on every rank, so any rank may query it alone). Default False.
 
         Returns:
             ``k=None``: a float tensor ``(n_test, n_train)`` on the CPU. ``k`` int:
@@ -1467,6 +1620,13 @@ class TracInCPFastRandProj(TracInCPFast):
                 labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
                 loss that takes class indices); ValueError when gradients are not finite, naming the rows.
         """
+        if self._query_group(distributed) is not None:
+            raise ValueError(
+                "TracInCPFastRandProj.influence(distributed=True): its nearest-neighbour index holds every training "
+                "row on every rank, so its queries are not split over the ranks. Call influence without "
+                "distributed=True (any rank may query alone), or use TracInCPFast's influence(distributed=True) for "
+                "an exact top-k split over the ranks; self_influence(distributed=True) works here too."
+            )
         k = check_k(k)
         proponents = check_proponents(proponents)
         At, Gt = self._test_factors(inputs, show_progress=show_progress)

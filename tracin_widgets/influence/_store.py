@@ -287,19 +287,23 @@ class FactorStore:
             G[:, c] = bufg
         return A, G
 
-    def blocks(self, rows: int, pin: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """``(start, A, G)`` blocks of at most ``rows`` rows (the next one is read while the caller computes)."""
+    def blocks(
+        self, rows: int, pin: bool = False, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(start, A, G)`` blocks of at most ``rows`` rows of rows ``start:stop`` (default all; the next block
+        is read while the caller computes)."""
+        end = self.rows if stop is None else stop
         fds = self._open()
         try:
             with ThreadPoolExecutor(1) as ex:
-                starts = list(range(0, self.rows, rows))
-                nxt = ex.submit(self.read_rows, fds, 0, min(rows, self.rows), pin) if starts else None
+                starts = list(range(start, end, rows))
+                nxt = ex.submit(self.read_rows, fds, start, min(start + rows, end), pin) if starts else None
                 for i, s in enumerate(starts):
                     assert nxt is not None
                     A, G = nxt.result()
                     if i + 1 < len(starts):
                         t = starts[i + 1]
-                        nxt = ex.submit(self.read_rows, fds, t, min(t + rows, self.rows), pin)
+                        nxt = ex.submit(self.read_rows, fds, t, min(t + rows, end), pin)
                     yield s, A, G
         finally:
             for fd in fds:

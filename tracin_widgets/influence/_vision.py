@@ -44,9 +44,13 @@ class VectorisedImages:
             x = t(x)
         return x, y
 
-    def batches(self, rows: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for s in range(0, self.n, rows):
-            yield self.block(s, min(s + rows, self.n), device)
+    def batches(
+        self, rows: int, device: torch.device, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Blocks of ``rows`` rows of rows ``start:stop`` (default all)."""
+        n = self.n if stop is None else stop
+        for s in range(start, n, rows):
+            yield self.block(s, min(s + rows, n), device)
 
     def verified(self) -> bool:
         """The vectorised rows equal ``dataset[i]`` exactly for a spread of examples."""
