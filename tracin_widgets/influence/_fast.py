@@ -1210,7 +1210,12 @@ class TracInCPFastRandProj(TracInCPFast):
             jacobian, so it changes nothing (default False).
         nearest_neighbors: the index answering top-k queries: a ``NearestNeighbors`` (``setup(data)``,
             ``get_nearest_neighbors(query, k)``). Default None: ``AnnoyNearestNeighbors()`` (approximate);
-            ``ExactNearestNeighbors()`` searches exactly. Anything else is a ``TypeError``.
+            ``ExactNearestNeighbors()`` searches exactly. Anything else is a ``TypeError``. With a ``cache_dir``
+            the training embeddings are also written into the store (``E-<tag>.bin``, the tag a hash of the store,
+            ``projection_dim``, ``seed`` and the projection), and an ``AnnoyNearestNeighbors`` is built on disk
+            there (Annoy's ``on_disk_build``, fed block by block) and memory-mapped by later instances with the
+            same settings instead of being rebuilt; other indexes get ``setup`` with the embeddings, memory-mapped
+            from that file when the factors are streamed (``max_memory``).
         projection_dim: None (the default): nothing is projected, an embedding has ``dim(g) * dim(a)`` entries
             per checkpoint and its dot products are the exact scores. A positive int: when ``dim(g) * dim(a)``
             is larger, ``g`` and ``a`` are each projected to ``int(sqrt(projection_dim))`` dimensions (at most
@@ -1407,13 +1412,12 @@ class TracInCPFastRandProj(TracInCPFast):
             except OSError as e:
                 if writer is not None:
                     writer.abort()
-                self._warn_store_embeddings(folder, e, "the training embeddings", "are computed and kept in memory")
+                self._warn_store_embeddings(folder, e, "the training embeddings", "they are kept in memory")
                 return False
             except BaseException:
                 if writer is not None:
                     writer.abort()
                 raise
-        data = emb if emb is not None else ef.mapped()  # a CPU tensor mapped from the file, read as touched
         index = self.nearest_neighbors
         prog = _Progress("nearest-neighbour index", rows, False, self.progress_callback)
         try:
@@ -1422,17 +1426,18 @@ class TracInCPFastRandProj(TracInCPFast):
                 if not index.load(path, rows, ef.dim):
 
                     def blocks() -> Iterator[torch.Tensor]:
-                        for s in range(0, rows, step):
-                            yield data[s : s + step]
-                            prog.update(min(step, rows - s))
+                        chunks = ((s, emb[s : s + step]) for s in range(0, rows, step)) if emb is not None else None
+                        for _, block in chunks or ef.blocks(step):
+                            yield block
+                            prog.update(block.shape[0])
 
                     try:
                         index.build_on_disk(path, blocks(), rows, ef.dim)
                     except OSError as e:
-                        self._warn_store_embeddings(folder, e, "the Annoy index", "is built in memory")
-                        index.setup(data)
-            else:
-                index.setup(data)
+                        self._warn_store_embeddings(folder, e, "the Annoy index", "it is built in memory")
+                        index.setup(emb if emb is not None else ef.mapped())
+            else:  # a CPU tensor mapped from the file (read as touched) when the factors are streamed
+                index.setup(emb if emb is not None else ef.mapped())
             prog.finish()
         finally:
             prog.close()
@@ -1443,8 +1448,8 @@ class TracInCPFastRandProj(TracInCPFast):
     def _warn_store_embeddings(self, folder: Path, e: OSError, what: str, instead: str) -> None:
         warnings.warn(
             f"cannot write {what} into the factor store {str(folder)!r} ({type(e).__name__}: {e.strerror or e}): "
-            f"it {instead} and not saved. Free some space there or pass another cache_dir for it to be saved and "
-            "reused by later instances.",
+            f"{instead} instead, not saved. Free some space there (or pass another cache_dir) for later instances "
+            "to reuse them.",
             TracInWarning,
             stacklevel=5,
         )
