@@ -53,6 +53,7 @@ from ._distributed import (
     row_range,
     shard_target,
 )
+from ._embeddings import EmbeddingFile, EmbeddingWriter, embedding_tag
 from ._errors import TracInWarning
 from ._layers import resolve_module, trace_output_module
 from ._loss import loss_mode, total_loss
@@ -1394,7 +1395,12 @@ class TracInCPFastRandProj(TracInCPFast):
             jacobian, so it changes nothing (default False).
         nearest_neighbors: the index answering top-k queries: a ``NearestNeighbors`` (``setup(data)``,
             ``get_nearest_neighbors(query, k)``). Default None: ``AnnoyNearestNeighbors()`` (approximate);
-            ``ExactNearestNeighbors()`` searches exactly. Anything else is a ``TypeError``.
+            ``ExactNearestNeighbors()`` searches exactly. Anything else is a ``TypeError``. With a ``cache_dir``
+            the training embeddings are also written into the store (``E-<tag>.bin``, the tag a hash of the store,
+            ``projection_dim``, ``seed`` and the projection), and an ``AnnoyNearestNeighbors`` is built on disk
+            there (Annoy's ``on_disk_build``, fed block by block) and memory-mapped by later instances with the
+            same settings instead of being rebuilt; other indexes get ``setup`` with the embeddings, memory-mapped
+            from that file when the factors are streamed (``max_memory``).
         projection_dim: None (the default): nothing is projected, an embedding has ``dim(g) * dim(a)`` entries
             per checkpoint and its dot products are the exact scores. A positive int: when ``dim(g) * dim(a)``
             is larger, ``g`` and ``a`` are each projected to ``int(sqrt(projection_dim))`` dimensions (at most
@@ -1517,6 +1523,7 @@ class TracInCPFastRandProj(TracInCPFast):
         self.rerank = rerank
         self._projections: tuple[torch.Tensor, torch.Tensor] | None = None
         self._train_embeddings: torch.Tensor | None = None
+        self._embeddings_file: EmbeddingFile | None = None  # streamed projected embeddings (k=None reads them)
         self._build()
 
     @locked
@@ -1524,16 +1531,113 @@ class TracInCPFastRandProj(TracInCPFast):
         self._prepare_factors()
         da, dg = self._dims if self._factors is None else (self._factors.A.shape[-1], self._factors.G.shape[-1])
         self._projections = self._make_projections(dg, da)
-        if self._factors is not None and self._factors.A.dtype == self._compute_dtype and self._placement != "host":
-            emb = self._embed(*self._factors)
-        else:  # streamed, in host memory or half precision: embedded block by block on the device, in full precision
-            emb = torch.cat([self._embed(A, G) for _, A, G in self._factor_blocks(1 << 16)])
+        self._embeddings_file = None
+        store = self._complete_store()
+        if store is not None and self._build_in_store(store, da, dg):
+            return
+        emb = self._embeddings_in_memory()
         prog = _Progress("nearest-neighbour index", emb.shape[0], False, self.progress_callback)
         self.nearest_neighbors.setup(emb)
         prog.update(emb.shape[0])
         prog.close()
         if self._projections is not None:
             self._train_embeddings = emb
+
+    def _embeddings_in_memory(self) -> torch.Tensor:
+        if self._factors is not None and self._factors.A.dtype == self._compute_dtype and self._placement != "host":
+            return self._embed(*self._factors)
+        # streamed, in host memory or half precision: embedded block by block on the device, in full precision
+        return torch.cat([self._embed(A, G) for _, A, G in self._factor_blocks(1 << 16)])
+
+    def _complete_store(self) -> FactorStore | None:
+        """The complete factor store in ``cache_dir`` (None without one, or when it could not be written)."""
+        if self._stream is not None:
+            return self._stream
+        if self.cache_dir is None or self._cache_unwritable is not None:
+            return None
+        folder, expect = self._store_target()
+        store = FactorStore.read(folder, expect) if folder is not None else None
+        return store if store is not None and store.complete else None
+
+    def _build_in_store(self, store: FactorStore, da: int, dg: int) -> bool:
+        """The training embeddings into ``E-<tag>.bin`` of the store and the index from them (an Annoy index built
+        on disk there, or memory-mapped when built before: ``influence/_embeddings.py``). The embeddings stay in
+        memory only when the factors do; streamed factors are embedded and indexed block by block. False when the
+        embeddings cannot be written (warned: the caller builds everything in memory)."""
+        _, lrs = self._checkpoint_states()
+        projected = self._projections is not None
+        parts = {
+            "store": store.meta.get("fingerprint"),
+            "rows": store.rows,
+            "learning_rates": [float(x).hex() for x in lrs],
+            "dtype": dtype_name(self._compute_dtype),
+            "factor_dtype": dtype_name(store.dtype),
+            "dims": [da, dg],
+            "projection_dim": self.projection_dim if projected else None,
+            "seed": self.seed if projected else None,
+        }
+        tag = embedding_tag(parts, self._projections)
+        rows, folder = store.rows, store.folder
+        pg, pa = (self._projections[0].shape[1], self._projections[1].shape[1]) if self._projections else (dg, da)
+        item = torch.empty((), dtype=self._compute_dtype).element_size()
+        step = stream_rows(store.C * pg * pa * item, self.max_memory)
+        emb = None if self._placement == "stream" else self._embeddings_in_memory()  # in memory as the factors are
+        ef = EmbeddingFile.read(folder, tag, rows)
+        if ef is None:
+            writer: EmbeddingWriter | None = None
+            try:
+                writer = EmbeddingWriter(folder, tag)
+                if emb is not None:
+                    for s in range(0, rows, step):
+                        writer.append(emb[s : s + step])
+                else:
+                    for _, A, G in self._factor_blocks(step):
+                        writer.append(self._embed(A, G))
+                ef = writer.finish({k: parts[k] for k in ("store", "projection_dim", "seed")})
+            except OSError as e:
+                if writer is not None:
+                    writer.abort()
+                self._warn_store_embeddings(folder, e, "the training embeddings", "they are kept in memory")
+                return False
+            except BaseException:
+                if writer is not None:
+                    writer.abort()
+                raise
+        index = self.nearest_neighbors
+        prog = _Progress("nearest-neighbour index", rows, False, self.progress_callback)
+        try:
+            if isinstance(index, AnnoyNearestNeighbors) and type(index).setup is AnnoyNearestNeighbors.setup:
+                path = folder / f"annoy-{tag}-t{index.num_trees}.ann"
+                if not index.load(path, rows, ef.dim):
+
+                    def blocks() -> Iterator[torch.Tensor]:
+                        chunks = ((s, emb[s : s + step]) for s in range(0, rows, step)) if emb is not None else None
+                        for _, block in chunks or ef.blocks(step):
+                            yield block
+                            prog.update(block.shape[0])
+
+                    try:
+                        index.build_on_disk(path, blocks(), rows, ef.dim)
+                    except OSError as e:
+                        self._warn_store_embeddings(folder, e, "the Annoy index", "it is built in memory")
+                        index.setup(emb if emb is not None else ef.mapped())
+            else:  # a CPU tensor mapped from the file (read as touched) when the factors are streamed
+                index.setup(emb if emb is not None else ef.mapped())
+            prog.finish()
+        finally:
+            prog.close()
+        self._train_embeddings = emb if projected else None
+        self._embeddings_file = ef if projected and emb is None else None
+        return True
+
+    def _warn_store_embeddings(self, folder: Path, e: OSError, what: str, instead: str) -> None:
+        warnings.warn(
+            f"cannot write {what} into the factor store {str(folder)!r} ({type(e).__name__}: {e.strerror or e}): "
+            f"{instead} instead, not saved. Free some space there (or pass another cache_dir) for later instances "
+            "to reuse them.",
+            TracInWarning,
+            stacklevel=5,
+        )
 
     def _make_projections(self, g_dim: int, a_dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         d = self.projection_dim
@@ -1631,10 +1735,17 @@ class TracInCPFastRandProj(TracInCPFast):
         proponents = check_proponents(proponents)
         At, Gt = self._test_factors(inputs, show_progress=show_progress)
         if k is None:
-            if self._train_embeddings is None:
+            ef = self._embeddings_file
+            if self._train_embeddings is None and ef is None:
                 return self._scores_or_topk(At, Gt, None, proponents, show_progress)
-            prog = _Progress("influence", self._train_embeddings.shape[0], show_progress, None)
-            scores = (self._embed(At, Gt) @ self._train_embeddings.T).cpu()
+            prog = _Progress("influence", self._n_rows(), show_progress, None)
+            q = self._embed(At, Gt)
+            if self._train_embeddings is not None:
+                scores = (q @ self._train_embeddings.T).cpu()
+            else:  # streamed: the embeddings file block by block
+                assert ef is not None
+                step = stream_rows(ef.dim * ef.item, self.max_memory)
+                scores = torch.cat([(q @ b.to(q.device, q.dtype).T).cpu() for _, b in ef.blocks(step)], dim=1)
             prog.finish()
             return scores
         q = self._embed(At, Gt)

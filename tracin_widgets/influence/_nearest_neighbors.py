@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.util
+import json
+import os
+import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +29,10 @@ class NearestNeighbors(ABC):
 
     @abstractmethod
     def get_nearest_neighbors(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
 
 
 def _as_2d_float32(t: torch.Tensor) -> np.ndarray:
@@ -52,6 +63,14 @@ class AnnoyNearestNeighbors(NearestNeighbors):
     The index is filled from one float32 array (Captum converts every element of every torch row on its
     own, which is what makes its set-up slow). ``search_k`` defaults to ``num_trees * max(k, 50)``,
     above Annoy's own default (``num_trees * k``), for better recall at little cost.
+
+    On disk (``TracInCPFastRandProj`` with a ``cache_dir`` does this itself, in its factor store):
+    ``build_on_disk(path, blocks, rows, dim)`` builds the index in the file ``path`` with Annoy's ``on_disk_build``
+    from blocks of rows (they never need to be in memory together, nor the index: the file is memory-mapped), written
+    under a temporary name and renamed when complete, with ``path + ".json"`` recording its items, dimension,
+    trees and size; ``load(path, n_items, dim)`` memory-maps such a file (Annoy's ``load``: pages are read as queries
+    touch them) and returns False, changing nothing, when it is missing, incomplete, foreign, or was built with
+    another ``num_trees``, item count or dimension.
     """
 
     def __init__(self, num_trees: int = 10, search_k: int | None = None) -> None:
@@ -74,6 +93,92 @@ class AnnoyNearestNeighbors(NearestNeighbors):
             index.add_item(i, arr[i].tolist())
         index.build(self.num_trees, n_jobs=-1)
         self.index = index
+
+    def build_on_disk(self, path: str | os.PathLike, blocks: Iterable[torch.Tensor], rows: int, dim: int) -> None:
+        """Build the index of ``rows`` items of ``dim`` values in the file ``path`` (replacing it) from ``blocks``
+        (``(n, dim)`` each; row i of their concatenation is item i) with Annoy's ``on_disk_build``, then
+        memory-map it.
+
+        Raises OSError when the folder lacks room for it (checked first: Annoy writes through a memory map,
+        where a full disk would kill the process) or cannot be written; ValueError when the blocks do not hold
+        ``rows`` rows.
+        """
+        from annoy import AnnoyIndex
+
+        from ._cache import atomic_write
+        from ._embeddings import fsync_path, remove_dead_temps, temp_path
+
+        path = Path(path)
+        remove_dead_temps(path.parent)
+        self._check_room(path.parent, rows, dim)
+        tmp = temp_path(path)
+        index = AnnoyIndex(dim, "dot")
+        index.on_disk_build(str(tmp))
+        try:
+            n = 0
+            for block in blocks:
+                arr = _as_2d_float32(block)
+                for i in range(arr.shape[0]):
+                    index.add_item(n + i, arr[i].tolist())
+                n += arr.shape[0]
+            if n != rows:
+                raise ValueError(f"build_on_disk got {n} rows in its blocks, not rows={rows}.")
+            index.build(self.num_trees, n_jobs=-1)
+            fsync_path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            index.unload()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        meta = {"format": 1, "metric": "dot", "items": n, "dim": dim, "trees": self.num_trees}
+        text = json.dumps({**meta, "bytes": path.stat().st_size}).encode()
+        atomic_write(_meta_path(path), lambda f: f.write(text))
+        self.index, self._n = index, n
+
+    @staticmethod
+    def disk_bytes(rows: int, dim: int, num_trees: int) -> int:
+        """About the size of an index of ``rows`` x ``dim`` with ``num_trees`` trees (Annoy's ``dot`` nodes take
+        ``16 + 4 dim`` bytes; each tree adds about ``4 / (dim + 2)`` nodes per item), with Annoy's 30 % slack."""
+        nodes = rows * (1 + num_trees * 4 / (dim + 2))
+        return int(1.3 * (16 + 4 * dim) * nodes)
+
+    def _check_room(self, folder: Path, rows: int, dim: int) -> None:
+        need = self.disk_bytes(rows, dim, self.num_trees)
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            raise OSError(
+                errno.ENOSPC,
+                f"no room for the Annoy index in {str(folder)!r}: it needs about {need / 1e9:.3g} GB, "
+                f"{free / 1e9:.3g} GB are free",
+            )
+
+    def load(self, path: str | os.PathLike, n_items: int | None = None, dim: int | None = None) -> bool:
+        """Memory-map the index ``path`` written by ``build_on_disk``: True when loaded; False (nothing changed)
+        when ``path`` or its ``.json`` record is missing or does not match the file (an interrupted or foreign
+        build), or the index has another ``num_trees``, or not ``n_items`` items or ``dim`` values (when given)."""
+        from annoy import AnnoyIndex
+
+        path = Path(path)
+        try:
+            meta = json.loads(_meta_path(path).read_text())
+            if not isinstance(meta, dict) or meta.get("format") != 1 or meta.get("metric") != "dot":
+                return False
+            if meta.get("trees") != self.num_trees or (n_items is not None and meta.get("items") != n_items):
+                return False
+            if dim is not None and meta.get("dim") != dim:
+                return False
+            if path.stat().st_size != meta["bytes"]:
+                return False
+            index = AnnoyIndex(int(meta["dim"]), "dot")
+            index.load(str(path), prefault=False)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if index.get_n_items() != meta["items"] or index.get_n_trees() != self.num_trees:
+            index.unload()
+            return False
+        self.index, self._n = index, int(meta["items"])
+        return True
 
     def get_nearest_neighbors(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.index is None:
