@@ -642,7 +642,13 @@ def store_part(args, log) -> dict:
     from tracin_widgets.influence import TracInCPFast
     from tracin_widgets.widget import _payload
 
-    out: dict[str, Any] = {"loadavg_start": loadavg(), "n_train": args.n_train, "max_memory": STORE_MAX_MEMORY}
+    out: dict[str, Any] = {
+        "loadavg_start": loadavg(),
+        "n_train": args.n_train,
+        "max_memory": STORE_MAX_MEMORY,
+        "checkpoints": STORE_CHECKPOINTS,
+        "first_page_target_ms": STORE_TARGET_MS,
+    }
     tmp = Path(tempfile.mkdtemp(prefix="tracin-bench-store-", dir=args.data_dir if args.data_dir.is_dir() else None))
     try:
         t0 = time.perf_counter()
@@ -834,6 +840,7 @@ def store_part(args, log) -> dict:
         }
         gc.collect()
         out["rss_end_mb"] = rss_mb()
+        out["rss_end_trimmed_mb"] = rss_mb(trim=True)  # freed heap given back: what the kernel still holds
         out["rss_peak_explorer_mb"] = round(_status_kb("VmHWM") or 0.0, 1) if out["peak_reset"] else None
         held = explorer_arrays(w)
         out["explorer_arrays_mb"] = round(sum(held.values()) / 1e6, 1)

@@ -226,7 +226,11 @@ class Pipeline:
                 ex._note_width(int(probs.shape[1]))
                 self.train_path = f"factors: {why}"
                 log.debug("training predictions %s", self.train_path)
-                return labels.numpy().astype(np.int64), cls.numpy().astype(np.int64), conf.double().numpy()
+                return (  # no copies of the (n_train,) arrays that are int64 already
+                    labels.numpy().astype(np.int64, copy=False),
+                    cls.numpy().astype(np.int64, copy=False),
+                    conf.double().numpy(),
+                )
             self.train_path = f"predict: {why}"
         log.debug("training predictions %s", self.train_path)
         return None
