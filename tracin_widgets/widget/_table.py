@@ -78,6 +78,8 @@ class Table:
             if key is None:
                 raise ValueError(f"cannot sort by {sort!r} before the predictions are computed.")
             k = np.asarray(key)[by_rank]
+            if k.size and np.issubdtype(k.dtype, np.integer) and -(2**15) < k.min() and k.max() < 2**15:
+                k = k.astype(np.int16)  # class indices: numpy's stable sort of 16-bit ints is a radix sort (4x faster)
             order = by_rank[np.argsort(-k if descending else k, kind="stable")]
         with self.examples.lock:
             if self._generation == generation:
