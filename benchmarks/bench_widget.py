@@ -650,6 +650,7 @@ def store_part(args, log) -> dict:
         "first_page_target_ms": STORE_TARGET_MS,
     }
     tmp = Path(tempfile.mkdtemp(prefix="tracin-bench-store-", dir=args.data_dir if args.data_dir.is_dir() else None))
+    real_encode = _payload.encode_image  # spied below: thumbnails made against rows sent
     try:
         t0 = time.perf_counter()
         d = store_workload(args.n_train, args.n_test, args.seed, tmp / "checkpoints")
@@ -701,7 +702,6 @@ def store_part(args, log) -> dict:
         engine.fit = fit
         engine._ensure_factors = ensure
         thumbs: list[int] = []
-        real_encode = _payload.encode_image
 
         def encode(*a, **kw):
             thumbs.append(1)
@@ -861,7 +861,7 @@ def store_part(args, log) -> dict:
         assert out["thumbnails_made"] <= out["thumbnail_bound"], "thumbnails beyond the rows sent"
         w.close()
     finally:
-        _payload.encode_image = real_encode if "real_encode" in locals() else _payload.encode_image
+        _payload.encode_image = real_encode
         shutil.rmtree(tmp, ignore_errors=True)
     out["loadavg_end"] = loadavg()
     return out
