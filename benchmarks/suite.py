@@ -146,7 +146,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "widget",
             "InfluenceExplorer latency: Python-side and in a real browser (JupyterLab + chromium), under load, at "
-            "400k; about 30 minutes",
+            "400k and over a 1.28M-row streamed store; about 35 minutes",
             (
                 Step(
                     "widget",
@@ -164,6 +164,13 @@ SCENARIOS: dict[str, Scenario] = {
                     "widget-size",
                     _a("--n-train 400000 --parts size --reps 10"),
                     "400k: time to ready per step, memory, every interaction once (about 10 minutes on 2 cores)",
+                    module="benchmarks.bench_widget",
+                ),
+                Step(
+                    "widget-store",
+                    _a("--n-train 1281167 --parts store --reps 10"),
+                    "1,281,167 8x8 images over a streamed factor store: factors ready -> first table page, each "
+                    "interaction, memory against the store (about 2 minutes on 2 cores)",
                     module="benchmarks.bench_widget",
                 ),
             ),
@@ -430,7 +437,7 @@ def collect(scenario: Scenario, steps: list[dict], raws: list[Path]) -> dict:
             }
             for d in runs[:1]
         ]
-        for key in ("load", "size"):  # the widget-load and widget-size steps
+        for key in ("load", "size", "store"):  # the widget-load, widget-size and widget-store steps
             for d in found:
                 if key in d:
                     res[key] = d[key]
@@ -444,7 +451,7 @@ def merge(previous: dict | None, new: dict) -> dict:
     if previous and new.get("scenario") == "widget":  # widget: keep the parts this run did not measure
         rerun = {s["name"] for s in new["steps"]}
         new["steps"] = [s for s in previous.get("steps", []) if s["name"] not in rerun] + new["steps"]
-        for key in ("runs", "load", "size", "size_before"):
+        for key in ("runs", "load", "size", "size_before", "store", "notes"):
             if not new.get(key) and previous.get(key):
                 new[key] = previous[key]
         return new

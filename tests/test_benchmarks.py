@@ -232,3 +232,62 @@ def test_a_partial_widget_run_keeps_the_other_steps_figures():
     merged = suite.merge(copy.deepcopy(old), copy.deepcopy(new))
     assert [s["name"] for s in merged["steps"]] == ["widget", "widget-load", "widget-size"]
     assert merged["runs"] == [{"label": "run"}] and merged["load"] == {"n_train": 10000} and merged["size"] == {"x": 1}
+
+
+def _store(first_ms: float) -> dict:
+    return {
+        "n_train": 1281167,
+        "max_memory": "64MB",
+        "checkpoints": 5,
+        "first_page_target_ms": 2000.0,
+        "store_mb": 1127.4,
+        "factor_pass_s": 10.8,
+        "first_page_after_factors_ms": first_ms,
+        "stats_after_factors_ms": first_ms - 20,
+        "ready_after_factors_s": 0.9,
+        "rss_before_mb": 1000.0,
+        "rss_peak_explorer_mb": 1500.0,
+        "rss_end_mb": 1400.0,
+        "rss_end_trimmed_mb": 1250.0,
+        "explorer_arrays_mb": 94.4,
+        "largest_explorer_array": "examples.self_infl",
+        "largest_explorer_array_bytes_per_row": 8.0,
+        "ensure_factors_calls": 0,
+        "thumbnails_made": 1314,
+        "thumbnail_bound": 5270,
+        "interactions": {"class filter (new)": _st(9.4, 22.3)},
+        "rss_peak_by_phase_mb": {"factor pass": 1084.3},
+        "loadavg_start": [1.5],
+        "loadavg_end": [1.5],
+    }
+
+
+def test_widget_store_view_renders_the_first_page_against_its_target(tmp_path):
+    """The widget-store table: the first page after the factors against 2 s, memory against the store's size."""
+    results = tmp_path / "results"
+    results.mkdir()
+    md = tmp_path / "WIDGET_RESULTS.md"
+    md.write_text("<!-- table:widget-store -->\n<!-- /table:widget-store -->\n")
+    doc = {"scenario": "widget", "machine_tag": "2core", "machine": {"cores": 2}, "steps": [], "runs": []}
+    (results / "widget-2core.json").write_text(json.dumps(doc))
+    report.update_results_md(results, md)
+    assert "Not measured yet: `python -m benchmarks widget --only widget-store`" in md.read_text()
+    for first, verdict in ((356.0, "met"), (2400.0, "MISSED")):
+        (results / "widget-2core.json").write_text(json.dumps({**doc, "store": _store(first)}))
+        report.update_results_md(results, md)
+        text = md.read_text()
+        assert (
+            f"| **factors ready → first table page's reply sent (ms)** | **{first:.0f}** | ≤ 2000: {verdict} |" in text
+        )
+    assert "| … end, freed heap given back: growth against the store (MB) | 250 of 1,127 (22%) | ≪ 100 % |" in text
+    assert "| the engine's in-memory factor path (`_ensure_factors`) called | 0 | 0 |" in text
+    assert "| class filter (new) (median / p90 ms, 10 runs) | 9.4 / 22.3 | |" in text
+
+
+def test_a_partial_widget_store_run_keeps_the_notes_and_is_kept_by_later_runs():
+    old = {"scenario": "widget", "steps": [{"name": "widget"}], "runs": [{"label": "run"}], "notes": ["by hand"]}
+    new = {"scenario": "widget", "steps": [{"name": "widget-store"}], "runs": [], "store": {"n_train": 5}}
+    merged = suite.merge(copy.deepcopy(old), copy.deepcopy(new))
+    assert merged["notes"] == ["by hand"] and merged["store"] == {"n_train": 5}
+    later = suite.merge(merged, {"scenario": "widget", "steps": [{"name": "widget"}], "runs": [{"label": "new"}]})
+    assert later["store"] == {"n_train": 5} and later["runs"] == [{"label": "new"}]

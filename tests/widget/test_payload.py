@@ -193,6 +193,32 @@ def test_roc_auc_equals_the_pairwise_probability():
     assert P.roc(s, np.zeros(200, bool)) is None
 
 
+@pytest.mark.parametrize("n, decimals", [(300, 1), (5000, 3), (5000, 12)])
+def test_roc_points_and_auc_are_scikit_learns_from_the_rank_order(n, decimals):
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(n + decimals)
+    y = rng.random(n) < 0.2
+    s = np.round(rng.random(n) + 0.3 * y, decimals)  # decimals=1: many ties
+    fpr, tpr, _ = roc_curve(y, s)
+    want_x, want_y = P._thin(fpr, tpr, 256)
+    for order in (None, P.rank_order(s)):
+        r = P.roc(s, y, order=order)
+        assert r["fpr"] == want_x and r["tpr"] == want_y
+        assert r["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    with pytest.raises(ValueError, match="the ROC needs finite self-influence scores"):
+        P.roc(np.r_[s[:-1], np.nan], y)
+
+
+def test_rank_order_and_ranks_share_one_sort():
+    s = np.array([0.5, 2.0, 0.5, 1.0])
+    order = P.rank_order(s)
+    assert order.tolist() == [1, 3, 0, 2] and order.dtype == np.int32  # ties by index
+    assert P.ranks_from_scores(s, order).tolist() == P.ranks_from_scores(s).tolist() == [3, 1, 4, 2]
+    y = np.array([True, False, False, True])
+    assert P.found_vs_inspected(s, y, points=5, order=order) == P.found_vs_inspected(s, y, points=5)
+
+
 def test_found_vs_inspected_matches_a_loop_oracle():
     rng = np.random.default_rng(5)
     n = 97

@@ -129,3 +129,15 @@ def test_sorting_by_prediction_before_the_predictions_is_refused():
         Table(ex).order(("pred", False, None, "all", None), [])
     with pytest.raises(ValueError, match="cannot filter label != prediction before the predictions"):
         Table(ex).order(("rank", False, None, "disagree", None), [])
+
+
+@pytest.mark.parametrize("top", [3, 2**15 - 1, 2**15, 40_000])
+def test_sorts_by_class_equal_a_fresh_sort_whatever_the_class_indices(top):
+    """Class indices that fit 16 bits are sorted as int16 (a radix sort), others as they are: the same rows."""
+    ex = examples()
+    rng = np.random.default_rng(top)
+    ex.train_labels = rng.integers(0, top + 1, len(ex.self_infl))
+    ex.train_labels[:3] = [0, top, top]
+    table = Table(ex)
+    for key in [("label", d, None, "all", None) for d in (False, True)] + [("pred", True, 2, "disagree", None)]:
+        np.testing.assert_array_equal(table.order(key, []), fresh(ex, key, []), err_msg=str(key))

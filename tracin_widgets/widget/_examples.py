@@ -150,10 +150,12 @@ class Examples:
         with self.lock:
             self.n_outputs = width
 
-    def set_self_influence(self, scores: np.ndarray) -> None:
+    def set_self_influence(self, scores: np.ndarray, rank: np.ndarray | None = None) -> None:
+        """New scores with their ranks (``rank``: ``_payload.ranks_from_scores(scores)`` when the caller sorted them
+        already, e.g. before taking the lock)."""
+        rank = _payload.ranks_from_scores(scores) if rank is None else rank
         with self.lock:
-            self.self_infl = scores
-            self.rank = _payload.ranks_from_scores(scores)
+            self.self_infl, self.rank = scores, rank
 
     def seen_classes(self) -> int | None:
         """Number of classes seen in the labels and predictions so far (None before any)."""

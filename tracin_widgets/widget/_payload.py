@@ -1,5 +1,4 @@
-"""The one Python -> JS codec of the explorer: pure functions on numpy (sklearn for the ROC; torch tensors are accepted
-duck-typed).
+"""The one Python -> JS codec of the explorer: pure functions on numpy (torch tensors are accepted duck-typed).
 
 Nothing here imports anywidget, ipywidgets or torch. Images travel as ``{"data": bytes, "shape": [h, w, c]}``
 (uint8, row-major HWC, c in {1, 3, 4}); inside traits ipywidgets ships the bytes as binary buffers, inside custom
@@ -13,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from ._protocols import Row
 
@@ -261,9 +259,17 @@ def top_k(scores: np.ndarray, k: int, largest: bool = True) -> np.ndarray:
     return cand[np.lexsort((cand, key[cand]))][:k].astype(np.int64)
 
 
-def ranks_from_scores(scores: np.ndarray) -> np.ndarray:
-    """1-based rank of each example in descending score order (ties broken by index)."""
+def rank_order(scores: np.ndarray) -> np.ndarray:
+    """Indices in descending score order, ties broken by index (the rank order; int32 where it fits). The one
+    argsort over the training set that the ranks, the table's rank order, the ROC and the found curve share."""
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return order.astype(np.int32) if len(order) < 2**31 else order
+
+
+def ranks_from_scores(scores: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """1-based rank of each example in descending score order (ties broken by index); ``order``: the scores'
+    :func:`rank_order` when already known."""
+    order = rank_order(scores) if order is None else order
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(1, len(order) + 1)
     return rank
@@ -387,35 +393,55 @@ def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[list[float], l
     return [round(float(v), 6) for v in x], [round(float(v), 6) for v in y]
 
 
-def roc(scores: np.ndarray, is_mislabelled: np.ndarray, max_points: int = 256) -> dict | None:
-    """ROC of self-influence as a mislabel detector: ``{"fpr", "tpr", "auc"}`` (sklearn), thinned for the wire.
+def roc(
+    scores: np.ndarray, is_mislabelled: np.ndarray, max_points: int = 256, order: np.ndarray | None = None
+) -> dict | None:
+    """ROC of self-influence as a mislabel detector: ``{"fpr", "tpr", "auc"}``, thinned for the wire.
 
-    None when the ground truth has a single class (ROC undefined).
+    The points of scikit-learn's ``roc_curve`` (one per distinct score, collinear ones dropped) and its
+    ``roc_auc_score`` (the trapezoid under them), computed in numpy from ``order`` (the scores' :func:`rank_order`,
+    computed here when None): no second sort of the training set. None when the ground truth has a single class
+    (ROC undefined).
     """
     y = np.asarray(is_mislabelled, dtype=bool)
     if y.all() or not y.any():
         return None
     s = np.asarray(scores, dtype=np.float64)
-    fpr, tpr, _ = roc_curve(y, s)
+    if not np.isfinite(s).all():
+        raise ValueError("the ROC needs finite self-influence scores, but some are NaN or infinite.")
+    order = rank_order(s) if order is None else order
+    ss = s[order]
+    last = np.r_[np.flatnonzero(ss[1:] != ss[:-1]), len(ss) - 1]  # the last row of each distinct score
+    tps = np.cumsum(y[order], dtype=np.int64)[last]
+    fps = 1 + last - tps
+    if len(fps) > 2:  # drop the points in the middle of a straight segment (roc_curve's drop_intermediate)
+        keep = np.flatnonzero(np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True])
+        fps, tps = fps[keep], tps[keep]
+    fpr = np.r_[0, fps] / fps[-1]
+    tpr = np.r_[0, tps] / tps[-1]
     fx, ty = _thin(fpr, tpr, max_points)
-    return {"fpr": fx, "tpr": ty, "auc": float(roc_auc_score(y, s))}
+    return {"fpr": fx, "tpr": ty, "auc": float(np.trapezoid(tpr, fpr))}
 
 
-def found_vs_inspected(scores: np.ndarray, is_mislabelled: np.ndarray, points: int = 101) -> dict | None:
+def found_vs_inspected(
+    scores: np.ndarray, is_mislabelled: np.ndarray, points: int = 101, order: np.ndarray | None = None
+) -> dict | None:
     """Fraction of mislabelled examples found vs fraction inspected in descending self-influence order.
 
     The TracIn paper's evaluation. ``{"inspected": [...], "found": [...]}``, both in [0, 1], ``points`` samples
-    at inspected = 0, 1/(points-1), ..., 1. None when nothing is mislabelled.
+    at inspected = 0, 1/(points-1), ..., 1. None when nothing is mislabelled. ``order``: the scores'
+    :func:`rank_order` when already known.
     """
     y = np.asarray(is_mislabelled, dtype=bool)
     n, total = len(y), int(y.sum())
     if total == 0 or n == 0:
         return None
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    found = np.concatenate([[0], np.cumsum(y[order])]) / total  # found[m] after inspecting m examples
+    order = rank_order(scores) if order is None else order
     inspected = np.linspace(0.0, 1.0, points)
     m = np.round(inspected * n).astype(int)
-    return {"inspected": [round(float(v), 6) for v in inspected], "found": [round(float(v), 6) for v in found[m]]}
+    cum = np.cumsum(y[order], dtype=np.int64)  # cum[m - 1]: found after inspecting m examples
+    found = np.where(m > 0, cum[np.maximum(m - 1, 0)], 0) / total
+    return {"inspected": [round(float(v), 6) for v in inspected], "found": [round(float(v), 6) for v in found]}
 
 
 def flag_metrics(flagged: Sequence[int], n_train: int, is_mislabelled: np.ndarray | None) -> dict:

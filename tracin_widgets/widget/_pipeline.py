@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..influence import Cancelled, TracInCPFast
+from . import _payload
 from ._engine import EngineAdapter, background_threads
 from ._examples import Examples
 from ._table import Table
@@ -72,6 +73,7 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self.threads = background_threads()  # torch threads of the run (the caller's: all cores by default)
         self.train_path = ""  # how the training predictions were computed ("factors: ..." or "predict: ...")
+        self._self_influence: np.ndarray | None = None  # asked of the engine with its fit (see _step_fit)
 
     def start(self) -> bool:
         """Start a run on a new thread, unless one is alive or all is computed (``ready``). True if started."""
@@ -176,13 +178,20 @@ class Pipeline:
 
     def _step_fit(self) -> None:
         self.engine.fit()
+        if isinstance(self.engine.source, TracInCPFast) and self.examples.self_infl is None:
+            # its self-influence is read off the factors just made (norms, or one product: a query's cost at
+            # most): asked now, before the galleries may query, so that it never waits behind a query holding the
+            # engine (a streamed store's query reads all of it) and the table's first page comes right away
+            self._self_influence = self.engine.self_influence()
         self.fit_done = True
         self.fitted.set()
 
     def _step_self_influence(self) -> None:
-        scores = self.engine.self_influence()
+        early, self._self_influence = self._self_influence, None
+        scores = self.engine.self_influence() if early is None else early
+        rank = _payload.ranks_from_scores(scores)  # sorted before taking the lock: the page's requests do not wait
         with self.lock:  # new scores and no order sorted by the old ones, together
-            self.examples.set_self_influence(scores)
+            self.examples.set_self_influence(scores, rank)
             self.table.forget_orders()
         self.computed(SELF_INFLUENCE)
 
@@ -217,7 +226,11 @@ class Pipeline:
                 ex._note_width(int(probs.shape[1]))
                 self.train_path = f"factors: {why}"
                 log.debug("training predictions %s", self.train_path)
-                return labels.numpy().astype(np.int64), cls.numpy().astype(np.int64), conf.double().numpy()
+                return (  # no copies of the (n_train,) arrays that are int64 already
+                    labels.numpy().astype(np.int64, copy=False),
+                    cls.numpy().astype(np.int64, copy=False),
+                    conf.double().numpy(),
+                )
             self.train_path = f"predict: {why}"
         log.debug("training predictions %s", self.train_path)
         return None

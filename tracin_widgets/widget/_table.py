@@ -22,6 +22,16 @@ def order_dtype(n: int) -> type:
     return np.int32 if n < 2**31 else np.int64
 
 
+def rank_order(scores: np.ndarray, rank: np.ndarray | None) -> np.ndarray:
+    """Every training index in rank order: ``rank`` inverted (no argsort) when it ranks ``scores``, else sorted."""
+    n = len(scores)
+    if rank is not None and len(rank) == n:  # the rank already holds the sort: invert it, no new argsort
+        by_rank = np.empty(n, order_dtype(n))
+        by_rank[np.asarray(rank) - 1] = np.arange(n, dtype=by_rank.dtype)
+        return by_rank
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").astype(order_dtype(n))
+
+
 class Table:
     """Builds the table's pages (``rows`` requests), the ``stats`` and the ``test_strip`` traits.
 
@@ -35,6 +45,7 @@ class Table:
         self._sorted: dict[tuple[str, bool], np.ndarray] = {}  # (sort, descending) -> every row, in that order
         self._orders: OrderedDict = OrderedDict()  # full query key -> the filtered order (LRU)
         self._generation = 0  # bumped by forget_orders: an order computed from older arrays is not stored
+        self._score_stats: tuple | None = None  # (scores, truth, their charts): computed once per scores array
 
     def forget_orders(self, flagged_only: bool = False) -> None:
         """Drop cached orders: those that filter by the flags (``flagged_only``) or all (new scores or predictions)."""
@@ -57,11 +68,7 @@ class Table:
         n = len(scores)
         by_rank = self._sorted.get(("rank", False))
         if by_rank is None:
-            if rank is not None and len(rank) == n:  # the rank already holds the sort: invert it, no new argsort
-                by_rank = np.empty(n, order_dtype(n))
-                by_rank[np.asarray(rank) - 1] = np.arange(n, dtype=by_rank.dtype)
-            else:
-                by_rank = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").astype(order_dtype(n))
+            by_rank = rank_order(scores, rank)
         if sort in ("rank", "score"):
             order = by_rank if (sort == "rank") != descending else by_rank[::-1]
         elif sort == "index":
@@ -71,6 +78,8 @@ class Table:
             if key is None:
                 raise ValueError(f"cannot sort by {sort!r} before the predictions are computed.")
             k = np.asarray(key)[by_rank]
+            if k.size and np.issubdtype(k.dtype, np.integer) and -(2**15) < k.min() and k.max() < 2**15:
+                k = k.astype(np.int16)  # class indices: numpy's stable sort of 16-bit ints is a radix sort (4x faster)
             order = by_rank[np.argsort(-k if descending else k, kind="stable")]
         with self.examples.lock:
             if self._generation == generation:
@@ -176,15 +185,22 @@ class Table:
         if flags_only and previous:
             return {**previous, "flags": flags}
         with ex.lock:
-            s, has_preds = ex.self_infl, ex.train_preds is not None
+            s, rank, truth, has_preds = ex.self_infl, ex.rank, ex.truth, ex.train_preds is not None
+            cached = self._score_stats
         out: dict[str, Any] = {"flags": flags, "has_preds": has_preds, "ready": s is not None}
-        if s is not None:
-            out["histogram"] = _payload.histogram(s)
-            out["score_min"], out["score_max"] = float(np.min(s)), float(np.max(s))
-            if ex.truth is not None:
-                out["roc"] = _payload.roc(s, ex.truth)
-                out["found"] = _payload.found_vs_inspected(s, ex.truth)
-        return out
+        if s is None:
+            return out
+        if cached is not None and cached[0] is s and cached[1] is truth:  # the same arrays: the same charts
+            return {**out, **cached[2]}
+        charts: dict[str, Any] = {"histogram": _payload.histogram(s)}
+        charts["score_min"], charts["score_max"] = float(np.min(s)), float(np.max(s))
+        if truth is not None:  # both walk the rank order, inverted from the ranks: no new sort of the training set
+            order = rank_order(s, rank)
+            charts["roc"] = _payload.roc(s, truth, order=order)
+            charts["found"] = _payload.found_vs_inspected(s, truth, order=order)
+        with ex.lock:
+            self._score_stats = (s, truth, charts)
+        return {**out, **charts}
 
     def test_strip(self, page: int, page_size: int, misclassified_only: bool) -> StripPage:
         """The ``test_strip`` trait: one page of test examples (only misclassified ones when asked and known)."""

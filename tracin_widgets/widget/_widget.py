@@ -479,8 +479,9 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
     def cleaned_dataset(self) -> Subset:
         """The training set without the flagged examples, as a ``torch.utils.data.Subset``."""
-        drop = set(self.flagged)
-        return Subset(self._examples.train, [i for i in range(self._n_train) if i not in drop])
+        keep = np.ones(self._n_train, dtype=bool)
+        keep[np.asarray(self.flagged, dtype=np.int64)] = False  # a mask, not a Python loop over the training set
+        return Subset(self._examples.train, np.flatnonzero(keep).tolist())
 
     def close(self) -> None:
         cancel = getattr(self, "_cancel", None)  # close() also runs from __del__ of a half-built widget
