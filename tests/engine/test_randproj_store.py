@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import TensorDataset
 
 from tracin_widgets.influence import (
     AnnoyNearestNeighbors,
@@ -26,47 +24,22 @@ from tracin_widgets.influence import (
 )
 from tracin_widgets.influence._embeddings import temp_path
 
-from .helpers import save_perturbed_checkpoints
+from .helpers import StoreProblem
 
 pytest.importorskip("annoy")
 
 N = 1500
-LRS = (0.5, 1.0, 2.0)
 ROW_BYTES = 3 * (16 + 5) * 4  # checkpoints x (dim a + dim g) x float32
 
 
-class _Problem:
+class _Problem(StoreProblem):
     def __init__(self, tmp_path: Path):
-        torch.manual_seed(0)
-        self.model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5))  # dim g x dim a = 80 per checkpoint
-        self.paths = save_perturbed_checkpoints(self.model, tmp_path, 3, 0.3)
-        g = torch.Generator().manual_seed(1)
-        self.x, self.y = torch.randn(N, 8, generator=g), torch.randint(0, 5, (N,), generator=g)
-        self.test = (torch.randn(6, 8, generator=g), torch.randint(0, 5, (6,), generator=g))
-        self.cache = tmp_path / "cache"
-
-    def load(self, net, path):
-        net.load_state_dict(torch.load(path, weights_only=True))
-        return LRS[self.paths.index(path)]
+        super().__init__(tmp_path, n=N)  # the MLP's last layer: dim g x dim a = 80 per checkpoint
 
     def engine(self, cache=True, **kw):
         kw.setdefault("nearest_neighbors", ExactNearestNeighbors())
         kw.setdefault("projection_dim", 16)  # 4 x 4 per checkpoint
-        return TracInCPFastRandProj(
-            self.model,
-            "2",
-            TensorDataset(self.x, self.y),
-            self.paths,
-            checkpoints_load_func=self.load,
-            loss_fn=nn.CrossEntropyLoss(reduction="sum"),
-            batch_size=100,
-            cache_dir=self.cache if cache else None,
-            **kw,
-        )
-
-    def store(self) -> Path:
-        (folder,) = self.cache.glob("tracin-fast-store-*")
-        return folder
+        return super().engine(TracInCPFastRandProj, cache=cache, **kw)
 
     def files(self, pattern: str) -> list[Path]:
         return sorted(self.store().glob(pattern))

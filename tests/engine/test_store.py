@@ -19,54 +19,17 @@ from torch.utils.data import TensorDataset
 
 from tracin_widgets.influence import (
     Cancelled,
-    ExactNearestNeighbors,
     TracInCPFast,
     TracInCPFastRandProj,
     TracInWarning,
     _store,
 )
 
-from .helpers import save_perturbed_checkpoints
+from .helpers import StoreProblem
 from .oracle import assert_scores_close
 
 N = 3000
-LRS = (0.5, 1.0, 2.0)
-
-
-class _Problem:
-    def __init__(self, tmp_path: Path, n: int = N, seed: int = 0):
-        torch.manual_seed(seed)
-        self.model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5))
-        self.paths = save_perturbed_checkpoints(self.model, tmp_path, 3, 0.3)
-        g = torch.Generator().manual_seed(seed + 1)
-        self.x, self.y = torch.randn(n, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
-        self.test = (torch.randn(6, 8, generator=g), torch.randint(0, 5, (6,), generator=g))
-        self.cache = tmp_path / "cache"
-
-    def load(self, net, path):
-        net.load_state_dict(torch.load(path, weights_only=True))
-        return LRS[self.paths.index(path)]
-
-    def engine(self, cls=TracInCPFast, cache=True, phases=None, **kw):
-        kw.setdefault("batch_size", 100)
-        if phases is not None:
-            kw["progress_callback"] = lambda ph, d, t: phases.append((ph, d))
-        if cls is TracInCPFastRandProj:
-            kw.setdefault("nearest_neighbors", ExactNearestNeighbors())
-        return cls(
-            self.model,
-            "2",
-            TensorDataset(self.x, self.y),
-            self.paths,
-            checkpoints_load_func=self.load,
-            loss_fn=nn.CrossEntropyLoss(reduction="sum"),
-            cache_dir=self.cache if cache else None,
-            **kw,
-        )
-
-    def store(self) -> Path:
-        (folder,) = self.cache.glob("tracin-fast-store-*")
-        return folder
+LRS = StoreProblem.LRS
 
 
 def _manifest(folder: Path) -> dict:
@@ -91,7 +54,7 @@ def _count_rows(monkeypatch) -> list[int]:
 # the store's format
 # ---------------------------------------------------------------------------------------------------------------------
 def test_store_files_and_manifest(tmp_path):
-    p = _Problem(tmp_path)
+    p = StoreProblem(tmp_path)
     obj = p.engine()
     self_inf = obj.self_influence()
     folder = p.store()
@@ -112,7 +75,7 @@ def test_store_files_and_manifest(tmp_path):
 
 
 def test_old_pt_factor_files_are_ignored(tmp_path):
-    p = _Problem(tmp_path, n=300)
+    p = StoreProblem(tmp_path, n=300)
     p.cache.mkdir()
     fresh = p.engine(cache=False).influence(p.test)
     obj = p.engine()
@@ -127,7 +90,7 @@ def test_old_pt_factor_files_are_ignored(tmp_path):
 # an interrupted pass resumes
 # ---------------------------------------------------------------------------------------------------------------------
 def test_cancelled_pass_resumes_from_the_last_block(tmp_path, monkeypatch):
-    p = _Problem(tmp_path)
+    p = StoreProblem(tmp_path)
     fresh = p.engine(cache=False)
     expected, expected_self = fresh.influence(p.test), fresh.self_influence()
 
@@ -153,7 +116,7 @@ def test_cancelled_pass_resumes_from_the_last_block(tmp_path, monkeypatch):
 
 def test_killed_pass_resumes_from_the_last_recorded_block(tmp_path):
     """A job killed mid-pass (no exception handler runs): the blocks the manifest records survive it."""
-    p = _Problem(tmp_path)
+    p = StoreProblem(tmp_path)
     script = textwrap.dedent(
         f"""
         import os, torch
@@ -208,7 +171,7 @@ def _fill_disk_after(monkeypatch, writes: int) -> None:
 
 
 def test_full_disk_stops_with_an_error_naming_the_store_and_keeps_the_blocks(tmp_path, monkeypatch):
-    p = _Problem(tmp_path)
+    p = StoreProblem(tmp_path)
     expected = p.engine(cache=False).influence(p.test, k=5)
     monkeypatch.setattr(_store.StoreWriter, "commit_seconds", 0.0)
     _fill_disk_after(monkeypatch, 7 * 3)  # 7 files per block (A, G per checkpoint, norms): 3 blocks fit
@@ -230,7 +193,7 @@ def test_full_disk_stops_with_an_error_naming_the_store_and_keeps_the_blocks(tmp
 def test_full_disk_with_factors_in_memory_warns_and_keeps_the_result(tmp_path, monkeypatch):
     """When the factors fit in memory the store is only a cache: a full disk warns (as before) and the result
     is still computed; the complete blocks are kept for a later call."""
-    p = _Problem(tmp_path)
+    p = StoreProblem(tmp_path)
     expected = p.engine(cache=False).influence(p.test)
     monkeypatch.setattr(_store.StoreWriter, "commit_seconds", 0.0)
     _fill_disk_after(monkeypatch, 7 * 2)
@@ -241,7 +204,7 @@ def test_full_disk_with_factors_in_memory_warns_and_keeps_the_result(tmp_path, m
 
 
 def test_a_second_writer_is_refused_naming_the_first(tmp_path):
-    p = _Problem(tmp_path, n=300)
+    p = StoreProblem(tmp_path, n=300)
     obj = p.engine()
     folder = obj._store_target()[0]
     folder.mkdir(parents=True)
@@ -273,7 +236,7 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory):
-    p = _Problem(tmp_path_factory.mktemp("stream"))
+    p = StoreProblem(tmp_path_factory.mktemp("stream"))
     mem = p.engine(cache=False)
     row_bytes = 3 * (16 + 5) * 4
     stream = p.engine(max_memory=row_bytes * 40)  # 10-row blocks: 300 of them
@@ -331,7 +294,7 @@ def test_a_complete_store_is_streamed_without_a_pass(streamed, monkeypatch):
 
 
 def test_max_memory_too_small_without_cache_dir_is_an_error_before_the_pass(tmp_path):
-    p = _Problem(tmp_path, n=300)
+    p = StoreProblem(tmp_path, n=300)
     phases: list = []
     with pytest.raises(
         ValueError,
@@ -343,7 +306,7 @@ def test_max_memory_too_small_without_cache_dir_is_an_error_before_the_pass(tmp_
 
 
 def test_max_memory_with_an_unwritable_cache_dir_is_an_error_before_the_pass(tmp_path):
-    p = _Problem(tmp_path, n=300)
+    p = StoreProblem(tmp_path, n=300)
     (tmp_path / "file").write_text("not a folder")
     p.cache = tmp_path / "file"
     phases: list = []
@@ -379,7 +342,7 @@ def test_max_memory_sizes(value, expected):
     ],
 )
 def test_max_memory_errors(tmp_path, value, exc, msg):
-    p = _Problem(tmp_path, n=20)
+    p = StoreProblem(tmp_path, n=20)
     with pytest.raises(exc, match=msg):
         p.engine(max_memory=value)
 
@@ -388,7 +351,7 @@ def test_max_memory_errors(tmp_path, value, exc, msg):
 # factor_dtype
 # ---------------------------------------------------------------------------------------------------------------------
 def test_float32_factors_are_the_default_numbers(tmp_path):
-    p = _Problem(tmp_path)
+    p = StoreProblem(tmp_path)
     default = p.engine(cache=False)
     explicit = p.engine(factor_dtype=torch.float32)
     assert torch.equal(explicit.influence(p.test), default.influence(p.test))
@@ -413,7 +376,7 @@ def _check_half(fp32, half, test):
 
 @pytest.mark.parametrize("cache", [False, True])
 def test_bfloat16_factors_within_tolerance(tmp_path, cache):
-    p = _Problem(tmp_path)
+    p = StoreProblem(tmp_path)
     half = p.engine(cache=cache, factor_dtype=torch.bfloat16)
     _check_half(p.engine(cache=False), half, p.test)
     assert half._factors.A.dtype == torch.bfloat16
@@ -435,14 +398,14 @@ def test_bfloat16_on_the_fixtures(eng, tb, setup, request):
 
 
 def test_float16_overflow_is_an_error(tmp_path):
-    p = _Problem(tmp_path, n=200)
+    p = StoreProblem(tmp_path, n=200)
     p.x = p.x * 1e5  # layer inputs beyond float16's range
     with pytest.raises(ValueError, match=r"factor_dtype=torch.float16 cannot hold the factors of training rows from 0"):
         p.engine(cache=False, factor_dtype=torch.float16).self_influence()
 
 
 def test_factor_dtype_errors(tmp_path):
-    p = _Problem(tmp_path, n=20)
+    p = StoreProblem(tmp_path, n=20)
     with pytest.raises(
         ValueError, match=r"factor_dtype must be torch.float32 \(exact\), torch.bfloat16 or .* got torch.int8"
     ):
@@ -488,7 +451,7 @@ def test_half_factors_are_read_as_they_are_on_a_gpu(tmp_path, monkeypatch, dtype
     block is converted."""
     from tracin_widgets.influence import _fast
 
-    p = _Problem(tmp_path)
+    p = StoreProblem(tmp_path)
     fp32 = p.engine(cache=False)
     half = p.engine(factor_dtype=dtype, max_memory=max_memory)
     converted = half.influence(p.test)
