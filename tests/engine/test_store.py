@@ -470,3 +470,27 @@ def test_half_factors_are_read_as_they_are_on_a_gpu(tmp_path, monkeypatch, dtype
     # the only difference from the converted path: the test factors rounded to the factors' precision
     torch.testing.assert_close(native, converted, rtol=0, atol=float(converted.abs().max()) * 2e-2)
     assert not torch.equal(native, converted)
+
+
+def test_factors_not_kept_as_computed_reach_the_device_in_bounded_blocks(tmp_path, monkeypatch):
+    """Factors in host memory for a GPU (or kept in half precision) are copied / converted in blocks of at most
+    ``block_bytes``, never whole: 78 GB of float32 factors in host memory must not be copied to an 80 GB GPU at
+    once. The blocks' scores are the same as one product over all rows."""
+    p = StoreProblem(tmp_path)
+    half = p.engine(cache=False, factor_dtype=torch.bfloat16)
+    whole = half.influence(p.test)
+    row = 3 * (16 + 5) * 4  # float32 copies of the bfloat16 rows
+    monkeypatch.setattr(TracInCPFast, "block_bytes", 100 * row)
+    sizes: list[int] = []
+    blocks = TracInCPFast._factor_blocks
+
+    def spy(self, step, span=None, native=False):
+        for s, A, G in blocks(self, step, span, native):
+            sizes.append(A.shape[0])
+            yield s, A, G
+
+    monkeypatch.setattr(TracInCPFast, "_factor_blocks", spy)
+    torch.testing.assert_close(half.influence(p.test), whole)
+    assert max(sizes) == 100 and sum(sizes) == p.x.shape[0]
+    sizes.clear()
+    torch.testing.assert_close(half.self_influence(), p.engine(cache=False).self_influence(), rtol=1e-6, atol=0)

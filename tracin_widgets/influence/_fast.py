@@ -236,6 +236,7 @@ class TracInCPFast(TracInCPBase):
     cpu_chunk = 512  # rows per forward on the CPU (cache-friendlier than 2048; scores do not depend on it)
     gpu_rows = 16384  # rows per forward on a GPU (fewer launches)
     vmap_min_rows = 1024  # a vmapped forward runs all checkpoints on max(this, gpu_rows // n_checkpoints) rows
+    block_bytes = 256 << 20  # factors kept in host memory (or converted) go to the device in blocks of this size
 
     def __init__(
         self,
@@ -909,6 +910,9 @@ class TracInCPFast(TracInCPBase):
         lo, hi = span if span is not None else (0, None)
         if self._factors is not None:
             A, G = self._factors
+            if A.device != dev or A.dtype != dt:  # copied to the device or converted: bounded blocks
+                row = A.shape[1] * (A.shape[2] + G.shape[2]) * torch.empty((), dtype=dt).element_size()
+                step = min(step, max(1, self.block_bytes // max(1, row)))
             end = A.shape[0] if hi is None else hi
             for s in range(lo, end, step):
                 e = min(s + step, end)
@@ -1077,8 +1081,6 @@ class TracInCPFast(TracInCPBase):
                 terms = [lr[c, 0] * _mm32(G[:, c], Gh[:, c]) * _mm32(A[:, c], Ah[:, c]) for c in range(A.shape[1])]
                 yield s, functools.reduce(torch.add, terms).T
             return
-        if self._factor_dtype != self._compute_dtype:  # converted block by block: bound the float32 copies
-            step = min(step, max(1024, (256 << 20) // max(1, 2 * self._factor_bytes(1))))
         for s, A, G in self._factor_blocks(step, span):
             gg = torch.einsum("ncd,mcd->cnm", Gt, G)
             aa = torch.einsum("ncd,mcd->cnm", At, A)
@@ -1305,7 +1307,7 @@ class TracInCPFast(TracInCPBase):
                     n = self._norms
                     self._self_influence = (n[..., 0] * n[..., 1] * self._lr_tensor(n)).sum(1).cpu()
                 else:  # block by block: no temporaries the size of the factors
-                    step = max(1, (256 << 20) // max(1, self._factor_bytes(1)))
+                    step = max(1, self.block_bytes // max(1, self._factor_bytes(1)))
                     self._self_influence = torch.cat(
                         [self._self_from_factors(A, G).cpu() for _, A, G in self._factor_blocks(step)]
                     )
