@@ -995,21 +995,19 @@ class TracInCPFast(TracInCPBase):
             y = y.long()
         elif read_labels is None:
             return None, None, "the training labels are not known without reading every example"
-        parts, ambiguous = [], []
+        ambiguous = []
+        probs = torch.empty(n, C, dtype=self._compute_dtype)  # filled block by block: one (n, C) array at the peak
+        lab = torch.empty(n, dtype=torch.int64) if y is None else y
         for s, _A, G in self._factor_blocks(rows):
-            p = G[:, -1, :].cpu().clone()
-            if y is not None:
-                lab = y[s : s + p.shape[0]]
-            else:
+            p = probs[s : s + G.shape[0]]
+            p.copy_(G[:, -1, :])
+            if y is None:
                 neg = p < 0
                 count = neg.sum(1)
                 if bool((count > 1).any()):
                     return None, None, "a loss gradient has several negative entries: the labels are not class indices"
-                lab = neg.to(torch.uint8).argmax(1)
+                lab[s : s + p.shape[0]] = neg.to(torch.uint8).argmax(1)
                 ambiguous.append(torch.nonzero(count == 0).flatten() + s)
-            parts.append((p, lab))
-        probs = torch.cat([p for p, _ in parts])
-        lab = torch.cat([b for _, b in parts])
         if y is None:
             amb = torch.cat(ambiguous)
             if len(amb):
