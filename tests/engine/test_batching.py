@@ -135,12 +135,12 @@ def test_rows_per_forward_arithmetic():
     assert rows_per_forward(10**9, 512, 64, cpu, free_bytes=10**6) == 1  # never below one row
 
 
-def test_activation_bytes_and_free_memory():
-    from tracin_widgets.influence._memory import activation_bytes, free_memory
+def test_summed_module_outputs_and_free_memory():
+    from tracin_widgets.influence._memory import forward_memory, free_memory
 
     lin = nn.Linear(4, 3)
     x = torch.randn(2, 4)
-    assert activation_bytes(lin, lambda: lin(x), (x,)) == 2 * 4 * 4 + 2 * 3 * 4  # input + output, float32
+    assert forward_memory(lin, lambda: lin(x), (x,))[0] == 2 * 4 * 4 + 2 * 3 * 4  # input + output, float32
     assert free_memory(torch.device("cpu")) > 0
 
 

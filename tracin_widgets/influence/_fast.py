@@ -93,8 +93,12 @@ class _Stacked(NamedTuple):
 
 def _mm32_supported(device: torch.device) -> bool:
     """Whether ``_mm32`` runs on ``device``: CUDA with torch >= 2.8 (``torch.mm(..., out_dtype=)``)."""
-    if device.type != "cuda":
-        return False
+    return device.type == "cuda" and _mm_out_dtype()
+
+
+@functools.cache
+def _mm_out_dtype() -> bool:
+    """Whether this torch has ``torch.mm(..., out_dtype=)`` (asked once, on the meta device)."""
     half = torch.empty(1, 1, device="meta", dtype=torch.bfloat16)
     try:
         torch.mm(half, half, out_dtype=torch.float32)  # type: ignore[call-overload]
@@ -1301,14 +1305,7 @@ class TracInCPFast(TracInCPBase):
             if self._self_influence is None:
                 cached = self._factors is not None or self._stream is not None
                 self._prepare_factors(show_progress)
-                if self._norms is not None:  # written with the factors (exact also for half-precision ones)
-                    n = self._norms
-                    self._self_influence = (n[..., 0] * n[..., 1] * self._lr_tensor(n)).sum(1).cpu()
-                else:  # block by block: no temporaries the size of the factors
-                    step = max(1, self.block_bytes // max(1, self._factor_bytes(1)))
-                    self._self_influence = torch.cat(
-                        [self._self_from_factors(A, G).cpu() for _, A, G in self._factor_blocks(step)]
-                    )
+                self._self_influence = self._train_self_influence().cpu()
                 if cached and show_progress:  # the factors were ready: still show that the call ran
                     _Progress("self influence", len(self._self_influence), True, None).finish()
             elif show_progress:
@@ -1341,17 +1338,22 @@ class TracInCPFast(TracInCPBase):
         lo, hi = ranges[rank]
         local = torch.empty(0)
         try:
-            if self._norms is not None:  # written with the factors (exact also for half-precision ones)
-                n = self._norms[lo:hi]
-                local = (n[..., 0] * n[..., 1] * self._lr_tensor(n)).sum(1)
-            else:
-                assert self._factors is not None
-                local = self._self_from_factors(self._factors.A[lo:hi], self._factors.G[lo:hi])
+            local = self._train_self_influence((lo, hi))
         except Exception as e:
             error = e
         agree(error, None, self.device, "self_influence")
         self._self_influence = gather_columns(local.unsqueeze(0), widths, self.device)[0]
         return self._self_influence.clone()
+
+    def _train_self_influence(self, span: tuple[int, int] | None = None) -> torch.Tensor:
+        """Self-influence of the training rows ``span=(start, stop)`` (default all): from the norms written with
+        the factors (exact also for half-precision ones), else block by block from the factors (no temporaries
+        the size of the factors)."""
+        if self._norms is not None:
+            n = self._norms if span is None else self._norms[span[0] : span[1]]
+            return (n[..., 0] * n[..., 1] * self._lr_tensor(n)).sum(1)
+        step = max(1, self.block_bytes // max(1, self._factor_bytes(1)))
+        return torch.cat([self._self_from_factors(A, G) for _, A, G in self._factor_blocks(step, span)])
 
     def _self_from_factors(self, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         lr = self._lr_tensor(A)

@@ -4,7 +4,7 @@ Merging small loader batches into large forwards pays for small models (fewer la
 activations grow with the rows: ResNet-50 on 224x224 images needs ~100 MB per row, so the GPU merge target of
 16,384 rows would ask for terabytes. ``rows_per_forward`` keeps the merge target when it fits in the free
 memory and otherwise runs as many rows as fit, never more than the loader's ``batch_size``. The activation
-memory of one row is measured once per engine on a few rows (``activation_bytes``); scores never depend on
+memory of one row is measured once per engine on a few rows (``forward_memory``); scores never depend on
 the row count.
 
 Two measures: the bytes of every module output (an upper bound, what a backward pass keeps), and, on a CUDA
@@ -57,16 +57,11 @@ def _tensor_bytes(obj: Any) -> int:
     return 0
 
 
-def activation_bytes(net: nn.Module, call: Callable[[], Any], inputs: Any = ()) -> int:
-    """Bytes of every module output (and of ``inputs``) produced while ``call()`` runs ``net``: an upper
-    bound on a forward pass's activation memory."""
-    return forward_memory(net, call, inputs)[0]
-
-
 def forward_memory(
     net: nn.Module, call: Callable[[], Any], inputs: Any = (), allocated: Callable[[], int] | None = None
 ) -> tuple[int, int | None]:
-    """``(summed, peak)`` while ``call()`` runs ``net``: ``summed`` as ``activation_bytes``; ``peak`` the most
+    """``(summed, peak)`` while ``call()`` runs ``net``: ``summed`` the bytes of every module output (and of
+    ``inputs``), an upper bound on a forward pass's activation memory; ``peak`` the most
     ``allocated()`` (e.g. ``torch.cuda.memory_allocated``) rose above its value before the call, read at every
     module's end, plus ``inputs``' bytes (None without ``allocated``). Reading the allocator's counter needs no
     device synchronisation and leaves its peak statistics (which users may be tracking) alone."""
