@@ -494,3 +494,35 @@ def test_factors_not_kept_as_computed_reach_the_device_in_bounded_blocks(tmp_pat
     assert max(sizes) == 100 and sum(sizes) == p.x.shape[0]
     sizes.clear()
     torch.testing.assert_close(half.self_influence(), p.engine(cache=False).self_influence(), rtol=1e-6, atol=0)
+
+
+def test_training_predictions_from_a_store_read_only_the_last_checkpoints_G(tmp_path, monkeypatch):
+    """The explorer's training predictions (softmax of the last checkpoint) come off the loss gradients: a streamed
+    store reads only the file of the last checkpoint's G (at ImageNet's shape 1/15 of the store), and gives what
+    the model itself predicts and what the in-memory factors give."""
+    p = StoreProblem(tmp_path, n=500)
+    p.engine().fit()  # write the store
+    stream = p.engine(max_memory=2_000)
+    stream.fit()
+    assert stream._stream is not None
+    files: list[str] = []
+    read = []
+    real = _store._read_into
+
+    def spy(fd, t, offset, path):
+        files.append(Path(path).name)
+        read.append(t.numel() * t.element_size())
+        return real(fd, t, offset, path)
+
+    monkeypatch.setattr(_store, "_read_into", spy)
+    probs, labels, why = stream._train_probabilities(p.model, rows=64)
+    monkeypatch.setattr(_store, "_read_into", real)
+    assert probs is not None and labels is not None, why
+    assert set(files) == {"G-2.bin"} and sum(read) == 500 * 5 * 4
+    p.model.eval()
+    with torch.no_grad():
+        expected = torch.softmax(p.model(p.x), 1)
+    torch.testing.assert_close(probs, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(labels, p.y)
+    mem, mem_labels, _ = p.engine(cache=False).fit()._train_probabilities(p.model, rows=64)
+    assert torch.equal(probs, mem) and torch.equal(labels, mem_labels)

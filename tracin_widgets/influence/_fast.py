@@ -940,6 +940,17 @@ class TracInCPFast(TracInCPBase):
         A, G = self._stream.gather(idx)
         return A.to(self.device, self._compute_dtype), G.to(self.device, self._compute_dtype)
 
+    def _last_G_blocks(self, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, G (n, dg))``: the last checkpoint's loss gradients, on the CPU as kept, ``rows`` at a time (a
+        store reads only that checkpoint's ``G`` file)."""
+        if self._factors is not None:
+            G = self._factors.G
+            for s in range(0, G.shape[0], rows):
+                yield s, G[s : s + rows, -1].cpu()
+            return
+        assert self._stream is not None
+        yield from self._stream.last_G(rows)
+
     @locked
     def _train_probabilities(
         self,
@@ -1002,9 +1013,9 @@ class TracInCPFast(TracInCPBase):
         ambiguous = []
         probs = torch.empty(n, C, dtype=self._compute_dtype)  # filled block by block: one (n, C) array at the peak
         lab = torch.empty(n, dtype=torch.int64) if y is None else y
-        for s, _A, G in self._factor_blocks(rows):
+        for s, G in self._last_G_blocks(rows):
             p = probs[s : s + G.shape[0]]
-            p.copy_(G[:, -1, :])
+            p.copy_(G)
             if y is None:
                 neg = p < 0
                 count = neg.sum(1)

@@ -309,6 +309,19 @@ class FactorStore:
             for fd in fds:
                 os.close(fd)
 
+    def last_G(self, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, G (n, dg))`` blocks of at most ``rows`` rows of the last checkpoint's ``G`` file only (the
+        training predictions need nothing else: 1/(C (1 + da/dg)) of the store)."""
+        path = self.folder / f"G-{self.C - 1}.bin"
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for s in range(0, self.rows, rows):
+                buf = torch.empty(min(rows, self.rows - s), self.dg, dtype=self.dtype)
+                _read_into(fd, buf, s * self.dg * self.item, path)
+                yield s, buf
+        finally:
+            os.close(fd)
+
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every row, as ``(A (N, C, da), G (N, C, dg))`` CPU tensors."""
         fds = self._open()
