@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--dir", default="", help="where the checkpoints (and the store) go; default a temp folder")
     ap.add_argument("--dtypes", default="fp32,bf16", help="which factor dtypes (fp32 needs ~85 GB of GPU memory)")
     ap.add_argument("--out", default="")
+    ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one warm query per dtype")
     args = ap.parse_args()
     from tracin_widgets.influence import TracInCPFast
 
@@ -155,6 +156,15 @@ def main() -> None:
             row[f"query_ms_{'pro' if prop else 'opp'}"] = round(1000 * statistics.median(times), 2)
             row[f"query_ms_{'pro' if prop else 'opp'}_max"] = round(1000 * max(times), 2)
             results[f"{name}-{prop}"] = res.indices[0]
+        if args.profile and dev.type == "cuda":
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                eng.influence(test, k=10)
+                _sync(dev)
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60)
+            print(table, flush=True)
+            row["mm_out_dtype"] = bool(__import__("tracin_widgets.influence._fast", fromlist=["x"])._mm_out_dtype())
         t0 = time.perf_counter()
         si = eng.self_influence()
         row["self_influence_s"] = round(time.perf_counter() - t0, 3)
