@@ -4,8 +4,6 @@ Captum on the H200.)"""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch import nn
@@ -104,37 +102,54 @@ def test_randproj_on_the_vmapped_path_is_exact_without_projection(vmapped, mlp):
     assert torch.equal(got.indices, torch.topk(want, 5, dim=1).indices)
 
 
-class Slow(Dataset):
-    def __init__(self, n, delay):
-        self.n, self.delay = n, delay
+class FakeClock:
+    """``time`` for ``_data``: ``perf_counter`` advanced only by the fake dataset's reads (no timing in tests)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class Timed(Dataset):
+    def __init__(self, n, delay, clock):
+        self.n, self.delay, self.clock = n, delay, clock
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
-        if self.delay:
-            time.sleep(self.delay)
+        self.clock.now += self.delay
         return torch.zeros(2), 0
 
 
-def test_worker_count_follows_the_reading_time():
-    assert estimate_workers(Slow(1000, 0), 1000, 15) == 0  # reads in microseconds: workers cost more
-    # 2,000 items x >= 2 ms = >= 4 s of reading -> sqrt(4 / 0.02) >= 14 workers, capped here at 6
-    assert estimate_workers(Slow(2000, 0.002), 2000, 6) == 6
-    # 100 items x ~2 ms = ~0.2 s -> ~3 workers
-    assert 2 <= estimate_workers(Slow(100, 0.002), 100, 15) <= 5
+def test_worker_count_follows_the_reading_time(monkeypatch):
+    from tracin_widgets.influence import _data
+
+    clock = FakeClock()
+    monkeypatch.setattr(_data, "time", clock)
+    assert estimate_workers(Timed(1000, 1e-6, clock), 1000, 15) == 0  # 1 ms of reading: workers cost more
+    # 2,000 items x 2 ms = 4 s of reading -> sqrt(4 / WORKER_START_S) workers, capped here at 6
+    assert estimate_workers(Timed(2000, 0.002, clock), 2000, 6) == 6
+    # 100 items x 2 ms = 0.2 s of reading -> round(sqrt(0.2 / WORKER_START_S))
+    want = round((0.2 / _data.WORKER_START_S) ** 0.5)
+    assert 1 <= want < 15 and estimate_workers(Timed(100, 0.002, clock), 100, 15) == want
 
 
-def test_auto_workers_are_trimmed_for_a_fast_dataset_but_not_an_explicit_choice():
+def test_auto_workers_are_trimmed_for_a_fast_dataset_but_not_an_explicit_choice(monkeypatch):
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(Slow(3000, 0), batch_size=512)
+    from tracin_widgets.influence import _data
+
+    clock = FakeClock()
+    monkeypatch.setattr(_data, "time", clock)
+    loader = DataLoader(Timed(3000, 1e-6, clock), batch_size=512)
     assert pass_loader(loader, 8, torch.device("cpu"), auto=True) is loader  # fast: no workers at all
     explicit = pass_loader(loader, 2, torch.device("cpu"), auto=False)
     assert explicit.num_workers == 2 and explicit.batch_size == 375  # ceil(3000 / 8)
-    slow = DataLoader(Slow(50, 0.002), batch_size=512)  # ~0.1 s of reading -> ~2 workers
-    trimmed = pass_loader(slow, 15, torch.device("cpu"), auto=True)
-    assert 1 <= trimmed.num_workers < 15
+    slow = DataLoader(Timed(50, 0.002, clock), batch_size=512)  # 0.1 s of reading -> round(sqrt(5)) = 2 workers
+    assert pass_loader(slow, 15, torch.device("cpu"), auto=True).num_workers == 2
 
 
 def test_tensor_datasets_never_get_workers():
@@ -142,3 +157,15 @@ def test_tensor_datasets_never_get_workers():
 
     loader = DataLoader(TensorDataset(torch.zeros(10, 2), torch.zeros(10)), batch_size=4)
     assert pass_loader(loader, 8, torch.device("cpu")) is loader
+
+
+def test_same_device_treats_an_unindexed_cuda_as_the_current_gpu():
+    """``device="cuda"`` engines hold factors that report ``cuda:0``: comparing the two with ``!=`` made every
+    query over on-GPU factors split into 256 MB copy blocks (291 chunks at ImageNet's shape, 22 -> 58 ms)."""
+    from tracin_widgets.influence._base import same_device
+
+    cuda, cuda0, cuda1 = torch.device("cuda"), torch.device("cuda:0"), torch.device("cuda:1")
+    assert torch.device("cuda") != cuda0  # why the helper exists
+    assert same_device(cuda0, cuda) and same_device(cuda, cuda1) and same_device(cuda0, cuda0)
+    assert not same_device(cuda0, cuda1)
+    assert not same_device(torch.device("cpu"), cuda) and same_device(torch.device("cpu"), torch.device("cpu"))

@@ -103,6 +103,13 @@ class _Progress:
         self.close()
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` are one device, ``"cuda"`` (no index: the current GPU, where ``.to("cuda")`` puts a
+    tensor) matching any index: ``torch.device("cuda") != torch.device("cuda:0")``, yet factors moved to
+    ``device="cuda"`` report ``cuda:0``."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def resolve_device(device: Any, model: nn.Module) -> torch.device:
     """``device=`` checked against this machine (None: the model's device), so that a typo or a missing GPU is
     an error here rather than deep inside the first pass."""
@@ -327,7 +334,7 @@ class TracInCPBase:
         model = self.model
         flags = [(p, p.requires_grad) for p in model.parameters()]
         dev = model_device(model)
-        moved = dev != self.device
+        moved = not same_device(dev, self.device)
         try:
             if moved:
                 model.to(self.device)

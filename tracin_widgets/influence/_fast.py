@@ -39,6 +39,7 @@ from ._base import (
     check_train_indices,
     locked,
     merge_topk,
+    same_device,
     sqrt_lr,
 )
 from ._data import batch_len, rows_getter, split_rows, tensor_fast_path
@@ -916,7 +917,7 @@ class TracInCPFast(TracInCPBase):
         lo, hi = span if span is not None else (0, None)
         if self._factors is not None:
             A, G = self._factors
-            if A.device != dev or A.dtype != dt:  # copied to the device or converted: bounded blocks
+            if not same_device(A.device, dev) or A.dtype != dt:  # copied to the device or converted: bounded blocks
                 row = A.shape[1] * (A.shape[2] + G.shape[2]) * torch.empty((), dtype=dt).element_size()
                 step = min(step, max(1, self.block_bytes // max(1, row)))
             end = A.shape[0] if hi is None else hi
