@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -526,3 +527,27 @@ def test_training_predictions_from_a_store_read_only_the_last_checkpoints_G(tmp_
     assert torch.equal(labels, p.y)
     mem, mem_labels, _ = p.engine(cache=False).fit()._train_probabilities(p.model, rows=64)
     assert torch.equal(probs, mem) and torch.equal(labels, mem_labels)
+
+
+def test_factors_kept_in_host_memory_for_a_gpu_say_so_once(tmp_path, monkeypatch):
+    """Factors over 3/4 of the GPU's free memory live in host memory and every query copies them over (7.3 s for
+    ImageNet's float32 factors on an H100): a TracInWarning says so once, with the size and the bfloat16 fix."""
+    from tracin_widgets.influence import _fast
+
+    monkeypatch.setattr(_fast, "placement", lambda *a, **k: "host")  # what a too-small GPU gives
+    p = StoreProblem(tmp_path, n=300)
+    eng = p.engine(cache=False)
+    with pytest.warns(TracInWarning) as rec:
+        eng.fit()
+    (w,) = [r for r in rec if "host memory" in str(r.message)]
+    text = str(w.message)
+    assert text.startswith(f"the training factors take {_store.human(eng._factor_bytes())} (float32), more than 75% of")
+    assert "every query copies them to cpu" in text and "; factor_dtype=torch.bfloat16 halves them" in text
+    assert w.filename == __file__  # points at the user's call
+    assert eng._placement == "host"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eng.influence(p.test, k=3)  # said once
+    half = p.engine(cache=False, factor_dtype=torch.bfloat16)
+    with pytest.warns(TracInWarning, match="a GPU with more free memory keeps them there"):
+        half.fit()

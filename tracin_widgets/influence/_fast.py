@@ -58,11 +58,12 @@ from ._embeddings import EmbeddingFile, EmbeddingWriter, embedding_tag
 from ._errors import TracInWarning
 from ._layers import resolve_module, trace_output_module
 from ._loss import loss_mode, total_loss
+from ._memory import free_memory
 from ._model import inner_module, model_lock
 from ._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 from ._ops import FastCpuOps
-from ._store import FORMAT as STORE_FORMAT
 from ._store import (
+    DEVICE_COMFORT,
     FactorStore,
     StoreLock,
     StoreWriter,
@@ -76,6 +77,7 @@ from ._store import (
     store_folder,
     stream_rows,
 )
+from ._store import FORMAT as STORE_FORMAT
 
 
 class Factors(NamedTuple):
@@ -296,6 +298,7 @@ class TracInCPFast(TracInCPBase):
         # them again (78 GB of host-resident float32 factors at ImageNet's size: 7.3 s on an H100 -> 1 ms)
         self._norms: torch.Tensor | None = None
         self._placement: str | None = None  # where the factors live: "device", "host" or "stream"
+        self._warned_host = False
         self._dims: tuple[int, int] = (0, 0)  # dim(a), dim(g)
         self._n_ckpts = 0
         self._compute_dtype = torch.get_default_dtype()  # of the factors as computed (the queries' dtype)
@@ -662,6 +665,24 @@ class TracInCPFast(TracInCPBase):
         where = placement(self._factor_bytes(rows), self.device, self.max_memory, has_store)
         if where == "stream" and not has_store:
             self._raise_too_big(rows)
+        if where == "host" and not self._warned_host:
+            self._warned_host = True
+            nbytes, free = self._factor_bytes(rows), free_memory(self.device)
+            half = self._factor_dtype not in (torch.bfloat16, torch.float16)
+            fits = half and nbytes / 2 <= DEVICE_COMFORT * free
+            hint = (
+                "factor_dtype=torch.bfloat16 halves them" + (" and keeps them on the GPU" if fits else "")
+                if half
+                else "a GPU with more free memory keeps them there"
+            )
+            warnings.warn(
+                f"the training factors take {human(nbytes)} ({dtype_name(self._factor_dtype)}), more than "
+                f"{DEVICE_COMFORT:.0%} of {self.device}'s free memory ({human(free)}): they are kept in host memory "
+                f"and every query copies them to {self.device} (seconds a query: 7.3 s for 78 GB on an H100, 22 ms "
+                f"with them on the GPU); {hint}.",
+                TracInWarning,
+                stacklevel=6,  # the user's fit() (or first query)
+            )
         return where
 
     def _raise_too_big(self, rows: int) -> None:
