@@ -6,6 +6,7 @@ import contextlib
 import functools
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,7 @@ from ._data import (
     to_device,
 )
 from ._distributed import rank_loader
+from ._errors import TracInWarning
 from ._memory import BACKWARD_SAFETY, NO_GRAD_SAFETY, PROBE_ROWS, forward_memory, rows_per_forward
 from ._model import eval_mode, inner_module, model_device, model_lock
 from ._vision import VectorisedImages, vectorised_source
@@ -319,6 +321,16 @@ class TracInCPBase:
         """Returns the class name, e.g. ``"TracInCPFast"`` (Captum's ``DataInfluence.get_name``). Takes no
         arguments and never raises; callable on the class or an instance."""
         return cls.__name__
+
+    # ------------------------------------------------------------------ warnings
+    def _warn(self, message: str, stacklevel: int) -> None:
+        """A ``TracInWarning`` (``stacklevel`` counted from this method's caller's caller, as from a module
+        helper), also kept in ``_notes`` for whoever shows this engine's results (the explorer lists them: a
+        warning raised on its background thread would otherwise reach no cell)."""
+        notes = self.__dict__.setdefault("_notes", [])
+        if message not in notes:
+            notes.append(message)
+        warnings.warn(message, TracInWarning, stacklevel=stacklevel)
 
     # ------------------------------------------------------------------ model hygiene
     @property
@@ -737,7 +749,7 @@ class TracInCPBase:
         self._cache_probed = True
         self._cache_unwritable = _cache.unwritable_reason(self.cache_dir)
         if self._cache_unwritable is not None:
-            _cache.warn_not_saved(self.cache_dir, self._cache_unwritable)
+            self._warn(_cache.not_saved_message(self.cache_dir, self._cache_unwritable), stacklevel=5)
 
     def _cache_load(self, path: Path | None) -> dict | None:
         return _cache.cache_load(path, self.device)
@@ -749,7 +761,7 @@ class TracInCPBase:
         reason = _cache.cache_save(path, obj)
         if reason is not None:
             self._cache_unwritable = reason
-            _cache.warn_not_saved(path.parent, reason)
+            self._warn(_cache.not_saved_message(path.parent, reason), stacklevel=5)
 
     # ------------------------------------------------------------------ results
     @staticmethod

@@ -23,7 +23,6 @@ import inspect
 import os
 import re
 import tempfile
-import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,8 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
-
-from ._errors import TracInWarning
 
 _CHUNK = 16 << 20  # bytes per hashed chunk of a large buffer (fixed: the digest must not depend on the cores)
 _PARALLEL_MIN = 64 << 20  # buffers from this size are hashed chunk-wise on several threads
@@ -332,12 +329,10 @@ def unwritable_reason(cache_dir: Path) -> str | None:
     return None
 
 
-def warn_not_saved(cache_dir: Path, reason: str) -> None:
-    warnings.warn(
+def not_saved_message(cache_dir: Path, reason: str) -> str:
+    return (
         f"cache_dir {str(cache_dir)!r} cannot be written ({reason}): the results are computed in memory and not "
-        "saved. Pass a writable folder as cache_dir (or cache_dir=None to silence this).",
-        TracInWarning,
-        stacklevel=5,
+        "saved. Pass a writable folder as cache_dir (or cache_dir=None to silence this)."
     )
 
 

@@ -16,7 +16,6 @@ import functools
 import math
 import os
 import shutil
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -55,7 +54,6 @@ from ._distributed import (
     shard_target,
 )
 from ._embeddings import EmbeddingFile, EmbeddingWriter, embedding_tag
-from ._errors import TracInWarning
 from ._layers import resolve_module, trace_output_module
 from ._loss import loss_mode, total_loss
 from ._memory import free_memory
@@ -338,13 +336,12 @@ class TracInCPFast(TracInCPBase):
         true = linear[-1] if linear else (called[-1] if called else None)
         where = f"; the output comes from {true!r}" if true else ""
         fix = f" Pass final_fc_layer={true!r} for exact last-layer TracIn." if true else ""
-        warnings.warn(
+        self._warn(
             f"final_fc_layer {self.final_fc_layer_name!r} ({type(self._final_fc_layer).__name__}) is not the "
             f"model's final linear layer{where}. {type(self).__name__} hooks this module's input and "
             "differentiates the loss w.r.t. the model output (as Captum does), so the scores are not exact "
             f"last-layer gradients.{fix}",
-            TracInWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
 
     def _batch_factors(
@@ -675,13 +672,12 @@ class TracInCPFast(TracInCPBase):
                 if half
                 else "a GPU with more free memory keeps them there"
             )
-            warnings.warn(
+            self._warn(
                 f"the training factors take {human(nbytes)} ({dtype_name(self._factor_dtype)}), more than "
                 f"{DEVICE_COMFORT:.0%} of {self.device}'s free memory ({human(free)}): they are kept in host memory "
                 f"and every query copies them to {self.device} (seconds a query: 7.3 s for 78 GB on an H100, 22 ms "
                 f"with them on the GPU); {hint}.",
-                TracInWarning,
-                stacklevel=6,  # the user's fit() (or first query)
+                stacklevel=7,  # the user's fit() (or first query)
             )
         return where
 
@@ -907,7 +903,7 @@ class TracInCPFast(TracInCPBase):
 
     def _store_unwritable(self, folder: Path, e: OSError) -> None:
         self._cache_unwritable = f"{type(e).__name__}: {e}"
-        _cache.warn_not_saved(self.cache_dir or folder, self._cache_unwritable)
+        self._warn(_cache.not_saved_message(self.cache_dir or folder, self._cache_unwritable), stacklevel=5)
 
     def _cast_factors(self, A: torch.Tensor, G: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The factors in ``factor_dtype``; float16 overflowing (beyond +-65504) is an error, not an inf."""
@@ -1668,12 +1664,11 @@ class TracInCPFastRandProj(TracInCPFast):
         return True
 
     def _warn_store_embeddings(self, folder: Path, e: OSError, what: str, instead: str) -> None:
-        warnings.warn(
+        self._warn(
             f"cannot write {what} into the factor store {str(folder)!r} ({type(e).__name__}: {e.strerror or e}): "
             f"{instead} instead, not saved. Free some space there (or pass another cache_dir) for later instances "
             "to reuse them.",
-            TracInWarning,
-            stacklevel=5,
+            stacklevel=6,
         )
 
     def _make_projections(self, g_dim: int, a_dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -16,7 +16,6 @@ import functools
 import hashlib
 import itertools
 import os
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, cast
@@ -40,7 +39,6 @@ from ._base import (
 )
 from ._cache import hash_tensors
 from ._data import batch_len, input_batches, rows_getter, split_rows
-from ._errors import TracInWarning
 from ._layers import resolve_module
 from ._loss import loss_mode, total_loss
 from ._store import human
@@ -564,11 +562,10 @@ class TracInCP(TracInCPBase):
         err: Exception,
     ) -> torch.Tensor:
         if not self._warned_loop:
-            warnings.warn(
+            self._warn(
                 f"torch.func.vmap could not run this model ({type(err).__name__}: {str(err)[:200]}); falling back "
                 "to a slower per-example gradient loop.",
-                TracInWarning,
-                stacklevel=5,
+                stacklevel=6,
             )
             self._warned_loop = True
         params = {k: v.detach().requires_grad_(True) for k, v in dp.items()}
