@@ -208,6 +208,23 @@ export function render({ model, el }) {
       },
     }),
   );
+  // ---- notes: the engine's warnings (what the scores are not, what was not saved) ---------------------------
+  const notesList = h("ul", { className: "tracin-notes-list" });
+  const notesBox = h(
+    "div",
+    { className: "tracin-notes", testid: "tracin-notes", attrs: { role: "status" }, hidden: true },
+    h("strong", { text: "Engine notes" }),
+    notesList,
+  );
+  function renderNotes() {
+    const notes = ctx.info().notes || [];
+    setChildren(
+      notesList,
+      notes.map((n) => h("li", { testid: "tracin-note", text: String(n) })),
+    );
+    notesBox.hidden = notes.length === 0;
+  }
+
   rpc.onError = (msg) => showError(msg.message);
   function showError(text) {
     errText.textContent = String(text || "");
@@ -307,7 +324,7 @@ export function render({ model, el }) {
     h("div", { className: "tracin-main" }, explore, tablePane),
     details.el,
   );
-  root.append(header, progress, errBanner, help, body, live);
+  root.append(header, progress, errBanner, notesBox, help, body, live);
 
   const hasTest = () => Boolean(ctx.info().n_test);
 
@@ -456,6 +473,7 @@ export function render({ model, el }) {
   };
   listen("change:flagged", repaintFlags);
   listen("change:info", renderHeader);
+  listen("change:info", renderNotes);
   listen("change:status", () => {
     renderProgress();
     renderError();
@@ -474,6 +492,7 @@ export function render({ model, el }) {
     false,
   );
   renderHeader();
+  renderNotes();
   renderProgress();
   renderError();
   el.append(root);

@@ -336,3 +336,20 @@ test("the details panel asks for the pair's breakdown and draws one labelled bar
   assert.match(q(el, "tracin-breakdown-error")[0].textContent, /cannot split its scores by checkpoint/);
   cleanup();
 });
+
+test("the engine's notes show above the views, as text, only when there are some", () => {
+  const m = new FakeModel({ info: { n_train: 10, n_test: 2, engine: "TracInCPFast", notes: [] } });
+  const { el, cleanup } = mount(render, m);
+  assert.equal(q(el, "tracin-notes")[0].hidden, true);
+  const note = "final_fc_layer 'fc2' (Linear) is not the model's final linear layer <b>";
+  m.pyset("info", { ...m.get("info"), notes: [note, "cache_dir '/x' cannot be written"] });
+  assert.equal(q(el, "tracin-notes")[0].hidden, false);
+  assert.deepEqual(
+    q(el, "tracin-note").map((li) => li.textContent),
+    [note, "cache_dir '/x' cannot be written"],
+  );
+  assert.equal(q(el, "tracin-notes")[0].querySelector("b"), null); // text, never HTML
+  m.pyset("info", { ...m.get("info"), notes: [] });
+  assert.equal(q(el, "tracin-notes")[0].hidden, true);
+  cleanup();
+});

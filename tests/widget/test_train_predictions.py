@@ -122,3 +122,20 @@ def test_the_engine_refuses_labels_that_do_not_match_its_gradients(problem):
     wrong = (labels + 1) % 10
     assert engine._train_probabilities(model, wrong.numpy())[0] is None
     assert engine._train_probabilities(nn.Linear(2, 2))[2] == "the model is not the engine's model"
+
+
+def test_engine_warnings_from_the_background_run_are_shown_as_notes(problem):
+    """A TracInWarning raised while the explorer computes on its thread reaches no notebook cell: the explorer
+    lists it in ``info["notes"]`` (shown above the views), here scores that are not exact last-layer gradients."""
+    model, ckpts, train, test = problem
+    w = InfluenceExplorer(model, ckpts, train, test, final_fc_layer="1", k=3, batch_size=64)
+    assert w.info["notes"] == []  # nothing said before the pass
+    w.wait(120)
+    assert w.status == "ready", w.error
+    (note,) = w.info["notes"]
+    assert note.startswith("final_fc_layer '1' (Linear) is not the model's final linear layer; the output comes from")
+    assert note == w.source._notes[0]
+    w.close()
+    clean = InfluenceExplorer(model, ckpts, train, test, k=3, batch_size=64).wait(120)
+    assert clean.status == "ready" and clean.info["notes"] == []
+    clean.close()

@@ -193,7 +193,9 @@ class InfluenceExplorer(anywidget.AnyWidget):
     """
     What the explorer works on.
 
-    - Type: ``{"n_train", "n_test", "has_truth", "engine", "n_classes"}`` (``n_classes`` None until known).
+    - Type: ``{"n_train", "n_test", "has_truth", "engine", "n_classes", "notes"}`` (``n_classes`` None until
+      known; ``notes`` the engine's ``TracInWarning`` messages so far, e.g. scores that are not exact last-layer
+      gradients, a cache that cannot be written, factors in host memory: shown above the views).
     - Written by: Python.
     """
     test_strip = t.Dict().tag(sync=True)
@@ -320,6 +322,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
                 "has_truth": ex.truth is not None,
                 "engine": self._engine.name,
                 "n_classes": len(class_names) if class_names is not None else None,
+                "notes": self._engine_notes(),
             },
         )
         self.on_msg(self._on_msg)
@@ -521,6 +524,16 @@ class InfluenceExplorer(anywidget.AnyWidget):
         with self.hold_sync():
             for name, value in traits.items():
                 setattr(self, name, value)
+            self._sync_notes()
+
+    def _engine_notes(self) -> list[str]:
+        return [str(n) for n in getattr(self._engine.source, "_notes", None) or []]
+
+    def _sync_notes(self) -> None:
+        """Show the engine's warnings so far (raised on the background thread, they reach no cell)."""
+        notes = self._engine_notes()
+        if notes != self.info.get("notes"):
+            self.info = {**self.info, "notes": notes}
 
     def _publish_progress(self, info: dict) -> None:
         with self.hold_sync():
@@ -537,6 +550,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
     def _on_computed(self, what: str) -> None:
         """Refresh the views once a pipeline step stored new arrays."""
+        self._sync_notes()
         if what != SELF_INFLUENCE:  # predictions: labels beyond the class names, the number of classes
             self._note_classes()
         if what == TEST_PREDICTIONS:
@@ -644,7 +658,9 @@ class InfluenceExplorer(anywidget.AnyWidget):
         with self._lock:
             if payload.get("proponents") or payload.get("opponents"):
                 payload = self._galleries.rebadge(payload)
-            self.gallery = payload
+            with self.hold_sync():
+                self.gallery = payload
+                self._sync_notes()  # a query's own warnings (e.g. an index that could not be saved)
 
     # ------------------------------------------------------------------------------------------------------------------
     # state updates from the frontend
