@@ -54,6 +54,7 @@ def test_initial_state_after_the_background_work(make, data):
         "has_truth": False,
         "engine": "FakeSource",
         "n_classes": 3,
+        "notes": [],
     }
     assert state["class_names"] == ["a", "b", "c"]
     assert state["selected_test"] == 0 and state["query"] == {"source": "test", "index": 0}
