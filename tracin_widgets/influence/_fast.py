@@ -665,11 +665,11 @@ class TracInCPFast(TracInCPBase):
         if where == "host" and not self._warned_host:
             self._warned_host = True
             nbytes, free = self._factor_bytes(rows), free_memory(self.device)
-            half = self._factor_dtype not in (torch.bfloat16, torch.float16)
-            fits = half and nbytes / 2 <= DEVICE_COMFORT * free
+            full = self._factor_dtype not in (torch.bfloat16, torch.float16)  # not half precision yet
+            fits = full and nbytes / 2 <= DEVICE_COMFORT * free
             hint = (
                 "factor_dtype=torch.bfloat16 halves them" + (" and keeps them on the GPU" if fits else "")
-                if half
+                if full
                 else "a GPU with more free memory keeps them there"
             )
             self._warn(
