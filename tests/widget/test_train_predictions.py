@@ -124,7 +124,7 @@ def test_the_engine_refuses_labels_that_do_not_match_its_gradients(problem):
     assert engine._train_probabilities(nn.Linear(2, 2))[2] == "the model is not the engine's model"
 
 
-def test_engine_warnings_from_the_background_run_are_shown_as_notes(problem):
+def test_engine_warnings_from_the_background_run_are_shown_as_notes(problem, tmp_path):
     """A TracInWarning raised while the explorer computes on its thread reaches no notebook cell: the explorer
     lists it in ``info["notes"]`` (shown above the views), here scores that are not exact last-layer gradients."""
     model, ckpts, train, test = problem
@@ -135,7 +135,10 @@ def test_engine_warnings_from_the_background_run_are_shown_as_notes(problem):
     (note,) = w.info["notes"]
     assert note.startswith("final_fc_layer '1' (Linear) is not the model's final linear layer; the output comes from")
     assert note == w.source._notes[0]
+    html = w.save_html(tmp_path / "review.html").read_text(encoding="utf-8")  # the shared snapshot says it too
+    assert 'data-testid="tracin-notes"' in html and "final_fc_layer &#x27;1&#x27; (Linear) is not the model" in html
     w.close()
     clean = InfluenceExplorer(model, ckpts, train, test, k=3, batch_size=64).wait(120)
     assert clean.status == "ready" and clean.info["notes"] == []
+    assert 'data-testid="tracin-notes"' not in clean.save_html(tmp_path / "clean.html").read_text(encoding="utf-8")
     clean.close()

@@ -240,6 +240,7 @@ def render(
         f'<span class="tracin-muted tracin-subtitle">{_e(subtitle)}</span></div><span class="tracin-spacer"></span>'
         f'<span class="tracin-flag-count{" is-active" if n_flagged else ""}" data-testid="tracin-flag-count">'
         f"⚑ {n_flagged:,} flagged</span></header>"
+        + _notes(info.get("notes") or [])
         + _gallery(gallery, gallery_missing, names, fl)
         + '<section class="tracin-table-section" data-testid="tracin-snapshot-ranking-section">'
         f"<h2>Self-influence ranking: top {0 if top_rows is None else len(top_rows):,}</h2>"
@@ -250,6 +251,17 @@ def render(
         + '<footer class="tracin-muted">A static snapshot saved by tracin_widgets <code>InfluenceExplorer.save_html'
         "</code>: it needs no kernel and no network; open the notebook to explore further.</footer>"
         "</div></body></html>\n"
+    )
+
+
+def _notes(notes: list) -> str:
+    """The engine's warnings, as the widget lists them above the views."""
+    if not notes:
+        return ""
+    items = "".join(f'<li data-testid="tracin-note">{_e(str(n))}</li>' for n in notes)
+    return (
+        '<div class="tracin-notes" data-testid="tracin-notes" role="status"><strong>Engine notes</strong>'
+        f'<ul class="tracin-notes-list">{items}</ul></div>'
     )
 
 
