@@ -1,12 +1,14 @@
 """The explorer's layout, first tab and keys in a real browser (JupyterLab and Notebook 7).
 
-One notebook per frontend (built from ``explorer_digits.ipynb``'s set-up cell) shows two explorers on the same tiny
+One notebook per frontend (built from ``explorer_digits.ipynb``'s set-up cell) shows three explorers on the same tiny
 digits model: one with a test set, one without (``InfluenceExplorer(model, checkpoints, train_dataset)``, the usage
-people are given). The tests check:
+people are given), one whose engine warns (a hooked layer that is not the final one). The tests check:
 * at 1024 px (JupyterLab with its file browser open) and 1400 px, with the details panel open: the test strip shows
   whole tiles only and as many as fit, no caption is cut, nothing overflows the widget horizontally;
 * without a test set the explorer opens on the self-influence ranking, shows no test strip nor its filter, and a
   row's "Show its proponents" explains that training example (checked against a fresh engine in the kernel);
+* the engine's notes show above the views word for word, light and dark, at both widths, and only where there are
+  some;
 * keys act on the focused tile: ``f`` flags the focused proponent (not the one in the details panel), the arrows
   move between tiles without changing the test example.
 Screenshots go to ``tests/e2e/artifacts/`` (gitignored).
@@ -30,7 +32,8 @@ ARTIFACTS = HERE / "artifacts"
 NOTEBOOK = "explorer_layout.ipynb"
 K = 5
 N_TRAIN = 400
-WITH_TEST, TRAIN_ONLY, DONE = 1, 2, 3  # cells: setup, explorer, explorer without a test set, done marker
+WITH_TEST, TRAIN_ONLY, NOTED, DONE = 1, 2, 3, 4  # cells: setup, explorer, explorer without a test set, one with
+# engine notes, done marker
 COMPUTE_TIMEOUT_MS = 180_000
 
 EXPLORERS = f"""from tracin_widgets.widget import InfluenceExplorer
@@ -42,6 +45,14 @@ explorer
 """
 TRAIN_ONLY_CODE = """train_only = InfluenceExplorer(model, checkpoints, train_dataset, class_names=NAMES, k=K)
 display(train_only)
+"""
+# An explorer whose engine warns on the background thread (the hooked layer is not the final one): the warnings are
+# silenced in the kernel, and the widget still lists them as notes.
+NOTED_CODE = """import warnings
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    noted = InfluenceExplorer(model, checkpoints, train_dataset, test_dataset, final_fc_layer="1", k=K).wait(120)
+display(noted)
 """
 
 # Whole tiles, uncut captions, no horizontal overflow: measured in the page.
@@ -76,7 +87,7 @@ def _notebook() -> dict:
     def code(src: str) -> dict:
         return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": src}
 
-    cells = [setup, code(EXPLORERS), code(TRAIN_ONLY_CODE), code('print("DONE")')]
+    cells = [setup, code(EXPLORERS), code(TRAIN_ONLY_CODE), code(NOTED_CODE), code('print("DONE")')]
     return {**nb, "cells": [{**c, "outputs": [], "execution_count": None} for c in cells]}
 
 
@@ -93,7 +104,7 @@ def page(jupyter_server, open_jupyter_page):
         expect(done.or_(failed).first).to_be_visible(timeout=COMPUTE_TIMEOUT_MS)
         if failed.count():
             pytest.fail("the notebook failed:\n" + "\n".join(failed.all_inner_texts())[-4000:])
-        for cell in (WITH_TEST, TRAIN_ONLY):
+        for cell in (WITH_TEST, TRAIN_ONLY, NOTED):
             expect(jp.cell_output(cell).get_by_test_id("tracin-progress")).to_be_hidden(timeout=COMPUTE_TIMEOUT_MS)
         yield jp
 
@@ -154,6 +165,34 @@ def test_whole_tiles_uncut_captions_no_overflow(page, width, file_browser):
     jp.screenshot(f"layout-{name}-train-only-widget", other)
     assert other.evaluate("(r) => r.scrollWidth - r.clientWidth") <= 0
     set_width(jp, 1400, False)
+    assert_no_errors(jp)
+
+
+def test_engine_notes_show_above_the_views_in_both_themes_and_widths(page):
+    """The notes box: the kernel's ``noted.info["notes"]`` word for word, in light and dark, at 1024 px (file browser
+    open) and 1400 px, nothing cut or overflowing; the explorers without notes show no box."""
+    jp = page
+    root = widget_of(jp, NOTED)
+    notes = json.loads(jp.server.kernel_exec(NOTEBOOK, 'import json; print(json.dumps(noted.info["notes"]))'))
+    assert len(notes) == 1 and notes[0].startswith("final_fc_layer '1' (Linear) is not the model's final linear")
+    try:
+        for theme in ("JupyterLab Light", "JupyterLab Dark"):
+            jp.set_theme(theme)
+            for width, files in ((1024, True), (1400, False)):
+                set_width(jp, width, files)
+                root.scroll_into_view_if_needed()
+                box = root.get_by_test_id("tracin-notes")
+                expect(box).to_be_visible()
+                assert root.get_by_test_id("tracin-note").all_inner_texts() == notes
+                assert box.evaluate("(b) => b.scrollWidth - b.clientWidth") <= 0
+                assert root.evaluate("(r) => r.scrollWidth - r.clientWidth") <= 0
+                tag = f"{'dark' if 'Dark' in theme else 'light'}-{width}"
+                jp.screenshot(f"notes-{tag}-widget", root)
+    finally:
+        jp.set_theme("JupyterLab Light")
+        set_width(jp, 1400, False)
+    for cell in (WITH_TEST, TRAIN_ONLY):
+        expect(widget_of(jp, cell).get_by_test_id("tracin-notes")).to_be_hidden()
     assert_no_errors(jp)
 
 
@@ -240,5 +279,5 @@ def test_keys_act_on_the_focused_tile(jupyter_server, page):
     expect(help_).to_be_hidden()
     jupyter_server.kernel_exec(NOTEBOOK, "explorer.flagged = []")
     root.get_by_test_id("tracin-details-close").click()
-    assert jp.page.locator(".jp-Notebook .jp-Cell").count() == 4  # the keys did not reach Jupyter's shortcuts
+    assert jp.page.locator(".jp-Notebook .jp-Cell").count() == DONE + 1  # the keys did not reach Jupyter's shortcuts
     assert_no_errors(jp)
