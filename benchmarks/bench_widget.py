@@ -698,7 +698,7 @@ def store_part(args, log) -> dict:
 
         engine.self_influence = spy("self_influence", engine.self_influence)
         engine.influence = spy("influence", engine.influence)
-        engine._train_probabilities = spy("_train_probabilities", engine._train_probabilities)
+        engine.train_probabilities = spy("train_probabilities", engine.train_probabilities)
         engine.fit = fit
         engine._ensure_factors = ensure
         thumbs: list[int] = []

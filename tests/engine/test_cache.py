@@ -495,7 +495,7 @@ def test_failed_save_warns_and_keeps_the_result(tmp_path, monkeypatch):
 
 
 def test_atomic_write_replaces_whole_files_only(tmp_path, monkeypatch):
-    from tracin_widgets.influence import _cache
+    from tracin_widgets import _io as _cache
 
     target = tmp_path / "f.bin"
     target.write_bytes(b"old")

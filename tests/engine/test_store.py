@@ -516,7 +516,7 @@ def test_training_predictions_from_a_store_read_only_the_last_checkpoints_G(tmp_
         return real(fd, t, offset, path)
 
     monkeypatch.setattr(_store, "_read_into", spy)
-    probs, labels, why = stream._train_probabilities(p.model, rows=64)
+    probs, labels, why = stream.train_probabilities(p.model, rows=64)
     monkeypatch.setattr(_store, "_read_into", real)
     assert probs is not None and labels is not None, why
     assert set(files) == {"G-2.bin"} and sum(read) == 500 * 5 * 4
@@ -525,7 +525,7 @@ def test_training_predictions_from_a_store_read_only_the_last_checkpoints_G(tmp_
         expected = torch.softmax(p.model(p.x), 1)
     torch.testing.assert_close(probs, expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(labels, p.y)
-    mem, mem_labels, _ = p.engine(cache=False).fit()._train_probabilities(p.model, rows=64)
+    mem, mem_labels, _ = p.engine(cache=False).fit().train_probabilities(p.model, rows=64)
     assert torch.equal(probs, mem) and torch.equal(labels, mem_labels)
 
 

@@ -78,7 +78,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 def test_write_goes_through_the_engines_atomic_write(tmp_path, monkeypatch):
     # one atomic-write helper (with fsync) for the whole package: the flags file is fsynced before the replace
-    from tracin_widgets.influence import _cache
+    from tracin_widgets import _io as _cache
 
     calls: list[str] = []
     real_fsync, real_replace = _cache.os.fsync, _cache.os.replace

@@ -117,11 +117,11 @@ def test_an_ignored_label_in_a_per_item_dataset_runs_the_model(problem):
 def test_the_engine_refuses_labels_that_do_not_match_its_gradients(problem):
     model, ckpts, train, test = problem
     engine = TracInCPFast(model, "3", train, ckpts, loss_fn=nn.CrossEntropyLoss(reduction="sum")).fit()
-    probs, labels, why = engine._train_probabilities(model)
+    probs, labels, why = engine.train_probabilities(model)
     assert probs is not None and labels is not None, why
     wrong = (labels + 1) % 10
-    assert engine._train_probabilities(model, wrong.numpy())[0] is None
-    assert engine._train_probabilities(nn.Linear(2, 2))[2] == "the model is not the engine's model"
+    assert engine.train_probabilities(model, wrong.numpy())[0] is None
+    assert engine.train_probabilities(nn.Linear(2, 2))[2] == "the model is not the engine's model"
 
 
 def test_engine_warnings_from_the_background_run_are_shown_as_notes(problem, tmp_path):

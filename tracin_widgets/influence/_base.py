@@ -323,6 +323,12 @@ class TracInCPBase:
         return cls.__name__
 
     # ------------------------------------------------------------------ warnings
+    @property
+    def notes(self) -> list[str]:
+        """The ``TracInWarning`` messages this engine has given so far, oldest first, each once (a copy). The
+        explorer lists them above its views: a warning raised on a background thread reaches no cell."""
+        return list(self.__dict__.get("_notes", ()))
+
     def _warn(self, message: str, stacklevel: int) -> None:
         """A ``TracInWarning`` (``stacklevel`` counted from this method's caller's caller, as from a module
         helper), also kept in ``_notes`` for whoever shows this engine's results (the explorer lists them: a

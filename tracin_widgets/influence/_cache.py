@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from .._io import atomic_write
+
 _CHUNK = 16 << 20  # bytes per hashed chunk of a large buffer (fixed: the digest must not depend on the cores)
 _PARALLEL_MIN = 64 << 20  # buffers from this size are hashed chunk-wise on several threads
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -334,21 +336,6 @@ def not_saved_message(cache_dir: Path, reason: str) -> str:
         f"cache_dir {str(cache_dir)!r} cannot be written ({reason}): the results are computed in memory and not "
         "saved. Pass a writable folder as cache_dir (or cache_dir=None to silence this)."
     )
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write ``path`` all or nothing: ``write(file)`` into a temporary file of the same folder, flush and
-    fsync it, then ``os.replace`` it over ``path`` (a crash leaves the old file or the new one, never half)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def cache_load(path: Path | None, device: torch.device) -> dict | None:

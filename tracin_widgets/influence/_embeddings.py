@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ._cache import atomic_write
+from .._io import atomic_write
 from ._store import DTYPES, _as_bytes, _read_into, _write_at, dtype_name
 
 FORMAT = 1

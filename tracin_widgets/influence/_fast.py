@@ -978,7 +978,7 @@ class TracInCPFast(TracInCPBase):
         yield from self._stream.last_G(rows)
 
     @locked
-    def _train_probabilities(
+    def train_probabilities(
         self,
         model: nn.Module,
         labels: Any = None,

@@ -105,7 +105,7 @@ class AnnoyNearestNeighbors(NearestNeighbors):
         """
         from annoy import AnnoyIndex
 
-        from ._cache import atomic_write
+        from .._io import atomic_write
         from ._embeddings import fsync_path, remove_dead_temps, temp_path
 
         path = Path(path)

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ._cache import atomic_write
+from .._io import atomic_write
 from ._memory import free_memory
 
 FORMAT = 1

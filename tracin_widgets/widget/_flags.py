@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..influence._cache import atomic_write
+from .._io import atomic_write
 
 SUFFIXES = (".json", ".csv")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..influence._cache import atomic_write
+from .._io import atomic_write
 from . import _payload
 
 _STATIC_CSS = Path(__file__).parent / "static" / "widget.css"

@@ -210,14 +210,14 @@ class Pipeline:
     def _train_predictions_from_factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The training predictions read off the engine's factors, without a forward pass (a few ms), when that is
         exact: a TracInCPFast (or RandProj) on the explorer's training set and model, whose weights equal the last
-        checkpoint's, trained with a plain cross-entropy (see ``TracInCPFast._train_probabilities``). None otherwise
+        checkpoint's, trained with a plain cross-entropy (see ``TracInCPFast.train_probabilities``). None otherwise
         (the caller then runs the model); ``train_path`` says which path ran and why."""
         ex, src = self.examples, self.engine.source
         if not isinstance(src, TracInCPFast) or src.train_dataset is not ex.train:
             self.train_path = "predict: the engine is not a TracInCPFast on the explorer's training set"
         else:
             probs, labels, why = self.engine.call(
-                lambda: src._train_probabilities(
+                lambda: src.train_probabilities(
                     ex.model, ex.train_labels, lambda rows: np.array([ex.train_label(int(i)) for i in rows], np.int64)
                 )
             )

@@ -527,7 +527,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
             self._sync_notes()
 
     def _engine_notes(self) -> list[str]:
-        return [str(n) for n in getattr(self._engine.source, "_notes", None) or []]
+        return [str(n) for n in getattr(self._engine.source, "notes", None) or []]
 
     def _sync_notes(self) -> None:
         """Show the engine's warnings so far (raised on the background thread, they reach no cell)."""
