@@ -1,7 +1,7 @@
 """The explorer over a store-backed TracInCPFast whose factors stay on disk (``max_memory`` far below them, queries
 stream the store): the table's pages, sorts, filters and statistics against numpy orders computed here from the
 engine's own self-influence; thumbnails only for the rows sent; the factors never loaded into memory; and nothing
-of the store's size held by the explorer (issue 11 point 8; ``benchmarks/bench_widget.py --parts store`` measures
+of the store's size held by the explorer (``benchmarks/bench_widget.py --parts store`` measures
 the same at 1,281,167 rows)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from tracin_widgets.influence import TracInCPFast
-from tracin_widgets.widget import InfluenceExplorer, _payload
+from tracin_widgets.widget import InfluenceExplorer, _codec, _stats
 
 N = 20_000  # training rows: 20k x 3 checkpoints x (32 + 10) floats = 10 MB of factors, streamed through 1 MB
 
@@ -80,13 +80,13 @@ def explorer(problem):
     engine.self_influence = self_influence
     mp = pytest.MonkeyPatch()
     made: list[int] = []
-    real_encode = _payload.encode_image
+    real_encode = _codec.encode_image
 
     def encode(*a, **kw):
         made.append(1)
         return real_encode(*a, **kw)
 
-    mp.setattr(_payload, "encode_image", encode)
+    mp.setattr(_codec, "encode_image", encode)
     w = InfluenceExplorer(
         p["model"], None, p["train"], p["test"], engine=engine, k=5, is_mislabelled=p["flipped"], batch_size=4096
     )
@@ -243,8 +243,8 @@ def test_the_charts_are_computed_once_per_scores_array_without_sorting_again(exp
         raise AssertionError("sorted the training set again")
 
     calls: list[int] = []
-    real_roc = _payload.roc
-    monkeypatch.setattr(_payload, "roc", lambda *a, **kw: calls.append(1) or real_roc(*a, **kw))
+    real_roc = _stats.roc
+    monkeypatch.setattr(_stats, "roc", lambda *a, **kw: calls.append(1) or real_roc(*a, **kw))
     explorer._update_stats()  # what new training predictions or flags do: the same scores, the same charts
     assert calls == [] and {k: explorer.stats[k] for k in charts} == charts
     monkeypatch.setattr(np, "argsort", no_sort)

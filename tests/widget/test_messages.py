@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tracin_widgets.widget import _payload
+from tracin_widgets.widget import _codec, _stats
 
 from .conftest import N_TRAIN
 
@@ -29,7 +29,7 @@ def test_rows_page_sorted_by_rank_with_thumbnail_buffers(make, data, sent):
     assert [r["label"] for r in msg["rows"]] == labels[expected].tolist()
     assert [r["image"]["buffer"] for r in msg["rows"]] == [0, 1, 2, 3, 4] and len(buffers) == 5
     img = np.frombuffer(buffers[0], np.uint8).reshape(msg["rows"][0]["image"]["shape"])
-    np.testing.assert_array_equal(img, _payload.minmax_image(data["train"][expected[0]][0]))
+    np.testing.assert_array_equal(img, _codec.minmax_image(data["train"][expected[0]][0]))
 
 
 def test_rows_sort_and_filters(make, data, sent):
@@ -70,9 +70,9 @@ def test_detail_reply(make, data, sent):
     msg, buffers = reply(sent, "detail")
     item = msg["item"]
     assert msg["id"] == 3 and item["index"] == 12 and item["label"] == int(data["train"].tensors[1][12])
-    assert item["rank"] == _payload.ranks_from_scores(w.self_influence)[12]
+    assert item["rank"] == _stats.ranks_from_scores(w.self_influence)[12]
     assert item["score"] == pytest.approx(float((data["x_train"][12] ** 2).sum()))
-    assert item["pred"] == int(w._train_preds[12]) and len(buffers) == 1
+    assert item["pred"] == int(w._examples.train_preds[12]) and len(buffers) == 1
 
 
 def test_bad_requests_get_an_error_reply_with_the_request_id(make, sent):

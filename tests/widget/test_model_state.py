@@ -55,8 +55,8 @@ def test_every_module_keeps_its_own_train_flag_and_predictions_are_in_eval_mode(
     w._handle_custom_msg({"kind": "detail", "id": 1, "index": 3}, [])
     assert modes(model) == before
     pred, prob = eval_probs(model, data["x_train"])
-    assert (w._train_preds == pred).all()
-    np.testing.assert_allclose(w._train_probs, prob, rtol=1e-5)  # dropout off, BatchNorm on its running stats
+    assert (w._examples.train_preds == pred).all()
+    np.testing.assert_allclose(w._examples.train_probs, prob, rtol=1e-5)  # dropout off, BatchNorm on its running stats
     pred9, prob9 = eval_probs(model, data["x_test"][9:10])
     assert w.gallery["item"]["pred"] == pred9[0] and w.gallery["item"]["prob"] == float(prob9[0])
 
@@ -105,7 +105,7 @@ def test_explorer_never_predicts_with_the_checkpoint_weights_of_a_users_engine(d
         assert loaded.wait(30)
         w = InfluenceExplorer(model, None, data["train"], data["test"], engine=fake)
         deadline = time.monotonic() + 1.0  # without the shared lock the explorer predicts right away
-        while w._test_preds is None and time.monotonic() < deadline:
+        while w._examples.test_preds is None and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         release.set()
@@ -114,7 +114,7 @@ def test_explorer_never_predicts_with_the_checkpoint_weights_of_a_users_engine(d
     for k, v in model.state_dict().items():  # the user's engine put the original weights back
         assert torch.equal(v, original[k])
     pred, prob = eval_probs(model, data["x_test"])
-    assert (w._test_preds == pred).all()
-    np.testing.assert_allclose(w._test_probs, prob, rtol=1e-6)
+    assert (w._examples.test_preds == pred).all()
+    np.testing.assert_allclose(w._examples.test_probs, prob, rtol=1e-6)
     pred, prob = eval_probs(model, data["x_train"])
-    np.testing.assert_allclose(w._train_probs, prob, rtol=1e-6)
+    np.testing.assert_allclose(w._examples.train_probs, prob, rtol=1e-6)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tracin_widgets.widget import _payload
+from tracin_widgets.widget import _codec
 from tracin_widgets.widget._protocols import (
     REPLIES,
     REQUESTS,
@@ -66,7 +66,7 @@ def test_checker_reports_missing_unknown_and_mistyped_keys():
     assert problems({"kind": "rows", "id": 1, "sort": "bogus"}, RowsRequest) == [
         "$.sort: 'bogus' not in ('rank', 'score', 'index', 'label', 'pred')"
     ]
-    row = _payload.item_row(1, 2, image={"buffer": 0, "shape": [2, 2, 1]})
+    row = _codec.item_row(1, 2, image={"buffer": 0, "shape": [2, 2, 1]})
     reply = {"kind": "rows", "id": 1, "pending": False, "total": 1, "offset": 0, "rows": [{**row, "rank": "1"}]}
     assert problems(reply, RowsReply) == [
         "$.rows[0].rank: '1' is none of int | NoneType: $.rows[0].rank: expected int, got str '1'; "

@@ -146,7 +146,7 @@ def show(w, source, index, explain="label"):
 
 def misclassified(w) -> list[int]:
     labels = w._examples.test.tensors[1].numpy()
-    return np.flatnonzero(w._test_preds != labels).tolist()
+    return np.flatnonzero(w._examples.test_preds != labels).tolist()
 
 
 def test_on_misclassified_test_examples_badges_mark_a_minority_of_tiles(tutorial_explorer):
@@ -162,7 +162,7 @@ def test_on_misclassified_test_examples_badges_mark_a_minority_of_tiles(tutorial
             badged = [r for r in tiles if r["badge"]]
             assert len(badged) < len(tiles) / 2, (explain, i, [r["badge"] for r in badged])
             for r in tiles:  # each badge is about the training example itself, and says which reason
-                disagree = train_labels[r["index"]] != w._train_preds[r["index"]]
+                disagree = train_labels[r["index"]] != w._examples.train_preds[r["index"]]
                 high = w._examples.rank[r["index"]] <= 20  # top 5% of 400
                 assert bool(r["badge"]) == (disagree or high)
                 assert ("differs from the model's prediction for it" in (r["badge"] or "")) == disagree
@@ -173,7 +173,7 @@ def test_the_label_choice_explains_the_label_or_the_prediction(tutorial_explorer
     w = tutorial_explorer
     engine, test = w.source, w._examples.test
     i = misclassified(w)[0]
-    label, pred = int(test.tensors[1][i]), int(w._test_preds[i])
+    label, pred = int(test.tensors[1][i]), int(w._examples.test_preds[i])
     assert label != pred
     x = test.tensors[0][i : i + 1]
     for explain, target in (("label", label), ("prediction", pred)):
@@ -183,7 +183,7 @@ def test_the_label_choice_explains_the_label_or_the_prediction(tutorial_explorer
         assert [r["index"] for r in g["proponents"]] == np.argsort(-scores, kind="stable")[:10].tolist()
         np.testing.assert_allclose([r["score"] for r in g["opponents"]], np.sort(scores)[:10], rtol=1e-5)
     # a correctly classified example: both choices are the same question, answered from one score row
-    j = next(j for j in range(len(test)) if int(w._test_preds[j]) == int(test.tensors[1][j]))
+    j = next(j for j in range(len(test)) if int(w._examples.test_preds[j]) == int(test.tensors[1][j]))
     a = show(w, "test", j, "label")
     calls = len(w._engine._score_cache)
     b = show(w, "test", j, "prediction")
@@ -194,8 +194,10 @@ def test_the_label_choice_explains_the_label_or_the_prediction(tutorial_explorer
 def test_walking_to_a_training_example_explains_its_own_label_or_its_prediction(tutorial_explorer):
     w = tutorial_explorer
     train = w._examples.train
-    k = int(np.flatnonzero(train.tensors[1].numpy() != w._train_preds)[0])  # a training example the model gets wrong
-    label, pred = int(train.tensors[1][k]), int(w._train_preds[k])
+    k = int(
+        np.flatnonzero(train.tensors[1].numpy() != w._examples.train_preds)[0]
+    )  # a training example the model gets wrong
+    label, pred = int(train.tensors[1][k]), int(w._examples.train_preds[k])
     x = train.tensors[0][k : k + 1]
     for explain, target in (("label", label), ("prediction", pred)):
         g = show(w, "train", k, explain)

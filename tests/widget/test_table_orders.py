@@ -1,5 +1,5 @@
 """The table's cached sort orders: every sort key, direction and filter gives the same rows as a fresh
-``_payload.table_order``; a new filter or page never sorts again; flags and new arrays are never served stale."""
+``table_order`` (the oracle); a new filter or page never sorts again; flags and new arrays are never served stale."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tracin_widgets.widget import _payload
+from tracin_widgets.widget import _stats
 from tracin_widgets.widget._table import Table
+
+from .oracle import table_order
 
 
 def examples(n: int = 500, seed: int = 0) -> SimpleNamespace:
@@ -25,7 +27,7 @@ def examples(n: int = 500, seed: int = 0) -> SimpleNamespace:
         image=lambda split, i: None,
         lock=threading.RLock(),
         self_infl=scores,
-        rank=_payload.ranks_from_scores(scores),
+        rank=_stats.ranks_from_scores(scores),
         train_labels=labels,
         train_preds=preds,
         truth=rng.random(n) < 0.1,
@@ -34,10 +36,10 @@ def examples(n: int = 500, seed: int = 0) -> SimpleNamespace:
 
 KEYS = list(
     itertools.product(
-        _payload.SORT_KEYS,
+        _stats.SORT_KEYS,
         (False, True),
         (None, 2),
-        _payload.ONLY_VALUES,
+        _stats.ONLY_VALUES,
         (None, (-0.5, 0.8)),
     )
 )
@@ -45,7 +47,7 @@ KEYS = list(
 
 def fresh(ex: SimpleNamespace, key: tuple, flagged: list[int]) -> np.ndarray:
     sort, descending, label, only, score_range = key
-    return _payload.table_order(
+    return table_order(
         ex.self_infl,
         sort=sort,
         descending=descending,
@@ -71,14 +73,13 @@ def test_cached_orders_equal_a_fresh_sort_for_every_key_direction_and_filter():
 def test_a_new_filter_or_page_does_not_sort_again(monkeypatch):
     ex = examples()
     table = Table(ex)
-    for sort, descending in itertools.product(_payload.SORT_KEYS, (False, True)):
+    for sort, descending in itertools.product(_stats.SORT_KEYS, (False, True)):
         table.order((sort, descending, None, "all", None), [])
 
     def no_sort(*a, **kw):
         raise AssertionError("sorted again")
 
     monkeypatch.setattr(np, "argsort", no_sort)
-    monkeypatch.setattr(_payload, "table_order", no_sort)
     for key in KEYS:
         table.order(key, [1, 2])
     reply = table.rows({"kind": "rows", "id": 1, "offset": 50, "limit": 5, "sort": "label", "only": "disagree"}, [])

@@ -8,8 +8,9 @@ import threading
 import pytest
 import torch
 
-from tracin_widgets.widget import _engine
-from tracin_widgets.widget._engine import EngineAdapter, background_threads, query_threads
+from tracin_widgets.widget import _threads
+from tracin_widgets.widget._engine import EngineAdapter
+from tracin_widgets.widget._threads import background_threads, query_threads
 
 from .conftest import FakeSource
 
@@ -78,10 +79,10 @@ def test_a_query_runs_on_query_threads_and_gives_the_count_back(three_threads, d
             return super().influence(inputs, k, proponents)
 
     eng = EngineAdapter(Counting(data["x_train"]), len(data["x_train"]), lambda *a: None, threading.Event())
-    monkeypatch.setattr(_engine, "QUERY_THREADS", 1)
+    monkeypatch.setattr(_threads, "QUERY_THREADS", 1)
     eng.top_k((torch.from_numpy(data["x_test"][:1]).float(), torch.zeros(1, dtype=torch.long)), 3, key="q")
     assert seen == [1] and torch.get_num_threads() == 3
-    monkeypatch.setattr(_engine, "QUERY_THREADS", None)  # None: torch's own setting, untouched
+    monkeypatch.setattr(_threads, "QUERY_THREADS", None)  # None: torch's own setting, untouched
     eng.top_k((torch.from_numpy(data["x_test"][1:2]).float(), torch.zeros(1, dtype=torch.long)), 3, key="r")
     assert seen == [1, 3]
 
@@ -116,17 +117,17 @@ def test_the_background_run_keeps_every_core_when_it_starts_during_a_query(three
 
 @pytest.mark.parametrize(("idle", "want"), [(0, 1), (1, 1), (2, 2), (8, 3), (None, 1)])
 def test_auto_uses_the_idle_cores_at_least_one_at_most_torchs_count(three_threads, monkeypatch, idle, want):
-    monkeypatch.setattr(_engine, "idle_cores", lambda: idle)
-    assert _engine.query_thread_count("auto") == want
-    assert _engine.query_thread_count(2) == 2 and _engine.query_thread_count(None) is None
-    monkeypatch.setattr(_engine, "QUERY_THREADS", "auto")
+    monkeypatch.setattr(_threads, "idle_cores", lambda: idle)
+    assert _threads.query_thread_count("auto") == want
+    assert _threads.query_thread_count(2) == 2 and _threads.query_thread_count(None) is None
+    monkeypatch.setattr(_threads, "QUERY_THREADS", "auto")
     with query_threads():
         assert torch.get_num_threads() == want
     assert torch.get_num_threads() == 3
 
 
 def test_idle_cores_reads_the_runnable_count(monkeypatch, tmp_path):
-    monkeypatch.setattr(_engine, "usable_cores", lambda: 4)
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 4)
     real_open = open
 
     def fake_open(path, *a, **kw):
@@ -137,4 +138,4 @@ def test_idle_cores_reads_the_runnable_count(monkeypatch, tmp_path):
         return real_open(path, *a, **kw)
 
     monkeypatch.setattr("builtins.open", fake_open)
-    assert _engine.idle_cores() == 2
+    assert _threads.idle_cores() == 2

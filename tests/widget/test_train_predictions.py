@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from tracin_widgets.influence import TracInCPFast
 from tracin_widgets.widget import InfluenceExplorer
-from tracin_widgets.widget._data import predict
+from tracin_widgets.widget._engine import predict
 
 from .conftest import train_digits
 

@@ -12,7 +12,7 @@ import traitlets
 from ipywidgets.widgets.widget import _remove_buffers
 from torch.utils.data import Subset
 
-from tracin_widgets.widget import InfluenceExplorer, _payload
+from tracin_widgets.widget import InfluenceExplorer, _codec, _stats
 
 from .conftest import N_TEST, N_TRAIN, FakeSource
 
@@ -62,7 +62,7 @@ def test_initial_state_after_the_background_work(make, data):
     # self-influence and predictions are exposed and match independent computations
     np.testing.assert_allclose(w.self_influence, (data["x_train"] ** 2).sum(1))
     pred, _ = predictions(data["model"], data["x_train"])
-    assert (w._train_preds == pred).all()
+    assert (w._examples.train_preds == pred).all()
 
 
 def test_gallery_is_in_widget_state_with_binary_thumbnails(make, data):
@@ -88,8 +88,8 @@ def test_badges_and_query_prediction(make, data):
     # whether its self-influence rank is in the top BADGE_TOP_PERCENT % -- never a comparison with the query
     labels = data["train"].tensors[1].numpy()
     train_pred, _ = predictions(data["model"], data["x_train"])
-    rank = _payload.ranks_from_scores((data["x_train"] ** 2).sum(1))
-    cutoff = _payload.badge_rank_cutoff(N_TRAIN)
+    rank = _stats.ranks_from_scores((data["x_train"] ** 2).sum(1))
+    cutoff = _codec.badge_rank_cutoff(N_TRAIN)
     assert cutoff == 3  # top 5% of 60
     for r in g["proponents"] + g["opponents"]:
         i = r["index"]
@@ -133,8 +133,7 @@ def test_walking_to_a_training_example_uses_it_as_the_query(make, data):
     w.wait(10)
     scores = data["x_train"][11] @ data["x_train"].T
     assert (
-        w.gallery["item"]["index"] == 11
-        and w.gallery["item"]["rank"] == _payload.ranks_from_scores(w.self_influence)[11]
+        w.gallery["item"]["index"] == 11 and w.gallery["item"]["rank"] == _stats.ranks_from_scores(w.self_influence)[11]
     )
     assert [r["index"] for r in w.gallery["proponents"]] == np.argsort(-scores, kind="stable")[:3].tolist()
 
@@ -143,14 +142,14 @@ def test_stale_gallery_answer_never_overwrites_a_newer_selection(make):
     w = make(k=2)
     w.set_state({"query": {"source": "test", "index": 3}})
     w.wait(10)
-    old_gen = w._gallery_gen
+    old_gen = w._galleries.generation
     newer = w._schedule_gallery()  # a newer request for the same query is now the latest
     w.wait(10)
     assert newer == old_gen + 1
     before = dict(w.gallery)
-    assert w._compute_gallery({"source": "test", "index": 9}, 2, old_gen) is False  # the old request finishing late
+    assert w._galleries.compute({"source": "test", "index": 9}, 2, old_gen) is False  # the old request finishing late
     assert w.gallery == before and w.gallery["query"]["index"] == 3
-    assert w._compute_gallery({"source": "test", "index": 9}, 2, w._gallery_gen) is True
+    assert w._galleries.compute({"source": "test", "index": 9}, 2, w._galleries.generation) is True
     assert w.gallery["query"]["index"] == 9
 
 

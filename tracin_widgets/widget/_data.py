@@ -1,17 +1,14 @@
-"""Dataset access and model predictions for the explorer (torch; no widget imports)."""
+"""Dataset access for the explorer: items checked, labels as ints, one item as a batch (torch; no widget imports).
+The model's predictions go through the engine (``_engine.predict``)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
+import itertools
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Subset
-
-from ..influence import _model, _predict
-from ..influence._model import eval_mode, model_lock
 
 
 def check_item(item: Any, what: str) -> tuple:
@@ -59,7 +56,12 @@ def fast_labels(dataset: Any) -> np.ndarray | None:
 
 
 def model_device(model: torch.nn.Module, device: Any) -> torch.device:
-    return torch.device(device) if device is not None else _model.model_device(model)
+    """``device`` as a torch.device, or (None) that of the model's first parameter or buffer (CPU without either)."""
+    if device is not None:
+        return torch.device(device)
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def check_logits(out: Any) -> torch.Tensor:
@@ -69,54 +71,3 @@ def check_logits(out: Any) -> torch.Tensor:
             f"{type(out).__name__}{'' if not isinstance(out, torch.Tensor) else tuple(out.shape)}."
         )
     return out
-
-
-def n_outputs(model: torch.nn.Module, item: tuple, *, device: Any = None) -> int:
-    """The number of classes ``model`` outputs (the width of its logits), from one forward pass on ``item``.
-
-    Holds the model's own lock and restores every module's train/eval flag, as :func:`predict` does.
-    """
-    batch = collate_one(check_item(item, "train_dataset[i]"))
-    dev = model_device(model, device)
-    with model_lock(model), eval_mode(model), torch.no_grad():
-        out = model(*[b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch[:-1]])
-    return int(check_logits(out).shape[1])
-
-
-def predict(
-    model: torch.nn.Module,
-    dataset: Any,
-    indices: Sequence[int] | None,
-    *,
-    batch_size: int,
-    device: Any = None,
-    lock: threading.Lock | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    on_width: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels, predicted classes and predicted-class probabilities (softmax) of ``dataset[indices]``.
-
-    The engine's batched path (:func:`tracin_widgets.influence.predict`): rows read in blocks by the engine's
-    readers where it knows the dataset, the model called as ``model(*batch[:-1])`` in eval mode without gradients
-    with the engine's exact fast CPU kernels; its train/eval flag is restored after each block, module by module.
-    The model's own lock (shared with every engine) and ``lock`` are held per block, so no engine's checkpoint
-    weights are ever in the model while it predicts. ``on_width`` gets the number of classes the model outputs
-    (the logits' width) of each block.
-    """
-
-    def check(out: Any) -> None:
-        check_logits(out)
-        if on_width:
-            on_width(int(out.shape[1]))
-
-    res = _predict.predict(
-        model,
-        dataset,
-        indices,
-        batch_size=batch_size,
-        device=model_device(model, device),
-        lock=lock,
-        progress=progress,
-        on_logits=check,
-    )
-    return res.labels, res.preds, res.probs

@@ -1,101 +1,94 @@
-"""``EngineAdapter``: the one place that knows how an influence engine gives the explorer what it shows.
+"""``EngineAdapter``: the one place that knows how an influence engine gives the explorer what it shows, and the
+only widget module that imports ``tracin_widgets.influence`` (its public names only).
 
 Builds the default engine (``TracInCPFast``) or checks the user's, calls it under the engine lock with the
 explorer's progress callback installed (so Cancel works), and turns its answers into numpy: top-k proponents and
-opponents of a query (with a cache of recent score rows) and the self-influence of the training set. Whether an
-engine is asked for a full score row or for its k best is decided by what it can do, never by its class name.
+opponents of a query (with a cache of recent score rows), the self-influence of the training set, the training
+predictions read off the factors, the engine's notes, and the model's predictions through the engine's reader.
+What an engine is asked is decided by what it can do, never by its class name.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..influence import Cancelled, TracInCPFast, find_final_linear_layer
-from ..influence._data import usable_cores
-from . import _data, _payload
+from ..influence import predict as engine_predict
+from . import _data, _stats
 from ._protocols import CheckpointTerm, InfluenceSource
+from ._threads import query_threads
+
+__all__ = ["Cancelled", "EngineAdapter", "n_outputs", "predict"]
 
 SCORE_CACHE = 32  # influence rows of recent queries (n_train float64 each) ...
 SCORE_CACHE_BYTES = 32 * 2**20  # ... within this many bytes (at least 2 rows): a constant, whatever n_train
-# torch threads of an interactive query: "auto" (as many as there are idle cores right now, at least one and at most
-# torch's own count), an int, or None (torch's setting, untouched). A warm query at 10k is ~20 ms on a quiet 2-core
-# machine with torch's 2 threads, but with the cores busy its threads wait for each other (100-370 ms against 35-75 ms
-# on one thread); benchmarks/bench_widget.py --parts load measures the policies side by side.
-QUERY_THREADS: int | str | None = "auto"
 TopK = tuple[np.ndarray, np.ndarray]  # (indices (k,) int64, scores (k,) float64)
 ProgressFn = Callable[[str, int, int], None]
 
 
-def idle_cores() -> int | None:
-    """Cores that no other runnable thread wants right now: the usable cores minus the kernel's instantaneous count
-    of runnable threads (Linux ``/proc/loadavg``, the caller excluded). None where that count is unknown."""
-    try:
-        with open("/proc/loadavg") as f:
-            runnable = int(f.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(0, usable_cores() - max(0, runnable - 1))
+class FromFactors(NamedTuple):
+    """Training predictions read off the factors: per row its label, predicted class and that class's probability;
+    and the number of classes the model outputs."""
+
+    labels: np.ndarray  # (n_train,) int64
+    preds: np.ndarray  # (n_train,) int64
+    probs: np.ndarray  # (n_train,) float64
+    width: int
 
 
-def query_thread_count(policy: int | str | None) -> int | None:
-    """The torch thread count of one interactive query under ``policy`` (see ``QUERY_THREADS``)."""
-    if policy != "auto":
-        return None if policy is None else int(policy)
-    idle = idle_cores()
-    return 1 if idle is None else max(1, min(background_threads(), idle))
+def predict(
+    model: nn.Module,
+    dataset: Any,
+    indices: Sequence[int] | None,
+    *,
+    batch_size: int,
+    device: Any = None,
+    lock: threading.Lock | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_width: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, predicted classes and predicted-class probabilities (softmax) of ``dataset[indices]``.
+
+    The engine's batched path (:func:`tracin_widgets.influence.predict`): rows read in blocks by the engine's
+    readers where it knows the dataset, the model called as ``model(*batch[:-1])`` in eval mode without gradients
+    with the engine's exact fast CPU kernels; its train/eval flag is restored after each block, module by module.
+    The model's own lock (shared with every engine) and ``lock`` are held per block, so no engine's checkpoint
+    weights are ever in the model while it predicts. ``on_width`` gets the number of classes the model outputs
+    (the logits' width) of each block.
+    """
+
+    def check(out: Any) -> None:
+        _data.check_logits(out)
+        if on_width:
+            on_width(int(out.shape[1]))
+
+    res = engine_predict(
+        model,
+        dataset,
+        indices,
+        batch_size=batch_size,
+        device=_data.model_device(model, device),
+        lock=lock,
+        progress=progress,
+        on_logits=check,
+    )
+    return res.labels, res.preds, res.probs
 
 
-_threads_guard = threading.Lock()
-_threads_users = 0  # query_threads blocks open now, in any thread
-_threads_saved = 0  # torch's thread count before the first of them
-_threads_depth = threading.local()  # blocks open in this thread (nested ones restore nothing)
-
-
-@contextmanager
-def query_threads(n: int | None = None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(n)`` (by default the count ``QUERY_THREADS`` gives now; None there
-    changes nothing), then restore the count it found, even on error.
-
-    torch's count is process-global (a new thread starts with it) while each OpenMP thread keeps the count it last
-    set itself. Blocks open at the same time share one saved count, so a second one never saves the first one's
-    ``n``; each thread restores its own count when its outermost block closes. A background run sets its own count
-    when it starts (``Pipeline``), so one that starts during a query still uses every core."""
-    global _threads_users, _threads_saved
-    n = query_thread_count(QUERY_THREADS) if n is None else n
-    if n is None:
-        yield
-        return
-    depth = getattr(_threads_depth, "n", 0)
-    with _threads_guard:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-        _threads_users += 1
-        if depth == 0:
-            torch.set_num_threads(n)
-    _threads_depth.n = depth + 1
-    try:
-        yield
-    finally:
-        _threads_depth.n = depth
-        with _threads_guard:
-            _threads_users -= 1
-            if depth == 0:
-                torch.set_num_threads(_threads_saved)
-
-
-def background_threads() -> int:
-    """torch's thread count outside any query block: what a background run uses (all the cores by default)."""
-    with _threads_guard:
-        return _threads_saved if _threads_users else torch.get_num_threads()
+def n_outputs(model: nn.Module, dataset: Any, *, device: Any = None) -> int:
+    """The number of classes ``model`` outputs (the width of its logits), from one forward pass on ``dataset[0]``,
+    holding the model's own lock and restoring every module's train/eval flag, as :func:`predict` does."""
+    widths: list[int] = []
+    predict(model, dataset, [0], batch_size=1, device=device, on_width=widths.append)
+    return widths[0]
 
 
 def to_numpy(x: Any, dtype: Any = None) -> np.ndarray:
@@ -118,7 +111,7 @@ class EngineAdapter:
     prediction batch: one user of the model at a time.
     """
 
-    def __init__(self, source: InfluenceSource | None, n_train: int, progress: ProgressFn, cancel: threading.Event):
+    def __init__(self, source: InfluenceSource, n_train: int, progress: ProgressFn, cancel: threading.Event):
         self.source = source
         self.n_train = n_train
         self.lock = threading.Lock()
@@ -147,15 +140,18 @@ class EngineAdapter:
         cancel: threading.Event,
     ) -> EngineAdapter:
         """The user's ``engine`` (checked), or a ``TracInCPFast`` built from the other arguments."""
-        adapter = cls(None, len(train_dataset), progress, cancel)
+        n_train = len(train_dataset)
         if engine is not None:
-            config = (
-                ("checkpoints_load_func", checkpoints_load_func),
-                ("final_fc_layer", final_fc_layer),
-                ("loss_fn", loss_fn),
-                ("cache_dir", cache_dir),
-            )
-            given = [n for n, v in config if v is not None]
+            given = [
+                name
+                for name, value in (
+                    ("checkpoints_load_func", checkpoints_load_func),
+                    ("final_fc_layer", final_fc_layer),
+                    ("loss_fn", loss_fn),
+                    ("cache_dir", cache_dir),
+                )
+                if value is not None
+            ]
             if given:
                 raise ValueError(
                     f"engine= was given together with {', '.join(given)}: these configure the default engine only. "
@@ -166,8 +162,7 @@ class EngineAdapter:
                     "engine must have influence(inputs, k, proponents) and self_influence() (TracInCP, TracInCPFast "
                     f"or TracInCPFastRandProj), got {type(engine).__name__}."
                 )
-            adapter.source = engine
-            return adapter
+            return cls(engine, n_train, progress, cancel)
         if checkpoints is None:
             raise TypeError("InfluenceExplorer() needs checkpoints (a list of paths or a directory), or engine=.")
         if not isinstance(model, nn.Module):
@@ -177,7 +172,7 @@ class EngineAdapter:
             dev = _data.model_device(model, device)
             example = tuple(b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch[:-1])
             final_fc_layer = find_final_linear_layer(model, example)[0]
-        adapter.source = TracInCPFast(
+        default = TracInCPFast(
             model,
             final_fc_layer,
             train_dataset,
@@ -186,9 +181,10 @@ class EngineAdapter:
             loss_fn=loss_fn if loss_fn is not None else nn.CrossEntropyLoss(reduction="sum"),
             batch_size=batch_size,
             device=device,
-            progress_callback=adapter.progress_callback,
             cache_dir=cache_dir,
         )
+        adapter = cls(default, n_train, progress, cancel)
+        default.progress_callback = adapter.progress_callback  # its progress is the explorer's, also when called
         return adapter
 
     @property
@@ -203,13 +199,13 @@ class EngineAdapter:
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Call the engine holding the engine lock, with our progress callback (and any of the user's) installed."""
-        src = self.source
+        src: Any = self.source  # ``progress_callback`` is an optional attribute (see ``InfluenceSource``)
         with self.lock:
             if self._cancel.is_set():
                 raise Cancelled("cancelled")
-            swap = hasattr(src, "progress_callback") and src.progress_callback != self.progress_callback
+            old = getattr(src, "progress_callback", None)
+            swap = hasattr(src, "progress_callback") and old != self.progress_callback
             if swap:
-                old = src.progress_callback
                 self._user_progress = old
                 src.progress_callback = self.progress_callback
             try:
@@ -218,6 +214,48 @@ class EngineAdapter:
                 if swap:
                     src.progress_callback = old
                     self._user_progress = None
+
+    def notes(self) -> list[str]:
+        """The engine's notes so far (``TracInCPBase.notes``: its ``TracInWarning`` messages); [] for an engine
+        without them."""
+        return [str(n) for n in getattr(self.source, "notes", None) or []]
+
+    def reads_off_factors(self) -> bool:
+        """True for engines whose training factors, once fitted, give the training predictions
+        (``train_probabilities()``) and the self-influence at the cost of a query at most (``TracInCPFast`` and
+        ``TracInCPFastRandProj``)."""
+        return callable(getattr(self.source, "train_probabilities", None))
+
+    def train_predictions(
+        self, train_dataset: Any, model: Any, labels: np.ndarray | None, label_of: Callable[[int], int]
+    ) -> tuple[FromFactors | None, str]:
+        """The training predictions read off the engine's factors, without a forward pass, and why (or why not):
+        ``(None, reason)`` unless that is exact (an engine on the explorer's ``train_dataset`` and ``model``, whose
+        weights equal the last checkpoint's, trained with a plain cross-entropy: see
+        ``TracInCPFast.train_probabilities``). ``label_of(i)`` reads one training label, only where needed."""
+        src: Any = self.source
+        if not self.reads_off_factors() or getattr(src, "train_dataset", None) is not train_dataset:
+            return (
+                None,
+                "the engine does not read predictions off its factors (train_probabilities) on this training set",
+            )
+
+        def read(rows: Any) -> np.ndarray:
+            return np.array([label_of(int(i)) for i in rows], np.int64)
+
+        probs, labels_read, why = self.call(lambda: src.train_probabilities(model, labels, read))
+        if probs is None or labels_read is None:
+            return None, why
+        conf, cls = probs.max(dim=1)
+        return (  # no copies of the (n_train,) arrays that are int64 already
+            FromFactors(
+                labels_read.numpy().astype(np.int64, copy=False),
+                cls.numpy().astype(np.int64, copy=False),
+                conf.double().numpy(),
+                int(probs.shape[1]),
+            ),
+            why,
+        )
 
     def fit(self) -> None:
         """Precompute the training factors, if the engine can (``fit()``); others compute them lazily."""
@@ -239,16 +277,16 @@ class EngineAdapter:
         ``key`` (the query), so going back or changing k costs no engine call.
         """
         if answers_top_k_from_an_index(self.source):
-            out = []
-            for proponents in (True, False):
-                with query_threads():
-                    res = self.call(lambda p=proponents: self.source.influence(batch, k=k, proponents=p))
-                out.append((to_numpy(res[0]).reshape(-1), to_numpy(res[1], np.float64).reshape(-1)))
-            return out[0], out[1]
+            return self._asked_top_k(batch, k, True), self._asked_top_k(batch, k, False)
         scores = self.scores(batch, key)
-        pro = _payload.top_k(scores, k, largest=True)
-        opp = _payload.top_k(scores, k, largest=False)
+        pro = _stats.top_k(scores, k, largest=True)
+        opp = _stats.top_k(scores, k, largest=False)
         return (pro, scores[pro]), (opp, scores[opp])
+
+    def _asked_top_k(self, batch: tuple, k: int, proponents: bool) -> TopK:
+        with query_threads():
+            res = self.call(lambda: self.source.influence(batch, k=k, proponents=proponents))
+        return to_numpy(res[0]).reshape(-1), to_numpy(res[1], np.float64).reshape(-1)
 
     def scores(self, batch: tuple, key: Hashable | None = None) -> np.ndarray:
         """The ``(n_train,)`` float64 influence of every training example on the query ``batch`` (cached by key)."""

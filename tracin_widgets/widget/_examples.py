@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _data, _payload
-from ._engine import query_threads
-from ._protocols import Row
+from . import _codec, _data, _engine, _stats
+from ._protocols import ImageData, Row
+from ._threads import query_threads
 from ._traits import names
 
 THUMB_CACHE = 4096  # encoded thumbnails kept (train and test)
@@ -78,19 +78,19 @@ class Examples:
     def check_width(self) -> None:
         """Learn the model's number of outputs now (one forward pass), so wrong class names are refused early."""
         if isinstance(self.model, torch.nn.Module):
-            self.n_outputs = _data.n_outputs(self.model, self.train[0], device=self.device)
+            self.n_outputs = _engine.n_outputs(self.model, self.train, device=self.device)
 
     # --- one example ----------------------------------------------------------------------------------------------
     def item(self, split: str, index: int) -> tuple:
         ds = self.train if split == "train" else self.test
         return _data.check_item(ds[int(index)], f"{split}_dataset[i]")
 
-    def image(self, split: str, index: int, size: int = _payload.THUMB_SIZE) -> dict:
+    def image(self, split: str, index: int, size: int = _codec.THUMB_SIZE) -> ImageData:
         key = (split, int(index), size)
         with self._thumb_lock:
             img = self._thumbs.get(key)
         if img is None:
-            img = _payload.encode_image(self.item(split, index)[0], self.to_image, size)
+            img = _codec.encode_image(self.item(split, index)[0], self.to_image, size)
             with self._thumb_lock:
                 self._thumbs[key] = img
                 while len(self._thumbs) > THUMB_CACHE:
@@ -105,11 +105,10 @@ class Examples:
         return _data.as_int(self.item("test", i)[-1])
 
     def prediction(self, split: str, index: int, lock: threading.Lock) -> tuple[int | None, float | None]:
-        if split == "train" and self.train_preds is not None:
-            return int(self.train_preds[index]), float(self.train_probs[index])
-        if split == "test" and self.test_preds is not None and index in self.test_pos:
-            p = self.test_pos[index]
-            return int(self.test_preds[p]), float(self.test_probs[p])
+        preds, probs = (self.train_preds, self.train_probs) if split == "train" else (self.test_preds, self.test_probs)
+        pos = index if split == "train" else self.test_pos.get(index)
+        if preds is not None and probs is not None and pos is not None:
+            return int(preds[pos]), float(probs[pos])
         with query_threads():  # interactive: one example, on a laptop's busy cores
             _, preds, probs = self.predict(split, [index], lock=lock)
         return int(preds[0]), float(probs[0])
@@ -119,10 +118,11 @@ class Examples:
         label = _data.as_int(self.item(split, index)[-1])
         pred, prob = self.prediction(split, index, lock)
         rank = score = None
-        if split == "train" and self.rank is not None:
-            rank, score = int(self.rank[index]), float(self.self_infl[index])
+        ranks, scores = self.rank, self.self_infl
+        if split == "train" and ranks is not None and scores is not None:
+            rank, score = int(ranks[index]), float(scores[index])
         image = self.image(split, index, size)
-        return _payload.item_row(index, label, pred=pred, prob=prob, rank=rank, score=score, image=image)
+        return _codec.item_row(index, label, pred=pred, prob=prob, rank=rank, score=score, image=image)
 
     # --- predictions ----------------------------------------------------------------------------------------------
     def predict(
@@ -135,7 +135,7 @@ class Examples:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Labels, predictions and probabilities of ``ids`` of ``split`` (all when None), holding ``lock`` (the
         engine's) per batch."""
-        return _data.predict(
+        return _engine.predict(
             self.model,
             self.train if split == "train" else self.test,
             ids,
@@ -143,17 +143,18 @@ class Examples:
             device=self.device,
             lock=lock,
             progress=progress,
-            on_width=self._note_width,
+            on_width=self.note_width,
         )
 
-    def _note_width(self, width: int) -> None:
+    def note_width(self, width: int) -> None:
+        """Record the number of classes the model outputs (the width of its logits)."""
         with self.lock:
             self.n_outputs = width
 
     def set_self_influence(self, scores: np.ndarray, rank: np.ndarray | None = None) -> None:
-        """New scores with their ranks (``rank``: ``_payload.ranks_from_scores(scores)`` when the caller sorted them
+        """New scores with their ranks (``rank``: ``_stats.ranks_from_scores(scores)`` when the caller sorted them
         already, e.g. before taking the lock)."""
-        rank = _payload.ranks_from_scores(scores) if rank is None else rank
+        rank = _stats.ranks_from_scores(scores) if rank is None else rank
         with self.lock:
             self.self_infl, self.rank = scores, rank
 

@@ -1,4 +1,4 @@
-"""Reading and writing flag files (JSON or CSV by suffix), atomically (the engine's ``atomic_write``). No widget
+"""Reading and writing flag files (JSON or CSV by suffix), atomically (the package's ``atomic_write``). No widget
 imports."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._io import atomic_write
 
@@ -22,7 +23,7 @@ def check_suffix(path: os.PathLike | str, argname: str = "path") -> Path:
     return p
 
 
-def normalise(flagged: Iterable[int], n_train: int | None = None, what: str = "flagged") -> list[int]:
+def normalise(flagged: Iterable[Any], n_train: int | None = None, what: str = "flagged") -> list[int]:
     """Sorted, unique ints; each in [0, n_train) when n_train is given."""
     out = set()
     for v in flagged:

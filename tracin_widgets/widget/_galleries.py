@@ -3,13 +3,18 @@ thread. The newest request always wins: a stale answer is dropped, never shown o
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
-from ..influence import Cancelled
-from . import _data, _payload
-from ._engine import EngineAdapter
+import numpy as np
+
+from . import _codec, _data
+from ._engine import Cancelled, EngineAdapter
 from ._examples import Examples
+from ._host import Host
 from ._protocols import Gallery, Row
 from ._tasks import LatestWorker
 
@@ -17,11 +22,12 @@ from ._tasks import LatestWorker
 class Galleries:
     """Gallery requests of one explorer.
 
-    ``publish`` sets the ``gallery`` trait (called under ``lock``, only for the newest request); ``fail`` reports an
-    error (banner, log, ``wait()``); ``status`` gives the explorer's status (a cancelled gallery says how to resume).
-    ``fitted`` is set once the engine may be queried; ``class_name`` names a class in the badges' words.
-    ``explain`` (per request): ``"label"`` explains the score of the query's own label, ``"prediction"`` that of the
-    model's prediction for it (the same galleries, computed once, when the two agree).
+    A request carries everything it needs as data (the query, ``k``, ``explain``, the class names of the badges), so
+    computing it never calls back into the explorer; its answer is shown with ``host.show(gallery=...)`` (under
+    ``lock``, only for the newest request), its error reported with ``host.fail``. ``fitted`` is set once the engine
+    may be queried; ``in_flight()`` counts a computation as in flight for the ``with`` block (a Cancel reaches it).
+    ``explain``: ``"label"`` explains the score of the query's own label, ``"prediction"`` that of the model's
+    prediction for it (the same galleries, computed once, when the two agree).
     """
 
     def __init__(
@@ -31,19 +37,15 @@ class Galleries:
         *,
         lock: threading.RLock,
         fitted: threading.Event,
-        publish: Callable[[Gallery], None],
-        fail: Callable[[BaseException, str], None],
-        status: Callable[[], str],
-        class_name: Callable[[int], str] = str,
+        in_flight: Callable[[], AbstractContextManager[Any]],
+        host: Host,
     ):
         self.examples = examples
         self.engine = engine
         self.lock = lock
         self.fitted = fitted
-        self.publish = publish
-        self.fail = fail
-        self.status = status
-        self.class_name = class_name
+        self.in_flight = in_flight
+        self.host = host
         self.generation = 0  # id of the newest request
         self.worker = LatestWorker("tracin-gallery")
 
@@ -53,6 +55,19 @@ class Galleries:
             self.generation += 1
             return self.generation
 
+    def request(self, q: dict, k: int, explain: str, names: Sequence[str]) -> int | None:
+        """Ask for the galleries of query ``q`` on the worker thread; the request id (None for no query, which
+        still makes every earlier request stale)."""
+        gen = self.new_request()
+        if not q:
+            return None
+        self.worker.submit(functools.partial(self._run, q, k, gen, explain, list(names)))
+        return gen
+
+    def _run(self, q: dict, k: int, gen: int, explain: str, names: list[str]) -> None:
+        with self.in_flight():
+            self.compute(q, k, gen, explain, names)
+
     def check_query(self, q: dict) -> tuple[str, int]:
         src, idx = q.get("source"), q.get("index")
         if src not in ("test", "train") or not isinstance(idx, int) or isinstance(idx, bool):
@@ -61,56 +76,63 @@ class Galleries:
         n = ex.n_train if src == "train" else (len(ex.test) if ex.test is not None else 0)
         if not 0 <= idx < n:
             raise ValueError(f"query index {idx} is outside the {src} set [0, {n}).")
-        return src, idx
+        return str(src), idx
 
-    def compute(self, q: dict, k: int, gen: int, explain: str = "label") -> bool:
-        """Compute the galleries of query ``q``; publish only if no newer request came meanwhile. True if published."""
+    def compute(self, q: dict, k: int, gen: int, explain: str = "label", names: Sequence[str] = ()) -> bool:
+        """Compute the galleries of query ``q``; show them only if no newer request came meanwhile. True if shown."""
         try:
             if gen != self.generation:
                 return False
-            payload = self._payload(q, k, gen, explain)
+            payload = self._payload(q, k, gen, explain, names)
             if payload is None:
                 return False
         except Exception as e:
             if gen != self.generation:
                 return False
-            if isinstance(e, Cancelled):
-                again = "select it again to compute" if self.status() == "ready" else "press Resume to compute"
-                error = f"Cancelled: {again}."
-            else:
-                self.fail(e, "gallery")
-                error = f"{type(e).__name__}: {e}"
-            payload = Gallery(
-                query=dict(q),
-                k=k,
-                request=gen,
-                item=None,
-                proponents=[],
-                opponents=[],
-                error=error,
-                explain="prediction" if explain == "prediction" else "label",
-                explained_label=None,
-                same_label=False,
-            )
-        with self.lock:
+            payload = self._failed(q, k, gen, explain, e)
+        with self.lock:  # badged against the arrays as they are now, under the lock the pipeline's redraw takes
             if gen != self.generation:  # a newer selection won: never overwrite it with this stale answer
                 return False
-            self.publish(payload)
+            if payload["proponents"] or payload["opponents"]:
+                payload = self.rebadge(payload, names)
+            self.host.show(gallery=payload)
         return True
 
-    def rebadge(self, gallery: Gallery) -> Gallery:
+    def _failed(self, q: dict, k: int, gen: int, explain: str, e: Exception) -> Gallery:
+        if isinstance(e, Cancelled):
+            again = "select it again to compute" if self.host.status == "ready" else "press Resume to compute"
+            error = f"Cancelled: {again}."
+        else:
+            self.host.fail(e, "gallery")
+            error = f"{type(e).__name__}: {e}"
+        return Gallery(
+            query=dict(q),
+            k=k,
+            request=gen,
+            item=None,
+            proponents=[],
+            opponents=[],
+            error=error,
+            explain="prediction" if explain == "prediction" else "label",
+            explained_label=None,
+            same_label=False,
+        )
+
+    def rebadge(self, gallery: Gallery, names: Sequence[str] = ()) -> Gallery:
         """``gallery`` with each tile's prediction, self-influence rank and badge from the arrays computed now (the
-        first galleries come before the training predictions and self-influence): no engine call."""
+        first galleries come before the training predictions and self-influence): no engine call. ``names``: the
+        class names of the badges' words."""
         ex = self.examples
         with self.lock:
             rank, preds = ex.rank, ex.train_preds
         n_train = 0 if rank is None else len(rank)
+        name = functools.partial(_codec.class_label, names=list(names))
 
         def again(row: Row) -> Row:
             i = row["index"]
             pred = row["pred"] if preds is None else int(preds[i])
             r = row["rank"] if rank is None else int(rank[i])
-            badge = _payload.training_badge(row["label"], pred, r, n_train, self.class_name)
+            badge = _codec.training_badge(row["label"], pred, r, n_train, name)
             return {**row, "pred": pred, "rank": r, "badge": badge}
 
         return {
@@ -131,32 +153,33 @@ class Galleries:
             return _data.collate_one(features), pred
         return _data.collate_one(features), label
 
-    def _payload(self, q: dict, k: int, gen: int, explain: str) -> Gallery | None:
+    def _payload(self, q: dict, k: int, gen: int, explain: str, names: Sequence[str]) -> Gallery | None:
         src, idx = self.check_query(q)
         self.fitted.wait()
         if gen != self.generation:
             return None
         ex = self.examples
-        item = ex.query_row(src, idx, _payload.DETAIL_SIZE, self.engine.lock)
+        item = ex.query_row(src, idx, _codec.DETAIL_SIZE, self.engine.lock)
         batch, target = self.explained_batch(src, idx, item, explain)
         key = (src, idx, target)  # label == prediction: one cached score row serves both choices
         (pro, pro_scores), (opp, opp_scores) = self.engine.top_k(batch, min(k, ex.n_train), key=key)
         with self.lock:
             rank, preds = ex.rank, ex.train_preds
+        name = functools.partial(_codec.class_label, names=list(names))
 
-        def rows(indices, scores) -> list:
-            return _payload.topk_rows(
+        def rows(indices: np.ndarray, scores: np.ndarray) -> list[Row]:
+            return _codec.topk_rows(
                 indices,
                 scores,
                 ex.train_label,
                 image=lambda i: ex.image("train", i),
                 rank=rank,
                 preds=preds,
-                name=self.class_name,
+                name=name,
             )
 
         return Gallery(
-            query={"source": src, "index": idx},
+            query={"source": "test" if src == "test" else "train", "index": idx},
             k=k,
             request=gen,
             item=item,

@@ -3,24 +3,32 @@
 ipywidgets' offline embedding (``ipywidgets.embed``) loads its widget manager from a CDN and the explorer needs a
 kernel for its rows and galleries, so the file is a static snapshot instead: the widget's own CSS inlined, every image
 a ``data:`` PNG, no scripts and no external URLs. It shows the current query with its galleries, the top of the
-self-influence ranking and the flags. No widget imports (plain data in, text out).
+self-influence ranking and the flags. :func:`snapshot` gathers them from an explorer; :func:`render` turns plain data
+into the text.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._io import atomic_write
-from . import _payload
+from . import _codec
+from ._protocols import Row
+
+if TYPE_CHECKING:
+    from ._widget import InfluenceExplorer
+
+MAX_ROWS = 500  # most ranking rows and flagged rows (with thumbnails) written to the file
 
 _STATIC_CSS = Path(__file__).parent / "static" / "widget.css"
 
@@ -40,13 +48,62 @@ body { margin: 0; padding: 16px; background: #ffffff; }
 """
 
 
+def snapshot(explorer: InfluenceExplorer, top: int) -> tuple[str, list[str]]:
+    """The HTML text of ``explorer``'s review as it stands (its query and galleries, the ``top`` rows of the
+    self-influence ranking, the flags) and the parts not computed yet, in words (the file names them too)."""
+    flagged, q, g = list(explorer.flagged), dict(explorer.query), dict(explorer.gallery)
+    missing: list[str] = []
+    gallery, why = None, "No example was selected when this file was saved."
+    if q:
+        what = f"{'test' if q.get('source') == 'test' else 'training'} #{q.get('index')}"
+        if g.get("query") == q and g.get("k") == explorer.k and not g.get("error"):
+            gallery = g
+        else:
+            error = f" ({g['error']})" if g.get("query") == q and g.get("error") else ""
+            why = f"The galleries of {what} were not computed when this file was saved{error}."
+            missing.append(f"the galleries of {what}")
+    top_rows: list[Row] | None = []
+    if top:
+        reply = explorer._table.rows({"sort": "rank", "offset": 0, "limit": top}, flagged)
+        top_rows = None if reply["pending"] else reply["rows"]
+    ex = explorer._examples
+    with ex.lock:
+        scores, rank, preds = ex.self_infl, ex.rank, ex.train_preds
+    if scores is None:
+        missing.append("self-influence (the ranking)")
+    flagged_rows = [
+        _codec.item_row(
+            i,
+            ex.train_label(i),
+            score=None if scores is None else scores[i],
+            rank=None if rank is None else rank[i],
+            pred=None if preds is None else preds[i],
+            image=ex.image("train", i),
+        )
+        for i in flagged[:MAX_ROWS]
+    ]
+    text = render(
+        info=dict(explorer.info),
+        class_names=list(explorer.class_names),
+        gallery=gallery,
+        gallery_missing=why,
+        top_rows=top_rows,
+        flagged=flagged,
+        flagged_rows=flagged_rows,
+        flag_metrics=dict(explorer.stats.get("flags") or {}),
+        auc=(explorer.stats.get("roc") or {}).get("auc"),
+        saved_at=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    )
+    return text, missing
+
+
 def png_data_uri(image: dict | None) -> str | None:
     """An image payload (``{"data": bytes, "shape": [h, w, c]}``, uint8 HWC) as a ``data:image/png;base64,`` URI."""
     if not image or image.get("data") is None:
         return None
     from PIL import Image  # matplotlib's dependency: always installed with the package
 
-    a = _payload.decode_image(image)
+    a = _codec.decode_image(image)
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[a.shape[2]]
     img = Image.fromarray(np.ascontiguousarray(a[:, :, 0] if a.shape[2] == 1 else a), mode=mode)
     buf = io.BytesIO()
@@ -156,7 +213,7 @@ def _gallery(gallery: dict | None, missing: str | None, names: Sequence[str], fl
     )
 
 
-def _rows_table(rows: Sequence[dict], names: Sequence[str], flagged: set[int], testid: str) -> str:
+def _rows_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], flagged: set[int], testid: str) -> str:
     cols = ("rank", "image", "index", "label", "pred", "score", "flag")
     titles = ("Rank", "", "Index", "Label", "Predicted", "Self-influence", "Flagged")
     head = "".join(f'<th class="tracin-col-{c}">{t}</th>' for c, t in zip(cols, titles, strict=True))
@@ -188,9 +245,9 @@ def render(
     class_names: Sequence[str],
     gallery: dict | None,
     gallery_missing: str | None,
-    top_rows: Sequence[dict] | None,
+    top_rows: Sequence[Mapping[str, Any]] | None,
     flagged: Sequence[int],
-    flagged_rows: Sequence[dict],
+    flagged_rows: Sequence[Mapping[str, Any]],
     flag_metrics: dict,
     auc: float | None,
     saved_at: str,

@@ -12,12 +12,13 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..influence import Cancelled, TracInCPFast
-from . import _payload
-from ._engine import EngineAdapter, background_threads
+from . import _stats
+from ._engine import Cancelled, EngineAdapter
 from ._examples import Examples
+from ._host import Host
 from ._table import Table
 from ._tasks import Progress
+from ._threads import background_threads
 
 # what a step stored, as passed to ``computed``
 TEST_PREDICTIONS, SELF_INFLUENCE, TRAIN_PREDICTIONS = "test predictions", "self-influence", "training predictions"
@@ -33,10 +34,8 @@ class Pipeline:
     the run, or a gallery computation inside :meth:`gallery`; once nothing is, it is cleared again (except after a
     cancelled run: galleries then wait for Resume). ``fitted`` is set once galleries may query the engine.
 
-    The controller is reached through callbacks, all but ``show`` and ``computed`` called under ``lock``:
-    ``status()`` reads its status; ``begin(run)`` announces a new run (before its thread starts); ``show(**traits)``
-    sets traits in one sync; ``fail(e, where)`` reports an error; ``computed(what)`` refreshes the views once a step
-    stored new arrays (``what``: one of ``TEST_PREDICTIONS``, ``SELF_INFLUENCE``, ``TRAIN_PREDICTIONS``).
+    The explorer is reached through ``host`` (``_host.Host``), all but ``show`` and ``computed`` called under
+    ``lock``; ``computed(what)`` gets one of ``TEST_PREDICTIONS``, ``SELF_INFLUENCE``, ``TRAIN_PREDICTIONS``.
     """
 
     def __init__(
@@ -48,11 +47,7 @@ class Pipeline:
         lock: threading.RLock,
         cancel: threading.Event,
         progress: Progress,
-        status: Callable[[], str],
-        begin: Callable[[int], None],
-        show: Callable[..., None],
-        fail: Callable[[BaseException, str], None],
-        computed: Callable[[str], None],
+        host: Host,
     ):
         self.examples = examples
         self.engine = engine
@@ -60,11 +55,7 @@ class Pipeline:
         self.lock = lock
         self.cancel = cancel
         self.progress = progress
-        self.status = status
-        self.begin = begin
-        self.show = show
-        self.fail = fail
-        self.computed = computed
+        self.host = host
         self.run = 0  # id of the latest run; a cancel names it
         self.running = False
         self.fitted = threading.Event()  # set once galleries may query the engine (fitted, or the run ended)
@@ -78,7 +69,7 @@ class Pipeline:
     def start(self) -> bool:
         """Start a run on a new thread, unless one is alive or all is computed (``ready``). True if started."""
         with self.lock:
-            if self._thread is not None and self._thread.is_alive() or self.status() == "ready":
+            if self._thread is not None and self._thread.is_alive() or self.host.status == "ready":
                 return False
             self.cancel.clear()
             if not self.fit_done:
@@ -86,7 +77,7 @@ class Pipeline:
             self.run += 1
             self.running = True
             self.threads = background_threads()
-            self.begin(self.run)
+            self.host.begin(self.run)
             self._thread = threading.Thread(target=self._main, name="tracin-explorer", daemon=True)
             self._thread.start()
         return True
@@ -116,7 +107,7 @@ class Pipeline:
     def _settle_cancel(self) -> None:
         """Called (under ``lock``) when a computation ends: once nothing is in flight a cancel has done its job and
         is cleared, except after a cancelled run (galleries then wait for Resume)."""
-        if not self.running and self._gallery_busy == 0 and self.status() != "cancelled":
+        if not self.running and self._gallery_busy == 0 and self.host.status != "cancelled":
             self.cancel.clear()
 
     @contextmanager
@@ -149,18 +140,18 @@ class Pipeline:
         try:
             for i, (name, fn) in enumerate(steps):
                 info = {"phase": name, "done": 0, "total": 0, "fraction": 0.0, "eta_s": None}
-                self.show(progress_info={**info, "step": i + 1, "steps": len(steps), "run": run}, progress=0.0)
+                self.host.show(progress_info={**info, "step": i + 1, "steps": len(steps), "run": run}, progress=0.0)
                 fn()
             status = "ready"
         except Cancelled:
             status = "cancelled"
         except Exception as e:  # surfaced in the widget, the log and wait()
-            self.fail(e, "background computation")
+            self.host.fail(e, "background computation")
         finally:
             with self.lock:  # status and the end of the run change together, so a cancel sees one or the other
                 self.running = False
                 if status is not None:
-                    self.show(status=status)
+                    self.host.show(status=status)
                 self._settle_cancel()  # a cancel that came after the last step cancels nothing
             self.fitted.set()  # never leave gallery requests waiting (they fail or compute lazily)
 
@@ -174,11 +165,11 @@ class Pipeline:
         labels, preds, probs = self._predict("test", ex.test_ids.tolist(), "test predictions")
         with self.lock:
             ex.test_labels, ex.test_preds, ex.test_probs = labels, preds, probs
-        self.computed(TEST_PREDICTIONS)
+        self.host.computed(TEST_PREDICTIONS)
 
     def _step_fit(self) -> None:
         self.engine.fit()
-        if isinstance(self.engine.source, TracInCPFast) and self.examples.self_infl is None:
+        if self.engine.reads_off_factors() and self.examples.self_infl is None:
             # its self-influence is read off the factors just made (norms, or one product: a query's cost at
             # most): asked now, before the galleries may query, so that it never waits behind a query holding the
             # engine (a streamed store's query reads all of it) and the table's first page comes right away
@@ -189,11 +180,11 @@ class Pipeline:
     def _step_self_influence(self) -> None:
         early, self._self_influence = self._self_influence, None
         scores = self.engine.self_influence() if early is None else early
-        rank = _payload.ranks_from_scores(scores)  # sorted before taking the lock: the page's requests do not wait
+        rank = _stats.ranks_from_scores(scores)  # sorted before taking the lock: the page's requests do not wait
         with self.lock:  # new scores and no order sorted by the old ones, together
             self.examples.set_self_influence(scores, rank)
             self.table.forget_orders()
-        self.computed(SELF_INFLUENCE)
+        self.host.computed(SELF_INFLUENCE)
 
     def _step_train_predictions(self) -> None:
         ex = self.examples
@@ -205,32 +196,17 @@ class Pipeline:
         with self.lock:  # new predictions and no order sorted by the old ones, together
             ex.train_labels, ex.train_preds, ex.train_probs = labels, preds, probs
             self.table.forget_orders()
-        self.computed(TRAIN_PREDICTIONS)
+        self.host.computed(TRAIN_PREDICTIONS)
 
     def _train_predictions_from_factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The training predictions read off the engine's factors, without a forward pass (a few ms), when that is
-        exact: a TracInCPFast (or RandProj) on the explorer's training set and model, whose weights equal the last
-        checkpoint's, trained with a plain cross-entropy (see ``TracInCPFast.train_probabilities``). None otherwise
-        (the caller then runs the model); ``train_path`` says which path ran and why."""
-        ex, src = self.examples, self.engine.source
-        if not isinstance(src, TracInCPFast) or src.train_dataset is not ex.train:
-            self.train_path = "predict: the engine is not a TracInCPFast on the explorer's training set"
-        else:
-            probs, labels, why = self.engine.call(
-                lambda: src.train_probabilities(
-                    ex.model, ex.train_labels, lambda rows: np.array([ex.train_label(int(i)) for i in rows], np.int64)
-                )
-            )
-            if probs is not None and labels is not None:
-                conf, cls = probs.max(dim=1)
-                ex._note_width(int(probs.shape[1]))
-                self.train_path = f"factors: {why}"
-                log.debug("training predictions %s", self.train_path)
-                return (  # no copies of the (n_train,) arrays that are int64 already
-                    labels.numpy().astype(np.int64, copy=False),
-                    cls.numpy().astype(np.int64, copy=False),
-                    conf.double().numpy(),
-                )
-            self.train_path = f"predict: {why}"
+        exact (``EngineAdapter.train_predictions``). None otherwise (the caller then runs the model);
+        ``train_path`` says which path ran and why."""
+        ex = self.examples
+        read, why = self.engine.train_predictions(ex.train, ex.model, ex.train_labels, ex.train_label)
+        self.train_path = f"{'predict' if read is None else 'factors'}: {why}"
         log.debug("training predictions %s", self.train_path)
-        return None
+        if read is None:
+            return None
+        ex.note_width(read.width)
+        return read.labels, read.preds, read.probs

@@ -101,7 +101,7 @@ class ImageData(TypedDict):
 
 
 class Row(TypedDict):
-    """One tile / table row (``_payload.item_row``). Keys are stable: the JS reads exactly these."""
+    """One tile / table row (``_codec.item_row``). Keys are stable: the JS reads exactly these."""
 
     index: int
     label: int | None
@@ -109,7 +109,7 @@ class Row(TypedDict):
     prob: float | None
     score: float | None
     rank: int | None  # 1 = highest self-influence
-    badge: str | None  # why a gallery tile deserves a second look, in words (_payload.training_badge)
+    badge: str | None  # why a gallery tile deserves a second look, in words (_codec.training_badge)
     image: ImageRef | ImageData | None  # ImageRef in custom messages, ImageData in traits
 
 

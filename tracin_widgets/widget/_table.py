@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _payload
+from . import _codec, _stats
 from ._examples import Examples
 from ._protocols import DetailReply, DetailRequest, RowsReply, RowsRequest, StripPage
 
@@ -26,7 +26,7 @@ def rank_order(scores: np.ndarray, rank: np.ndarray | None) -> np.ndarray:
     """Every training index in rank order: ``rank`` inverted (no argsort) when it ranks ``scores``, else sorted."""
     n = len(scores)
     if rank is not None and len(rank) == n:  # the rank already holds the sort: invert it, no new argsort
-        by_rank = np.empty(n, order_dtype(n))
+        by_rank: np.ndarray = np.empty(n, order_dtype(n))
         by_rank[np.asarray(rank) - 1] = np.arange(n, dtype=by_rank.dtype)
         return by_rank
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").astype(order_dtype(n))
@@ -61,7 +61,7 @@ class Table:
         self, sort: str, descending: bool, scores: np.ndarray, rank: np.ndarray | None, key: Any, generation: int
     ) -> np.ndarray:
         """Every training index in ``sort`` order (cached; ``key``: the labels or predictions it sorts by). Ties are
-        broken by rank, as ``_payload.table_order``. Stored only if no ``forget_orders`` came since ``generation``."""
+        broken by rank. Stored only if no ``forget_orders`` came since ``generation``."""
         cached = self._sorted.get((sort, descending))
         if cached is not None:
             return cached
@@ -88,8 +88,8 @@ class Table:
         return order
 
     def order(self, key: tuple, flagged: Sequence[int]) -> np.ndarray:
-        """The table's rows for the query ``key`` = (sort, descending, label, only, score_range), as
-        ``_payload.table_order`` computes them, from the cached sort orders."""
+        """The table's rows for the query ``key`` = (sort, descending, label, only, score_range): the filtered
+        training indices in that sort order (ties by rank), from the cached sort orders."""
         ex = self.examples
         with ex.lock:
             scores, rank = ex.self_infl, ex.rank
@@ -100,16 +100,16 @@ class Table:
                 self._orders.move_to_end(key)
                 return hit
         sort, descending, label, only, score_range = key
-        if sort not in _payload.SORT_KEYS:
-            raise ValueError(f"sort must be one of {_payload.SORT_KEYS}, got {sort!r}.")
-        if only not in _payload.ONLY_VALUES:
-            raise ValueError(f"only must be one of {_payload.ONLY_VALUES}, got {only!r}.")
+        if sort not in _stats.SORT_KEYS:
+            raise ValueError(f"sort must be one of {_stats.SORT_KEYS}, got {sort!r}.")
+        if only not in _stats.ONLY_VALUES:
+            raise ValueError(f"only must be one of {_stats.ONLY_VALUES}, got {only!r}.")
         if scores is None:
             raise ValueError("the table has no order before the self-influence scores are computed.")
         order = self._sort(sort, descending, scores, rank, labels if sort == "label" else preds, generation)
         if label is None and only == "all" and score_range is None:
             return order
-        mask = _payload.filter_mask(
+        mask = _stats.filter_mask(
             scores,
             labels=labels,
             preds=preds,
@@ -130,13 +130,13 @@ class Table:
     def rows(self, msg: RowsRequest, flagged: Sequence[int]) -> RowsReply:
         """One page of the table: ``msg["limit"]`` rows (at most 500) from ``msg["offset"]`` in the requested order."""
         ex = self.examples
-        rid = msg.get("id")
+        rid: Any = msg.get("id")  # echoed back as the page sent it
         offset = max(0, int(msg.get("offset", 0)))
         limit = min(500, max(1, int(msg.get("limit", 50))))
         with ex.lock:
             scores, rank = ex.self_infl, ex.rank
             preds, probs = ex.train_preds, ex.train_probs
-        if scores is None:
+        if scores is None or rank is None:  # set together
             return RowsReply(kind="rows", id=rid, pending=True, total=0, offset=offset, rows=[])
         label, sr = msg.get("label"), msg.get("score_range")
         key = (
@@ -148,7 +148,7 @@ class Table:
         )
         order = self.order(key, flagged)
         rows = [
-            _payload.item_row(
+            _codec.item_row(
                 i,
                 ex.train_label(i),
                 score=scores[i],
@@ -174,14 +174,15 @@ class Table:
                 f"detail request: index {index} is outside the training set [0, {n_train}): send the "
                 "index of a training example."
             )
-        item = self.examples.query_row("train", index, _payload.DETAIL_SIZE, lock)
-        return DetailReply(kind="detail", id=msg.get("id"), item=item)
+        item = self.examples.query_row("train", index, _codec.DETAIL_SIZE, lock)
+        rid: Any = msg.get("id")  # echoed back as the page sent it
+        return DetailReply(kind="detail", id=rid, item=item)
 
     def stats(self, flagged: Sequence[int], previous: dict, flags_only: bool = False) -> dict:
         """The ``stats`` trait: flag metrics, and (once self-influence is known) its histogram, ROC and found curve.
         ``flags_only`` updates only the flag metrics of ``previous``."""
         ex = self.examples
-        flags = _payload.flag_metrics(list(flagged), ex.n_train, ex.truth)
+        flags = _stats.flag_metrics(list(flagged), ex.n_train, ex.truth)
         if flags_only and previous:
             return {**previous, "flags": flags}
         with ex.lock:
@@ -192,12 +193,12 @@ class Table:
             return out
         if cached is not None and cached[0] is s and cached[1] is truth:  # the same arrays: the same charts
             return {**out, **cached[2]}
-        charts: dict[str, Any] = {"histogram": _payload.histogram(s)}
+        charts: dict[str, Any] = {"histogram": _stats.histogram(s)}
         charts["score_min"], charts["score_max"] = float(np.min(s)), float(np.max(s))
         if truth is not None:  # both walk the rank order, inverted from the ranks: no new sort of the training set
             order = rank_order(s, rank)
-            charts["roc"] = _payload.roc(s, truth, order=order)
-            charts["found"] = _payload.found_vs_inspected(s, truth, order=order)
+            charts["roc"] = _stats.roc(s, truth, order=order)
+            charts["found"] = _stats.found_vs_inspected(s, truth, order=order)
         with ex.lock:
             self._score_stats = (s, truth, charts)
         return {**out, **charts}
@@ -216,7 +217,7 @@ class Table:
         for p in pos[page * size : (page + 1) * size].tolist():
             idx = int(ex.test_ids[p])
             items.append(
-                _payload.item_row(
+                _codec.item_row(
                     idx,
                     int(labels[p]) if labels is not None else ex.test_label(idx),
                     pred=None if preds is None else int(preds[p]),

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..influence import Cancelled
+from ._engine import Cancelled
 
 
 class Progress:

@@ -1,226 +1,98 @@
-"""``InfluenceExplorer``: the anywidget controller. Traits, observers and the dispatch of the page's custom messages;
-no HTML and no heavy logic. The engine is used through ``_engine.EngineAdapter``, the examples and their computed
-arrays live in ``_examples.Examples``, the background run and the cancel rules in ``_pipeline.Pipeline``, the galleries
-in ``_galleries.py``, the table, its statistics and the test strip in ``_table.py``, the flags file and undo history in
-``_flagstore.FlagStore``, the wire format in ``_protocols.py``."""
+"""``InfluenceExplorer``: the anywidget controller. The public API and the observers of the traits (declared and
+documented in ``_state.ExplorerState``); no HTML and no heavy logic. The engine is used through
+``_engine.EngineAdapter``, the examples and their computed arrays live in ``_examples.Examples``, the background run
+and the cancel rules in ``_pipeline.Pipeline``, the galleries in ``_galleries.py``, the page's messages in
+``_messages.py``, the table, its statistics and the test strip in ``_table.py``, the flags file and undo history in
+``_flagstore.FlagStore``, the snapshot in ``_html.py``, the wire format in ``_protocols.py``. The pipeline and the
+galleries reach the explorer through one ``_host.Host``."""
 
 from __future__ import annotations
 
-import datetime
 import logging
 import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import anywidget
 import numpy as np
 import traitlets as t
 from torch.utils.data import Subset
 
-from . import _data, _flags, _payload
+from . import _flags, _html, _stats
 from ._engine import EngineAdapter
 from ._examples import Examples
 from ._flagstore import FlagStore
 from ._galleries import Galleries
+from ._messages import Messages
 from ._pipeline import SELF_INFLUENCE, TEST_PREDICTIONS, Pipeline
-from ._protocols import (
-    CancelRequest,
-    ContributionsReply,
-    ContributionsRequest,
-    DetailReply,
-    DetailRequest,
-    ErrorReply,
-    Gallery,
-    InfluenceSource,
-    Reply,
-    RowsReply,
-    RowsRequest,
-)
+from ._protocols import Gallery, InfluenceSource
+from ._state import ExplorerState
 from ._table import Table
-from ._tasks import LatestWorker, Progress
-from ._traits import ClassNames, IndexList, PositiveInt, View, check_arguments, check_view
+from ._tasks import Progress
+from ._traits import check_arguments, check_view
 
 log = logging.getLogger("tracin_widgets.widget")
-MAX_HTML_ROWS = 500  # save_html: most ranking rows and flagged rows (with thumbnails) written to the file
-
-_STATIC = Path(__file__).parent / "static"
-_MISSING_BUNDLE = (
-    "export default { render({ el }) { const d = document.createElement('div');"
-    " d.textContent = 'tracin_widgets: the JS bundle is missing. Run: cd js && npm ci && npm run build';"
-    " d.style.cssText = 'padding:8px;border:1px solid #d32f2f;color:#d32f2f'; el.append(d); } };"
-)
 
 
-class InfluenceExplorer(anywidget.AnyWidget):
+class InfluenceExplorer(ExplorerState):
     """Explore TracIn influence in a notebook: proponents/opponents of test predictions, self-influence ranking of the
     training set (likely mislabelled examples first), and flags shared by every view.
 
-    ``InfluenceExplorer(model, checkpoints, train_dataset, test_dataset=None, *, ...)`` builds a ``TracInCPFast``
-    (final linear layer found by tracing, cross-entropy loss with ``reduction="sum"``) unless ``engine=`` gives one
-    (any object with ``influence(inputs, k, proponents)`` and ``self_influence()``). Predictions, the training
-    factors and self-influence are computed in a background thread; call :meth:`wait` to block until done.
-    ``cache_dir=`` saves the default engine's training factors there (keyed by model, checkpoints and data), so
-    the next explorer on the same inputs skips the factor pass. ``view=`` picks the first tab: ``"test"`` (the test
-    predictions, the default with a test set) or ``"ranking"`` (the self-influence ranking, the default without one;
-    a training example chosen there is explained by the first tab's galleries).
-    """
+    Builds a ``TracInCPFast`` (final linear layer found by tracing, cross-entropy loss with ``reduction="sum"``)
+    unless ``engine=`` gives one. Predictions, the training factors and self-influence are computed in a background
+    thread; call :meth:`wait` to block until done.
 
-    _esm = _STATIC / "widget.js" if (_STATIC / "widget.js").exists() else _MISSING_BUNDLE
-    _css = _STATIC / "widget.css" if (_STATIC / "widget.css").exists() else ""
+    Args:
+        model: the trained ``torch.nn.Module``, called as ``model(*features)``; it must return logits of shape
+            ``(batch, n_classes)``. The predictions shown are its own (never a checkpoint's weights).
+        checkpoints: the checkpoint files of the default engine: a list of paths, one file or a folder (see
+            ``TracInCPFast``). Required unless ``engine=`` is given.
+        train_dataset: the training set: a map-style dataset (``__len__``, ``__getitem__``) of
+            ``(*features, label)`` items, labels being class indices. Required.
+        test_dataset: the test set, same form (default None: no test tab; a training example chosen in the ranking
+            is explained instead).
+        checkpoints_load_func: ``f(model, path) -> lr`` for the default engine (default None: ``TracInCPFast``'s
+            loader). Not with ``engine=``.
+        final_fc_layer: the default engine's last fully-connected layer, as the module or its name (default None:
+            found by tracing one training example). Not with ``engine=``.
+        loss_fn: the default engine's training loss (default None: ``nn.CrossEntropyLoss(reduction="sum")``).
+            Not with ``engine=``.
+        engine: the influence engine to explore (default None: a ``TracInCPFast`` built from the arguments
+            above): ``TracInCP``, ``TracInCPFast``, ``TracInCPFastRandProj``, Captum's classes, or any object with
+            ``influence(inputs, k, proponents)`` and ``self_influence()`` (see ``InfluenceSource``), built on the
+            same ``train_dataset``.
+        class_names: one name per class, in class-index order (default None: classes shown by index). Refused
+            when the count differs from the model's outputs or does not cover every label.
+        k: proponents and opponents shown per query, at least 1 (default 10); the ``k`` trait.
+        is_mislabelled: the ground truth, when known (default None): a boolean mask over ``train_dataset`` or a
+            collection of its mislabelled indices. Adds the ROC and found-vs-inspected charts, the flags'
+            precision and recall, and the ranking's "mislabelled" filter.
+        flags_path: a ``.json`` or ``.csv`` file of flagged training indices (default None): read at start
+            (restoring the flags; a corrupt file raises ``ValueError`` and is left untouched) and written
+            atomically after every change.
+        to_image: ``f(features) -> image`` for the thumbnails, an ``HxWxC`` (C in 1, 3, 4) or ``HxW`` array of
+            uint8 or floats in ``[0, 1]`` (default None: the first feature tensor, CHW or HWC or a square vector,
+            min-max scaled per image).
+        batch_size: rows per forward pass of the predictions and of the default engine (default 256).
+        device: where the predictions and the default engine compute, e.g. ``"cuda"`` (default None: the
+            model's device).
+        test_indices: the indices into ``test_dataset`` to show, in that order (default None: all). Needs a
+            ``test_dataset``.
+        cache_dir: a folder where the default engine saves its training factors, keyed by model, checkpoints
+            and data, so the next explorer on the same inputs skips the factor pass (default None: memory only).
+            Not with ``engine=``.
+        view: the first tab: ``"test"`` (the test predictions and their galleries; the default with a test set)
+            or ``"ranking"`` (the self-influence ranking; the default without one); the ``view`` trait.
 
-    # --- shared state (both sides write) ----------------------------------------------------------------------------
-    flagged = IndexList(t.Int()).tag(sync=True)
-    """
-    Flagged training indices: the user's output, shared by the galleries, the table and ``flags_path``.
-
-    - Type: list of int (sorted, unique, each in ``[0, n_train)``); numpy / torch integers are accepted.
-    - Default: ``[]``, or the indices read from ``flags_path``.
-    - Written by: both sides (the flag buttons, ``undo()``, Python).
-    """
-    k = PositiveInt(10).tag(sync=True)
-    """
-    Number of proponents and of opponents shown in the galleries.
-
-    - Type: int, at least 1.
-    - Default: ``10``.
-    - Written by: both sides.
-    """
-    selected_test = t.Int(-1).tag(sync=True)
-    """
-    Dataset index of the selected test example; selecting one makes it the galleries' ``query``.
-
-    - Type: int (``-1``: none).
-    - Default: the first of ``test_indices``, or ``-1`` without a test set.
-    - Written by: both sides.
-    """
-    query = t.Dict().tag(sync=True)
-    """
-    What the galleries explain.
-
-    - Type: ``{"source": "test" | "train", "index": int}``, or ``{}`` for nothing.
-    - Default: the selected test example.
-    - Written by: both sides (walking to a training example makes it the query).
-    """
-    explain = t.Enum(("label", "prediction"), "label").tag(sync=True)
-    """
-    Which label's score the galleries explain: proponents raised it, opponents lowered it.
-
-    - Type: ``"label"`` (the query's own label, as in the tutorial: which training examples support the truth) |
-      ``"prediction"`` (the model's prediction for it: which pushed the model toward its answer, right or wrong).
-    - Default: ``"label"``. When the two agree the galleries are the same (computed once; the page says so).
-    - Written by: both sides (the page's label choice).
-    """
-    test_page = t.Int(0).tag(sync=True)
-    """
-    Page of the test strip shown.
-
-    - Type: int (clamped to the pages there are).
-    - Default: ``0``.
-    - Written by: both sides.
-    """
-    test_page_size = t.Int(24).tag(sync=True)
-    """
-    Test examples per page of the test strip.
-
-    - Type: int (at least 1 is used).
-    - Default: ``24``; the page sets it to the number of whole tiles that fit its width (and moves ``test_page`` so
-      that the selected test example stays shown).
-    - Written by: both sides.
-    """
-    misclassified_only = t.Bool(False).tag(sync=True)
-    """
-    Test strip filter: only test examples whose prediction differs from their label (once predicted).
-
-    - Type: bool.
-    - Default: ``False``.
-    - Written by: both sides.
-    """
-    view = View("test").tag(sync=True)
-    """
-    The tab shown: ``"test"`` (test predictions and the galleries) or ``"ranking"`` (the self-influence ranking).
-    Without a test set the ``"test"`` tab explains a training example chosen from the ranking.
-
-    - Type: ``"test"`` | ``"ranking"``.
-    - Default: the constructor's ``view=``: ``"test"`` with a test set, else ``"ranking"``.
-    - Written by: both sides (the tabs write it).
-    """
-    error = t.Unicode("").tag(sync=True)
-    """
-    Last error (engine, data, flags file, refused update), shown as a banner.
-
-    - Type: str (``""``: none).
-    - Default: ``""``.
-    - Written by: Python; the page clears it when the banner is dismissed.
-    """
-
-    # --- Python -> JS ---------------------------------------------------------------------------------------------
-    class_names = ClassNames(t.Unicode()).tag(sync=True)
-    """
-    Name of each class, in class-index order; refused when the count differs from the model's outputs or does not
-    cover every label.
-
-    - Type: list of str.
-    - Default: ``[]`` (classes are shown by index).
-    - Written by: Python.
-    """
-    status = t.Unicode("idle").tag(sync=True)
-    """
-    State of the background computation.
-
-    - Type: ``"idle"`` | ``"running"`` | ``"ready"`` | ``"cancelled"`` | ``"error"``.
-    - Default: ``"idle"`` (``"running"`` as soon as the explorer is built).
-    - Written by: Python.
-    """
-    progress = t.Float(0.0).tag(sync=True)
-    """
-    Fraction done of the current background phase.
-
-    - Type: float in ``[0, 1]``.
-    - Default: ``0.0``.
-    - Written by: Python.
-    """
-    progress_info = t.Dict().tag(sync=True)
-    """
-    Progress of the background computation; ``run`` names it, so a Cancel never cancels a later one.
-
-    - Type: ``{"phase", "done", "total", "fraction", "eta_s", "step", "steps", "run"}``.
-    - Default: ``{}``.
-    - Written by: Python.
-    """
-    info = t.Dict().tag(sync=True)
-    """
-    What the explorer works on.
-
-    - Type: ``{"n_train", "n_test", "has_truth", "engine", "n_classes", "notes"}`` (``n_classes`` None until
-      known; ``notes`` the engine's ``TracInWarning`` messages so far, e.g. scores that are not exact last-layer
-      gradients, a cache that cannot be written, factors in host memory: shown above the views).
-    - Written by: Python.
-    """
-    test_strip = t.Dict().tag(sync=True)
-    """
-    The current page of test examples.
-
-    - Type: ``{"page", "n_pages", "total", "page_size", "filtered", "has_preds", "items"}``, items being rows
-      (``_protocols.Row``).
-    - Written by: Python.
-    """
-    gallery = t.Dict().tag(sync=True)
-    """
-    The last computed galleries (or why there are none).
-
-    - Type: ``_protocols.Gallery``: ``{"query", "k", "request", "item", "proponents", "opponents", "error"}``.
-    - Default: ``{}``.
-    - Written by: Python.
-    """
-    stats = t.Dict().tag(sync=True)
-    """
-    Self-influence summary for the table's charts.
-
-    - Type: ``{"ready", "has_preds", "flags", "histogram", "score_min", "score_max", "roc", "found"}`` (the
-      score keys once self-influence is known, ``roc`` and ``found`` with ``is_mislabelled``).
-    - Written by: Python.
+    Examples:
+        >>> from tracin_widgets import InfluenceExplorer
+        >>> explorer = InfluenceExplorer(
+        ...     net, ["ckpt-1.pt", "ckpt-2.pt"], train_set, test_set, class_names=classes, flags_path="flags.json"
+        ... )
+        >>> explorer  # doctest: +SKIP
+        >>> explorer.wait().save_html("review.html")  # doctest: +SKIP
+        >>> clean = explorer.cleaned_dataset()  # the training set without the flagged examples
     """
 
     def __init__(
@@ -249,15 +121,9 @@ class InfluenceExplorer(anywidget.AnyWidget):
         class_names = check_arguments(kwargs, train_dataset, test_dataset, k, class_names, batch_size, to_image)
         self._lock = threading.RLock()  # guards the computed arrays, request generations and the run state
         ex = Examples(
-            model,
-            train_dataset,
-            test_dataset,
-            test_indices,
-            to_image=to_image,
-            batch_size=batch_size,
-            device=device,
+            model, train_dataset, test_dataset, test_indices, to_image=to_image, batch_size=batch_size, device=device,
             lock=self._lock,
-        )
+        )  # fmt: skip
         view = check_view(view, len(ex.test_ids))
         if class_names:  # one forward pass, so a wrong count is refused now rather than after the long passes
             ex.check_width()
@@ -279,34 +145,30 @@ class InfluenceExplorer(anywidget.AnyWidget):
             progress=progress,
             cancel=self._cancel,
         )
-        ex.truth = None if is_mislabelled is None else _payload.mislabelled_mask(is_mislabelled, self._n_train)
+        ex.truth = None if is_mislabelled is None else _stats.mislabelled_mask(is_mislabelled, self._n_train)
         self._flag_store = FlagStore(flags_path, self._n_train, self._lock)  # a corrupt file raises here, untouched
         self._names_reported = False
         self.last_exception: BaseException | None = None
         self._table = Table(ex)
+        host = _Host(self)
         self._pipeline = Pipeline(
-            ex,
-            self._engine,
-            self._table,
-            lock=self._lock,
-            cancel=self._cancel,
-            progress=progress,
-            status=lambda: self.status,
-            begin=self._begin_run,
-            show=self._show,
-            fail=self._fail,
-            computed=self._on_computed,
+            ex, self._engine, self._table, lock=self._lock, cancel=self._cancel, progress=progress, host=host
         )
-        self._breakdown_worker = LatestWorker("tracin-breakdown")  # contributions asked while the engine is busy
         self._galleries = Galleries(
             ex,
             self._engine,
             lock=self._lock,
             fitted=self._pipeline.fitted,
-            publish=self._publish_gallery,
-            fail=self._fail,
-            status=lambda: self.status,
-            class_name=self._class_name,
+            in_flight=self._pipeline.gallery,
+            host=host,
+        )
+        self._messages = Messages(
+            self,
+            examples=ex,
+            engine=self._engine,
+            table=self._table,
+            galleries=self._galleries,
+            pipeline=self._pipeline,
         )
         if class_names and (problem := ex.class_names_problem(class_names)):
             raise ValueError(problem)
@@ -322,10 +184,10 @@ class InfluenceExplorer(anywidget.AnyWidget):
                 "has_truth": ex.truth is not None,
                 "engine": self._engine.name,
                 "n_classes": len(class_names) if class_names is not None else None,
-                "notes": self._engine_notes(),
+                "notes": self._engine.notes(),
             },
         )
-        self.on_msg(self._on_msg)
+        self.on_msg(self._messages.on_msg)
         self.observe(self._on_flagged, names=["flagged"])
         self.observe(self._on_selected_test, names=["selected_test"])
         self.observe(self._on_query, names=["query", "k", "explain"])
@@ -373,7 +235,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
             raise TimeoutError(f"the explorer's background computation is still running after {timeout} s.")
         if not self._galleries.worker.join(timeout):
             raise TimeoutError(f"the gallery request is still running after {timeout} s.")
-        if not self._breakdown_worker.join(timeout):
+        if not self._messages.worker.join(timeout):
             raise TimeoutError(f"the per-checkpoint breakdown is still running after {timeout} s.")
         exc, self.last_exception = self.last_exception, None
         if exc is not None:
@@ -402,14 +264,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
         scores by checkpoint (it has no ``influence_by_checkpoint``).
         """
         explain = self.explain if explain is None else explain
-        if explain not in ("label", "prediction"):
-            raise ValueError(f"explain must be 'label' or 'prediction', got {explain!r}.")
-        src, idx = self._galleries.check_query({"source": source, "index": test_index})
-        _, j = self._galleries.check_query({"source": "train", "index": train_index})
-        self._pipeline.fitted.wait()
-        item = self._examples.query_row(src, idx, _payload.THUMB_SIZE, self._engine.lock)
-        batch, _ = self._galleries.explained_batch(src, idx, item, explain)
-        return [dict(term) for term in self._engine.checkpoint_terms(batch, j)]
+        return [dict(term) for term in self._messages.checkpoint_terms(source, test_index, train_index, explain)]
 
     def save_html(self, path: Any, *, top: int = 50) -> Path:
         """Write one self-contained HTML file of this review, to share or archive: the current query with its
@@ -419,57 +274,13 @@ class InfluenceExplorer(anywidget.AnyWidget):
         URLs): it opens offline in any browser, without a kernel. Parts not computed yet (galleries, self-influence)
         are named in the file and in a warning: call :meth:`wait` first for a complete snapshot.
         """
-        from . import _html
-
-        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_HTML_ROWS:
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= _html.MAX_ROWS:
             raise ValueError(
-                f"top must be an int in [0, {MAX_HTML_ROWS}] (rows of the self-influence ranking to include), "
+                f"top must be an int in [0, {_html.MAX_ROWS}] (rows of the self-influence ranking to include), "
                 f"got {top!r}."
             )
         _html.check_path(path)
-        flagged, q, g = list(self.flagged), dict(self.query), dict(self.gallery)
-        missing: list[str] = []
-        gallery, why = None, "No example was selected when this file was saved."
-        if q:
-            what = f"{'test' if q.get('source') == 'test' else 'training'} #{q.get('index')}"
-            if g.get("query") == q and g.get("k") == self.k and not g.get("error"):
-                gallery = g
-            else:
-                error = f" ({g['error']})" if g.get("query") == q and g.get("error") else ""
-                why = f"The galleries of {what} were not computed when this file was saved{error}."
-                missing.append(f"the galleries of {what}")
-        top_rows: list | None = []
-        if top:
-            reply = self._table.rows({"sort": "rank", "offset": 0, "limit": top}, flagged)
-            top_rows = None if reply["pending"] else reply["rows"]
-        ex = self._examples
-        with self._lock:
-            scores, rank, preds = ex.self_infl, ex.rank, ex.train_preds
-        if scores is None:
-            missing.append("self-influence (the ranking)")
-        flagged_rows = [
-            _payload.item_row(
-                i,
-                ex.train_label(i),
-                score=None if scores is None else scores[i],
-                rank=None if rank is None else rank[i],
-                pred=None if preds is None else preds[i],
-                image=ex.image("train", i),
-            )
-            for i in flagged[:MAX_HTML_ROWS]
-        ]
-        text = _html.render(
-            info=dict(self.info),
-            class_names=list(self.class_names),
-            gallery=gallery,
-            gallery_missing=why,
-            top_rows=top_rows,
-            flagged=flagged,
-            flagged_rows=flagged_rows,
-            flag_metrics=dict(self.stats.get("flags") or {}),
-            auc=(self.stats.get("roc") or {}).get("auc"),
-            saved_at=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        )
+        text, missing = _html.snapshot(self, top)
         out = _html.write(path, text)
         if missing:
             warnings.warn(
@@ -492,25 +303,21 @@ class InfluenceExplorer(anywidget.AnyWidget):
             cancel.set()
         super().close()
 
-    # the computed arrays, read by tests and debugging sessions
-    @property
-    def _train_preds(self) -> np.ndarray | None:
-        return self._examples.train_preds
-
-    @property
-    def _train_probs(self) -> np.ndarray | None:
-        return self._examples.train_probs
-
-    @property
-    def _test_preds(self) -> np.ndarray | None:
-        return self._examples.test_preds
-
-    @property
-    def _test_probs(self) -> np.ndarray | None:
-        return self._examples.test_probs
+    def set_state(self, sync_data: dict) -> None:
+        """Apply a state update from the frontend. An invalid one (a flag outside the training set, ``k = 0``, ...)
+        changes nothing (traitlets rolls the whole update back): the page is sent the kernel's values of those keys
+        again and the error banner says what was refused; the TraitError still propagates (ipywidgets logs it)."""
+        try:
+            super().set_state(sync_data)
+        except t.TraitError as e:
+            keys = [name for name in sync_data if name in self.keys]
+            log.warning("InfluenceExplorer refused a state update of %s from the frontend: %s", keys, e)
+            self.send_state(keys)  # the page shows what it sent until told otherwise
+            self.error = f"The page sent an invalid {', '.join(keys)} (not applied; the previous value is kept): {e}"
+            raise
 
     # ------------------------------------------------------------------------------------------------------------------
-    # background run (computed by _pipeline.Pipeline on its thread)
+    # what the pipeline and the galleries ask for (through _Host)
     # ------------------------------------------------------------------------------------------------------------------
     def _begin_run(self, run: int) -> None:
         """A new background run (called under ``_lock`` before its thread starts)."""
@@ -521,19 +328,14 @@ class InfluenceExplorer(anywidget.AnyWidget):
         self.status = "running"
 
     def _show(self, **traits: Any) -> None:
+        """Set ``traits`` in one sync, with the engine's warnings so far (raised on a background thread, they reach
+        no cell)."""
         with self.hold_sync():
             for name, value in traits.items():
                 setattr(self, name, value)
-            self._sync_notes()
-
-    def _engine_notes(self) -> list[str]:
-        return [str(n) for n in getattr(self._engine.source, "notes", None) or []]
-
-    def _sync_notes(self) -> None:
-        """Show the engine's warnings so far (raised on the background thread, they reach no cell)."""
-        notes = self._engine_notes()
-        if notes != self.info.get("notes"):
-            self.info = {**self.info, "notes": notes}
+            notes = self._engine.notes()
+            if notes != self.info.get("notes"):
+                self.info = {**self.info, "notes": notes}
 
     def _publish_progress(self, info: dict) -> None:
         with self.hold_sync():
@@ -550,7 +352,7 @@ class InfluenceExplorer(anywidget.AnyWidget):
 
     def _on_computed(self, what: str) -> None:
         """Refresh the views once a pipeline step stored new arrays."""
-        self._sync_notes()
+        self._show()  # the engine's notes
         if what != SELF_INFLUENCE:  # predictions: labels beyond the class names, the number of classes
             self._note_classes()
         if what == TEST_PREDICTIONS:
@@ -559,7 +361,8 @@ class InfluenceExplorer(anywidget.AnyWidget):
             self._update_stats()
             with self._lock:  # the badges need the training predictions and ranks: redraw the tiles
                 if self.gallery.get("proponents") or self.gallery.get("opponents"):
-                    self.gallery = self._galleries.rebadge(self.gallery)
+                    shown = cast(Gallery, self.gallery)  # the trait only ever holds Gallery payloads
+                    self.gallery = dict(self._galleries.rebadge(shown, list(self.class_names)))
 
     def _note_classes(self) -> None:
         names = list(self.class_names)
@@ -574,20 +377,20 @@ class InfluenceExplorer(anywidget.AnyWidget):
     # observers and validators
     # ------------------------------------------------------------------------------------------------------------------
     @t.validate("class_names")
-    def _validate_class_names(self, proposal):
+    def _validate_class_names(self, proposal: Any) -> list[str]:
         names = proposal["value"]
         if names and (problem := self._examples.class_names_problem(names)):
             raise t.TraitError(problem)
         return names
 
     @t.validate("flagged")
-    def _validate_flagged(self, proposal):
+    def _validate_flagged(self, proposal: Any) -> list[int]:
         try:
             return _flags.normalise(proposal["value"], self._n_train)
         except ValueError as e:
             raise t.TraitError(f"{e} Flag only indices into train_dataset.") from None
 
-    def _on_flagged(self, change) -> None:
+    def _on_flagged(self, change: Any) -> None:
         if change["old"] == change["new"]:
             return
         self._table.forget_orders(flagged_only=True)
@@ -603,175 +406,46 @@ class InfluenceExplorer(anywidget.AnyWidget):
         except Exception as e:
             self._fail(e, "statistics")
 
-    def _on_strip_params(self, change) -> None:
+    def _on_strip_params(self, change: Any) -> None:
         self._refresh_strip()
 
     def _refresh_strip(self) -> None:
         try:
-            self.test_strip = self._table.test_strip(self.test_page, self.test_page_size, self.misclassified_only)
+            self.test_strip = dict(self._table.test_strip(self.test_page, self.test_page_size, self.misclassified_only))
         except Exception as e:
             self._fail(e, "test strip")
 
-    def _on_selected_test(self, change) -> None:
+    def _on_selected_test(self, change: Any) -> None:
         v = int(change["new"])
         if v >= 0 and self.query != {"source": "test", "index": v}:
             self.query = {"source": "test", "index": v}
 
-    def _on_query(self, change) -> None:
+    def _on_query(self, change: Any) -> None:
         self._schedule_gallery()
-
-    def _class_name(self, c: int) -> str:
-        """Class ``c`` in words: ``8 (cat)`` with class names (just ``8`` when its name is ``"8"``)."""
-        names = list(self.class_names)
-        name = names[c] if 0 <= c < len(names) else None
-        return f"{c} ({name})" if name is not None and name != str(c) else str(c)
-
-    # ------------------------------------------------------------------------------------------------------------------
-    # galleries (computed by _galleries.Galleries on its worker thread)
-    # ------------------------------------------------------------------------------------------------------------------
-    @property
-    def _gallery_gen(self) -> int:
-        """Id of the newest gallery request (benchmarks/bench_widget.py bumps it to time one request)."""
-        return self._galleries.generation
-
-    @_gallery_gen.setter
-    def _gallery_gen(self, value: int) -> None:
-        self._galleries.generation = value
 
     def _schedule_gallery(self) -> int | None:
         """Ask for the galleries of the current query; returns the request id (None for no query)."""
-        q, k, explain = dict(self.query), int(self.k), str(self.explain)
-        gen = self._galleries.new_request()
-        if not q:
-            return None
-        self._galleries.worker.submit(lambda: self._compute_gallery(q, k, gen, explain))
-        return gen
+        return self._galleries.request(dict(self.query), int(self.k), str(self.explain), list(self.class_names))
 
-    def _compute_gallery(self, q: dict, k: int, gen: int, explain: str = "label") -> bool:
-        """Compute the galleries of query ``q``; publish only if no newer request came meanwhile. True if published."""
-        with self._pipeline.gallery():  # in flight: a Cancel reaches it
-            return self._galleries.compute(q, k, gen, explain)
 
-    def _publish_gallery(self, payload: Gallery) -> None:
-        # badged against the arrays as they are now, under the lock the pipeline's redraw takes: a gallery computed
-        # before the training predictions or self-influence arrived never keeps its stale badges
-        with self._lock:
-            if payload.get("proponents") or payload.get("opponents"):
-                payload = self._galleries.rebadge(payload)
-            with self.hold_sync():
-                self.gallery = payload
-                self._sync_notes()  # a query's own warnings (e.g. an index that could not be saved)
+class _Host:
+    """The explorer as its pipeline and galleries see it (``_host.Host``)."""
 
-    # ------------------------------------------------------------------------------------------------------------------
-    # state updates from the frontend
-    # ------------------------------------------------------------------------------------------------------------------
-    def set_state(self, sync_data: dict) -> None:
-        """Apply a state update from the frontend. An invalid one (a flag outside the training set, ``k = 0``, ...)
-        changes nothing (traitlets rolls the whole update back): the page is sent the kernel's values of those keys
-        again and the error banner says what was refused; the TraitError still propagates (ipywidgets logs it)."""
-        try:
-            super().set_state(sync_data)
-        except t.TraitError as e:
-            keys = [name for name in sync_data if name in self.keys]
-            log.warning("InfluenceExplorer refused a state update of %s from the frontend: %s", keys, e)
-            self.send_state(keys)  # the page shows what it sent until told otherwise
-            self.error = f"The page sent an invalid {', '.join(keys)} (not applied; the previous value is kept): {e}"
-            raise
+    def __init__(self, explorer: InfluenceExplorer):
+        self._explorer = explorer
 
-    # ------------------------------------------------------------------------------------------------------------------
-    # custom messages (quak pattern: {"kind", "id"} requests answered with the same id; _protocols.py has the shapes)
-    # ------------------------------------------------------------------------------------------------------------------
-    def _reply(self, content: Reply) -> None:
-        packed, buffers = _payload.pack_buffers(content)
-        self.send(packed, buffers)
+    @property
+    def status(self) -> str:
+        return str(self._explorer.status)
 
-    def _on_msg(self, widget, content, buffers) -> None:
-        kind = content.get("kind") if isinstance(content, dict) else None
-        rid = content.get("id") if isinstance(content, dict) else None
-        try:
-            if kind == "rows":
-                self._reply(self._rows(content))
-            elif kind == "detail":
-                self._reply(self._detail(content))
-            elif kind == "contributions":
-                self._on_contributions(content)
-            elif kind == "cancel":
-                self._on_cancel(content)
-            elif kind == "start":
-                self.start()
-            elif kind == "undo":
-                self.undo()
-            else:
-                raise ValueError(f"unknown message kind {kind!r}.")
-        except Exception as e:
-            log.error("InfluenceExplorer message %r failed: %s", kind, e, exc_info=e)
-            self._reply(ErrorReply(kind="error", id=rid, request=kind, message=f"{type(e).__name__}: {e}"))
+    def begin(self, run: int) -> None:
+        self._explorer._begin_run(run)
 
-    def _rows(self, msg: RowsRequest) -> RowsReply:
-        return self._table.rows(msg, self.flagged)
+    def show(self, **traits: Any) -> None:
+        self._explorer._show(**traits)
 
-    def _detail(self, msg: DetailRequest) -> DetailReply:
-        return self._table.detail(msg, self._engine.lock)
+    def fail(self, e: BaseException, where: str) -> None:
+        self._explorer._fail(e, where)
 
-    def _on_contributions(self, msg: ContributionsRequest) -> None:
-        """Answer now when the engine is free; while it is busy (the background run, a gallery) on a worker thread,
-        so the kernel keeps handling the page's messages meanwhile (the newest request wins)."""
-        self._check_contributions(msg)  # a bad request is answered now, with an error reply
-        if self._pipeline.fitted.is_set() and not self._engine.lock.locked():
-            self._reply(self._contributions(msg))
-            return
-
-        def job() -> None:
-            try:
-                self._reply(self._contributions(msg))
-            except Exception as e:
-                log.error("InfluenceExplorer message 'contributions' failed: %s", e, exc_info=e)
-                self._reply(
-                    ErrorReply(
-                        kind="error", id=msg.get("id"), request="contributions", message=f"{type(e).__name__}: {e}"
-                    )
-                )
-
-        self._breakdown_worker.submit(job)
-
-    def _check_contributions(self, msg: ContributionsRequest) -> tuple[str, int, int, int]:
-        q, label, index = msg.get("query"), msg.get("label"), msg.get("index")
-        src, idx = self._galleries.check_query(q if isinstance(q, dict) else {})
-        _, j = self._galleries.check_query({"source": "train", "index": index})
-        if not isinstance(label, int) or isinstance(label, bool):
-            raise ValueError(
-                f"contributions request: label must be the int explained_label of the gallery, got {label!r}."
-            )
-        return src, idx, j, label
-
-    def _contributions(self, msg: ContributionsRequest) -> ContributionsReply:
-        """The breakdown of one (query, training example) pair for the explained ``label``; an engine that cannot
-        split its scores answers with ``error`` (the panel says why) rather than an error reply."""
-        src, idx, j, label = self._check_contributions(msg)
-        self._pipeline.fitted.wait()
-        features = self._examples.item(src, idx)
-        batch = _data.collate_one((*features[:-1], label))
-        reply = ContributionsReply(
-            kind="contributions",
-            id=msg.get("id"),
-            query={"source": src, "index": idx},
-            label=label,
-            index=j,
-            checkpoints=[],
-            total=None,
-            error=None,
-        )
-        try:
-            terms = self._engine.checkpoint_terms(batch, j)
-        except NotImplementedError as e:
-            return {**reply, "error": str(e)}
-        return {**reply, "checkpoints": terms, "total": float(sum(t["contribution"] for t in terms))}
-
-    def _on_cancel(self, msg: CancelRequest) -> None:
-        run = msg.get("run")
-        if run is not None and (not isinstance(run, int) or isinstance(run, bool)):
-            raise ValueError(
-                f"cancel request: run must be the int id of progress_info['run'] (or absent), got "
-                f"{type(run).__name__} {run!r}."
-            )
-        self._pipeline.request_cancel(run)
+    def computed(self, what: str) -> None:
+        self._explorer._on_computed(what)

@@ -1,0 +1,247 @@
+"""The one Python -> JS codec of the explorer: images, buffers, rows and badges; pure functions on numpy (torch
+tensors are accepted duck-typed).
+
+Nothing here imports anywidget, ipywidgets or torch. Images travel as ``{"data": bytes, "shape": [h, w, c]}``
+(uint8, row-major HWC, c in {1, 3, 4}); inside traits ipywidgets ships the bytes as binary buffers, inside custom
+messages :func:`pack_buffers` swaps them for ``{"buffer": i}`` references plus a buffer list.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._protocols import ImageData, ImageRef, Row
+
+THUMB_SIZE = 64  # longest side of gallery / table thumbnails (smaller images are sent as they are)
+DETAIL_SIZE = 256  # longest side of the details view image
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# images
+# ---------------------------------------------------------------------------------------------------------------------
+def as_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch.Tensor, duck-typed
+        return x.detach().cpu().float().numpy()
+    return np.asarray(x)
+
+
+def _is_torch(x: Any) -> bool:
+    return hasattr(x, "detach") and hasattr(x, "dim")
+
+
+def as_hwc(x: Any) -> np.ndarray:
+    """A CHW / HW / HWC image (tensor or array, any float or int dtype) as a float HWC array.
+
+    Torch tensors are read as CHW (torch's convention) unless only their last axis looks like channels;
+    numpy arrays as HWC unless only their first axis does. A flat vector of a square length (e.g. sklearn's
+    64-pixel digits) becomes a square grayscale image.
+    """
+    torch_like = _is_torch(x)
+    a = as_numpy(x)
+    if a.dtype == bool:
+        a = a.astype(np.float32)
+    a = np.squeeze(a) if a.ndim > 3 else a
+    if a.ndim == 1:
+        side = math.isqrt(a.size)
+        if side * side == a.size and side > 0:
+            a = a.reshape(side, side)
+        else:
+            a = a.reshape(1, -1)
+    if a.ndim == 2:
+        return a[:, :, None]
+    if a.ndim != 3:
+        raise ValueError(f"cannot turn an array of shape {a.shape} into an image; pass to_image=<tensor -> HxWxC>.")
+    first, last = a.shape[0] in (1, 3, 4), a.shape[-1] in (1, 3, 4)
+    chw = first and (torch_like or not last)
+    if chw:
+        a = np.moveaxis(a, 0, -1)
+    return a
+
+
+def minmax_image(x: Any) -> np.ndarray:
+    """The default ``to_image``: per-image min-max scaling to uint8 HxWxC (works for normalised inputs)."""
+    a = as_hwc(x).astype(np.float64)
+    lo, hi = float(np.nanmin(a)) if a.size else 0.0, float(np.nanmax(a)) if a.size else 0.0
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        scaled = np.zeros_like(a)
+    else:
+        scaled = (a - lo) / (hi - lo)
+    return np.ascontiguousarray(np.clip(np.round(np.nan_to_num(scaled) * 255), 0, 255).astype(np.uint8))
+
+
+def coerce_image(img: Any) -> np.ndarray:
+    """Validate what a ``to_image`` hook returned: HxWxC/HxW, uint8 or float in [0, 1] -> uint8 HxWxC."""
+    a = as_numpy(img)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"to_image must return an HxWxC (C in 1, 3, 4) or HxW array, got shape {tuple(a.shape)}.")
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
+        raise ValueError(f"to_image must return uint8 or floats in [0, 1], got dtype {a.dtype}.")
+    a = np.nan_to_num(a.astype(np.float64))
+    return np.ascontiguousarray(np.clip(np.round(a * 255), 0, 255).astype(np.uint8))
+
+
+def resize_max(img: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink (never enlarge) a uint8 HxWxC image so that its longest side is at most ``max_side``.
+
+    Integer factors use block means (good for photos); the remainder uses nearest sampling.
+    """
+    h, w = img.shape[:2]
+    side = max(h, w)
+    if side <= max_side:
+        return img
+    f = math.ceil(side / max_side)
+    hh, ww = (h // f) * f, (w // f) * f
+    if hh and ww:
+        blocks = img[:hh, :ww].reshape(hh // f, f, ww // f, f, img.shape[2]).astype(np.float32)
+        img = np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
+    h, w = img.shape[:2]
+    if max(h, w) > max_side:
+        s = max_side / max(h, w)
+        rows = np.minimum((np.arange(max(1, round(h * s))) / s).astype(int), h - 1)
+        cols = np.minimum((np.arange(max(1, round(w * s))) / s).astype(int), w - 1)
+        img = img[rows][:, cols]
+    return np.ascontiguousarray(img)
+
+
+def encode_image(x: Any, to_image: Callable[[Any], Any] | None = None, max_side: int = THUMB_SIZE) -> ImageData:
+    """A dataset feature tensor -> ``{"data": bytes, "shape": [h, w, c]}`` (uint8 HWC, longest side <= max_side)."""
+    img = coerce_image(to_image(x)) if to_image is not None else minmax_image(x)
+    img = resize_max(img, max_side)
+    return {"data": img.tobytes(), "shape": [int(s) for s in img.shape]}
+
+
+def decode_image(payload: ImageData | dict) -> np.ndarray:
+    """Inverse of :func:`encode_image` (tests, debugging)."""
+    return np.frombuffer(bytes(payload["data"]), dtype=np.uint8).reshape(payload["shape"])
+
+
+def pack_buffers(obj: Any) -> tuple[Any, list[bytes]]:
+    """Replace every ``{"data": bytes, "shape": ...}`` image inside ``obj`` by ``{"buffer": i, "shape": ...}``.
+
+    For custom messages (``Widget.send(content, buffers)``), which do not extract nested buffers themselves.
+    """
+    buffers: list[bytes] = []
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, dict):
+            if "data" in o and isinstance(o["data"], (bytes, bytearray, memoryview)):
+                buffers.append(bytes(o["data"]))
+                return {**{k: v for k, v in o.items() if k != "data"}, "buffer": len(buffers) - 1}
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [walk(v) for v in o]
+        return o
+
+    return walk(obj), buffers
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# rows
+# ---------------------------------------------------------------------------------------------------------------------
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def item_row(
+    index: int,
+    label: int | None,
+    *,
+    score: float | None = None,
+    pred: int | None = None,
+    prob: float | None = None,
+    rank: int | None = None,
+    image: ImageData | ImageRef | None = None,
+    badge: str | None = None,
+) -> Row:
+    """One tile / table row (``_protocols.Row``). Keys are stable: the JS reads exactly these."""
+    return {
+        "index": int(index),
+        "label": None if label is None else int(label),
+        "pred": None if pred is None else int(pred),
+        "prob": _num(prob),
+        "score": _num(score),
+        "rank": None if rank is None else int(rank),
+        "badge": badge,
+        "image": image,
+    }
+
+
+BADGE_TOP_PERCENT = 5
+"""A gallery tile gets a badge when its self-influence rank is in this top percentage of the training set."""
+
+
+def badge_rank_cutoff(n_train: int, percent: float = BADGE_TOP_PERCENT) -> int:
+    """The largest self-influence rank (1 = highest) inside the top ``percent`` % of ``n_train`` examples."""
+    return max(1, math.ceil(n_train * percent / 100)) if n_train > 0 else 0
+
+
+def class_label(c: int, names: Sequence[str] = ()) -> str:
+    """Class ``c`` in words: ``8 (cat)`` with class names (just ``8`` when its name is ``"8"`` or it has none)."""
+    name = names[c] if 0 <= c < len(names) else None
+    return f"{c} ({name})" if name is not None and name != str(c) else str(c)
+
+
+def training_badge(
+    label: int | None,
+    pred: int | None,
+    rank: int | None,
+    n_train: int,
+    name: Callable[[int], str] = str,
+) -> str | None:
+    """Why a training example deserves a second look, in words (None: no reason).
+
+    About the example itself, whatever the query: its label differs from the model's own prediction for it, and/or
+    its self-influence (how much it pulls on its own loss; high for mislabelled or unusual examples) is in the top
+    ``BADGE_TOP_PERCENT`` %. ``name`` turns a class index into its displayed name.
+    """
+    reasons = []
+    if label is not None and pred is not None and label != pred:
+        reasons.append(f"its label {name(label)} differs from the model's prediction for it ({name(pred)})")
+    if rank is not None and n_train > 0 and rank <= badge_rank_cutoff(n_train):
+        reasons.append(f"its self-influence is in the top {BADGE_TOP_PERCENT}% (rank {rank:,} of {n_train:,})")
+    return "; ".join(reasons) if reasons else None
+
+
+def topk_rows(
+    indices: np.ndarray | Sequence[int],
+    scores: np.ndarray | Sequence[float],
+    labels: Callable[[int], int | None],
+    *,
+    image: Callable[[int], ImageData],
+    rank: np.ndarray | None = None,
+    preds: np.ndarray | None = None,
+    name: Callable[[int], str] = str,
+) -> list[Row]:
+    """Gallery rows for one query from the engine's (indices, scores) of that query, with each training example's
+    badge (``training_badge``: from its own label, prediction and self-influence rank)."""
+    rows = []
+    for i, s in zip(
+        np.asarray(indices).reshape(-1).tolist(), np.asarray(scores, dtype=np.float64).reshape(-1), strict=False
+    ):
+        lab = labels(i)
+        pred = None if preds is None else int(preds[i])
+        r = None if rank is None else int(rank[i])
+        n_train = 0 if rank is None else len(rank)
+        rows.append(
+            item_row(
+                i,
+                lab,
+                score=s,
+                pred=pred,
+                rank=r,
+                image=image(i),
+                badge=training_badge(lab, pred, r, n_train, name),
+            )
+        )
+    return rows

@@ -1,0 +1,147 @@
+"""The page's custom messages (quak's pattern: ``{"kind", "id"}`` requests answered with the same id): one table
+``{kind: handler}``. ``rows`` and ``detail`` are answered at once; ``contributions`` (the per-checkpoint breakdown of
+one score) at once when the engine is free, else on its own worker thread; ``cancel``, ``start`` and ``undo`` are
+actions. A request that fails is answered with an ``error`` reply. ``_protocols.py`` has the shapes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import _codec, _data
+from ._engine import EngineAdapter
+from ._examples import Examples
+from ._galleries import Galleries
+from ._pipeline import Pipeline
+from ._protocols import CancelRequest, CheckpointTerm, ContributionsReply, ContributionsRequest, ErrorReply, Reply
+from ._table import Table
+from ._tasks import LatestWorker
+
+if TYPE_CHECKING:
+    from ._widget import InfluenceExplorer
+
+log = logging.getLogger("tracin_widgets.widget")
+
+
+class Messages:
+    """The message handlers of one explorer. ``explorer`` is used through its public API only (``flagged``,
+    ``send``, ``start()``, ``undo()``); the other parts answer the requests."""
+
+    def __init__(
+        self,
+        explorer: InfluenceExplorer,
+        *,
+        examples: Examples,
+        engine: EngineAdapter,
+        table: Table,
+        galleries: Galleries,
+        pipeline: Pipeline,
+    ):
+        self.explorer = explorer
+        self.examples = examples
+        self.engine = engine
+        self.table = table
+        self.galleries = galleries
+        self.pipeline = pipeline
+        self.worker = LatestWorker("tracin-breakdown")  # contributions asked while the engine is busy
+        self.handlers: dict[str, Callable[[Any], object]] = {
+            "rows": lambda msg: self.reply(self.table.rows(msg, list(self.explorer.flagged))),
+            "detail": lambda msg: self.reply(self.table.detail(msg, self.engine.lock)),
+            "contributions": self.contributions,
+            "cancel": self.cancel,
+            "start": lambda msg: self.explorer.start(),
+            "undo": lambda msg: self.explorer.undo(),
+        }
+
+    def on_msg(self, widget: Any, content: Any, buffers: Any) -> None:
+        """The widget's custom-message callback: dispatch by ``kind``; any failure is an ``error`` reply."""
+        kind = content.get("kind") if isinstance(content, dict) else None
+        try:
+            handler = self.handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise ValueError(f"unknown message kind {kind!r}.")
+            handler(content)
+        except Exception as e:
+            self.reply_error(content, kind, e)
+
+    def reply(self, content: Reply) -> None:
+        packed, buffers = _codec.pack_buffers(content)
+        self.explorer.send(packed, buffers)
+
+    def reply_error(self, content: Any, kind: Any, e: Exception) -> None:
+        log.error("InfluenceExplorer message %r failed: %s", kind, e, exc_info=e)
+        rid = content.get("id") if isinstance(content, dict) else None
+        self.reply(ErrorReply(kind="error", id=rid, request=kind, message=f"{type(e).__name__}: {e}"))
+
+    # --- cancel -----------------------------------------------------------------------------------------------------
+    def cancel(self, msg: CancelRequest) -> None:
+        run = msg.get("run")
+        if run is not None and (not isinstance(run, int) or isinstance(run, bool)):
+            raise ValueError(
+                f"cancel request: run must be the int id of progress_info['run'] (or absent), got "
+                f"{type(run).__name__} {run!r}."
+            )
+        self.pipeline.request_cancel(run)
+
+    # --- the per-checkpoint breakdown -------------------------------------------------------------------------------
+    def contributions(self, msg: ContributionsRequest) -> None:
+        """Answer now when the engine is free; while it is busy (the background run, a gallery) on a worker thread,
+        so the kernel keeps handling the page's messages meanwhile (the newest request wins)."""
+        self._check_contributions(msg)  # a bad request is answered now, with an error reply
+        if self.pipeline.fitted.is_set() and not self.engine.lock.locked():
+            self.reply(self._contributions(msg))
+            return
+
+        def job() -> None:
+            try:
+                self.reply(self._contributions(msg))
+            except Exception as e:
+                self.reply_error(msg, "contributions", e)
+
+        self.worker.submit(job)
+
+    def _check_contributions(self, msg: ContributionsRequest) -> tuple[str, int, int, int]:
+        q, label, index = msg.get("query"), msg.get("label"), msg.get("index")
+        src, idx = self.galleries.check_query(dict(q) if isinstance(q, dict) else {})
+        _, j = self.galleries.check_query({"source": "train", "index": index})
+        if not isinstance(label, int) or isinstance(label, bool):
+            raise ValueError(
+                f"contributions request: label must be the int explained_label of the gallery, got {label!r}."
+            )
+        return src, idx, j, label
+
+    def _contributions(self, msg: ContributionsRequest) -> ContributionsReply:
+        """The breakdown of one (query, training example) pair for the explained ``label``; an engine that cannot
+        split its scores answers with ``error`` (the panel says why) rather than an error reply."""
+        src, idx, j, label = self._check_contributions(msg)
+        self.pipeline.fitted.wait()
+        features = self.examples.item(src, idx)
+        batch = _data.collate_one((*features[:-1], label))
+        rid: Any = msg.get("id")  # echoed back as the page sent it
+        reply = ContributionsReply(
+            kind="contributions",
+            id=rid,
+            query={"source": "test" if src == "test" else "train", "index": idx},
+            label=label,
+            index=j,
+            checkpoints=[],
+            total=None,
+            error=None,
+        )
+        try:
+            terms = self.engine.checkpoint_terms(batch, j)
+        except NotImplementedError as e:
+            return {**reply, "error": str(e)}
+        return {**reply, "checkpoints": terms, "total": float(sum(t["contribution"] for t in terms))}
+
+    def checkpoint_terms(self, source: str, test_index: int, train_index: int, explain: str) -> list[CheckpointTerm]:
+        """``InfluenceExplorer.checkpoint_contributions``: the terms for the label ``explain`` names."""
+        if explain not in ("label", "prediction"):
+            raise ValueError(f"explain must be 'label' or 'prediction', got {explain!r}.")
+        src, idx = self.galleries.check_query({"source": source, "index": test_index})
+        _, j = self.galleries.check_query({"source": "train", "index": train_index})
+        self.pipeline.fitted.wait()
+        item = self.examples.query_row(src, idx, _codec.THUMB_SIZE, self.engine.lock)
+        batch, _ = self.galleries.explained_batch(src, idx, item, explain)
+        return self.engine.checkpoint_terms(batch, j)
