@@ -65,15 +65,15 @@ class InfluenceExplorer(ExplorerState):
         class_names: one name per class, in class-index order (default None: classes shown by index). Refused
             when the count differs from the model's outputs or does not cover every label.
         k: proponents and opponents shown per query, at least 1 (default 10); the ``k`` trait.
-        is_mislabelled: the ground truth, when known (default None): a boolean mask over ``train_dataset`` or a
-            collection of its mislabelled indices. Adds the ROC and found-vs-inspected charts, the flags'
-            precision and recall, and the ranking's "mislabelled" filter.
+        is_mislabelled: the ground truth, when known (default None): a boolean (or 0/1) mask over
+            ``train_dataset`` or a collection of its mislabelled indices. Adds the ROC and found-vs-inspected
+            charts, the flags' precision and recall, and the ranking's "mislabelled" filter.
         flags_path: a ``.json`` or ``.csv`` file of flagged training indices (default None): read at start
             (restoring the flags; a corrupt file raises ``ValueError`` and is left untouched) and written
             atomically after every change.
-        to_image: ``f(features) -> image`` for the thumbnails, an ``HxWxC`` (C in 1, 3, 4) or ``HxW`` array of
-            uint8 or floats in ``[0, 1]`` (default None: the first feature tensor, CHW or HWC or a square vector,
-            min-max scaled per image).
+        to_image: ``f(x) -> image`` for the thumbnails, ``x`` being an example's first feature; the image is an
+            ``HxWxC`` (C in 1, 3, 4) or ``HxW`` array of uint8 or of floats in ``[0, 1]`` (default None: ``x`` itself,
+            CHW, HWC or a square vector, min-max scaled per image).
         batch_size: rows per forward pass of the predictions and of the default engine (default 256).
         device: where the predictions and the default engine compute, e.g. ``"cuda"`` (default None: the
             model's device).
@@ -88,10 +88,10 @@ class InfluenceExplorer(ExplorerState):
     Examples:
         >>> from tracin_widgets import InfluenceExplorer
         >>> explorer = InfluenceExplorer(
-        ...     net, ["ckpt-1.pt", "ckpt-2.pt"], train_set, test_set, class_names=classes, flags_path="flags.json"
+        ...     net, ["epoch-1.pt", "epoch-2.pt"], train_set, test_set, class_names=classes, flags_path="flags.json"
         ... )
-        >>> explorer  # doctest: +SKIP
-        >>> explorer.wait().save_html("review.html")  # doctest: +SKIP
+        >>> explorer  # the last line of a cell shows the widget
+        >>> explorer.wait().save_html("review.html")  # once computed: a snapshot to share
         >>> clean = explorer.cleaned_dataset()  # the training set without the flagged examples
     """
 
