@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from tracin_widgets.widget import InfluenceExplorer
-from tracin_widgets.widget._widget import _Host
+from tracin_widgets.widget._host import ExplorerHost
 
 from .conftest import train_digits
 
@@ -37,7 +37,7 @@ def entries(monkeypatch):
 
         return method
 
-    for cls in (InfluenceExplorer, _Host):
+    for cls in (InfluenceExplorer, ExplorerHost):
         for name, value in list(vars(cls).items()):
             if inspect.isfunction(value) and name != "__init__":
                 monkeypatch.setattr(cls, name, counted(f"{cls.__name__}.{name}", value))
@@ -58,7 +58,7 @@ def select(w: InfluenceExplorer, entries: list[str], index: int) -> list[str]:
 def test_a_gallery_request_enters_the_controller_at_most_twice(make, entries):
     w = make(k=30, class_names=["zero", "one", "two"])
     got = select(w, entries, 5)
-    assert got == ["InfluenceExplorer.set_state", "_Host.show"]
+    assert got == ["InfluenceExplorer.set_state", "ExplorerHost.show"]
     tiles = w.gallery["proponents"] + w.gallery["opponents"]
     named = [r["badge"] for r in tiles if r["badge"] and r["badge"].startswith("its label")]
     assert named and all(("(zero)" in b or "(one)" in b or "(two)" in b) for b in named)  # the names, as data

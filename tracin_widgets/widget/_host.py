@@ -4,7 +4,10 @@ into the controller beyond it."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ._widget import InfluenceExplorer
 
 
 class Host(Protocol):
@@ -27,3 +30,26 @@ class Host(Protocol):
     def fail(self, e: BaseException, where: str) -> None: ...
 
     def computed(self, what: str) -> None: ...
+
+
+class ExplorerHost:
+    """The ``Host`` of an ``InfluenceExplorer``: each call goes to the explorer's own method."""
+
+    def __init__(self, explorer: InfluenceExplorer):
+        self._explorer = explorer
+
+    @property
+    def status(self) -> str:
+        return str(self._explorer.status)
+
+    def begin(self, run: int) -> None:
+        self._explorer._begin_run(run)
+
+    def show(self, **traits: Any) -> None:
+        self._explorer._show(**traits)
+
+    def fail(self, e: BaseException, where: str) -> None:
+        self._explorer._fail(e, where)
+
+    def computed(self, what: str) -> None:
+        self._explorer._on_computed(what)

@@ -24,6 +24,7 @@ from ._engine import EngineAdapter
 from ._examples import Examples
 from ._flagstore import FlagStore
 from ._galleries import Galleries
+from ._host import ExplorerHost
 from ._messages import Messages
 from ._pipeline import SELF_INFLUENCE, TEST_PREDICTIONS, Pipeline
 from ._protocols import Gallery, InfluenceSource
@@ -121,9 +122,15 @@ class InfluenceExplorer(ExplorerState):
         class_names = check_arguments(kwargs, train_dataset, test_dataset, k, class_names, batch_size, to_image)
         self._lock = threading.RLock()  # guards the computed arrays, request generations and the run state
         ex = Examples(
-            model, train_dataset, test_dataset, test_indices, to_image=to_image, batch_size=batch_size, device=device,
+            model,
+            train_dataset,
+            test_dataset,
+            test_indices,
+            to_image=to_image,
+            batch_size=batch_size,
+            device=device,
             lock=self._lock,
-        )  # fmt: skip
+        )
         view = check_view(view, len(ex.test_ids))
         if class_names:  # one forward pass, so a wrong count is refused now rather than after the long passes
             ex.check_width()
@@ -150,7 +157,7 @@ class InfluenceExplorer(ExplorerState):
         self._names_reported = False
         self.last_exception: BaseException | None = None
         self._table = Table(ex)
-        host = _Host(self)
+        host = ExplorerHost(self)
         self._pipeline = Pipeline(
             ex, self._engine, self._table, lock=self._lock, cancel=self._cancel, progress=progress, host=host
         )
@@ -317,7 +324,7 @@ class InfluenceExplorer(ExplorerState):
             raise
 
     # ------------------------------------------------------------------------------------------------------------------
-    # what the pipeline and the galleries ask for (through _Host)
+    # what the pipeline and the galleries ask for (through _host.ExplorerHost)
     # ------------------------------------------------------------------------------------------------------------------
     def _begin_run(self, run: int) -> None:
         """A new background run (called under ``_lock`` before its thread starts)."""
@@ -426,26 +433,3 @@ class InfluenceExplorer(ExplorerState):
     def _schedule_gallery(self) -> int | None:
         """Ask for the galleries of the current query; returns the request id (None for no query)."""
         return self._galleries.request(dict(self.query), int(self.k), str(self.explain), list(self.class_names))
-
-
-class _Host:
-    """The explorer as its pipeline and galleries see it (``_host.Host``)."""
-
-    def __init__(self, explorer: InfluenceExplorer):
-        self._explorer = explorer
-
-    @property
-    def status(self) -> str:
-        return str(self._explorer.status)
-
-    def begin(self, run: int) -> None:
-        self._explorer._begin_run(run)
-
-    def show(self, **traits: Any) -> None:
-        self._explorer._show(**traits)
-
-    def fail(self, e: BaseException, where: str) -> None:
-        self._explorer._fail(e, where)
-
-    def computed(self, what: str) -> None:
-        self._explorer._on_computed(what)
