@@ -138,7 +138,8 @@ def display_proponents_and_opponents(
         opps = [_as_int(i) for i in opps]
         k = max(len(props), len(opps), 1)
         fig = plt.figure(figsize=figsize or (1.6 * max(k, 4), 7.0), layout="constrained")
-        top, middle, bottom = fig.subfigures(3, 1, height_ratios=[1.15, 1, 1])
+        # matplotlib's stubs type subfigures() as SubFigure | ndarray; 3 rows give an array of 3
+        top, middle, bottom = fig.subfigures(3, 1, height_ratios=[1.15, 1, 1])  # type: ignore[misc]
         ax = top.subplots(1, 1)
         true_label, pred_label, prob = _as_int(true_label), _as_int(pred_label), _as_float(pred_prob)
         _show(ax, test_example, inverse_normalize)

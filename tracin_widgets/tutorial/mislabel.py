@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -60,7 +60,7 @@ def make_mislabelled_labels(
 class MislabelledDataset(Dataset):
     """``correct_dataset``'s features with ``mislabelled_dataset_labels`` (the tutorial's class)."""
 
-    def __init__(self, correct_dataset: Dataset, mislabelled_dataset_labels):
+    def __init__(self, correct_dataset: Any, mislabelled_dataset_labels):  # a map-style Dataset with a length
         labels = torch.as_tensor(mislabelled_dataset_labels).long()
         if len(labels) != len(correct_dataset):
             raise ValueError(
