@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from tracin_widgets.influence import _tracincp
+from tracin_widgets.influence import _topk, _tracincp
 
 from .conftest import Cfg
 from .oracle import assert_scores_close, assert_topk_consistent
@@ -108,7 +108,7 @@ def test_aggregate_topk_streams_and_a_kept_matrix_answers_the_aggregate(eng, tb,
     obj = _engine(eng, mlp, phases)
     ref = tb.oracle_scores(mlp, CP, aggregate=True)
     assert_topk_consistent(obj.influence(mlp.test, k=3, aggregate=True), ref, k=3, proponents=True)
-    assert all(isinstance(e, _tracincp._TopK) for e in obj._score_cache.values())
+    assert all(isinstance(e, _topk.TopKPair) for e in obj._score_cache.values())
     full = obj.influence(mlp.test, k=None)
     assert _passes(phases) == 2
     assert torch.equal(obj.influence(mlp.test, k=None, aggregate=True), full.sum(0, keepdim=True))
@@ -146,7 +146,7 @@ def test_the_score_cache_holds_no_matrix_when_k_is_given(eng, mlp):
     obj.influence(mlp.test, k=4, proponents=True)
     obj.influence(mlp.test, k=4, proponents=False)
     entries = list(obj._score_cache.values())
-    assert len(entries) == 1 and isinstance(entries[0], _tracincp._TopK)
+    assert len(entries) == 1 and isinstance(entries[0], _topk.TopKPair)
     assert all(t.shape == (n_test, 4) for t in (*entries[0].pro, *entries[0].opp))
     assert entries[0].nbytes == 2 * n_test * 4 * (4 + 8)  # float32 scores and int64 indices, both directions
 

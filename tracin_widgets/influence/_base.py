@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,72 +37,27 @@ from ._data import (
 from ._distributed import rank_loader
 from ._errors import TracInWarning
 from ._memory import BACKWARD_SAFETY, NO_GRAD_SAFETY, PROBE_ROWS, forward_memory, rows_per_forward
-from ._model import eval_mode, inner_module, model_device, model_lock
+from ._model import eval_mode, inner_module, model_device
+from ._topk import finish_topk, merge_topk
+from ._types import Checkpoints, Inputs, KMostInfluentialResults, ProgressCallback, _Engine, _Progress, locked
 from ._vision import VectorisedImages, vectorised_source
 
-
-class KMostInfluentialResults(NamedTuple):
-    """Top-k result: ``indices`` (int64, ``(n_test, k)``) and ``influence_scores`` (same shape).
-
-    Proponents are sorted by descending score, opponents by ascending score (most negative first).
-    """
-
-    indices: torch.Tensor
-    influence_scores: torch.Tensor
-
-
-ProgressCallback = Callable[[str, int, int], Any]  # (phase, done, total); total is -1 when unknown
-Inputs = tuple | list | torch.utils.data.DataLoader  # one batch (*features, labels), or a DataLoader of them
-Checkpoints = str | os.PathLike | Iterable[str | os.PathLike]  # a folder, a file, or a list of files
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-_Engine = TypeVar("_Engine", bound="TracInCPBase")
-
-
-def locked(method: Callable[Concatenate[_Engine, _P], _R]) -> Callable[Concatenate[_Engine, _P], _R]:
-    """Serialise public calls that touch the model (a widget may call from a worker thread), and leave the
-    global RNG untouched (iterating a DataLoader draws a seed from it)."""
-
-    @functools.wraps(method)
-    def wrapper(self: _Engine, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with model_lock(self.model), torch.random.fork_rng(devices=[]):
-            return method(self, *args, **kwargs)
-
-    return wrapper
-
-
-class _Progress:
-    """tqdm bar and/or a ``progress_callback(phase, done, total)``."""
-
-    def __init__(self, phase: str, total: int | None, show: bool, callback: ProgressCallback | None):
-        self.phase, self.total, self.done, self.callback = phase, total, 0, callback
-        self.bar = None
-        if show:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=phase, unit="ex")
-        self._emit()
-
-    def _emit(self) -> None:
-        if self.callback is not None:
-            self.callback(self.phase, self.done, self.total if self.total is not None else -1)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        self._emit()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def finish(self) -> None:
-        """Mark the phase complete (e.g. its result was cached) and close it."""
-        if self.total is not None and self.done < self.total:
-            self.update(self.total - self.done)
-        self.close()
+__all__ = [  # the names the engines import from here
+    "Checkpoints",
+    "Inputs",
+    "KMostInfluentialResults",
+    "ProgressCallback",
+    "TracInCPBase",
+    "_Progress",
+    "check_k",
+    "check_proponents",
+    "check_train_indices",
+    "locked",
+    "merge_topk",
+    "resolve_device",
+    "same_device",
+    "sqrt_lr",
+]
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:
@@ -190,22 +145,6 @@ def check_train_indices(train_indices: Any, n_train: int | None) -> torch.Tensor
         out = next(int(v) for v in values if not 0 <= int(v) < n_train)
         raise ValueError(f"train_indices holds {out}, outside the training set [0, {n_train}): {fix}.")
     return torch.tensor([int(v) for v in values], dtype=torch.int64)
-
-
-def merge_topk(
-    best: tuple[torch.Tensor, torch.Tensor] | None, scores: torch.Tensor, offset: int, k: int, largest: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running top-k over column chunks of a score matrix."""
-    kk = min(k, scores.shape[1])
-    vals, idx = torch.topk(scores, kk, dim=1, largest=largest)
-    idx = idx + offset
-    if best is not None:
-        vals = torch.cat([best[0], vals], dim=1)
-        idx = torch.cat([best[1], idx], dim=1)
-        kk = min(k, vals.shape[1])
-        vals, pos = torch.topk(vals, kk, dim=1, largest=largest)
-        idx = torch.gather(idx, 1, pos)
-    return vals, idx
 
 
 def _merge_batches(batches: Iterable[Any], min_rows: int) -> Iterator[Any]:
@@ -776,10 +715,7 @@ class TracInCPBase:
 
     @staticmethod
     def _finish_topk(best: tuple[torch.Tensor, torch.Tensor] | None, n_test: int) -> KMostInfluentialResults:
-        if best is None:
-            return KMostInfluentialResults(torch.empty(n_test, 0, dtype=torch.int64), torch.empty(n_test, 0))
-        vals, idx = best
-        return KMostInfluentialResults(idx.to(torch.int64).cpu(), vals.cpu())
+        return finish_topk(best, n_test)
 
     def fit(self: _Engine, show_progress: bool = False) -> _Engine:
         """Precompute what later queries need (optional: done lazily otherwise). Returns ``self``."""

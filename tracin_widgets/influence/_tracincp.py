@@ -42,6 +42,7 @@ from ._data import batch_len, input_batches, rows_getter, split_rows
 from ._layers import resolve_module
 from ._loss import loss_mode, total_loss
 from ._store import human
+from ._topk import FullScores, RunningTopK, ScoreSink, TopKPair, topk_of
 
 
 class FactoredBlock(NamedTuple):
@@ -155,127 +156,7 @@ def _blocks_cat(parts: list[list[Block]]) -> list[Block]:
     return [_block_cat(blocks) for blocks in zip(*parts, strict=True)]
 
 
-TopK = tuple[torch.Tensor, torch.Tensor]  # (values, indices), (n, k) each
-
-
-def _chunk_topk(scores: torch.Tensor, k: int, largest: bool) -> TopK:
-    """The top-k of each row of ``scores``, sorted, ties to the lower index (``torch.topk`` leaves ties in any
-    order and, at the k-th value, may return any of the tied columns)."""
-    kk = min(k, scores.shape[1])
-    vals, idx = torch.topk(scores, kk, dim=1, largest=largest)
-    idx = idx.sort(dim=1).values
-    kth = vals[:, -1:]
-    tied = (((scores >= kth) if largest else (scores <= kth)).sum(1) > kk).nonzero().flatten()
-    if tied.numel():  # more columns reach the k-th value than there are places: keep the lowest tied ones
-        sub, t = scores[tied], kth[tied]
-        beyond, at = (sub > t) if largest else (sub < t), sub == t
-        need = kk - beyond.sum(1, keepdim=True)
-        idx[tied] = (beyond | (at & (at.cumsum(1) <= need))).nonzero()[:, 1].reshape(-1, kk)
-    vals, pos = torch.sort(torch.gather(scores, 1, idx), dim=1, descending=largest, stable=True)
-    return vals, torch.gather(idx, 1, pos)
-
-
-def _merge_sorted(best: TopK | None, scores: torch.Tensor, offset: int, k: int, largest: bool) -> TopK:
-    """Running top-k over column chunks of a score matrix (``offset``: the chunk's first column). Ties go to the
-    lower index, so the result is the first ``k`` columns of a stable sort of the whole row, whatever the chunks."""
-    vals, idx = _chunk_topk(scores, k, largest)
-    idx = idx + offset
-    if best is not None:  # best holds lower indices than this chunk: the stable sort keeps them first among ties
-        vals, idx = torch.cat([best[0], vals], dim=1), torch.cat([best[1], idx], dim=1)
-        vals, pos = torch.sort(vals, dim=1, descending=largest, stable=True)
-        vals, idx = vals[:, :k], torch.gather(idx, 1, pos[:, :k])
-    return vals, idx
-
-
-class _TopK(NamedTuple):
-    """The ``k`` proponents and opponents of a query, kept together: asking for the other direction, or for a
-    smaller ``k``, reads them (a prefix of a sorted top-k is the smaller top-k)."""
-
-    k: int
-    pro: TopK  # descending
-    opp: TopK  # ascending
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.pro, *self.opp))
-
-    def get(self, k: int, proponents: bool) -> KMostInfluentialResults:
-        vals, idx = self.pro if proponents else self.opp
-        return KMostInfluentialResults(idx[:, :k].to(torch.int64).contiguous(), vals[:, :k].contiguous())
-
-
-class _Scores:
-    """Where ``TracInCP._pass`` puts the scores ``(n_test, rows)`` of each training batch; with ``aggregate``, their
-    sum over the test rows (the same sums as of the whole matrix: each column is summed on its own)."""
-
-    def __init__(self, aggregate: bool) -> None:
-        self.aggregate = aggregate
-
-    def add(self, scores: torch.Tensor, offset: int) -> None:
-        self._add(scores.sum(0, keepdim=True) if self.aggregate else scores, offset)
-
-    def _add(self, scores: torch.Tensor, offset: int) -> None:
-        raise NotImplementedError
-
-
-class _FullScores(_Scores):
-    """``k=None``: the whole score matrix on the CPU, written in place when the training set's length is known
-    (no list of parts joined at the end: one matrix at the peak, not two)."""
-
-    def __init__(self, aggregate: bool, n_train: int | None) -> None:
-        super().__init__(aggregate)
-        self.n_train, self.rows = n_train, 0
-        self.out: torch.Tensor | None = None
-        self.parts: list[torch.Tensor] = []
-
-    def _add(self, scores: torch.Tensor, offset: int) -> None:
-        m = scores.shape[1]
-        if self.out is None and not self.parts and self.n_train is not None:
-            self.out = torch.empty(scores.shape[0], self.n_train, dtype=scores.dtype)
-        if self.out is not None and offset + m <= self.out.shape[1]:
-            self.out[:, offset : offset + m] = scores
-        else:  # more rows than len(train_dataset) said, or no length: parts joined at the end
-            if self.out is not None:
-                self.parts.append(self.out[:, :offset])
-                self.out = None
-            self.parts.append(scores.cpu())
-        self.rows = offset + m
-
-    def result(self) -> torch.Tensor:
-        if self.out is not None:
-            return self.out if self.rows == self.out.shape[1] else self.out[:, : self.rows].clone()
-        return torch.cat(self.parts, dim=1)
-
-
-class _RunningTopK(_Scores):
-    """``k`` given: the running top-k proponents and opponents (on the compute device), never the matrix."""
-
-    def __init__(self, aggregate: bool, k: int) -> None:
-        super().__init__(aggregate)
-        self.k = k
-        self.pro: TopK | None = None
-        self.opp: TopK | None = None
-
-    def _add(self, scores: torch.Tensor, offset: int) -> None:
-        self.pro = _merge_sorted(self.pro, scores, offset, self.k, True)
-        self.opp = _merge_sorted(self.opp, scores, offset, self.k, False)
-
-    def result(self) -> _TopK:
-        assert self.pro is not None and self.opp is not None  # the pass refuses an empty training set
-        pro, opp = ((v.contiguous().cpu(), i.contiguous().cpu()) for v, i in (self.pro, self.opp))
-        return _TopK(self.k, pro, opp)
-
-
-def _topk_of(scores: torch.Tensor, k: int) -> _TopK:
-    """The top-k of a whole score matrix by the same rule as the running one (column chunks: bounded memory)."""
-    acc = _RunningTopK(False, k)
-    step = max(k, (1 << 24) // max(1, scores.shape[0]))
-    for s in range(0, scores.shape[1], step):
-        acc.add(scores[:, s : s + step], s)
-    return acc.result()
-
-
-def _entry_bytes(entry: torch.Tensor | _TopK) -> int:
+def _entry_bytes(entry: torch.Tensor | TopKPair) -> int:
     return entry.numel() * entry.element_size() if isinstance(entry, torch.Tensor) else entry.nbytes
 
 
@@ -411,7 +292,7 @@ class TracInCP(TracInCPBase):
         self._param_names = self._select_params(layers)
         self._plan: Plan | None = None
         self._self_influence: torch.Tensor | None = None
-        self._score_cache: OrderedDict[tuple[str, bool], torch.Tensor | _TopK] = OrderedDict()
+        self._score_cache: OrderedDict[tuple[str, bool], torch.Tensor | TopKPair] = OrderedDict()
         self._warned_loop = False
 
     # ------------------------------------------------------------------ parameters
@@ -648,7 +529,7 @@ class TracInCP(TracInCPBase):
 
     # ------------------------------------------------------------------ passes
     def _pass(
-        self, test_blocks: list[list[Block]] | None, show_progress: bool, phase: str, sink: _Scores | None = None
+        self, test_blocks: list[list[Block]] | None, show_progress: bool, phase: str, sink: ScoreSink | None = None
     ) -> torch.Tensor:
         """One pass over the training data: the self-influence (returned, ``(n_train,)``) and, with
         ``test_blocks``, each training batch's scores against them handed to ``sink`` (the matrix or a running
@@ -755,7 +636,7 @@ class TracInCP(TracInCPBase):
                     prog.close()
                 test_blocks = [_blocks_cat([p[c] for p in parts]) for c in range(len(states))]
                 del parts
-                sink = _FullScores(aggregate, self._n_train()) if k is None else _RunningTopK(aggregate, k)
+                sink = FullScores(aggregate, self._n_train()) if k is None else RunningTopK(aggregate, k)
                 self._pass(test_blocks, show_progress, "influence", sink)
             entry = sink.result()
             shared = self._cache_put((key, aggregate), entry)
@@ -763,22 +644,22 @@ class TracInCP(TracInCPBase):
             entry, shared = found
             if show_progress:  # no pass needed: still show that the call ran
                 _Progress("influence (cached)", self._n_train(), True, None).finish()
-        if isinstance(entry, _TopK):
+        if isinstance(entry, TopKPair):
             assert k is not None  # a top-k entry is only found or made for a k
             return entry.get(k, proponents)
         if k is None:
             return entry.clone() if shared else entry
-        return _topk_of(entry, k).get(k, proponents)
+        return topk_of(entry, k).get(k, proponents)
 
     score_cache_bytes = 512 << 20  # the query results kept for later calls (least recently used dropped first)
 
-    def _cached_scores(self, key: str, k: int | None, aggregate: bool) -> tuple[torch.Tensor | _TopK, bool] | None:
+    def _cached_scores(self, key: str, k: int | None, aggregate: bool) -> tuple[torch.Tensor | TopKPair, bool] | None:
         """A kept result that answers this call, and whether it is the cache's own (to be copied before it is
         returned); None when a pass is needed. A top-k answers a ``k`` up to its own; a score matrix answers
         anything (its aggregate row too)."""
         for agg in (aggregate, False) if aggregate else (False,):
             entry = self._score_cache.get((key, agg))
-            if entry is None or (isinstance(entry, _TopK) and (k is None or k > entry.k or agg != aggregate)):
+            if entry is None or (isinstance(entry, TopKPair) and (k is None or k > entry.k or agg != aggregate)):
                 continue
             self._score_cache.move_to_end((key, agg))
             if agg != aggregate:
@@ -787,7 +668,7 @@ class TracInCP(TracInCPBase):
             return entry, True
         return None
 
-    def _cache_put(self, key: tuple[str, bool], entry: torch.Tensor | _TopK) -> bool:
+    def _cache_put(self, key: tuple[str, bool], entry: torch.Tensor | TopKPair) -> bool:
         """Keep ``entry`` within ``score_cache_bytes`` (dropping the oldest); one larger than that is not kept.
         Returns whether it was kept."""
         budget = self.score_cache_bytes
