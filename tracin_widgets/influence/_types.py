@@ -1,18 +1,22 @@
-"""The engines' shared types: the top-k result, the argument aliases, the model lock decorator and progress."""
+"""The engines' shared types: the top-k result, the argument aliases, the model lock decorator, progress, and
+the fields every engine has (declared once for the parts of ``TracInCPBase`` that live in other modules)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import torch
+from torch import nn
 
 from ._model import model_lock
 
 if TYPE_CHECKING:
     from ._base import TracInCPBase
+    from ._vision import VectorisedImages
 
 
 class KMostInfluentialResults(NamedTuple):
@@ -77,3 +81,46 @@ class _Progress:
         if self.total is not None and self.done < self.total:
             self.update(self.total - self.done)
         self.close()
+
+
+class EngineFields:
+    """What ``TracInCPBase.__init__`` sets and the methods it defines, declared for the mixins it is made of
+    (``_reader._Reader``, ``_checks._Checks``, ``_memory._RowsPerForward``): nothing here exists at runtime."""
+
+    model: nn.Module
+    checkpoints: list[str]
+    train_dataset: Any
+    train_dataloader: torch.utils.data.DataLoader
+    device: torch.device
+    num_workers: int
+    loss_fn: Callable[..., torch.Tensor] | None
+    test_loss_fn: Callable[..., torch.Tensor] | None
+    copy_rows: int
+    _auto_workers: bool
+    _own_loader: bool
+    _example_shapes: list | None
+    _out_tail: tuple | None
+    _labels_checked: bool
+    _test_rows: int | None
+    _vector_source: VectorisedImages | None | bool
+    _row_bytes: float | None
+    _row_peak: float | None
+
+    if TYPE_CHECKING:
+
+        @property
+        def _net(self) -> nn.Module: ...
+
+        def _computing(self) -> contextlib.AbstractContextManager[None]: ...
+
+        def _checkpoint_states(
+            self, show_progress: bool = False
+        ) -> tuple[list[dict[str, torch.Tensor]], list[float]]: ...
+
+        def _forward(self, state: dict[str, torch.Tensor], features: tuple, what: str) -> torch.Tensor: ...
+
+        def _n_train(self) -> int | None: ...
+
+        def _vectorised(self) -> VectorisedImages | None: ...
+
+        def _output_tail(self, batch: tuple, what: str, cached: bool = True, show_progress: bool = False) -> tuple: ...

@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from .._base import TracInCPBase, _Progress
+from .._base import TracInCPBase
 from .._cache import hash_tensors
 from .._data import batch_len, rows_getter, split_rows
 from .._loss import total_loss
 from .._topk import ScoreSink
+from .._types import _Progress
 from ._grad_sample import (
     Block,
     DenseBlock,

@@ -20,21 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._base import (
-    Checkpoints,
-    Inputs,
-    KMostInfluentialResults,
-    ProgressCallback,
-    _Progress,
-    check_k,
-    check_proponents,
-    check_train_indices,
-    locked,
-    sqrt_lr,
-)
+from .._checks import check_k, check_proponents, check_train_indices, sqrt_lr
 from .._data import batch_len, input_batches, split_rows
 from .._loss import loss_mode
 from .._topk import FullScores, RunningTopK, TopKPair, topk_of
+from .._types import Checkpoints, Inputs, KMostInfluentialResults, ProgressCallback, _Progress, locked
 from ._grad_sample import (
     Plan,
     blocks_dot,
