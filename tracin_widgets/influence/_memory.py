@@ -161,13 +161,19 @@ class _RowsPerForward(EngineFields):
             total, peak = forward_memory(self._net, lambda: self._forward(state, feats, what), feats, allocated)
         self._row_bytes = total / max(1, k)
         self._row_peak = None if peak is None else min(total, peak) / max(1, k)
+        self._rows_memo.clear()
 
     def _rows(self, merge_rows: int, copies: int = 1, backward: bool = False) -> int:
-        """Rows per forward (``_memory.rows_per_forward``) once ``_measure_rows`` has run; ``merge_rows`` before."""
+        """Rows per forward (``_memory.rows_per_forward``) once ``_measure_rows`` has run; ``merge_rows`` before.
+        Outside a training pass the answer is kept until the feature shapes change (a warm query reads no free
+        memory); during a pass it is worked out for every batch (the pass itself may fill the memory)."""
         if self._row_bytes is None:
             return merge_rows
+        key = (merge_rows, copies, backward)
+        if not self._passing and key in self._rows_memo:
+            return self._rows_memo[key]
         row = self._row_bytes if backward or self._row_peak is None else self._row_peak
-        return rows_per_forward(
+        rows = rows_per_forward(
             row,
             merge_rows,
             self.train_dataloader.batch_size,
@@ -175,10 +181,14 @@ class _RowsPerForward(EngineFields):
             copies=copies,
             safety=BACKWARD_SAFETY if backward else NO_GRAD_SAFETY,
         )
+        if not self._passing:
+            self._rows_memo[key] = rows
+        return rows
 
     def _pass_rows(self, state: dict[str, torch.Tensor], merge_rows: int, backward: bool = False) -> int:
         """The merge target of a training pass: measured on a probe of the training set first. 0 (no merging:
         the loader's own batches, split further when needed) when no probe could be read."""
+        self._rows_memo.clear()  # a pass starts: the free memory is read again
         if self._row_bytes is None:
             probe = self._probe_batch()
             if probe is None:

@@ -22,6 +22,16 @@ from ._distributed import rank_loader
 from ._types import EngineFields
 from ._vision import VectorisedImages, vectorised_source
 
+PROBED_SHAPES = 16  # feature shapes whose probe forward is remembered (the oldest forgotten first)
+
+
+def feature_key(batch: tuple) -> tuple | None:
+    """What a probe forward depends on: each feature's shape after the batch dimension and dtype. None when a
+    feature is not a tensor (its contents may matter: such batches are probed every time)."""
+    if not all(isinstance(x, torch.Tensor) for x in batch[:-1]):
+        return None
+    return tuple((tuple(x.shape[1:]), x.dtype) for x in batch[:-1])
+
 
 def _merge_batches(batches: Iterable[Any], min_rows: int) -> Iterator[Any]:
     pending: list = []
@@ -55,6 +65,14 @@ class _Reader(EngineFields):
         batch is copied first and the merge happens there. ``rows=(start, stop)`` (a torchrun rank's range):
         batches from row ``start`` on (the first offset may be earlier, see ``rank_loader``), read only up to
         ``stop`` where the data can be read by index; the caller trims them to the range."""
+        self._passing += 1
+        try:
+            yield from self._read_train_batches(min_rows, rows)
+        finally:
+            self._passing -= 1
+            self._rows_memo.clear()  # the pass may have changed what memory is free
+
+    def _read_train_batches(self, min_rows: int, rows: tuple[int, int] | None) -> Iterator[tuple[int, tuple]]:
         start, stop = rows if rows is not None else (0, None)
         offset = start
         loader = self.train_dataloader
@@ -180,18 +198,30 @@ class _Reader(EngineFields):
         ``inputs`` instead of holding all of it."""
         self._test_rows = None  # not known until the last batch: messages say later rows were not checked
         rule = label_rule(self.test_loss_fn if loss == "test" else self.loss_fn)
-        offset, seen, tail = 0, None, ()
+        offset = 0
         for b in batches:
             b = to_device(b, self.device)
-            shapes = [(tuple(x.shape[1:]), x.dtype) if isinstance(x, torch.Tensor) else type(x) for x in b[:-1]]
-            if shapes != seen:
+            shapes = feature_key(b)
+            tail = None if shapes is None else self._probed.get(shapes)
+            if tail is None:  # shapes this engine has not run yet: the model must take them
                 probe = "test batch" if loss == "test" else "batch"
-                tail, seen = self._output_tail(b, probe, cached=False, show_progress=show_progress), shapes
+                tail = self._output_tail(b, probe, cached=False, show_progress=show_progress)
+                self._remember_probe(shapes, tail)
             if rule is not None:
                 check_labels(b[-1], tail, rule, what, offset)
             offset += batch_len(b)
             yield b
         self._test_rows = offset
+
+    def _remember_probe(self, shapes: tuple | None, tail: tuple) -> None:
+        """Keep what a probe forward of ``shapes`` gave (the oldest of ``PROBED_SHAPES`` forgotten first), and work
+        out rows per forward again for them."""
+        self._rows_memo.clear()
+        if shapes is None:
+            return
+        if len(self._probed) >= PROBED_SHAPES:
+            self._probed.pop(next(iter(self._probed)))
+        self._probed[shapes] = tail
 
     def _train_row(self, i: int) -> Any:
         """Training example ``i`` as the dataset gives it (to say why its gradients are not finite)."""
