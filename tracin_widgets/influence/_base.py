@@ -116,7 +116,7 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
         self._row_bytes: float | None = None  # activation bytes of one row (measured once, see _memory.py)
         self._row_peak: float | None = None  # what a no-grad forward of one row really holds (CUDA only)
         self._probed: dict[tuple, tuple] = {}  # feature shapes checked by a probe forward -> the output's tail
-        self._rows_memo: dict[tuple[int, int, bool], int] = {}  # rows per forward while the shapes do not change
+        self._rows_memo: dict[tuple, int] = {}  # rows per forward while the shapes do not change
         self._passing = 0  # training passes in progress
 
     @classmethod

@@ -169,14 +169,15 @@ class _RowsPerForward(EngineFields):
         memory); during a pass it is worked out for every batch (the pass itself may fill the memory)."""
         if self._row_bytes is None:
             return merge_rows
-        key = (merge_rows, copies, backward)
+        row = self._row_bytes if backward or self._row_peak is None else self._row_peak
+        batch_rows = self.train_dataloader.batch_size
+        key = (merge_rows, copies, backward, row, batch_rows, self.device)
         if not self._passing and key in self._rows_memo:
             return self._rows_memo[key]
-        row = self._row_bytes if backward or self._row_peak is None else self._row_peak
         rows = rows_per_forward(
             row,
             merge_rows,
-            self.train_dataloader.batch_size,
+            batch_rows,
             self.device,
             copies=copies,
             safety=BACKWARD_SAFETY if backward else NO_GRAD_SAFETY,

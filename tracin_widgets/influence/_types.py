@@ -106,7 +106,7 @@ class EngineFields:
     _row_bytes: float | None
     _row_peak: float | None
     _probed: dict[tuple, tuple]  # feature shapes and dtypes the model took (``_reader.feature_key``) -> output tail
-    _rows_memo: dict[tuple[int, int, bool], int]  # rows per forward of a query, while the shapes do not change
+    _rows_memo: dict[tuple, int]  # rows per forward of a query, while the shapes do not change
     _passing: int  # training passes running now (rows per forward is measured afresh for each batch then)
 
     if TYPE_CHECKING:
