@@ -67,3 +67,33 @@ def test_tracincp_row_chunks_and_merged_batches_match_oracle(odd, monkeypatch):
     oracle = TracInOracle(model, paths, loss_fn=loss)
     assert_scores_close(ours.influence(test), oracle.influence(test, ds.tensors).float())
     assert_scores_close(ours.self_influence(), oracle.self_influence(ds.tensors).float(), what="self-influence")
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow around a parameter that is neither Linear nor Conv2d: vmap cannot run it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 6), nn.Linear(6, 4)
+        self.scale = nn.Parameter(torch.ones(6))
+
+    def forward(self, x):
+        h = self.fc1(x) * self.scale
+        if h.sum() > 1e9:
+            h = h * 2
+        return self.fc2(torch.relu(h))
+
+
+def test_tracincp_models_vmap_cannot_run_fall_back_to_the_loop(mlp, tmp_path):
+    from tracin_widgets.influence import TracInCP, TracInWarning
+
+    torch.manual_seed(0)
+    model = Branchy()
+    paths = save_perturbed_checkpoints(model, tmp_path, 2, 0.2)
+    loss = nn.CrossEntropyLoss(reduction="none")
+    ours = TracInCP(model, mlp.train_dataset(), paths, loss_fn=loss, batch_size=16)
+    oracle = TracInOracle(model, paths, loss_fn=loss)
+    with pytest.warns(TracInWarning, match="vmap could not run this model"):
+        got = ours.influence(mlp.test)
+    assert_scores_close(got, oracle.influence(mlp.test, mlp.train).float())
+    assert_scores_close(ours.self_influence(), oracle.self_influence(mlp.train).float(), what="self-influence")

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import TensorDataset
 
 from .conftest import Cfg
 from .oracle import assert_topk_consistent
@@ -82,3 +84,70 @@ def test_list_batch_is_one_batch_not_a_list_of_batches(eng, tb, mlp):
     obj = tb.engine(eng, mlp, cfg)
     x, y = mlp.test
     assert torch.equal(obj.influence([x, y]), obj.influence((x, y)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one tie rule for every engine: among equal scores the lower training index, whatever the chunks
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("largest", [True, False], ids=["proponents", "opponents"])
+@pytest.mark.parametrize("step", [1, 3, 7, 20, 64])
+def test_merge_topk_is_the_prefix_of_a_stable_sort_whatever_the_chunks(step, largest):
+    from tracin_widgets.influence._topk import merge_topk
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(-3, 4, (5, 41), generator=g).float()  # 7 values over 41 columns: ties everywhere
+    vals, idx = torch.sort(scores, dim=1, descending=largest, stable=True)
+    for k in (1, 4, 9, 41, 50):
+        best = None
+        for s in range(0, scores.shape[1], step):
+            best = merge_topk(best, scores[:, s : s + step], s, k, largest=largest)
+        assert best is not None
+        assert torch.equal(best[0], vals[:, :k]) and torch.equal(best[1], idx[:, :k])
+
+
+def _tied_train(mlp) -> TensorDataset:
+    """The mlp training rows with rows 10..39 zeroed: rows of the same label then have the same gradients, so many
+    scores are exactly equal, across every chunk boundary below."""
+    x = mlp.train[0].clone()
+    x[10:40] = 0
+    return TensorDataset(x, mlp.train[1])
+
+
+@pytest.mark.parametrize("kind", ["cp", "fast"])
+def test_equal_scores_across_chunks_go_to_the_lower_index_in_every_engine(eng, mlp, kind, monkeypatch):
+    """TracInCP (chunks: training batches) and TracInCPFast (chunks: score columns) both return the first k columns
+    of a stable sort of their own score matrix, for chunks that cut through runs of equal scores."""
+    train = _tied_train(mlp)
+
+    def make():
+        if kind == "cp":
+            obj = eng.TracInCP(
+                mlp.model(),
+                train,
+                mlp.ckpts,
+                checkpoints_load_func=mlp.load_func,
+                loss_fn=nn.CrossEntropyLoss(reduction="none"),
+                batch_size=7,
+            )
+            obj.cpu_chunk = 7
+            return obj
+        return eng.TracInCPFast(
+            mlp.model(),
+            mlp.final,
+            train,
+            mlp.ckpts,
+            checkpoints_load_func=mlp.load_func,
+            loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+            batch_size=7,
+        )
+
+    if kind == "fast":  # 7 training rows per score chunk (the matrix below too: the same sums)
+        monkeypatch.setattr(eng.TracInCPFast, "_chunk_rows", staticmethod(lambda n_test, n_ckpt, budget=0: 7))
+    full = make().influence(mlp.test, k=None)
+    assert any(len(set(row.tolist())) < row.numel() - 5 for row in full), "the set-up must have ties"
+    for proponents in (True, False):
+        vals, idx = torch.sort(full, dim=1, descending=proponents, stable=True)
+        for k in (1, 5, 13, 40):
+            res = make().influence(mlp.test, k=k, proponents=proponents)
+            assert torch.equal(res.indices, idx[:, :k]), (proponents, k)
+            assert torch.equal(res.influence_scores, vals[:, :k])

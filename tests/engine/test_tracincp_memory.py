@@ -1,4 +1,4 @@
-"""TracInCP at large N (issue 11 point 5): ``influence(k=...)`` keeps a running top-k of the proponents and the
+"""TracInCP at large N: ``influence(k=...)`` keeps a running top-k of the proponents and the
 opponents instead of the ``(n_test, n_train)`` matrix, the kept results are bounded in bytes, ``k=None`` that cannot
 fit is refused before the pass, and ``self_influence(loader)`` streams; every result against Captum 0.9."""
 
@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from tracin_widgets.influence import _tracincp
+from tracin_widgets.influence import _memory, _topk
+from tracin_widgets.influence.cp import _score_cache
 
 from .conftest import Cfg
 from .oracle import assert_scores_close, assert_topk_consistent
@@ -108,7 +109,7 @@ def test_aggregate_topk_streams_and_a_kept_matrix_answers_the_aggregate(eng, tb,
     obj = _engine(eng, mlp, phases)
     ref = tb.oracle_scores(mlp, CP, aggregate=True)
     assert_topk_consistent(obj.influence(mlp.test, k=3, aggregate=True), ref, k=3, proponents=True)
-    assert all(isinstance(e, _tracincp._TopK) for e in obj._score_cache.values())
+    assert all(isinstance(e, _topk.TopKPair) for e in obj._score_cache.values())
     full = obj.influence(mlp.test, k=None)
     assert _passes(phases) == 2
     assert torch.equal(obj.influence(mlp.test, k=None, aggregate=True), full.sum(0, keepdim=True))
@@ -146,7 +147,7 @@ def test_the_score_cache_holds_no_matrix_when_k_is_given(eng, mlp):
     obj.influence(mlp.test, k=4, proponents=True)
     obj.influence(mlp.test, k=4, proponents=False)
     entries = list(obj._score_cache.values())
-    assert len(entries) == 1 and isinstance(entries[0], _tracincp._TopK)
+    assert len(entries) == 1 and isinstance(entries[0], _topk.TopKPair)
     assert all(t.shape == (n_test, 4) for t in (*entries[0].pro, *entries[0].opp))
     assert entries[0].nbytes == 2 * n_test * 4 * (4 + 8)  # float32 scores and int64 indices, both directions
 
@@ -160,7 +161,7 @@ def test_the_score_cache_is_bounded_in_bytes(eng, mlp):
     a = obj.influence(mlp.test, k=None)
     other = (mlp.test[0] + 1, mlp.test[1])
     b = obj.influence(other, k=None)  # the older matrix is dropped
-    assert sum(_tracincp._entry_bytes(e) for e in obj._score_cache.values()) <= obj.score_cache_bytes
+    assert sum(_score_cache.entry_bytes(e) for e in obj._score_cache.values()) <= obj.score_cache_bytes
     assert len(obj._score_cache) == 1 and torch.equal(next(iter(obj._score_cache.values())), b)
     assert _passes(phases) == 2
     obj.influence(mlp.test, k=None)  # a pass again
@@ -182,7 +183,7 @@ def test_a_kept_matrix_is_copied_before_it_is_returned(eng, mlp):
 
 
 def test_full_matrix_larger_than_memory_is_refused_before_the_pass(eng, tb, mlp, monkeypatch):
-    monkeypatch.setattr(_tracincp, "_host_memory", lambda: 999)
+    monkeypatch.setattr(_memory, "host_memory", lambda: 999)
     phases: list = []
     obj = _engine(eng, mlp, phases)
     n_test = mlp.test[0].shape[0]
@@ -194,7 +195,7 @@ def test_full_matrix_larger_than_memory_is_refused_before_the_pass(eng, tb, mlp,
         obj.influence(mlp.test, k=None)
     assert _passes(phases) == 0
     with pytest.raises(ValueError, match=r"of 1 test row\(s\) x 50 training rows \(200 B\)"):
-        monkeypatch.setattr(_tracincp, "_host_memory", lambda: 100)
+        monkeypatch.setattr(_memory, "host_memory", lambda: 100)
         obj.influence(mlp.test, k=None, aggregate=True)
     res = obj.influence(mlp.test, k=3, proponents=False)  # the top-k needs no matrix
     assert_topk_consistent(res, tb.captum_scores(mlp, CP), k=3, proponents=False)
@@ -239,7 +240,7 @@ def test_topk_memory_does_not_grow_with_n_test_times_n_train(tmp_path):
         opp = obj.influence(test, k=10, proponents=False)
     # one batch's scores (64 x 4096) and the self-influence (n_train) are the largest: not 64 x n_train
     assert spy.largest <= max(n_test * 4096, n_train) < n_test * n_train // 10
-    assert all(_tracincp._entry_bytes(e) < 20_000 for e in obj._score_cache.values())
+    assert all(_score_cache.entry_bytes(e) < 20_000 for e in obj._score_cache.values())
     with LargestTensor() as control:  # the spy sees a matrix when one is made
         full = obj.influence(test, k=None)
     assert control.largest >= n_test * n_train

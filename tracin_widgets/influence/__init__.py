@@ -12,7 +12,7 @@ from ._fast import TracInCPFast, TracInCPFastRandProj
 from ._layers import find_final_linear_layer
 from ._nearest_neighbors import AnnoyNearestNeighbors, ExactNearestNeighbors, NearestNeighbors
 from ._predict import Predictions, predict
-from ._tracincp import TracInCP
+from .cp import TracInCP
 
 __all__ = [
     "AnnoyNearestNeighbors",

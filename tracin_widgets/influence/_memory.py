@@ -22,6 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._data import batch_len, tensor_fast_path, to_device
+from ._types import EngineFields
+
 MEMORY_FRACTION = 0.5  # of the free memory one forward's activations may take (the rest: data, factors, caches)
 NO_GRAD_SAFETY = 2.0  # no-grad forward: the summed module outputs, twice (workspaces, temporaries)
 BACKWARD_SAFETY = 4.0  # forward kept for a backward pass, the activation gradients, per-example gradients
@@ -45,6 +48,14 @@ def free_memory(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
         return 1 << 40
+
+
+def host_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -110,3 +121,78 @@ def rows_per_forward(
     if batch_rows:
         fit = min(fit, batch_rows)
     return max(1, fit)
+
+
+class _RowsPerForward(EngineFields):
+    """``TracInCPBase``'s rows per forward: the activation memory of one row, measured once on a probe."""
+
+    def _probe_batch(self) -> tuple | None:
+        """A few training rows on the compute device, read without starting a pass (for the memory probe);
+        None when the training set cannot be read item by item (the first batch of the pass is used then)."""
+        loader = self.train_dataloader
+        vec = self._vectorised()
+        try:
+            if vec is not None:
+                batch = vec.block(0, min(PROBE_ROWS, vec.n), self.device)
+            elif tensor_fast_path(loader):
+                batch = tuple(t[:PROBE_ROWS] for t in loader.dataset.tensors)  # type: ignore[attr-defined]
+            elif loader.batch_size is not None and not isinstance(loader.dataset, torch.utils.data.IterableDataset):
+                ds = loader.dataset
+                batch = loader.collate_fn([ds[i] for i in range(min(PROBE_ROWS, len(ds)))])  # type: ignore[arg-type]
+            else:
+                return None
+        except Exception:  # only a probe: the pass itself reports a bad dataset
+            return None
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2 or batch_len(tuple(batch)) == 0:
+            return None
+        return to_device(tuple(batch), self.device)
+
+    def _measure_rows(self, state: dict[str, torch.Tensor], batch: tuple, what: str) -> None:
+        """Measure (once) the activation bytes of one row on a few rows of ``batch``."""
+        if self._row_bytes is not None:
+            return
+        n = batch_len(batch)
+        k = min(n, PROBE_ROWS)
+        probe = tuple(x[:k] if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n else x for x in batch)
+        feats = tuple(probe[:-1])
+        dev = self.device
+        allocated = (lambda: torch.cuda.memory_allocated(dev)) if dev.type == "cuda" else None
+        with torch.no_grad():
+            total, peak = forward_memory(self._net, lambda: self._forward(state, feats, what), feats, allocated)
+        self._row_bytes = total / max(1, k)
+        self._row_peak = None if peak is None else min(total, peak) / max(1, k)
+        self._rows_memo.clear()
+
+    def _rows(self, merge_rows: int, copies: int = 1, backward: bool = False) -> int:
+        """Rows per forward (``_memory.rows_per_forward``) once ``_measure_rows`` has run; ``merge_rows`` before.
+        Outside a training pass the answer is kept until the feature shapes change (a warm query reads no free
+        memory); during a pass it is worked out for every batch (the pass itself may fill the memory)."""
+        if self._row_bytes is None:
+            return merge_rows
+        row = self._row_bytes if backward or self._row_peak is None else self._row_peak
+        batch_rows = self.train_dataloader.batch_size
+        key = (merge_rows, copies, backward, row, batch_rows, self.device)
+        if not self._passing and key in self._rows_memo:
+            return self._rows_memo[key]
+        rows = rows_per_forward(
+            row,
+            merge_rows,
+            batch_rows,
+            self.device,
+            copies=copies,
+            safety=BACKWARD_SAFETY if backward else NO_GRAD_SAFETY,
+        )
+        if not self._passing:
+            self._rows_memo[key] = rows
+        return rows
+
+    def _pass_rows(self, state: dict[str, torch.Tensor], merge_rows: int, backward: bool = False) -> int:
+        """The merge target of a training pass: measured on a probe of the training set first. 0 (no merging:
+        the loader's own batches, split further when needed) when no probe could be read."""
+        self._rows_memo.clear()  # a pass starts: the free memory is read again
+        if self._row_bytes is None:
+            probe = self._probe_batch()
+            if probe is None:
+                return 0
+            self._measure_rows(state, probe, "training batch")
+        return self._rows(merge_rows, backward=backward)

@@ -1,5 +1,5 @@
-"""Model hygiene shared by the engine and the explorer: one lock per model, the model's device, and
-train/eval modes restored module by module."""
+"""Model hygiene shared by the engine and the explorer: one lock per model, the model's device, the compute
+device checked against this machine, and train/eval modes restored module by module."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -67,3 +67,50 @@ def wrapper_depth(model: nn.Module) -> int:
     while _is_parallel_wrapper(model):
         model, depth = model.module, depth + 1
     return depth
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` are one device, ``"cuda"`` (no index: the current GPU, where ``.to("cuda")`` puts a
+    tensor) matching any index: ``torch.device("cuda") != torch.device("cuda:0")``, yet factors moved to
+    ``device="cuda"`` report ``cuda:0``."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def resolve_device(device: Any, model: nn.Module) -> torch.device:
+    """``device=`` checked against this machine (None: the model's device), so that a typo or a missing GPU is
+    an error here rather than deep inside the first pass."""
+    if device is None:
+        return model_device(model)
+    fix = "use device='cpu' or omit it (the model's device is used)"
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(
+            f"device must be a str such as 'cpu' or 'cuda:0', a torch.device or None, not {type(device).__name__}: "
+            f"{fix}."
+        )
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a device name ({e}): {fix}, or name one like 'cuda:0'.") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device={device!r} but no CUDA GPU is available here (torch.cuda.is_available() is False): {fix}."
+            )
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"device={device!r} but this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1}): "
+                f"pick one of those, or {fix}."
+            )
+        return dev
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} but MPS (Apple GPU) is not available here: {fix}.")
+    if dev.type == "meta":
+        raise ValueError(f"device={device!r} holds no data, so nothing can be computed there: {fix}.")
+    try:
+        torch.empty(1, device=dev)
+    except Exception as e:  # an accelerator torch was not built with, or that is absent: say which
+        raise ValueError(f"device={device!r} cannot be used here ({type(e).__name__}: {e}): {fix}.") from None
+    return dev

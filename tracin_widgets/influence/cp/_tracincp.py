@@ -1,0 +1,393 @@
+"""TracInCP: TracIn over any set of layers.
+
+Per-example gradients are never computed in a Python loop over examples:
+* an ``nn.Linear`` that runs once per forward pass on a 2-D input is factorised like the last layer,
+  grad = g a^T (+ g for its bias), so dot products are (g.g')(a.a' + 1) without materialising grads;
+* every other selected parameter gets batched per-example gradients from ``torch.func.vmap(grad(...))``.
+One pass over the training data (checkpoints loaded once, batches outer, checkpoints inner) gives the
+scores for a test batch and the self-influence of every training example; both are cached. Nothing kept
+grows with n_test * n_train unless the whole score matrix is asked for (``k=None``): with ``k`` the pass keeps
+a running top-k of the proponents and the opponents.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._checks import check_k, check_proponents, check_train_indices, sqrt_lr
+from .._data import batch_len, input_batches, split_rows
+from .._loss import loss_mode
+from .._topk import FullScores, RunningTopK, TopKPair, topk_of
+from .._types import Checkpoints, Inputs, KMostInfluentialResults, ProgressCallback, _Progress, locked
+from ._grad_sample import (
+    Plan,
+    blocks_dot,
+    blocks_sq,
+    select_params,
+    sum_terms,
+)
+from ._pass import BlockPass
+from ._score_cache import ScoreCache, check_matrix_fits
+
+
+class TracInCP(BlockPass):
+    """TracIn over the parameters of ``layers`` (every trainable parameter when None), with Captum 0.9's API.
+
+    The influence of training example ``z`` on test example ``z'`` is ``sum_c lr_c grad_c(z) . grad_c(z')`` over
+    the checkpoints ``c``, with ``grad_c`` the per-example gradient of the loss w.r.t. the selected parameters.
+    ``nn.Linear`` layers are factorised (their gradients are never materialised), ``Conv2d`` gradients come from
+    hooks and anything else from ``torch.func.vmap``. One pass over the training data gives the scores of a test
+    batch and every self-influence; both are kept for later calls (the self-influence also in ``cache_dir``).
+
+    Memory does not grow with the training set beyond ``n_train`` floats (the self-influence): the training data
+    are read batch by batch, per-example gradients are materialised only for non-Linear layers and at most
+    ``max_grad_floats`` floats (512 MB) of them per chunk, and ``influence(k=...)`` keeps a running top-k (the
+    proponents and the opponents, ``n_test * k`` values) instead of the ``(n_test, n_train)`` matrix that only
+    ``k=None`` builds. Results kept for later calls take at most ``score_cache_bytes`` (512 MB). TracInCP takes
+    no ``max_memory=`` (TracInCPFast's bound on its cached factors): it caches no per-example gradients.
+
+    Args:
+        model: the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
+            module inside is computed on). It is called as ``model(*batch[:-1])`` and must return a tensor whose
+            first dimension is the batch. Scores are computed in eval mode, and after every call the model is as
+            it was given (weights, train/eval flags, ``requires_grad``, device).
+        train_dataset: the training data: a ``Dataset`` whose items are ``(*features, label)``, or a ``DataLoader``
+            of such batches that yields every row once, in order (no shuffling sampler, no ``drop_last``). Other
+            forms (a tuple ``(X, Y)``, dict items) are a ``TypeError`` at construction saying how to wrap them.
+        checkpoints: the checkpoint files: a list of paths (natural-sorted, as Captum), one file, or a folder
+            (every regular, non-hidden file in it, whatever its extension). Each is loaded once per instance.
+        checkpoints_load_func: ``f(model, path) -> lr``: loads the checkpoint at ``path`` into ``model`` and
+            returns its learning rate (a finite number >= 0; checked as each loads). Default None: a state dict,
+            or a dict holding one under ``"model_state_dict"`` / ``"state_dict"`` (learning rate from its
+            ``"learning_rate"`` or ``"lr"`` entry, else 1.0), loaded with ``torch.load(weights_only=weights_only)``.
+        layers: the layers whose parameters the gradients are taken of: a list of names such as
+            ``["fc2", "fc3"]`` (or the modules themselves). Default None: every parameter with
+            ``requires_grad=True``. An unknown name is a ``ValueError`` suggesting close ones.
+        loss_fn: the training loss ``loss_fn(outputs, labels)``. With ``sample_wise_grads_per_batch=False``
+            (the default) its ``reduction`` must be ``"none"`` (one loss per example); with True, ``"sum"`` or
+            ``"mean"`` (the gradient is then multiplied back by the batch size, as Captum). Default None: the
+            gradient of the summed model outputs. A loss without a ``reduction`` attribute is assumed to have
+            ``"none"`` (``"sum"`` with ``sample_wise_grads_per_batch=True``), with a ``TracInWarning``.
+        batch_size: rows per batch when ``train_dataset`` is a Dataset (ignored for a DataLoader). Default None
+            means 512 (Captum's default is 1). Scores do not depend on it: the rows per forward pass follow
+            the measured activation memory.
+        test_loss_fn: the loss of the test examples in ``influence``, with the same rules (default None:
+            ``loss_fn``). ``self_influence`` and ``compute_intermediate_quantities`` use ``loss_fn``.
+        sample_wise_grads_per_batch: Captum's switch between a per-example loss (False, the default) and a
+            batch loss (True) whose per-example gradients Captum takes with hooks. Here both give the same
+            per-example gradients; it only decides which ``loss_fn.reduction`` is accepted.
+        device: where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` (default None: the
+            model's device). Checked against this machine at construction (a missing GPU is a ``ValueError``);
+            the model is moved there for each call and back afterwards, and batches are moved for you.
+        num_workers: ``DataLoader`` workers reading ``train_dataset`` (not used when it is a DataLoader). Default
+            None: none on the CPU, for a ``TensorDataset`` (sliced directly) or a recognised torchvision CIFAR
+            dataset (read vectorised); on a GPU up to one per spare core (at most 16), trimmed to
+            ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
+        progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
+            advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
+            aborts cleanly: the model is restored and nothing partial is cached. Default None.
+        cache_dir: a folder where the training set's self-influence scores are saved and reused by later
+            instances (default None: kept in memory only). A file is reused only when the loss (type and
+            settings), the layers, the checkpoint files' contents and learning rates, ``checkpoints_load_func``,
+            the model's architecture and precision, the device type, ``data_version`` and the training data are
+            all the same. A folder that cannot be written gives a ``TracInWarning`` before the pass (results stay
+            in memory); the checkpoints folder itself is a ``ValueError``.
+        weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
+            tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
+        data_version: any string naming the version of the training data (default None), part of the cache
+            key. Array-backed datasets (``TensorDataset``, a ``Subset`` of one, torchvision's CIFAR/MNIST) are
+            hashed in full; any other dataset only by its type, length and 24 items spread over it, so change
+            ``data_version`` when its contents change (a dataset without a length is reused only with one).
+    """
+
+    _cache_kind = "cp"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset: Any,
+        checkpoints: Checkpoints,
+        checkpoints_load_func: Callable[[nn.Module, str], Any] | None = None,
+        layers: Sequence[str | nn.Module] | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        batch_size: int | None = None,
+        test_loss_fn: Callable[..., torch.Tensor] | None = None,
+        sample_wise_grads_per_batch: bool = False,
+        *,
+        device: str | int | torch.device | None = None,
+        num_workers: int | None = None,
+        progress_callback: ProgressCallback | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        weights_only: bool = True,
+        data_version: str | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            train_dataset,
+            checkpoints,
+            checkpoints_load_func,
+            loss_fn,
+            batch_size,
+            test_loss_fn,
+            device=device,
+            num_workers=num_workers,
+            progress_callback=progress_callback,
+            cache_dir=cache_dir,
+            weights_only=weights_only,
+            data_version=data_version,
+        )
+        self.sample_wise_grads_per_batch = sample_wise_grads_per_batch
+        if sample_wise_grads_per_batch:
+            allowed: tuple[str, ...] = ("sum", "mean", "outputs")
+            missing = "sum"
+            ctx = "TracInCP with sample_wise_grads_per_batch=True"
+        else:
+            allowed, missing = ("none", "outputs"), "none"
+            ctx = "TracInCP with sample_wise_grads_per_batch=False (the default)"
+        self.reduction_type = loss_mode(loss_fn, "loss_fn", allowed, ctx, missing)
+        self.test_reduction_type = (
+            self.reduction_type
+            if test_loss_fn is None
+            else loss_mode(test_loss_fn, "test_loss_fn", allowed, ctx, missing)
+        )
+        self.layers = layers
+        self._param_names = select_params(self.model, self._net, layers)
+        self._plan: Plan | None = None
+        self._self_influence: torch.Tensor | None = None
+        self._score_cache = ScoreCache()
+        self._warned_loop = False
+
+    @locked
+    def fit(self, show_progress: bool = False) -> TracInCP:
+        """Compute the training set's self-influence now (one pass over the training data, or a read of
+        ``cache_dir``), with tqdm bars when ``show_progress``. Optional: ``self_influence()`` does it on first
+        use. Returns ``self``; raises what ``self_influence()`` raises."""
+        self.self_influence(show_progress=show_progress)
+        return self
+
+    @locked
+    def influence(
+        self,
+        inputs: Inputs | None = None,
+        k: int | None = None,
+        proponents: bool = True,
+        show_progress: bool = False,
+        aggregate: bool = False,
+    ) -> torch.Tensor | KMostInfluentialResults:
+        """Influence of every training example on each example of ``inputs``.
+
+        With ``k``, one pass keeps a running top-k of both the proponents and the opponents (never the whole
+        score matrix: memory ``n_test * k`` values plus one training batch's scores), so asking for the other
+        direction, or for a smaller ``k``, of the same inputs afterwards costs no second pass. Among equal
+        scores the lower training index comes first (``torch.topk`` leaves ties in any order), whatever the
+        batching. ``k=None`` builds the ``(n_test, n_train)`` matrix (a later top-k of
+        the same inputs reads it). Results are kept up to ``score_cache_bytes`` (512 MB, least recently used
+        dropped first; a larger matrix is returned but not kept).
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            k: None (the default) for the full score matrix; a positive int for the ``k`` most influential
+                training examples of each test example.
+            proponents: with ``k``: True (the default) for the highest scores, False for the opponents (the
+                lowest scores, most negative first).
+            show_progress: show tqdm bars for the passes.
+            aggregate: score the sum of the test examples' gradients instead: one row (Captum's ``aggregate``).
+
+        Returns:
+            ``k=None``: a float tensor ``(n_test, n_train)`` on the CPU (``(1, n_train)`` with
+            ``aggregate=True``), in the checkpoints' dtype. ``k`` int: ``KMostInfluentialResults(indices,
+            influence_scores)``, both ``(n_test, min(k, n_train))`` on the CPU, ``indices`` int64, sorted by
+            descending score (proponents) or ascending score (opponents).
+
+        Raises:
+            TypeError, ValueError: ``k`` is not a positive int or None, ``proponents`` is not a bool.
+            ValueError: ``k=None`` and the score matrix is larger than this machine's memory (before the pass).
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+        """
+        k = check_k(k)
+        proponents = check_proponents(proponents)
+        batches = self._test_batches(inputs, show_progress=show_progress)
+        key, n_test = self._test_key(batches), sum(batch_len(b) for b in batches)
+        found = self._score_cache.find(key, k, aggregate)
+        if found is None:
+            with self._computing():
+                states, _ = self._checkpoint_states(show_progress)
+                if k is None:
+                    rows, itemsize = 1 if aggregate else n_test, states[0][self._param_names[0]].element_size()
+                    check_matrix_fits(rows, self._n_train(), itemsize)
+                prog = _Progress("test gradients", n_test, show_progress, None)
+                try:
+                    test_blocks = self._test_blocks(batches, states, prog)
+                finally:
+                    prog.close()
+                sink = FullScores(aggregate, self._n_train()) if k is None else RunningTopK(aggregate, k)
+                self._pass(test_blocks, show_progress, "influence", sink)
+            entry = sink.result()
+            shared = self._score_cache.put((key, aggregate), entry, self.score_cache_bytes)
+        else:
+            entry, shared = found
+            if show_progress:  # no pass needed: still show that the call ran
+                _Progress("influence (cached)", self._n_train(), True, None).finish()
+        if isinstance(entry, TopKPair):
+            assert k is not None  # a top-k entry is only found or made for a k
+            return entry.get(k, proponents)
+        if k is None:
+            return entry.clone() if shared else entry
+        return topk_of(entry, k).get(k, proponents)
+
+    score_cache_bytes = 512 << 20  # the query results kept for later calls (least recently used dropped first)
+
+    @locked
+    def influence_by_checkpoint(self, inputs: Inputs, train_indices: Any) -> torch.Tensor:
+        """Each checkpoint's term ``lr_c grad_c(z_t) . grad_c(z_i)`` of the influence of training examples
+        ``train_indices`` on each example of ``inputs``: whether an influence comes from early or late training.
+        Only the given training rows are read (no pass over the training data); the terms sum over the
+        checkpoints to ``influence(inputs, k=None)[:, train_indices]``.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            train_indices: positions in the training set (a list of ints, or a 1-D int tensor / array), read from
+                ``train_dataset`` by index (a map-style dataset).
+
+        Returns:
+            A float tensor ``(n_test, len(train_indices), n_checkpoints)`` on the CPU, in the checkpoints' dtype,
+            the last axis in ``checkpoints`` order (``learning_rates()`` gives each one's ``lr_c``).
+
+        Raises:
+            TypeError, ValueError: ``train_indices`` is not a non-empty sequence of ints in ``[0, n_train)``, the
+                training set cannot be read by index; what ``influence`` raises for ``inputs``.
+        """
+        idx = check_train_indices(train_indices, self._n_train())
+        batches = self._test_batches(inputs)
+        with self._computing():
+            states, lrs = self._checkpoint_states()
+            test_blocks = self._test_blocks(batches, states)
+            rows = self._train_rows(idx)
+            train_blocks = self._all_blocks(rows, states, self.reduction_type, self.loss_fn, "training rows")
+            terms = [lr * blocks_dot(tb, rb) for lr, tb, rb in zip(lrs, test_blocks, train_blocks, strict=True)]
+        return torch.stack(terms, -1).cpu()
+
+    @locked
+    def self_influence(
+        self, inputs: Inputs | None = None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False
+    ) -> torch.Tensor:
+        """Self-influence ``sum_c lr_c |grad_c(z)|^2`` of each example: high values flag unusual or mislabelled
+        training examples.
+
+        Args:
+            inputs: None (the default) for the training set: one pass, then kept (and saved in ``cache_dir``).
+                Or one batch ``(*features, labels)`` or a ``DataLoader`` of such batches (scored with
+                ``loss_fn``), read one batch at a time: only ``n`` floats are kept, whatever its size.
+            show_progress: show tqdm bars for the passes.
+            outer_loop_by_checkpoints: accepted for Captum compatibility; the result does not depend on it
+                (every checkpoint is loaded once per instance anyway).
+
+        Returns:
+            A float tensor ``(n,)`` on the CPU, in the checkpoints' dtype (``n = len(train_dataset)`` when
+            ``inputs`` is None).
+
+        Raises:
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); for a ``DataLoader``, each batch is checked as it is read (a bad
+                later batch stops the call there). ValueError when gradients are not finite, naming the rows.
+        """
+        if inputs is None:
+            if self._self_influence is None:
+                cached = self._cache_load(self._cache_file("self", self._key()))
+                if cached is not None:
+                    self._self_influence = cached["self"].cpu()
+                    if show_progress:
+                        _Progress("self influence (cached)", len(self._self_influence), True, None).finish()
+                else:
+                    with self._computing():
+                        self._pass(None, show_progress, "self influence")
+            elif show_progress:
+                _Progress("self influence (cached)", len(self._self_influence), True, None).finish()
+            assert self._self_influence is not None  # set by the cache read or the pass above
+            return self._self_influence.clone()
+        # a DataLoader is streamed (each batch checked as it comes): its rows never need to fit in memory at once
+        batches = self._checked_batches(input_batches(inputs), loss="train", show_progress=show_progress)
+        first = next(batches)  # the first batch is checked before any gradient
+        total = batch_len(first)
+        if isinstance(inputs, torch.utils.data.DataLoader):
+            try:
+                total = len(inputs.dataset)  # type: ignore[arg-type]
+            except TypeError:
+                total = -1
+        with self._computing():
+            states, lrs = self._checkpoint_states(show_progress)
+            out, start = [], 0
+            prog = _Progress("self influence", total if total >= 0 else None, show_progress, self.progress_callback)
+            try:
+                for b in itertools.chain([first], batches):
+                    per_ckpt = self._all_blocks(b, states, self.reduction_type, self.loss_fn, "batch", start)
+                    out.append(sum_terms(lr * blocks_sq(x) for lr, x in zip(lrs, per_ckpt, strict=True)).cpu())
+                    start += batch_len(b)
+                    prog.update(batch_len(b))
+            finally:
+                prog.close()
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ embeddings
+    @locked
+    def compute_intermediate_quantities(self, inputs: Inputs, aggregate: bool = False) -> torch.Tensor:
+        """Captum's per-example "embeddings" of ``inputs``: per checkpoint c, ``sqrt(lr_c)`` times the
+        per-example gradient of the training loss (``loss_fn``) w.r.t. the selected parameters (in ``layers``
+        order, each flattened), concatenated over the checkpoints. The dot product of two rows is their
+        influence score.
+
+        The gradients of factorised Linear layers are materialised here (a bounded number of rows at a time).
+        Captum scales each checkpoint by ``lr_c`` instead of ``sqrt(lr_c)``, so its dot products carry
+        ``lr_c ** 2`` (they equal with lr 1); ours are the influence scores its docstring promises.
+
+        Args:
+            inputs: the test examples: one batch ``(*features, labels)`` (the model is called as
+                ``model(*inputs[:-1])``) or a ``DataLoader`` of such batches that yields every row once, in order.
+            aggregate: return the sum over the examples (one row) instead.
+
+        Returns:
+            A float tensor ``(n, D * C)`` on the CPU (``(1, D * C)`` with ``aggregate=True``), ``D`` the number
+            of selected parameters and ``C`` of checkpoints, in the checkpoints' dtype.
+
+        Raises:
+            TypeError, ValueError: before any pass over the training data, when ``inputs`` is not a batch with
+                labels (or is empty), the model cannot take it, or a label is not a class of the model (for a
+                loss that takes class indices); ValueError when gradients are not finite, naming the rows.
+        """
+        batches = self._test_batches(inputs, loss="train")
+        with self._computing():
+            states, lrs = self._checkpoint_states()
+            roots = [sqrt_lr(lr, p) for lr, p in zip(lrs, self.checkpoints, strict=True)]
+            sizes = [states[0][k].numel() for k in self._param_names]
+            D, C = sum(sizes), len(states)
+            dtype = states[0][self._param_names[0]].dtype
+            n_all = sum(batch_len(b) for b in batches)
+            out = torch.zeros(1 if aggregate else n_all, D * C, dtype=dtype, device=self.device if aggregate else "cpu")
+            row = 0
+            for b in batches:
+                self._ensure_plan(states, b, "batch")
+                n = batch_len(b)
+                step = max(1, min(self._row_chunk(n), self.max_grad_floats // max(1, D)))
+                for part in split_rows(b, n, step):
+                    m = batch_len(part)
+                    per_ckpt = self._all_blocks_rows(part, states, self.reduction_type, self.loss_fn, "batch")
+                    for c, (root, blocks) in enumerate(zip(roots, per_ckpt, strict=True)):
+                        named = self._named_grads(blocks, m)
+                        cols = torch.cat([named[k] for k in self._param_names], dim=1) * root
+                        if aggregate:
+                            out[0, c * D : (c + 1) * D] += cols.sum(0)
+                        else:
+                            out[row : row + m, c * D : (c + 1) * D] = cols
+                    row += m
+        return out.cpu()
