@@ -61,42 +61,49 @@ function rankingKey(table, k, target) {
   return true;
 }
 
+/** ← → ↑ ↓ j k on the focused tile, table row or test example; false when none has the focus. */
+function focusedKey({ strip, table }, k, step, target) {
+  const tile = target?.closest?.(".tracin-tile");
+  const tr = target?.closest?.(".tracin-table-row");
+  if (tile) moveTile(tile, k === "ArrowUp" || k === "ArrowDown" ? step * TILE_COLUMNS : step);
+  else if (tr && (k === "ArrowRight" || k === "ArrowLeft")) table.page(step);
+  else if (tr) table.move(step, tr);
+  else if (target?.closest?.(".tracin-test-item")) strip.move(step);
+  else return false;
+  return true;
+}
+
+/** One key aimed inside the view; true when it was handled. */
+function handleKey(ctx, views, e) {
+  const k = e.key;
+  const step = NEXT[k];
+  if (k === "?") views.help.toggle();
+  else if (k === "f" || k === "F") return flagKey(ctx, views.details, e.target);
+  else if (k === "u" || k === "U") {
+    ctx.rpc.action("undo");
+    ctx.announce("Undo");
+  } else if (step && focusedKey(views, k, step, e.target)) return true;
+  else if (ctx.state.tab === "test" && step && ctx.hasTest()) views.strip.move(step);
+  else if (ctx.state.tab === "ranking") return rankingKey(views.table, k, e.target);
+  else return false;
+  return true;
+}
+
 /**
  * Handle the keys aimed inside ctx.root; returns the cleanup function.
  * @param {{help: {hidden: boolean, toggle: (on?: boolean) => void}, details: any, strip: any, table: any}} views
  */
-export function listenKeys(ctx, { help, details, strip, table }) {
+export function listenKeys(ctx, views) {
   function onKey(e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     if (e.key === "Escape") {
-      if (!help.hidden) help.toggle(false);
-      else details.hide();
+      if (!views.help.hidden) views.help.toggle(false);
+      else views.details.hide();
       return;
     }
-    if (isTyping(e.target)) return;
-    let handled = true;
-    const k = e.key;
-    const step = NEXT[k];
-    const tile = e.target?.closest?.(".tracin-tile");
-    const tr = e.target?.closest?.(".tracin-table-row");
-    const testItem = e.target?.closest?.(".tracin-test-item");
-    if (k === "?") help.toggle();
-    else if (k === "f" || k === "F") handled = flagKey(ctx, details, e.target);
-    else if (k === "u" || k === "U") {
-      ctx.rpc.action("undo");
-      ctx.announce("Undo");
-    } else if (step && tile) moveTile(tile, k === "ArrowUp" || k === "ArrowDown" ? step * TILE_COLUMNS : step);
-    else if (step && tr) {
-      if (k === "ArrowRight" || k === "ArrowLeft") table.page(step);
-      else table.move(step, tr);
-    } else if (step && testItem) strip.move(step);
-    else if (ctx.state.tab === "test" && step && ctx.hasTest()) strip.move(step);
-    else if (ctx.state.tab === "ranking") handled = rankingKey(table, k, e.target);
-    else handled = false;
-    if (handled) {
-      e.preventDefault();
-      e.stopPropagation();
-    }
+    if (isTyping(e.target) || !handleKey(ctx, views, e)) return;
+    e.preventDefault();
+    e.stopPropagation();
   }
   // Listened for on the window, in the capture phase: the host's shortcuts (Lumino's, e.g. Notebook 7's arrow keys)
   // otherwise stop some keys before they reach the widget. Only keys aimed inside this view are handled.
