@@ -1,8 +1,8 @@
 // Small SVG charts: self-influence histogram (click a bar to filter the table), ROC with AUC,
 // found-vs-inspected curve with the user's flags as a point.
 
-import { fmtInt, fmtScore } from "./codecs.js";
 import { h, setChildren, svg } from "./dom.js";
+import { fmtInt, fmtScore } from "./format.js";
 
 // Geometry in viewBox units. The SVG scales with its box (240-280 px wide in the table pane, see .tracin-charts), so
 // 1 unit renders as 0.92-1.08 px: TICK_FONT 12 keeps every tick label >= 11 px on screen (tests/e2e checks it).
@@ -169,7 +169,7 @@ export function createCharts(ctx) {
       );
       return;
     }
-    const range = ctx.table ? ctx.table.state.score_range : null;
+    const range = ctx.scoreRange();
     parts.push(
       h(
         "figure",
@@ -184,11 +184,11 @@ export function createCharts(ctx) {
                 className: "tracin-link",
                 testid: "tracin-range-clear",
                 text: `× ${fmtScore(range[0])}–${fmtScore(range[1])}`,
-                onClick: () => ctx.table.setRange(null),
+                onClick: () => ctx.setScoreRange(null),
               })
             : null,
         ),
-        histogramChart(st.histogram, range, (r) => ctx.table?.setRange(r)),
+        histogramChart(st.histogram, range, (r) => ctx.setScoreRange(r)),
       ),
     );
     const f = st.flags || {};

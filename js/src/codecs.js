@@ -1,6 +1,8 @@
 // The one JS <-> Python codec (mirror of tracin_widgets/widget/_payload.py).
-// An image is {data: DataView | ArrayBuffer | Uint8Array, shape: [h, w, c]} (uint8, row-major HWC, c in 1|3|4);
-// in custom messages {buffer: i, shape} refers to the message's i-th buffer (resolved by resolveBuffers).
+// An image is {shape: [h, w, c]} (uint8, row-major HWC, c in 1|3|4) with its bytes either in `data` (a DataView,
+// ArrayBuffer or typed array: the binary path, ipywidgets buffers) or in `b64` (a base64 string of the same bytes:
+// the text path, for notebook hosts that drop binary buffers). In custom messages {buffer: i, shape} refers to the
+// message's i-th buffer (resolved by resolveBuffers). A shape whose bytes never arrived is a dropped image.
 import { h } from "./dom.js";
 
 /** @param {DataView|ArrayBuffer|ArrayBufferView} data @returns {Uint8Array} */
@@ -45,20 +47,75 @@ export function toRGBA(bytes, h, w, c) {
 }
 
 /**
- * A <canvas> showing the image (scaled by CSS, pixelated). Returns a placeholder span when img is missing.
- * @param {{data: any, shape: number[]}|null|undefined} img
+ * How an image's bytes travel: "binary" (data), "base64" (b64), "none" (no image), or "dropped" (a shape without its
+ * bytes: a host that drops binary buffers leaves the data field missing, empty or an empty object).
+ * @returns {"binary"|"base64"|"none"|"dropped"}
+ */
+export function imageTransport(img) {
+  if (!img || typeof img !== "object" || !Array.isArray(img.shape)) return "none";
+  if (typeof img.b64 === "string") return "base64";
+  const d = img.data;
+  const binary = d instanceof ArrayBuffer || ArrayBuffer.isView(d);
+  const size = img.shape.reduce((a, b) => a * b, 1);
+  return binary && (d.byteLength > 0 || size === 0) ? "binary" : "dropped";
+}
+
+/** A base64 string -> its bytes. */
+export function fromBase64(text) {
+  const bin = atob(text);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+/** The image's uint8 HWC bytes, from either path; null when it has none (none or dropped). */
+export function imageBytes(img) {
+  const how = imageTransport(img);
+  if (how === "binary") return toBytes(img.data);
+  if (how === "base64") return fromBase64(img.b64);
+  return null;
+}
+
+/** The transports of every row image (`image` fields) inside a payload (trait value or reply). */
+export function imageTransports(payload, found = new Set()) {
+  if (Array.isArray(payload)) for (const v of payload) imageTransports(v, found);
+  else if (payload && typeof payload === "object" && !ArrayBuffer.isView(payload)) {
+    if ("image" in payload) found.add(imageTransport(payload.image));
+    for (const [k, v] of Object.entries(payload)) if (k !== "image") imageTransports(v, found);
+  }
+  return found;
+}
+
+export const DROPPED_TEXT = "no image";
+export const DROPPED_TITLE =
+  "This notebook host dropped the image's binary data: the explorer asks the kernel to send images as base64 text.";
+
+/**
+ * A <canvas> showing the image (scaled by CSS, pixelated). Returns a placeholder span when img is missing, and a
+ * placeholder that says so when its bytes were dropped on the way.
+ * @param {{data?: any, b64?: string, shape: number[]}|null|undefined} img
  * @param {string} className
  * @param {string} label accessible label
  */
 export function imageElement(img, className, label) {
-  if (!img?.shape || img.data == null) {
+  const how = imageTransport(img);
+  if (how === "none") {
     return h("span", { className: `${className} tracin-img-missing`, attrs: { role: "img", "aria-label": label } });
+  }
+  if (how === "dropped") {
+    return h("span", {
+      className: `${className} tracin-img-missing tracin-img-dropped`,
+      testid: "tracin-img-dropped",
+      title: DROPPED_TITLE,
+      text: DROPPED_TEXT,
+      attrs: { role: "img", "aria-label": `${label}: ${DROPPED_TEXT} (${DROPPED_TITLE})` },
+    });
   }
   const [ih, iw, ic] = img.shape;
   const canvas = h("canvas", { className, attrs: { role: "img", "aria-label": label } });
   canvas.width = iw;
   canvas.height = ih;
-  // The CSS box keeps the image's aspect ratio (styles.css sizes .tracin-img from --tracin-ar): never stretched.
+  // The CSS box keeps the image's aspect ratio (styles/images.css sizes .tracin-img from --tracin-ar): never stretched.
   canvas.style.setProperty("--tracin-ar", aspectRatio(ih, iw));
   let ctx = null;
   try {
@@ -68,7 +125,7 @@ export function imageElement(img, className, label) {
   }
   if (ctx && typeof ctx.createImageData === "function") {
     const data = ctx.createImageData(iw, ih);
-    data.data.set(toRGBA(toBytes(img.data), ih, iw, ic));
+    data.data.set(toRGBA(imageBytes(img), ih, iw, ic));
     ctx.putImageData(data, 0, 0);
   }
   return canvas;
@@ -92,42 +149,4 @@ export function resolveBuffers(obj, buffers) {
     return out;
   }
   return obj;
-}
-
-// ---- formatting -------------------------------------------------------------------------------------------------
-const nf = new Intl.NumberFormat("en-US");
-
-/** 12345 -> "12,345". */
-export function fmtInt(n) {
-  return n === null || n === undefined ? "–" : nf.format(n);
-}
-
-/** A score with 3 significant digits; exponent for very large / small magnitudes. */
-export function fmtScore(x) {
-  if (x === null || x === undefined || !Number.isFinite(x)) return "–";
-  const a = Math.abs(x);
-  if (a !== 0 && (a >= 1e5 || a < 1e-3)) return x.toExponential(2);
-  return Number(x.toPrecision(3)).toString();
-}
-
-/** 0.873 -> "87%". */
-export function fmtProb(p) {
-  return p === null || p === undefined ? "" : `${Math.round(p * 100)}%`;
-}
-
-/** Seconds -> "0:42" / "1:02:03". */
-export function fmtDuration(s) {
-  if (s === null || s === undefined || !Number.isFinite(s)) return "";
-  s = Math.max(0, Math.round(s));
-  const hh = Math.floor(s / 3600),
-    mm = Math.floor((s % 3600) / 60),
-    ss = s % 60;
-  const pad = (v) => String(v).padStart(2, "0");
-  return hh ? `${hh}:${pad(mm)}:${pad(ss)}` : `${mm}:${pad(ss)}`;
-}
-
-/** The display name of class `label` (class_names when given, else the number). */
-export function className(names, label) {
-  if (label === null || label === undefined) return "?";
-  return names && names[label] !== undefined ? String(names[label]) : String(label);
 }

@@ -1,8 +1,9 @@
 // Details of one training example: larger image, label, prediction, self-influence rank, flag toggle, walk on.
 
-import { className, fmtInt, fmtProb, fmtScore, imageElement } from "./codecs.js";
+import { imageElement } from "./codecs.js";
 import { h, setChildren } from "./dom.js";
 import { isFlagged, toggleFlag } from "./flags.js";
+import { className, fmtInt, fmtProb, fmtScore } from "./format.js";
 import { answers, explainedWords } from "./gallery.js";
 
 /** "top 0.06%": the share of the training set ranked at or above `rank`, never rounded to 0. */

@@ -1,8 +1,9 @@
 // Proponents and opponents of the current query (a test example, or a training example when walking).
 
-import { className, fmtInt, fmtProb, fmtScore, imageElement } from "./codecs.js";
+import { imageElement } from "./codecs.js";
 import { h, setChildren } from "./dom.js";
 import { isFlagged } from "./flags.js";
+import { className, fmtInt, fmtProb, fmtScore } from "./format.js";
 
 const K_CHOICES = [5, 10, 20, 50];
 const EXPLAIN_CHOICES = [

@@ -15,16 +15,19 @@
  * @property {number} test_page_size       both
  * @property {boolean} misclassified_only  both
  * @property {"label"|"prediction"} explain  both: which label's score the galleries explain
+ * @property {"test"|"ranking"} view      both: the tab shown (the tabs' own names: header.js, panes.js)
  * @property {string} error                both: last error text ("" = none; JS clears it on dismiss)
  * @property {string[]} class_names        Python
  * @property {"idle"|"running"|"ready"|"cancelled"|"error"} status  Python
  * @property {number} progress             Python: fraction of the current phase
  * @property {{phase: string, done: number, total: number, fraction: number, eta_s: number|null, step: number, steps: number, run: number}} progress_info
- * @property {{n_train: number, n_test: number, has_truth: boolean, engine: string, n_classes: number|null}} info
+ * @property {{n_train: number, n_test: number, has_truth: boolean, engine: string, n_classes: number|null,
+ *   notes: string[]}} info  Python (notes: the engine's warnings so far, shown above the views as text)
  * @property {{page: number, n_pages: number, total: number, page_size: number, filtered: boolean, has_preds: boolean, items: Row[]}} test_strip  (_protocols.StripPage)
  * @property {{query: object, k: number, request: number, item: Row|null, proponents: Row[], opponents: Row[], error: string|null,
  *   explain: "label"|"prediction", explained_label: number|null, same_label: boolean}} gallery  (_protocols.Gallery)
  * @property {{ready: boolean, has_preds: boolean, histogram?: {counts: number[], edges: number[], log: boolean},
+ *   score_min?: number, score_max?: number,
  *   roc?: {fpr: number[], tpr: number[], auc: number}|null, found?: {inspected: number[], found: number[]}|null,
  *   flags: {n_flagged: number, n_train: number, n_mislabelled?: number, true_positives?: number,
  *   precision?: number|null, recall?: number|null, inspected?: number|null}}} stats
@@ -44,8 +47,14 @@
  */
 
 /**
- * uint8 HWC image; in traits `data` is a DataView, in custom messages `{buffer: i}` refers to the i-th buffer.
- * @typedef {{data?: DataView, buffer?: number, shape: [number, number, number]}} Image
+ * uint8 HWC image (row-major, c in 1|3|4), its bytes on one of two paths (codecs.js decodes both):
+ * - binary (the default): in traits `data` is a DataView (_protocols.ImageData), in custom messages `{buffer: i}`
+ *   refers to the message's i-th buffer (_protocols.ImageRef);
+ * - base64, for notebook hosts that drop binary buffers: `b64` is the base64 string (standard alphabet, padded:
+ *   Python's base64.b64encode) of the same h*w*c bytes, in traits and custom messages alike, with no buffer.
+ * A shape without its bytes (data missing, empty or `{}`, or a buffer that never came) is a dropped image: the view
+ * shows a placeholder that says so, and sends {kind: "image_transport", transport: "base64"} once (transport.js).
+ * @typedef {{data?: DataView, buffer?: number, b64?: string, shape: [number, number, number]}} Image
  */
 
 /**
@@ -55,6 +64,8 @@
  *   {kind: "detail", id, index}
  *   {kind: "contributions", id, query: {source, index}, label, index}   (label: the gallery's explained_label)
  *   {kind: "cancel", run?: number} | {kind: "start"} | {kind: "undo"}   (run: progress_info.run when clicked)
+ *   {kind: "image_transport", transport: "base64"}   (once, after a dropped image: send every image as `b64` from
+ *    now on, re-publish test_strip and gallery so; the view then asks again for its table page and details)
  * Python -> JS (same id):
  *   {kind: "rows", id, pending, total, offset, rows: Row[]}
  *   {kind: "detail", id, item: Row}

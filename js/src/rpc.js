@@ -15,6 +15,8 @@ export class Rpc {
     this.handlers = {};
     /** @type {(msg: any) => void} */
     this.onError = () => {};
+    /** @type {((msg: any) => void)[]} see watch() */
+    this.watchers = [];
     this.onMessage = (msg, buffers) => this.receive(msg, buffers);
     model.on("msg:custom", this.onMessage);
   }
@@ -37,6 +39,11 @@ export class Rpc {
     this.handlers[kind] = fn;
   }
 
+  /** Also call fn(msg) with every reply delivered to its handler (buffers resolved), after the handler. */
+  watch(fn) {
+    this.watchers.push(fn);
+  }
+
   /** True when id is the newest request of kind. */
   isLatest(kind, id) {
     return this.latest[kind] === id;
@@ -53,7 +60,9 @@ export class Rpc {
     const fn = this.handlers[msg.kind];
     if (!fn) return;
     if (msg.id !== undefined && msg.id !== null && !this.isLatest(msg.kind, msg.id)) return; // stale
-    fn(resolveBuffers(msg, buffers || []));
+    const resolved = resolveBuffers(msg, buffers || []); // a host that drops buffers passes none
+    fn(resolved);
+    for (const w of this.watchers) w(resolved);
   }
 
   dispose() {

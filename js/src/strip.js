@@ -1,7 +1,8 @@
 // Test examples: a paged strip of thumbnails with true label, predicted label and probability.
 
-import { className, fmtInt, fmtProb, imageElement } from "./codecs.js";
+import { imageElement } from "./codecs.js";
 import { h, setChildren } from "./dom.js";
+import { className, fmtInt, fmtProb } from "./format.js";
 
 export function createStrip(ctx) {
   const { model } = ctx;

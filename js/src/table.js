@@ -1,10 +1,11 @@
 // Self-influence table over the whole training set: server-side paging, sorting and filtering through custom
 // messages ({kind: "rows", id, ...}); only the visible page and its thumbnails travel.
 
-import { className, fmtInt, fmtProb, fmtScore, imageElement } from "./codecs.js";
+import { imageElement } from "./codecs.js";
 import { h, setChildren } from "./dom.js";
 import { createExport } from "./export.js";
 import { isFlagged, toggleFlag } from "./flags.js";
+import { className, fmtInt, fmtProb, fmtScore } from "./format.js";
 
 export const PAGE_SIZE = 50;
 
@@ -306,7 +307,6 @@ export function createTable(ctx) {
     state.score_range = r;
     state.page = 0;
     fetch();
-    ctx.charts?.render();
   }
 
   ctx.listen("change:class_names", () => {

@@ -61,7 +61,7 @@ test("ROC and found-vs-inspected carry axis titles; your flags are a labelled po
   });
   m.state.stats.flags.inspected = 0.04;
   const { el, cleanup } = mount(render, m);
-  q(el, "tracin-tab-table")[0].click();
+  q(el, "tracin-tab-ranking")[0].click();
   const titles = (id) => ["tracin-axis-x", "tracin-axis-y"].map((t) => q(q(el, id)[0], t)[0].textContent);
   assert.deepEqual(titles("tracin-histogram"), ["self-influence", "count"]);
   assert.deepEqual(titles("tracin-roc"), ["false positive rate", "true positive rate"]);

@@ -1,16 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import "./setup.mjs";
-import {
-  aspectRatio,
-  className,
-  fmtDuration,
-  fmtScore,
-  imageElement,
-  resolveBuffers,
-  toBytes,
-  toRGBA,
-} from "../src/codecs.js";
+import { aspectRatio, imageElement, resolveBuffers, toBytes, toRGBA } from "../src/codecs.js";
+import { className, fmtDuration, fmtScore } from "../src/format.js";
 import { Rpc } from "../src/rpc.js";
 import { FakeModel } from "./setup.mjs";
 

@@ -66,7 +66,7 @@ if (replies) {
   rendered.details_rank = q(el, "tracin-details-rank")[0]?.textContent ?? null;
 }
 m.pyset("status", "ready");
-q(el, "tracin-tab-table")[0].click(); // the first page
+q(el, "tracin-tab-ranking")[0].click(); // the first page
 q(el, "tracin-sort-score")[0].click();
 const classes = q(el, "tracin-class-filter")[0];
 classes.value = "2";

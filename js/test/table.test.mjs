@@ -14,7 +14,7 @@ function rowsReply(id, rows, total = 120, offset = 0) {
 
 function openTable(m) {
   const { el, cleanup } = mount(render, m);
-  q(el, "tracin-tab-table")[0].click();
+  q(el, "tracin-tab-ranking")[0].click();
   return { el, cleanup };
 }
 

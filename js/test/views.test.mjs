@@ -22,28 +22,29 @@ function rowsReply(id, rows, total = 120, offset = 0) {
 const key = (target, k) => target.dispatchEvent(new KeyboardEvent("keydown", { key: k, bubbles: true }));
 const shown = (el) => !el.hidden && !el.closest("[hidden]");
 
-test("tabs: role=tab with aria-selected and testids tracin-tab-test / -ranking; older testids on their labels", () => {
+test("tabs: role=tab with aria-selected and testids tracin-tab-test / -ranking, the one set of tab names", () => {
   const m = new FakeModel();
   const { el, cleanup } = mount(render, m);
   const [tabTest] = q(el, "tracin-tab-test");
   const [tabRanking] = q(el, "tracin-tab-ranking");
   assert.equal(tabTest.getAttribute("role"), "tab");
   assert.equal(tabRanking.getAttribute("role"), "tab");
-  assert.ok(tabTest.contains(q(el, "tracin-tab-explore")[0]));
-  assert.ok(tabRanking.contains(q(el, "tracin-tab-table")[0]));
+  for (const old of ["tracin-tab-explore", "tracin-tab-table", "tracin-pane-explore", "tracin-pane-table"]) {
+    assert.equal(q(el, old).length, 0, old);
+  }
   assert.equal(tabTest.getAttribute("aria-selected"), "true");
   assert.equal(tabRanking.getAttribute("aria-selected"), "false");
   const saves = m.saves;
-  q(el, "tracin-tab-table")[0].click(); // the label: the click reaches its tab
+  tabRanking.querySelector("span").click(); // the label: the click reaches its tab
   assert.equal(tabRanking.getAttribute("aria-selected"), "true");
   assert.equal(tabTest.getAttribute("aria-selected"), "false");
   assert.equal(m.get("view"), "ranking");
   assert.equal(m.saves, saves + 1);
-  assert.ok(shown(q(el, "tracin-pane-table")[0]));
+  assert.ok(shown(q(el, "tracin-pane-ranking")[0]));
   m.pyset("view", "test"); // Python switches the tab
   assert.equal(tabTest.getAttribute("aria-selected"), "true");
-  assert.ok(shown(q(el, "tracin-pane-explore")[0]));
-  assert.ok(!shown(q(el, "tracin-pane-table")[0]));
+  assert.ok(shown(q(el, "tracin-pane-test")[0]));
+  assert.ok(!shown(q(el, "tracin-pane-ranking")[0]));
   cleanup();
 });
 
@@ -51,7 +52,7 @@ test("view='ranking' opens on the ranking", () => {
   const m = new FakeModel({ view: "ranking", test_strip: strip([row(1)]) });
   const { el, cleanup } = mount(render, m);
   assert.equal(q(el, "tracin-tab-ranking")[0].getAttribute("aria-selected"), "true");
-  assert.ok(shown(q(el, "tracin-pane-table")[0]));
+  assert.ok(shown(q(el, "tracin-pane-ranking")[0]));
   assert.ok(m.lastSent("rows"), "the ranking asks for its rows");
   cleanup();
 });
@@ -60,7 +61,7 @@ test("no test set: ranking first, no strip or misclassified filter, a note says 
   const m = new FakeModel({ info: NO_TEST, view: "ranking", test_strip: strip([], { total: 0, n_pages: 1 }) });
   const { el, cleanup } = mount(render, m);
   assert.equal(q(el, "tracin-tab-ranking")[0].getAttribute("aria-selected"), "true");
-  q(el, "tracin-tab-explore")[0].click();
+  q(el, "tracin-tab-test")[0].click();
   assert.equal(m.get("view"), "test");
   assert.ok(!shown(q(el, "tracin-misclassified-filter")[0]));
   assert.ok(!shown(q(el, "tracin-test-prev")[0]));

@@ -279,7 +279,7 @@ def test_flagged_states_are_readable_in_light_and_dark_themes(jupyter_server, ex
         jp.screenshot(f"{name}-toggle-hover", widget.get_by_test_id("tracin-details"))
         low += low_contrast(widget, f"{name} explore, toggle hovered")
         # The table: a flagged row (hovered, then another row hovered), mispredicted rows, the charts' ticks.
-        widget.get_by_test_id("tracin-tab-table").click()
+        widget.get_by_test_id("tracin-tab-ranking").click()
         rows = widget.get_by_test_id("tracin-table-row")
         expect(rows.first).to_be_visible(timeout=COMPUTE_TIMEOUT_MS)
         row = next(rows.nth(i) for i in (1, 2) if int(rows.nth(i).get_attribute("data-index")) != index)
@@ -292,7 +292,7 @@ def test_flagged_states_are_readable_in_light_and_dark_themes(jupyter_server, ex
         jp.screenshot(f"{name}-table-widget", widget)
         jupyter_server.kernel_exec(NOTEBOOK, f"explorer.flagged = [{index}]")
         expect(row).not_to_have_class(re.compile(r"\bis-flagged\b"))
-        widget.get_by_test_id("tracin-tab-explore").click()
+        widget.get_by_test_id("tracin-tab-test").click()
         page.mouse.move(0, 0)
     jp.set_theme("JupyterLab Light")
     jupyter_server.kernel_exec(NOTEBOOK, "explorer.flagged = []")
@@ -326,7 +326,7 @@ def test_details_panel_layout_survives_jupyter_css(explorer):
 def test_self_influence_table_ranks_and_flags(jupyter_server, explorer):
     widget = explorer.widget
     expect(widget.get_by_test_id("tracin-progress")).to_be_hidden(timeout=COMPUTE_TIMEOUT_MS)
-    widget.get_by_test_id("tracin-tab-table").click()
+    widget.get_by_test_id("tracin-tab-ranking").click()
     rows = widget.get_by_test_id("tracin-table-row")
     expect(rows.first).to_be_visible(timeout=COMPUTE_TIMEOUT_MS)
     explorer.screenshot("table-widget", widget)
@@ -353,7 +353,7 @@ def test_self_influence_table_ranks_and_flags(jupyter_server, explorer):
     assert kernel_flagged(jupyter_server) == f"[{shown[0]}]"
     jupyter_server.kernel_exec(NOTEBOOK, "explorer.flagged = []")
     expect(top.get_by_test_id("tracin-row-flag")).not_to_be_checked()
-    widget.get_by_test_id("tracin-tab-explore").click()
+    widget.get_by_test_id("tracin-tab-test").click()
     assert_no_errors(explorer)
 
 
@@ -366,11 +366,11 @@ def test_images_keep_their_aspect_ratio_everywhere(explorer):
     proponents.first.click()
     expect(widget.get_by_test_id("tracin-details").locator("canvas")).to_have_count(1)
     boxes = widget.locator(".tracin-root").evaluate(IMAGE_BOXES_JS)
-    widget.get_by_test_id("tracin-tab-table").click()
+    widget.get_by_test_id("tracin-tab-ranking").click()
     expect(widget.get_by_test_id("tracin-table-row").first).to_be_visible(timeout=COMPUTE_TIMEOUT_MS)
     expect(widget.locator("canvas.tracin-img-row")).not_to_have_count(0)
     boxes += widget.locator(".tracin-root").evaluate(IMAGE_BOXES_JS)
-    widget.get_by_test_id("tracin-tab-explore").click()
+    widget.get_by_test_id("tracin-tab-test").click()
     widget.get_by_test_id("tracin-details-close").click()
 
     kinds = {re.search(r"tracin-img-(\w+)", b["cls"]).group(1) for b in boxes}

@@ -90,7 +90,7 @@ def kernel(server, code: str) -> str:
 
 
 def open_table(widget) -> None:
-    widget.get_by_test_id("tracin-tab-table").click()
+    widget.get_by_test_id("tracin-tab-ranking").click()
     expect(widget.get_by_test_id("tracin-table-row").first).to_be_visible(timeout=COMPUTE_TIMEOUT_MS)
     expect(widget.get_by_test_id("tracin-found")).to_be_visible()
 
@@ -150,7 +150,7 @@ def test_charts_are_titled_readable_and_show_your_flags_in_light_and_dark(jupyte
     finally:
         jp.set_theme("JupyterLab Light")
         kernel(jupyter_server, "explorer.flagged = []")
-        widget.get_by_test_id("tracin-tab-explore").click()
+        widget.get_by_test_id("tracin-tab-test").click()
     assert problems == [], problems
     assert_no_errors(jp)
 
@@ -182,7 +182,7 @@ def test_export_buttons_download_the_flags_as_export_flagged_writes_them(jupyter
             assert got == ref.read_bytes(), (got, ref.read_bytes())
     finally:
         kernel(jupyter_server, "explorer.flagged = []")
-        widget.get_by_test_id("tracin-tab-explore").click()
+        widget.get_by_test_id("tracin-tab-test").click()
     assert_no_errors(jp)
 
 
