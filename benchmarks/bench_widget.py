@@ -1184,7 +1184,7 @@ def browser_part(paths: dict, args, log) -> dict:
             widget.screenshot(path=str(shots / "widget-gallery.png"))
 
             # (ii) the table: open it (first page), then next pages
-            widget.get_by_test_id("tracin-tab-table").click()
+            widget.get_by_test_id("tracin-tab-ranking").click()
             expect(widget.get_by_test_id("tracin-table-row")).to_have_count(50, timeout=120_000)
             time.sleep(0.5)
             out["loadavg_table"] = loadavg()
