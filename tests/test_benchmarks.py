@@ -74,7 +74,7 @@ def test_report_rejects_an_unknown_marker(tmp_path):
 
 
 def test_engine_rows_from_raw_results():
-    """bench_engine's raw JSON -> rows: Captum's timed-out RandProj set-up becomes a lower bound."""
+    """engine.py's raw JSON -> rows: Captum's timed-out RandProj set-up becomes a lower bound."""
     s = {"median": 2.0, "min": 1.0, "max": 3.0, "n": 2}
     raw = {
         "args": {"threads": 1, "n_train": 100, "captum_timeout": 100.0},
@@ -121,6 +121,7 @@ def test_partial_run_replaces_only_its_steps():
     assert suite.merge(transcribed, copy.deepcopy(new))["rows"] == [{"step": "b", "x": 3}]
 
 
+@pytest.mark.slow
 def test_cpu_quick_writes_valid_results(tmp_path):
     out = _bench(
         "cpu",

@@ -1,4 +1,4 @@
-"""TracInCP at large N (issue 11 point 5): ``influence(k=...)`` keeps a running top-k of the proponents and the
+"""TracInCP at large N: ``influence(k=...)`` keeps a running top-k of the proponents and the
 opponents instead of the ``(n_test, n_train)`` matrix, the kept results are bounded in bytes, ``k=None`` that cannot
 fit is refused before the pass, and ``self_influence(loader)`` streams; every result against Captum 0.9."""
 
@@ -218,6 +218,7 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
+@pytest.mark.slow
 def test_topk_memory_does_not_grow_with_n_test_times_n_train(tmp_path):
     from tracin_widgets.influence import TracInCP
 
