@@ -192,9 +192,8 @@ def stop_server(server: JupyterServer) -> None:
 class JupyterPage:
     """A Playwright page on one notebook, with the few Jupyter commands the tests need."""
 
-    def __init__(self, page, server: JupyterServer, artifacts: Path | None = None):
+    def __init__(self, page, server: JupyterServer):
         self.page = page
-        self.artifacts = artifacts or Path("artifacts")  # where :meth:`screenshot` writes
         self.server = server
         self.page_errors: list[str] = []
         self.widget = None  # set by tests: the locator of the widget's output
@@ -222,9 +221,6 @@ class JupyterPage:
             "([id, args]) => window.jupyterapp.commands.execute(id, args)", [command_id, args or {}]
         )
 
-    def run_all(self) -> None:
-        self.command("notebook:run-all-cells")
-
     def run_cell(self, index: int) -> None:
         self.page.evaluate("(i) => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = i; }", index)
         self.command("notebook:run-cell")
@@ -234,21 +230,3 @@ class JupyterPage:
 
     def cell_output(self, index: int):
         return self.cell(index).locator(".jp-OutputArea-output")
-
-    def set_theme(self, theme: str, timeout_ms: float = 30_000) -> None:
-        """``JupyterLab Light`` / ``JupyterLab Dark``; waits until the body says the theme changed."""
-        self.command("apputils:change-theme", {"theme": theme})
-        light = "true" if "Dark" not in theme else "false"
-        self.page.wait_for_function(
-            f"() => document.body.dataset.jpThemeName === {json.dumps(theme)}"
-            f" && document.body.dataset.jpThemeLight === '{light}'",
-            timeout=timeout_ms,
-        )
-        # JupyterLab shows its splash screen while the theme loads; wait until it is gone.
-        self.page.locator("#jupyterlab-splash").wait_for(state="detached", timeout=timeout_ms)
-
-    def screenshot(self, name: str, locator=None) -> Path:
-        self.artifacts.mkdir(parents=True, exist_ok=True)
-        path = self.artifacts / f"{self.server.frontend}-{name}.png"
-        (locator or self.page).screenshot(path=str(path))
-        return path

@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> dict:
         from benchmarks.widget_store import store_part
 
         res["store"] = store_part(args, log)
-    paths = prepare(args.data_dir, args.n_train, args.n_test, args.seed, log) if parts - {"store"} else {}
+    paths = prepare(args.data_dir, args.n_train, args.n_test, args.seed) if parts - {"store"} else {}
     if "python" in parts:
         d = load(args.data_dir, args.n_train, args.n_test, args.seed)
         res["python"] = python_part(d, paths["cache"], args, log)

@@ -8,6 +8,7 @@ benchmark. Everything the servers and the kernel write lives under pytest's tmp 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,33 @@ from benchmarks.browser import CHROME_ARGS, FRONTENDS, JupyterPage, JupyterServe
 
 HERE = Path(__file__).resolve().parent
 ARTIFACTS = HERE / "artifacts"  # gitignored; screenshots land here
+
+
+class TestPage(JupyterPage):
+    """The harness's page plus what only the tests use: run all cells, switch themes, save screenshots."""
+
+    __test__ = False  # not a test class
+
+    def run_all(self) -> None:
+        self.command("notebook:run-all-cells")
+
+    def set_theme(self, theme: str, timeout_ms: float = 30_000) -> None:
+        """``JupyterLab Light`` / ``JupyterLab Dark``; waits until the body says the theme changed."""
+        self.command("apputils:change-theme", {"theme": theme})
+        light = "true" if "Dark" not in theme else "false"
+        self.page.wait_for_function(
+            f"() => document.body.dataset.jpThemeName === {json.dumps(theme)}"
+            f" && document.body.dataset.jpThemeLight === '{light}'",
+            timeout=timeout_ms,
+        )
+        # JupyterLab shows its splash screen while the theme loads; wait until it is gone.
+        self.page.locator("#jupyterlab-splash").wait_for(state="detached", timeout=timeout_ms)
+
+    def screenshot(self, name: str, locator=None) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{self.server.frontend}-{name}.png"
+        (locator or self.page).screenshot(path=str(path))
+        return path
 
 
 def pytest_collection_modifyitems(items):
@@ -73,7 +101,7 @@ def open_jupyter_page(chromium_browser):
         context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
         context.set_default_timeout(60_000)
         try:
-            yield JupyterPage(context.new_page(), server, ARTIFACTS)
+            yield TestPage(context.new_page(), server)
         finally:
             context.close()
 
