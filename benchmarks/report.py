@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# row task -> label (the numbers are the issue's targets: (1) proponents/opponents, (2) self-influence, ...)
+# row task -> label; the numbers name the targets: (1) proponents/opponents, (2) self-influence, (3) a warm query,
+# (4) RandProj, (5) TracInCP
 TASKS: dict[str, str] = {
     "workflow": "(1+2) whole workflow: pro + opp + self, cold",
     "workflow_proopp": "(1) pro + opp, cold (inside (1+2))",
-    "fast": "(1) pro + opp, cold, fresh instances",
     "self": "(2) self_influence, cold, fresh instances",
     "workflow_warm": "(1+2) warm repeat of pro + opp + self (× against Captum's cold run)",
     "query": "(3) warm query: a new batch of 4, top-10 pro + opp",
@@ -29,7 +29,6 @@ TASKS: dict[str, str] = {
     "cp_proopp": "(5) TracInCP, all layers: top-10 pro + opp",
     "cp_self": "(5) TracInCP, all layers: self_influence, fresh instance",
     "cp_total": "(5) TracInCP, all layers: pro + opp + self, one instance",
-    "floor": "floor (no library)",
 }
 SOURCES = ("cifar10", "pil", "tensor")
 # (row task, scenario) -> ("ratio", minimum Captum/ours) or ("max_s", largest median of ours); scenario None: both
@@ -151,7 +150,7 @@ def _cells(row: dict) -> tuple[str, str, str]:
 def machine_header(name: str, doc: dict) -> list[str]:
     m = doc.get("machine", {})
     desc = m.get("description") or ", ".join(
-        str(x) for x in (m.get("gpu"), m.get("cpu"), f"{m.get('cores')} cores") if x
+        str(x) for x in (m.get("gpu"), m.get("cpu"), m.get("cores") and f"{m['cores']} cores") if x
     )
     soft = ", ".join(
         f"{label} {m[k]}"
@@ -360,7 +359,7 @@ BROWSER_ROWS = (
 
 
 def widget_browser_table(name: str, doc: dict) -> str:
-    """Issue 10 point 13: the browser's median and worst, from the click to the complete answer in the DOM."""
+    """The browser's median and worst, from the click to the complete answer in the DOM."""
     lines = machine_header(name, doc)
     for run in doc.get("runs", []):
         br = run["figures"].get("browser")
@@ -388,7 +387,7 @@ def widget_browser_table(name: str, doc: dict) -> str:
 
 
 def widget_load_table(name: str, doc: dict) -> str:
-    """Issue 10 point 11: warm queries on a quiet machine and with busy-loop processes, by thread policy."""
+    """Warm queries on a quiet machine and with busy-loop processes, by thread policy."""
     ld = doc.get("load")
     lines = machine_header(name, doc)
     if not ld:
@@ -396,7 +395,7 @@ def widget_load_table(name: str, doc: dict) -> str:
     policies = (
         ("auto", "`auto` (the explorer's default): as many threads as idle cores, at least 1"),
         ("one_thread", "always 1 thread"),
-        ("torch_default", f"torch's default ({ld.get('torch_threads')} threads), as before"),
+        ("torch_default", f"torch's default ({ld.get('torch_threads')} threads)"),
     )
     lines += [
         "",
@@ -426,14 +425,14 @@ def _percent(v: float) -> str:
 
 
 def widget_size_table(name: str, doc: dict) -> str:
-    """Issue 10 point 12: a cold explorer at size, before and after (the before is recorded in the same file)."""
-    cols = [(label, doc[key]) for key, label in (("size_before", "before"), ("size", "after")) if doc.get(key)]
+    """A cold explorer at size: time to ready, each background step, memory, every interaction once."""
+    cols = [("run", doc["size"])] if doc.get("size") else []
     lines = machine_header(name, doc)
     if not cols:
         return "\n".join(lines + ["", "_Not measured yet: `python -m benchmarks widget --only widget-size`._"])
     lines += [
         "",
-        "| measure | " + " | ".join(f"{lab} ({c['n_train']:,})" for lab, c in cols) + " |",
+        "| measure | " + " | ".join(f"{c['n_train']:,} training examples" for _, c in cols) + " |",
         "|---|" + "---:|" * len(cols),
     ]
 
@@ -481,7 +480,7 @@ def _held(c: dict) -> str:
 
 
 def widget_store_table(name: str, doc: dict) -> str:
-    """Issue 11 point 8: the explorer over a 1.28M-row factor store that stays on disk (queries stream it)."""
+    """The explorer over a 1.28M-row factor store that stays on disk (queries stream it)."""
     c = doc.get("store")
     lines = machine_header(name, doc)
     if not c:
@@ -509,9 +508,6 @@ def widget_store_table(name: str, doc: dict) -> str:
         "arrays kept by the allocator (see above) |",
         f"| … the explorer's numpy arrays (MB; largest, bytes per row) | {c['explorer_arrays_mb']} "
         f"(`{c['largest_explorer_array']}`, {c['largest_explorer_array_bytes_per_row']}) | per-row scalars |",
-        f"| the engine's in-memory factor path (`_ensure_factors`) called | {c['ensure_factors_calls']} | 0 |",
-        f"| thumbnails made / rows sent + test examples | {c['thumbnails_made']:,} / {c['thumbnail_bound']:,} "
-        f"| of {c['n_train']:,} rows |",
     ]
     for k, v in c.get("interactions", {}).items():
         lines.append(f"| {k} (median / p90 ms, {v['n']} runs) | {v['median_ms']} / {v['p90_ms']} | |")
@@ -557,12 +553,67 @@ def recall_table(name: str, doc: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------------------- probes
+def imagenet_table(name: str, doc: dict) -> str:
+    """TracInCPFast at ImageNet's shape: one row per factor dtype and placement of every run."""
+    lines = machine_header(name, doc) + [
+        "",
+        "| factors | where | factor pass | plain forward | peak GPU memory | top-10 pro / opp (median, max) "
+        "| self-influence |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in doc["runs"]:
+        fwd = run["plain_forward"]["rows_x_ckpts_per_s"] / 1e6
+        for key, label in (("fp32", "float32"), ("bf16", "bfloat16")):
+            r = run.get(key)
+            if not r:
+                continue
+            q = f"{fmt_s(r['query_ms_pro'] / 1000)} / {fmt_s(r['query_ms_opp'] / 1000)} "
+            q += f"({fmt_s(max(r['query_ms_pro_max'], r['query_ms_opp_max']) / 1000)})"
+            lines.append(
+                f"| {label}, {r['factor_gb']:.2f} GB | {r['placement']} | {fmt_s(r['fit_s'])} "
+                f"({r['fit_rows_x_ckpts_per_s'] / 1e6:.2f} M rows·checkpoints/s) | {fwd:.2f} M rows·checkpoints/s | "
+                f"{r['peak_gpu_gb']:.1f} GB | {q} | {fmt_s(r['self_influence_s'])} |"
+            )
+        st = run.get("bf16_store")
+        if st:
+            same = "same top-10" if st.get("same_top10") else "**top-10 differs**"
+            lines.append(
+                f"| bfloat16 into a store ({st['store_gb']:.1f} GB on disk) | {st['placement']} | "
+                f"{fmt_s(st['fit_s'])} ({st['write_gb_per_s']:.2f} GB/s to disk) | | | {same} | |"
+            )
+    lines += [
+        "",
+        f"{doc['runs'][0]['rows']:,} rows, layer {doc['runs'][0]['layer']}, "
+        f"{doc['runs'][0]['checkpoints']} checkpoints; a query is `influence(test, k=10)` of one test row.",
+    ]
+    return "\n".join(lines)
+
+
+def resnet50_table(name: str, doc: dict) -> str:
+    """ResNet-50: the factor pass's throughput against the plain no-grad forward of the same checkpoints."""
+    lines = machine_header(name, doc) + [
+        "",
+        "| images | precision | plain forward (images·checkpoints/s) | `TracInCPFast.fit()` | ratio | peak GPU |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for run in doc["runs"]:
+        for r in sorted(run["runs"], key=lambda r: (-r["images"], r["precision"])):
+            lines.append(
+                f"| {r['images']:,} | {r['precision']} | {r['plain_images_x_ckpts_per_s']:,.0f} | "
+                f"{r['engine_images_x_ckpts_per_s']:,.0f} | {r['ratio']:.2f}× | {r['peak_gib']:.1f} GiB |"
+            )
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------------------- RESULTS.md
 RENDER: dict[str, Callable[[str, dict], str]] = {
     "cpu": engine_table,
     "gpu": engine_table,
     "widget": widget_table,
     "recall": recall_table,
+    "imagenet": imagenet_table,
+    "resnet50": resnet50_table,
 }
 
 

@@ -1,7 +1,7 @@
 """The named scenarios of ``python -m benchmarks``, and how their figures become ``benchmarks/results/*.json``.
 
-A scenario is a fixed list of steps; each step runs ``bench_engine`` (or ``bench_widget`` / the recall probe) in its
-own process with fixed options, as the per-run shell scripts used to, and writes its raw JSON under
+A scenario is a fixed list of steps; each step runs ``engine`` (or ``widget``, ``recall``, a GPU probe) in its
+own process with fixed options, and writes its raw JSON under
 ``benchmarks/out/`` (git-ignored). The suite then collects the figures of every step into one results file,
 ``<results-dir>/<scenario>-<machine-tag>.json`` (machine, torch version, date, git commit, the figures), which
 ``python -m benchmarks report`` renders into ``benchmarks/RESULTS.md``.
@@ -13,7 +13,6 @@ file is ``<scenario>-<machine-tag>-quick.json`` so that it never replaces record
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -42,7 +41,7 @@ class Step:
     argv: tuple[str, ...]
     what: str
     timeout_s: float | None = None
-    module: str = "benchmarks.bench_engine"
+    module: str = "benchmarks.engine"
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class Scenario:
     help: str
     steps: tuple[Step, ...]
     quick: Step
-    kind: str = "engine"  # how the raw JSON is read: engine, widget or recall
+    kind: str = "engine"  # how the raw JSON is read: engine, widget, recall or probe
     common: tuple[str, ...] = field(default_factory=tuple)  # options of every step (full and quick)
 
 
@@ -59,7 +58,7 @@ def _a(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
-# The workload and options of every step are bench_engine's (see its docstring); ``--tasks`` names what is measured.
+# The workload and options of every step are engine.py's (see its docstring); ``--tasks`` names what is measured.
 _ENGINE_QUICK = (
     "--data-size 128 --n-train 128 --cp-n-train 32 --sources cifar10 --tasks workflow,self,query,cp,randproj "
 )
@@ -152,33 +151,33 @@ SCENARIOS: dict[str, Scenario] = {
                     "widget",
                     _a("--reps 10"),
                     "50k training examples, Python-side and browser parts (galleries, table pages, details panel)",
-                    module="benchmarks.bench_widget",
+                    module="benchmarks.widget",
                 ),
                 Step(
                     "widget-load",
                     _a("--n-train 10000 --parts load --reps 15 --busy 2"),
                     "10k: warm queries on a quiet machine and with two busy-loop processes (about 3 minutes)",
-                    module="benchmarks.bench_widget",
+                    module="benchmarks.widget",
                 ),
                 Step(
                     "widget-size",
                     _a("--n-train 400000 --parts size --reps 10"),
                     "400k: time to ready per step, memory, every interaction once (about 10 minutes on 2 cores)",
-                    module="benchmarks.bench_widget",
+                    module="benchmarks.widget",
                 ),
                 Step(
                     "widget-store",
                     _a("--n-train 1281167 --parts store --reps 10"),
                     "1,281,167 8x8 images over a streamed factor store: factors ready -> first table page, each "
                     "interaction, memory against the store (about 2 minutes on 2 cores)",
-                    module="benchmarks.bench_widget",
+                    module="benchmarks.widget",
                 ),
             ),
             Step(
                 "quick",
                 _a("--n-train 1000 --n-test 100 --reps 10 --parts python"),
                 "smoke run: 1,000 examples, Python-side part only",
-                module="benchmarks.bench_widget",
+                module="benchmarks.widget",
             ),
             kind="widget",
         ),
@@ -190,23 +189,68 @@ SCENARIOS: dict[str, Scenario] = {
                     "recall",
                     _a("--threads 2 --n-train 10000,50000 --captum-n 10000"),
                     "10k and 50k, Captum's recall at 10k",
-                    module="benchmarks.probes.randproj_recall",
+                    module="benchmarks.recall",
                 ),
             ),
             Step(
                 "quick",
                 _a("--threads 1 --data-size 256 --n-train 256 --captum-n 256 --batches 2 --reranks none,5,50"),
                 "smoke run: 256 images",
-                module="benchmarks.probes.randproj_recall",
+                module="benchmarks.recall",
             ),
             kind="recall",
+        ),
+        Scenario(
+            "imagenet",
+            "TracInCPFast at ImageNet's shape on one CUDA GPU: 1,281,167 rows, 2048 -> 1000, 5 checkpoints",
+            (
+                Step(
+                    "fp32",
+                    _a("--dtypes fp32"),
+                    "float32 factors (78 GB: on an H200's GPU, in host memory on an H100)",
+                    module="benchmarks.probes.imagenet_shape",
+                ),
+                Step(
+                    "bf16",
+                    _a("--dtypes bf16 --store"),
+                    "bfloat16 factors (39 GB) on the GPU, and into a store",
+                    module="benchmarks.probes.imagenet_shape",
+                ),
+            ),
+            Step(
+                "quick",
+                _a("--rows 4096 --dtypes fp32,bf16"),
+                "smoke run: 4,096 rows",
+                module="benchmarks.probes.imagenet_shape",
+            ),
+            kind="probe",
+        ),
+        Scenario(
+            "resnet50",
+            "torchvision's ResNet-50: TracInCPFast's factor pass against the plain forward, on one CUDA GPU",
+            (
+                Step(
+                    "resnet50",
+                    (),
+                    "10k images under TF32 and strict float32, 100k under TF32",
+                    module="benchmarks.probes.resnet50_throughput",
+                ),
+            ),
+            Step(
+                "quick",
+                _a("--n 64 --n-small 64 --batch-size 32"),
+                "smoke run: 64 images",
+                module="benchmarks.probes.resnet50_throughput",
+            ),
+            kind="probe",
         ),
     )
 }
 
-# bench_engine result (task) -> rows: (row task, Captum's segment, ours' segment)
+PROBES = ("imagenet", "resnet50")
+
+# engine.py result (task) -> rows: (row task, Captum's segment, ours' segment)
 ENGINE_ROWS: dict[str, tuple[tuple[str, str | None, str], ...]] = {
-    "fast": (("fast", "total", "total"),),
     "self": (("self", "total", "total"),),
     "workflow": (
         ("workflow", "total", "total"),
@@ -260,34 +304,6 @@ def machine_label(machine: dict) -> str:
     return f"CPU, {machine.get('cores')} cores"
 
 
-# ----------------------------------------------------------------------------------------------------------- setup
-def setup_site(wheels: Path, annoy_src: Path, site: Path) -> None:
-    """Make Captum and Annoy importable on a bare machine without internet (the device machines: torch 2.11, neither
-    installed). Captum comes from a carried wheel (``pip download captum==0.9.0 --no-deps -d .whl``); Annoy is built
-    from its carried source (``.carry/annoy-1.17.3``: the sdist with the ``setup_requires`` nose line removed, which
-    pip cannot fetch offline). Both go into ``site``, which is put first on this process's and the steps' path."""
-    site = site.resolve()
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-cache-dir", "--target", str(site)]
-    if importlib.util.find_spec("captum") is None:
-        whls = sorted(wheels.glob("*.whl"))
-        if not whls:
-            raise SystemExit(
-                f"--setup: captum is not installed and --wheels {wheels} holds no .whl; carry Captum "
-                "0.9's wheel there (pip download captum==0.9.0 --no-deps -d .whl)"
-            )
-        subprocess.run(pip + ["--no-index", "--no-compile", "--upgrade", *map(str, whls)], check=True)
-    if importlib.util.find_spec("annoy") is None:
-        if not annoy_src.is_dir():
-            print(
-                f"--setup: annoy is not installed and --annoy-src {annoy_src} is missing: the RandProj steps will fail",
-                flush=True,
-            )
-        elif subprocess.run(pip + ["--no-build-isolation", str(annoy_src)], check=False).returncode:
-            print("--setup: building annoy FAILED: the RandProj steps will fail", flush=True)
-    sys.path.insert(0, str(site))
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
-
-
 # ----------------------------------------------------------------------------------------------------------- running
 def run_step(step: Step, argv: list[str], raw: Path) -> dict[str, Any]:
     """Run one step in its own process group; stop the group after its timeout (what it saved so far is kept)."""
@@ -328,29 +344,13 @@ def _summary(s: dict | None) -> dict | None:
 
 
 def engine_rows(doc: dict, step: str) -> list[dict]:
-    """bench_engine's raw results -> the suite's rows (one per task, source, N; Captum's and our summaries)."""
+    """engine.py's raw results -> the suite's rows (one per task, source, N; Captum's and our summaries)."""
     args = doc["args"]
     threads = args.get("threads") or doc["machine"].get("torch_threads")
     rows = []
     for name, rec in doc["results"].items():
         task, source = name.rstrip("]").split("[")
         n_train = rec.get("n_train", args["n_train"])
-        if task == "floor":
-            for seg, s in rec.get("ours_summary", {}).items():
-                rows.append(
-                    {
-                        "task": "floor",
-                        "source": source,
-                        "n_train": n_train,
-                        "threads": threads,
-                        "reps": s.get("n"),
-                        "captum": None,
-                        "ours": _summary(s),
-                        "note": seg,
-                        "step": step,
-                    }
-                )
-            continue
         timeouts = [r for r in rec.get("captum", []) if "timeout" in r]
         for row_task, cseg, oseg in ENGINE_ROWS.get(task, ()):
             ours = _summary(rec.get("ours_summary", {}).get(oseg))
@@ -410,7 +410,10 @@ def collect(scenario: Scenario, steps: list[dict], raws: list[Path]) -> dict:
     found = [d for d in docs if d]
     if not found:
         raise SystemExit(f"no step of scenario {scenario.name!r} wrote results (see the output above)")
-    machine = dict(found[0]["machine"])
+    if scenario.kind == "probe":  # the GPU probes name their device and torch only
+        machine = {"gpu": found[0].get("device"), "torch": found[0].get("torch")}
+    else:
+        machine = dict(found[0]["machine"])
     res: dict[str, Any] = {
         "scenario": scenario.name,
         "machine_tag": machine_tag(machine),
@@ -441,6 +444,8 @@ def collect(scenario: Scenario, steps: list[dict], raws: list[Path]) -> dict:
             for d in found:
                 if key in d:
                     res[key] = d[key]
+    elif scenario.kind == "probe":
+        res["runs"] = [dict(d, step=step["name"]) for step, d in zip(steps, docs, strict=False) if d]
     else:
         res["results"] = found[0]["results"]
     return res
@@ -448,10 +453,15 @@ def collect(scenario: Scenario, steps: list[dict], raws: list[Path]) -> dict:
 
 def merge(previous: dict | None, new: dict) -> dict:
     """A partial run (``--only``) replaces the rows of its steps in an earlier measured file of the same machine."""
+    if previous and new.get("scenario") in PROBES:  # a probe: keep the steps this run did not measure
+        rerun = {s["name"] for s in new["steps"]}
+        new["steps"] = [s for s in previous.get("steps", []) if s["name"] not in rerun] + new["steps"]
+        new["runs"] = [r for r in previous.get("runs", []) if r.get("step") not in rerun] + new["runs"]
+        return new
     if previous and new.get("scenario") == "widget":  # widget: keep the parts this run did not measure
         rerun = {s["name"] for s in new["steps"]}
         new["steps"] = [s for s in previous.get("steps", []) if s["name"] not in rerun] + new["steps"]
-        for key in ("runs", "load", "size", "size_before", "store", "notes"):
+        for key in ("runs", "load", "size", "store", "notes"):
             if not new.get(key) and previous.get(key):
                 new[key] = previous[key]
         return new
@@ -471,8 +481,6 @@ def merge(previous: dict | None, new: dict) -> dict:
 
 def run_scenario(scenario: Scenario, args: argparse.Namespace) -> list[str]:
     """Run the scenario's steps, write its results file; return the names of the steps that failed or timed out."""
-    if args.setup:
-        setup_site(args.wheels, args.annoy_src, args.site)
     if args.quick:
         steps = [scenario.quick]
     else:
@@ -537,20 +545,6 @@ def parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--tag", default="", help="machine tag of the results file (default: GPU model or CPU cores)")
         sp.add_argument("--extra", default="", help='more options for every step, e.g. "--skip-captum cp"')
-        sp.add_argument(
-            "--setup",
-            action="store_true",
-            help="first install Captum from --wheels and build Annoy from --annoy-src into --site when "
-            "they are not importable (bare CUDA machines)",
-        )
-        sp.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="folder with captum-0.9.0's wheel")
-        sp.add_argument(
-            "--annoy-src",
-            type=Path,
-            default=ROOT / ".carry" / "annoy-1.17.3",
-            help="annoy's source without its setup_requires nose line",
-        )
-        sp.add_argument("--site", type=Path, default=Path("/tmp/site"), help="install target of --setup")
     rp = sub.add_parser(
         "report",
         help="regenerate the tables of benchmarks/RESULTS.md and WIDGET_RESULTS.md from the results JSON files",

@@ -1,4 +1,1 @@
-"""One-off investigations behind the engine's choices; see README.md.
-
-Run each as ``python -m benchmarks.probes.<name>``.
-"""
+"""The GPU probes that ``python -m benchmarks imagenet`` and ``resnet50`` run; see README.md."""

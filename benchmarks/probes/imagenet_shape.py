@@ -1,4 +1,4 @@
-"""Probe (a script, not a test; CI has no GPU): TracInCPFast at ImageNet's shape on one GPU (issue 11, point 9).
+"""TracInCPFast at ImageNet's shape on one GPU (``python -m benchmarks imagenet``).
 
 1,281,167 training rows, a final layer 2048 -> 1000 (ResNet-50's ``fc``, on synthetic pooled features: the
 features are the layer's input, so the model is the layer itself), 5 checkpoints with different learning
@@ -15,7 +15,7 @@ rates. For float32 factors (78 GB, kept on the GPU) and bfloat16 ones (39 GB), i
   rate a real backbone produces factors: ResNet-50 at the measured images/s writes ~30 KB per image);
 * the bfloat16 scores' error and top-10 overlap against float32.
 
-    PYTHONPATH=. python3 -m benchmarks.probes.imagenet_shape [--rows 1281167] [--store --dir /tmp/store]
+    python -m benchmarks.probes.imagenet_shape [--rows 1281167] [--store --dir /tmp/store]
 
 Prints JSON lines as it goes and the whole report at the end (also to ``--out``).
 """

@@ -1,5 +1,5 @@
-"""Probe (a script, not a test; CI has no GPU): TracInCPFast's factor pass on torchvision's ResNet-50 against the
-plain no-grad forward of the same checkpoints (issue 11, point 10: >= 0.8x its throughput on >= 100k images).
+"""TracInCPFast's factor pass on torchvision's ResNet-50 against the plain no-grad forward of the same checkpoints
+(``python -m benchmarks resnet50``; target: >= 0.8x its throughput on >= 100k images).
 
 Synthetic 224x224 uint8 images (1,000 distinct ones, repeated: the data never limits either side) in a
 TensorDataset; the model converts them to float (``x.float() / 255``) before ``resnet50(weights=None)``, as a
@@ -12,7 +12,7 @@ setting is named in the report: PyTorch's default (cuDNN convolutions in TF32) a
 
 First ``--n-small`` images in both precision modes, then ``--n`` in the default mode if ``--budget-s`` allows.
 
-    PYTHONPATH=. python3 -m benchmarks.probes.resnet50_throughput [--n 100000] [--n-small 10000]
+    python -m benchmarks.probes.resnet50_throughput [--n 100000] [--n-small 10000]
 """
 
 from __future__ import annotations

@@ -1,292 +1,32 @@
 """Real-browser fixtures: JupyterLab / Notebook 7 servers on 127.0.0.1 driven by Playwright + Debian chromium.
 
-Recipe: each server gets its own config/data/runtime dirs and a token, listens on 127.0.0.1 only, and is stopped
-at the end of the session. Everything the servers and the kernel write (config, settings, workspaces, runtime,
-data, IPython/matplotlib dirs, the notebooks) lives under pytest's tmp dirs.
-No browser download: Playwright drives the system ``chromium`` through ``executable_path``.
+The harness itself (servers, :class:`JupyterPage`) is ``benchmarks/browser.py``, shared with the widget
+benchmark. Everything the servers and the kernel write lives under pytest's tmp dirs; screenshots land in
+``tests/e2e/artifacts/`` (gitignored).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from benchmarks.browser import CHROME_ARGS, FRONTENDS, JupyterPage, JupyterServer, start_server, stop_server
+
 HERE = Path(__file__).resolve().parent
 ARTIFACTS = HERE / "artifacts"  # gitignored; screenshots land here
-TOKEN = "tracin-e2e-token"
-SERVER_START_TIMEOUT_S = 120
-CHROME_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-# Notebook 7.6 throws this from notebook_core on every page, even /tree with no widget (widget-anchors 5.3).
-KNOWN_PAGE_ERRORS = ("reading 'schema'",)
-
-FRONTENDS = {
-    # name: (python -m module, app class for expose_app_in_browser, notebook URL template)
-    "lab": ("jupyterlab", "LabApp", "lab/tree/{path}"),
-    "notebook": ("notebook", "JupyterNotebookApp", "notebooks/{path}"),
-}
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if Path(item.path).resolve().is_relative_to(HERE):
-            item.add_marker(pytest.mark.e2e)
+class TestPage(JupyterPage):
+    """The harness's page plus what only the tests use: run all cells, switch themes, save screenshots."""
 
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item, call):
-    """Expose each phase's report as ``item.rep_<phase>`` (the e2e tests save artifacts after a failure)."""
-    report = yield
-    setattr(item, f"rep_{report.when}", report)
-    return report
-
-
-# --------------------------------------------------------------------------------------------- server
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-
-
-@dataclass
-class JupyterServer:
-    frontend: str  # "lab" | "notebook"
-    base_url: str
-    token: str
-    root: Path  # server root_dir: put notebooks here
-    runtime_dir: Path
-    log_path: Path
-    proc: subprocess.Popen = field(repr=False)
-
-    def notebook_url(self, name: str) -> str:
-        return f"{self.base_url}/{FRONTENDS[self.frontend][2].format(path=name)}?token={self.token}"
-
-    def api(self, path: str):
-        req = urllib.request.Request(f"{self.base_url}{path}", headers={"Authorization": f"token {self.token}"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
-
-    def kernel_exec(self, notebook: str, code: str, timeout_s: float = 60) -> str:
-        """Run ``code`` in the kernel of ``notebook`` (same namespace) via a second client; returns its stdout.
-
-        Raises AssertionError with the traceback if the code fails.
-        """
-        from jupyter_client import BlockingKernelClient
-
-        sessions = [s for s in self.api("/api/sessions") if s["path"] == notebook]
-        assert sessions, f"no kernel session for {notebook!r}: {self.api('/api/sessions')}"
-        kernel_id = sessions[0]["kernel"]["id"]
-        client = BlockingKernelClient(connection_file=str(self.runtime_dir / f"kernel-{kernel_id}.json"))
-        client.load_connection_file()
-        client.start_channels()
-        out: list[str] = []
-        errors: list[str] = []
-
-        def hook(msg):
-            kind, content = msg["header"]["msg_type"], msg["content"]
-            if kind == "stream" and content["name"] == "stdout":
-                out.append(content["text"])
-            elif kind == "error":
-                errors.append("\n".join(content["traceback"]))
-
-        try:
-            client.wait_for_ready(timeout=timeout_s)
-            reply = client.execute_interactive(code, output_hook=hook, timeout=timeout_s, store_history=False)
-        finally:
-            client.stop_channels()
-        assert reply["content"]["status"] == "ok" and not errors, f"kernel code failed:\n{code}\n" + "\n".join(errors)
-        return "".join(out)
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return "<no log>"
-
-
-def _start_server(frontend: str, tmp: Path) -> JupyterServer:
-    module, app_class, _ = FRONTENDS[frontend]
-    names = ("root", "config", "data", "settings", "workspaces", "runtime", "ipython", "mpl", "tmp")
-    dirs = {name: tmp / name for name in names}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    # Lab 4.6: --LabApp.news_url=None does not stop the news toast; this settings file does (pitfall 3).
-    _write_json(
-        dirs["settings"] / "@jupyterlab/apputils-extension/notification.jupyterlab-settings",
-        {"fetchNews": "false", "checkForUpdates": False},
-    )
-    env = {k: v for k, v in os.environ.items() if k not in {"ANYWIDGET_HMR", "JUPYTER_PATH", "JUPYTER_PREFER_ENV_PATH"}}
-    env.update(
-        JUPYTER_CONFIG_DIR=str(dirs["config"]),
-        JUPYTER_DATA_DIR=str(dirs["data"]),
-        JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]),
-        JUPYTERLAB_WORKSPACES_DIR=str(dirs["workspaces"]),
-        JUPYTER_RUNTIME_DIR=str(dirs["runtime"]),
-        IPYTHONDIR=str(dirs["ipython"]),
-        MPLCONFIGDIR=str(dirs["mpl"]),
-        MPLBACKEND="Agg",
-        PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        PYTHONUNBUFFERED="1",
-        TMPDIR=str(dirs["tmp"]),  # the notebook's tempfile.mkdtemp() (checkpoints) lands under pytest's tmp
-        OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
-    )
-    last_error = ""
-    for _attempt in range(3):  # a free port can be taken between probe and bind: retry with another
-        port = _free_port()
-        log_path = tmp / f"server-{port}.log"
-        log = open(log_path, "wb")  # closed when the process ends
-        cmd = [
-            sys.executable,
-            "-m",
-            module,
-            "--no-browser",
-            "--allow-root",  # CI runs as root (pitfall 1)
-            "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={port}",
-            "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={TOKEN}",
-            f"--ServerApp.root_dir={dirs['root']}",
-            f"--{app_class}.expose_app_in_browser=True",
-        ]
-        proc = subprocess.Popen(cmd, env=env, cwd=dirs["root"], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        server = JupyterServer(
-            frontend, f"http://127.0.0.1:{port}", TOKEN, dirs["root"], dirs["runtime"], log_path, proc
-        )
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                last_error = f"{module} exited with {proc.returncode}:\n{server.log_tail()}"
-                break
-            try:
-                server.api("/api/status")
-                return server
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.25)  # readiness poll of a subprocess, not a browser wait
-        else:
-            _stop_server(server)
-            raise RuntimeError(
-                f"{module} did not answer /api/status in {SERVER_START_TIMEOUT_S}s:\n{server.log_tail()}"
-            )
-    raise RuntimeError(last_error)
-
-
-def _stop_server(server: JupyterServer) -> None:
-    proc = server.proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # the server shuts its kernels down (pitfall 10)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module", params=sorted(FRONTENDS))
-def jupyter_server(request, tmp_path_factory):
-    """A running JupyterLab (``lab``) or Notebook 7 (``notebook``) server; module-scoped, one per frontend."""
-    if shutil.which("chromium") is None:
-        pytest.skip("Debian chromium not installed (bash .ci/setup --test installs it)")
-    pytest.importorskip("playwright.sync_api")
-    server = _start_server(request.param, tmp_path_factory.mktemp(f"jupyter-{request.param}"))
-    try:
-        yield server
-    finally:
-        _stop_server(server)
-
-
-# -------------------------------------------------------------------------------------------- browser
-
-
-@pytest.fixture(scope="session")
-def chromium_browser():
-    """Headless Debian chromium under Playwright's sync API (fresh temporary profile)."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip("Debian chromium not installed (bash .ci/setup --test installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROME_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-class JupyterPage:
-    """A Playwright page on one notebook, with the few Jupyter commands the tests need."""
-
-    def __init__(self, page, server: JupyterServer):
-        self.page = page
-        self.server = server
-        self.page_errors: list[str] = []
-        self.widget = None  # set by tests: the locator of the widget's output
-        page.on("pageerror", lambda exc: self.page_errors.append(f"{exc.name}: {exc.message}"))
-
-    @property
-    def unexpected_page_errors(self) -> list[str]:
-        return [e for e in self.page_errors if not any(k in e for k in KNOWN_PAGE_ERRORS)]
-
-    def open(self, name: str, timeout_ms: float = 90_000) -> None:
-        self.page.goto(self.server.notebook_url(name))
-        self.page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=timeout_ms)
-        self.wait_kernel_idle(timeout_ms)
-        # JupyterLab: collapse the file browser so the widget gets the width (Notebook 7 has no left area open).
-        self.page.evaluate("() => { const s = window.jupyterapp.shell; if (s.collapseLeft) s.collapseLeft(); }")
-
-    def wait_kernel_idle(self, timeout_ms: float = 90_000) -> None:
-        self.page.wait_for_function(
-            "() => window.jupyterapp?.shell?.currentWidget?.sessionContext?.session?.kernel?.status === 'idle'",
-            timeout=timeout_ms,
-        )
-
-    def command(self, command_id: str, args: dict | None = None):
-        return self.page.evaluate(
-            "([id, args]) => window.jupyterapp.commands.execute(id, args)", [command_id, args or {}]
-        )
+    __test__ = False  # not a test class
 
     def run_all(self) -> None:
         self.command("notebook:run-all-cells")
-
-    def run_cell(self, index: int) -> None:
-        self.page.evaluate("(i) => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = i; }", index)
-        self.command("notebook:run-cell")
-
-    def cell(self, index: int):
-        return self.page.locator(".jp-Notebook .jp-Cell").nth(index)
-
-    def cell_output(self, index: int):
-        return self.cell(index).locator(".jp-OutputArea-output")
 
     def set_theme(self, theme: str, timeout_ms: float = 30_000) -> None:
         """``JupyterLab Light`` / ``JupyterLab Dark``; waits until the body says the theme changed."""
@@ -307,6 +47,51 @@ class JupyterPage:
         return path
 
 
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if Path(item.path).resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Expose each phase's report as ``item.rep_<phase>`` (the e2e tests save artifacts after a failure)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="module", params=sorted(FRONTENDS))
+def jupyter_server(request, tmp_path_factory):
+    """A running JupyterLab (``lab``) or Notebook 7 (``notebook``) server; module-scoped, one per frontend."""
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian chromium not installed (bash .ci/setup --test installs it)")
+    pytest.importorskip("playwright.sync_api")
+    server = start_server(request.param, tmp_path_factory.mktemp(f"jupyter-{request.param}"))
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+# -------------------------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """Headless Debian chromium under Playwright's sync API (fresh temporary profile)."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("Debian chromium not installed (bash .ci/setup --test installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROME_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 @pytest.fixture(scope="session")
 def open_jupyter_page(chromium_browser):
     """``with open_jupyter_page(server) as jp:`` a fresh browser context + :class:`JupyterPage` (closed on exit)."""
@@ -316,7 +101,7 @@ def open_jupyter_page(chromium_browser):
         context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
         context.set_default_timeout(60_000)
         try:
-            yield JupyterPage(context.new_page(), server)
+            yield TestPage(context.new_page(), server)
         finally:
             context.close()
 

@@ -5,13 +5,12 @@ each with 3 checkpoints written under pytest's tmp dir and a tutorial-style ``ch
 different learning rate per checkpoint, plus the same checkpoints as plain state-dict files (default loader, lr 1).
 
 Reference scores come from two oracles: ``oracle.TracInOracle`` (naive float64) and captum 0.9.0 (test-only import).
-Tests that need the engine request the ``eng`` fixture (or are marked ``engine``): until
-``tracin_widgets.influence`` exists they fail (ImportError), they are never skipped.
+The ``eng`` fixture is the engine package, ``tracin_widgets.influence``; other small problems come from
+``problems.py`` and the tolerances of every comparison from ``tolerances.py``.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -19,14 +18,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import tracin_widgets.influence as influence
+
 from .oracle import TracInOracle
 
 LRS = (0.5, 1.0, 2.0)
 EPOCHS = (1, 5, 10)  # file names checkpoint-1.pt, checkpoint-5.pt, checkpoint-10.pt (natural sort != lexical)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "engine: needs tracin_widgets.influence (fails until the engine exists)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,8 +32,6 @@ def pytest_collection_modifyitems(config, items):
             continue
         # captum's own chatter (memory warning, "Input Tensor 0 did not already require gradients")
         item.add_marker(pytest.mark.filterwarnings("ignore::UserWarning:captum.*"))
-        if "eng" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.engine)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -374,8 +369,8 @@ def tb():
 
 @pytest.fixture(scope="session")
 def eng():
-    """The engine package; an ImportError here means the engine does not exist yet (the test fails)."""
-    return importlib.import_module("tracin_widgets.influence")
+    """The engine package, ``tracin_widgets.influence``."""
+    return influence
 
 
 def state_snapshot(model):

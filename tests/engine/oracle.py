@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .tolerances import RTOL_ORACLE
+
 __all__ = [
     "TracInOracle",
     "default_load",
@@ -181,7 +183,7 @@ class TracInOracle:
 # ---------------------------------------------------------------------------------------------------------------------
 # comparison helpers (used by the tests)
 # ---------------------------------------------------------------------------------------------------------------------
-def assert_scores_close(actual: Tensor, expected: Tensor, rtol: float = 1e-4, what: str = "scores") -> None:
+def assert_scores_close(actual: Tensor, expected: Tensor, rtol: float = RTOL_ORACLE, what: str = "scores") -> None:
     """Elementwise ``|a - e| <= rtol*|e| + rtol*max|e|`` (atol relative to the score magnitude)."""
     actual = torch.as_tensor(actual).detach().to(torch.float64).cpu()
     expected = torch.as_tensor(expected).detach().to(torch.float64).cpu()
@@ -200,7 +202,9 @@ def assert_scores_close(actual: Tensor, expected: Tensor, rtol: float = 1e-4, wh
         )
 
 
-def assert_topk_consistent(result, expected_scores: Tensor, k: int, proponents: bool, rtol: float = 1e-4) -> None:
+def assert_topk_consistent(
+    result, expected_scores: Tensor, k: int, proponents: bool, rtol: float = RTOL_ORACLE
+) -> None:
     """Check a k-mode result against a full reference score matrix.
 
     * a NamedTuple with fields ``indices`` (int64) and ``influence_scores``, both ``(n_test, min(k, n_train))``;

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .helpers import save_perturbed_checkpoints
 from .oracle import TracInOracle, assert_scores_close
+from .problems import Problem, save_perturbed_checkpoints
+from .tolerances import RTOL_REORDER, atol_reorder
 
 
 class PlainDataset(Dataset):
@@ -26,11 +27,17 @@ class PlainDataset(Dataset):
 
 @pytest.fixture(scope="module")
 def problem(tmp_path_factory):
-    torch.manual_seed(7)
-    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-    paths = save_perturbed_checkpoints(model, tmp_path_factory.mktemp("batching"), 2, 0.3)
-    x, y = torch.randn(23, 5), torch.randint(0, 3, (23,))
-    return model, paths, x, y, (torch.randn(4, 5), torch.randint(0, 3, (4,)))
+    p = Problem(
+        tmp_path_factory.mktemp("batching"),
+        n=23,
+        seed=7,
+        layers=(5, 7, 3),
+        act=nn.Tanh,
+        checkpoints=2,
+        n_test=4,
+        rows_from_global=True,
+    )
+    return p.model, p.paths, p.x, p.y, p.test
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
@@ -54,12 +61,15 @@ def test_fast_path_and_per_item_loaders_agree(problem):
     a = TracInCPFast(model, "2", TensorDataset(x, y), paths, loss_fn=loss, batch_size=6)
     b = TracInCPFast(model, "2", PlainDataset(x, y), paths, loss_fn=loss, batch_size=6)
     c = TracInCPFast(model, "2", DataLoader(PlainDataset(x, y), batch_size=5, num_workers=1), paths, loss_fn=loss)
-    assert torch.allclose(a.influence(test), b.influence(test), rtol=1e-5, atol=1e-5)
-    assert torch.allclose(a.influence(test), c.influence(test), rtol=1e-5, atol=1e-5)
+    ref, atol = a.influence(test), atol_reorder(a.influence(test))
+    assert torch.allclose(ref, b.influence(test), rtol=RTOL_REORDER, atol=atol)
+    assert torch.allclose(ref, c.influence(test), rtol=RTOL_REORDER, atol=atol)
     loss_none = nn.CrossEntropyLoss(reduction="none")
     d = TracInCP(model, TensorDataset(x, y), paths, loss_fn=loss_none, batch_size=6)
     e = TracInCP(model, PlainDataset(x, y), paths, loss_fn=loss_none, batch_size=6)
-    assert torch.allclose(d.self_influence(), e.self_influence(), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(
+        d.self_influence(), e.self_influence(), rtol=RTOL_REORDER, atol=atol_reorder(e.self_influence())
+    )
 
 
 @pytest.mark.parametrize("per_item", [True, False])
@@ -98,7 +108,9 @@ def test_worker_pass_reads_small_batches_and_matches_oracle(problem):
     assert pass_loader(wide.train_dataloader, 0, wide.device) is wide.train_dataloader
     cp = TracInCP(model, big, paths, loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=512, num_workers=2)
     ref = TracInCP(model, TensorDataset(big.x, big.y), paths, loss_fn=nn.CrossEntropyLoss(reduction="none"))
-    assert torch.allclose(cp.self_influence(), ref.self_influence(), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(
+        cp.self_influence(), ref.self_influence(), rtol=RTOL_REORDER, atol=atol_reorder(ref.self_influence())
+    )
 
 
 def test_auto_workers_only_for_per_item_datasets_on_a_gpu(problem, monkeypatch):
@@ -234,7 +246,7 @@ def test_rows_per_forward_drop_when_memory_is_short_and_scores_do_not_change(wid
         vrows = short._rows(max(short.vmap_min_rows, short.gpu_rows // 3), copies=3)
         assert vrows == rows // 3 and vrows in seen
     for g, w in zip(got, want, strict=False):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g, w, rtol=RTOL_REORDER, atol=atol_reorder(w))
 
 
 def test_forward_memory_reads_the_allocator_peak_between_module_ends():

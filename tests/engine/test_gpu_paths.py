@@ -1,6 +1,6 @@
 """The GPU-only code paths, exercised on the CPU: all checkpoints in one vmapped forward (TracInCPFast) and the
-engine's choice of loader workers. (The pinned TensorDataset copy needs CUDA; benchmarks/ checks it against
-Captum on the H200.)"""
+engine's choice of loader workers. (The pinned TensorDataset copy needs CUDA: ``tests/gpu`` checks it against the
+CPU and Captum.)"""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch.utils.data import Dataset, TensorDataset
 from tracin_widgets.influence import TracInCPFast, TracInCPFastRandProj
 from tracin_widgets.influence._data import estimate_workers, pass_loader
 
-from .helpers import save_perturbed_checkpoints
 from .oracle import TracInOracle, assert_scores_close
+from .problems import save_perturbed_checkpoints
 
 
 @pytest.fixture

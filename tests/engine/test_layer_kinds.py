@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .helpers import save_perturbed_checkpoints
 from .oracle import TracInOracle, assert_scores_close
+from .problems import save_perturbed_checkpoints
 
 
 class OddNet(nn.Module):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from .conftest import Cfg
-from .helpers import save_perturbed_checkpoints
 from .oracle import assert_scores_close, assert_topk_consistent
+from .problems import save_perturbed_checkpoints
 
 
 @pytest.mark.parametrize("proponents", [True, False])

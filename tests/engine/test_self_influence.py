@@ -5,6 +5,7 @@ import torch
 
 from .conftest import Cfg
 from .oracle import assert_scores_close
+from .tolerances import RTOL_POSITIVE
 
 SELF_CASES = [
     ("mlp", Cfg("cp", "none")),
@@ -80,9 +81,9 @@ def test_training_self_influence_comes_from_the_norms_written_with_the_factors(t
     """An in-memory pass keeps each row's |g|^2 and |a|^2 per checkpoint (as the store does): self-influence never
     reads the factors again (78 GB of host-resident factors at ImageNet's size took 7.3 s on an H100), and gives
     what the factors give."""
-    from .helpers import StoreProblem
+    from .problems import Problem
 
-    p = StoreProblem(tmp_path, n=400)
+    p = Problem(tmp_path, n=400)
     eng = p.engine(cache=False).fit()
     assert eng._norms is not None and eng._norms.shape == (400, 3, 2)
     A, G = eng._factors
@@ -93,4 +94,4 @@ def test_training_self_influence_comes_from_the_norms_written_with_the_factors(t
 
     monkeypatch.setattr(eng, "_factor_blocks", no_read)
     got = eng.self_influence()
-    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got, expected, rtol=RTOL_POSITIVE, atol=0)

@@ -219,6 +219,7 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
+@pytest.mark.slow
 def test_topk_memory_does_not_grow_with_n_test_times_n_train(tmp_path):
     from tracin_widgets.influence import TracInCP
 

@@ -14,8 +14,8 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from tracin_widgets.influence import TracInCP, TracInCPFast
 from tracin_widgets.influence._vision import VectorisedImages, vectorised_source
 
-from .helpers import save_perturbed_checkpoints
 from .oracle import assert_scores_close
+from .problems import save_perturbed_checkpoints
 
 NORM = T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 

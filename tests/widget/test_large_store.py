@@ -1,8 +1,8 @@
 """The explorer over a store-backed TracInCPFast whose factors stay on disk (``max_memory`` far below them, queries
 stream the store): the table's pages, sorts, filters and statistics against numpy orders computed here from the
 engine's own self-influence; thumbnails only for the rows sent; the factors never loaded into memory; and nothing
-of the store's size held by the explorer (``benchmarks/bench_widget.py --parts store`` measures
-the same at 1,281,167 rows)."""
+of the store's size held by the explorer (``python -m benchmarks widget --only widget-store`` measures the same
+at 1,281,167 rows)."""
 
 from __future__ import annotations
 

@@ -1,24 +1,10 @@
-#!/usr/bin/env python
 """Captum 0.9 vs tracin_widgets.influence on the workload of Captum's TracInCP tutorial, side by side.
 
 One process, the same model, checkpoints, data and test batch for both libraries; repetitions are
-interleaved (Captum first on even reps, ours first on odd reps) and every task checks that our scores
-equal Captum's. See benchmarks/RESULTS.md for the recorded figures.
-
-The workload (generated here, seeded, cached in benchmarks/data/):
-* 50,000 synthetic CIFAR-shaped training images (uint8 HWC, 32x32x3) + 2,000 test images: each class
-  has a fixed low-frequency colour pattern, images are pattern + noise, and 5% of the training labels
-  are flipped (so self-influence has mislabelled examples to find).
-* the tutorial's ``Net`` trained for 6 epochs (SGD, batch 128) on that data: 6 checkpoints saved as
-  ``{"model_state_dict": ...}`` and loaded with the tutorial's ``checkpoints_load_func`` (returns 1.0).
-* the training set is read through a tutorial-like Dataset that builds a PIL image per item and
-  applies ``ToTensor() + Normalize((0.5,)*3, (0.5,)*3)`` (source "pil"), or from a TensorDataset of the
-  same preprocessed float tensors (source "tensor"), or torchvision's own ``CIFAR10`` class holding the
-  synthetic arrays with the same transform (source "cifar10": what the tutorial really passes; its per-item
-  reads are the same as "pil"'s, but the engine recognises the class and reads it vectorised).
+interleaved (Captum first on even reps, ours first on odd reps) and every task records how far our scores are
+from Captum's. The workload is ``benchmarks/workload.py``'s. See benchmarks/RESULTS.md for the recorded figures.
 
 Tasks (``--tasks``, comma separated):
-  fast      (1) TracInCPFast top-10 proponents + opponents of 4 test examples (fresh instances)
   self      (2) TracInCPFast self_influence() (fresh instances)
   workflow  (1+2) one fresh instance: proponents + opponents + self-influence; ours is cold (factor pass
             included), then ``--warm-reps`` warm repeats of the same three calls on the same instance
@@ -27,27 +13,20 @@ Tasks (``--tasks``, comma separated):
             projection_dim=100) and its top-10 pro + opp query; recall@10 against the exact top-10
   cp        (5) TracInCP on all layers (sample_wise_grads_per_batch=True, CrossEntropyLoss(sum)) on the
             first ``--cp-n-train`` examples: top-10 pro + opp, and self_influence()
-  floor     no library: one pass over the Dataset through a DataLoader (batch --batch-size, with 0 and
-            --floor-workers workers), and 6 checkpoints' no-grad forward over preprocessed tensors
 
 The named scenarios of ``python -m benchmarks`` run this module with fixed options (benchmarks/suite.py); to run
 one configuration by hand (from the repository root):
-  .venv/bin/python -m benchmarks.bench_engine --n-train 10000 --reps 3 --tasks fast,self,workflow
-  .venv/bin/python -m benchmarks.bench_engine --n-train 50000 --reps 1 --tasks workflow,query
-  python3 -m benchmarks.bench_engine --device cuda --reps 3 --out benchmarks/out/h200.json
+  python -m benchmarks.engine --n-train 10000 --reps 3 --tasks self,workflow
+  python -m benchmarks.engine --device cuda --reps 3 --out benchmarks/out/gpu.json
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
 import gc
-import io
 import json
 import math
 import os
-import platform
-import pstats
 import signal
 import statistics
 import sys
@@ -60,167 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset
 
+from benchmarks import workload as wl
 from tracin_widgets.tutorial import Net, checkpoints_load_func  # the tutorial's network and checkpoint loader
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-
-N_FULL = 50_000
-N_TEST_POOL = 2_000
-N_CKPT = 6
-N_CLASSES = 10
-LABEL_NOISE = 0.05
 K = 10
-TASKS = ("fast", "self", "workflow", "query", "randproj", "cp", "floor")
-
-
-# ----------------------------------------------------------------------------------------------- data
-def _preprocess(x_uint8_hwc: np.ndarray) -> torch.Tensor:
-    """Vectorised ToTensor + Normalize(0.5, 0.5): uint8 NHWC -> float32 NCHW in [-1, 1]."""
-    x = torch.from_numpy(x_uint8_hwc).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
-    return x.sub_(0.5).div_(0.5)
-
-
-def generate_images(n: int, seed: int, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, N_CLASSES, size=n)
-    out = np.empty((n, 32, 32, 3), dtype=np.uint8)
-    for s in range(0, n, 5000):
-        y = labels[s : s + 5000]
-        m = len(y)
-        amp = rng.uniform(0.6, 1.4, size=(m, 1, 1, 1)).astype(np.float32)
-        bright = rng.normal(0, 12, size=(m, 1, 1, 3)).astype(np.float32)
-        noise = rng.normal(0, 45, size=(m, 32, 32, 3)).astype(np.float32)
-        img = 128.0 + amp * templates[y] + bright + noise
-        out[s : s + m] = np.clip(img, 0, 255).astype(np.uint8)
-    return out, labels.astype(np.int64)
-
-
-def make_templates(seed: int) -> np.ndarray:
-    """One low-frequency colour pattern per class (4x4 per channel, smoothly upsampled to 32x32)."""
-    rng = np.random.default_rng(seed)
-    coarse = torch.from_numpy(rng.normal(0, 1, size=(N_CLASSES, 3, 4, 4)).astype(np.float32))
-    fine = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bicubic", align_corners=False)
-    fine = fine / fine.flatten(1).std(1).view(-1, 1, 1, 1)
-    return (28.0 * fine).permute(0, 2, 3, 1).numpy()  # (C, 32, 32, 3)
-
-
-def train_checkpoints(x: torch.Tensor, y: torch.Tensor, ckpt_dir: Path, device: str, seed: int) -> list[dict]:
-    torch.manual_seed(seed)
-    net = Net().to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-    g = torch.Generator().manual_seed(seed)
-    xd, yd = x.to(device), y.to(device)
-    log = []
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for epoch in range(N_CKPT):
-        perm = torch.randperm(len(y), generator=g).to(device)
-        net.train()
-        tot, correct = 0.0, 0
-        for s in range(0, len(y), 128):
-            idx = perm[s : s + 128]
-            out = net(xd[idx])
-            loss = loss_fn(out, yd[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * len(idx)
-            correct += int((out.argmax(1) == yd[idx]).sum())
-        state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        torch.save({"model_state_dict": state, "epoch": epoch}, ckpt_dir / f"checkpoint-{epoch}.pt")
-        log.append({"epoch": epoch, "train_loss": tot / len(y), "train_acc": correct / len(y)})
-        print(f"  epoch {epoch}: loss {tot / len(y):.3f} acc {correct / len(y):.3f}", flush=True)
-    return log
-
-
-def prepare_data(data_dir: Path, seed: int, device: str, n_full: int = N_FULL) -> dict:
-    """Generate (once) the images and the 6 checkpoints; return the arrays and the checkpoint paths.
-
-    ``n_full`` below the tutorial's 50,000 makes a smaller workload (with n_full // 25 test images, at least 64) for
-    smoke runs, cached under its own file names."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    n_test = N_TEST_POOL if n_full == N_FULL else max(64, n_full // 25)
-    tag = f"seed{seed}" if n_full == N_FULL else f"seed{seed}-n{n_full}"
-    npz = data_dir / f"synth-cifar-{tag}.npz"
-    ckpt_dir = data_dir / f"checkpoints-{tag}"
-    meta_path = data_dir / f"meta-{tag}.json"
-    if not npz.is_file():
-        t0 = time.perf_counter()
-        templates = make_templates(seed)
-        xtr, ytr_clean = generate_images(n_full, seed + 1, templates)
-        xte, yte = generate_images(n_test, seed + 2, templates)
-        rng = np.random.default_rng(seed + 3)
-        flipped = rng.random(n_full) < LABEL_NOISE
-        ytr = ytr_clean.copy()
-        ytr[flipped] = (ytr_clean[flipped] + rng.integers(1, N_CLASSES, size=int(flipped.sum()))) % N_CLASSES
-        tmp = npz.with_suffix(".tmp.npz")
-        np.savez(tmp, x_train=xtr, y_train=ytr, y_train_clean=ytr_clean, flipped=flipped, x_test=xte, y_test=yte)
-        os.replace(tmp, npz)
-        print(f"generated {npz} in {time.perf_counter() - t0:.1f} s", flush=True)
-    d = np.load(npz)
-    data = {k: d[k] for k in d.files}
-    paths = [str(ckpt_dir / f"checkpoint-{i}.pt") for i in range(N_CKPT)]
-    if not all(os.path.isfile(p) for p in paths) or not meta_path.is_file():
-        t0 = time.perf_counter()
-        print(f"training {N_CKPT} checkpoints on {device} ...", flush=True)
-        log = train_checkpoints(_preprocess(data["x_train"]), torch.from_numpy(data["y_train"]), ckpt_dir, device, seed)
-        net = Net()
-        checkpoints_load_func(net, paths[-1])
-        with torch.no_grad():
-            acc = float((net(_preprocess(data["x_test"])).argmax(1).numpy() == data["y_test"]).mean())
-        meta = {"train_log": log, "test_acc": acc, "train_seconds": time.perf_counter() - t0, "device": device}
-        meta_path.write_text(json.dumps(meta, indent=1))
-        print(f"trained in {meta['train_seconds']:.1f} s; test accuracy {acc:.3f}", flush=True)
-    data["meta"] = json.loads(meta_path.read_text())
-    data["checkpoints"] = paths
-    return data
-
-
-class PILDataset(Dataset):
-    """Like torchvision's CIFAR10: a PIL image per item, then ToTensor + Normalize; int labels."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        import torchvision.transforms as T
-
-        self.images, self.labels = images, labels
-        self.transform = T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
-
-
-def cifar10_dataset(images: np.ndarray, labels: np.ndarray) -> Dataset:
-    """The tutorial's own dataset class, ``torchvision.datasets.CIFAR10`` (its ``__getitem__``: a PIL image per
-    item, then the transform), holding the synthetic arrays: the real files cannot be downloaded here, so the
-    object is made without its constructor (which only locates and unpickles the files)."""
-    import torchvision.transforms as T
-    from torchvision.datasets import CIFAR10
-
-    ds = CIFAR10.__new__(CIFAR10)
-    ds.root, ds.train, ds.target_transform = "synthetic", True, None
-    ds.transform = T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-    ds.data, ds.targets = np.ascontiguousarray(images), [int(v) for v in labels]
-    return ds
-
-
-class DeviceLoader(DataLoader):
-    """A DataLoader that moves each batch to ``device`` (Captum does not move training batches itself)."""
-
-    def __init__(self, *args, device: torch.device, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.target_device = device
-
-    def __iter__(self):
-        for batch in super().__iter__():
-            yield tuple(b.to(self.target_device) for b in batch)
+TASKS = ("self", "workflow", "query", "randproj", "cp")
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -288,14 +114,6 @@ def fmt_s(x: float | None) -> str:
     return f"{x:.2f} s" if x < 100 else f"{x:.0f} s"
 
 
-def fmt_sum(s: dict) -> str:
-    if not s or s.get("median") is None:
-        return "–"
-    if s["n"] == 1:
-        return fmt_s(s["median"])
-    return f"{fmt_s(s['median'])} ({fmt_s(s['min'])}–{fmt_s(s['max'])})"
-
-
 # ----------------------------------------------------------------------------------------------- checks
 def rel_diff(ours: torch.Tensor, ref: torch.Tensor) -> float:
     ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
@@ -327,12 +145,12 @@ class Bench:
         self.args = args
         self.device = torch.device(args.device)
         self.loss_sum = nn.CrossEntropyLoss(reduction="sum")
-        self.data = prepare_data(Path(args.data_dir), args.seed, args.device, getattr(args, "data_size", N_FULL))
+        self.data = wl.prepare_data(Path(args.data_dir), args.seed, args.device, getattr(args, "data_size", wl.N_FULL))
         self.ckpts = self.data["checkpoints"]
         self.net = Net().to(self.device)
         checkpoints_load_func(self.net, self.ckpts[-1])
         self.net.eval()
-        self.pool_x = _preprocess(self.data["x_test"])
+        self.pool_x = wl.preprocess(self.data["x_test"])
         self.pool_y = torch.from_numpy(self.data["y_test"])
         self.test_batch = self.test_batch_at(0)
         if self.device.type == "cuda":  # CUDA context, cuDNN and allocator warm-up, outside every timing
@@ -344,7 +162,6 @@ class Bench:
         self.results: dict[str, Any] = {}
         self.warm: dict[tuple, Any] = {}  # (source, n) -> fitted TracInCPFast of ours
         self.exact: dict[tuple, Any] = {}  # (source, n) -> exact top-k (pro, opp) of the main test batch
-        self.profiles: dict[str, str] = {}
 
     def test_batch_at(self, i: int):
         s = (4 * i) % (len(self.pool_y) - 4)
@@ -352,20 +169,13 @@ class Bench:
 
     # datasets -------------------------------------------------------------------------------------
     def dataset(self, source: str, n: int) -> Dataset:
-        x, y = self.data["x_train"][:n], self.data["y_train"][:n]
-        if source == "pil":
-            return PILDataset(x, y)
-        if source == "tensor":
-            return TensorDataset(_preprocess(x), torch.from_numpy(y))
-        if source == "cifar10":
-            return cifar10_dataset(x, y)
-        raise ValueError(f"unknown source {source!r}")
+        return wl.dataset(source, self.data["x_train"][:n], self.data["y_train"][:n])
 
     def captum_train(self, ds: Dataset, batch_size: int):
         """What Captum is given: the Dataset itself on the CPU; a batch-moving DataLoader on a GPU."""
         if self.device.type == "cpu" and self.args.captum_workers == 0:
             return ds
-        return DeviceLoader(
+        return wl.DeviceLoader(
             ds, batch_size=batch_size, shuffle=False, num_workers=self.args.captum_workers, device=self.device
         )
 
@@ -378,7 +188,7 @@ class Bench:
 
         return C(
             self.net,
-            self.net.fc3 if self.args.final_fc == "fc3" else self.net.relu4,
+            self.net.fc3,
             self.captum_train(ds, bs),
             self.ckpts,
             checkpoints_load_func=checkpoints_load_func,
@@ -391,7 +201,7 @@ class Bench:
 
         return O(
             self.net,
-            self.net.fc3 if self.args.final_fc == "fc3" else self.net.relu4,
+            self.net.fc3,
             ds,
             self.ckpts,
             checkpoints_load_func=checkpoints_load_func,
@@ -404,7 +214,6 @@ class Bench:
     def interleaved(self, name: str, reps: int, run_captum, run_ours, check=None) -> dict:
         """``run_x(rep, clock) -> result``; reps alternate which library goes first."""
         rec: dict[str, Any] = {"captum": [], "ours": [], "checks": []}
-        want = self.args.profile.split(",") if self.args.profile else []
         for rep in range(reps):
             skip = self.args.skip_captum.split(",") if self.args.skip_captum else []
             if name in skip or name.split("[")[0] in skip:
@@ -420,21 +229,11 @@ class Bench:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 clock = Clock(self.device)
-                prof = cProfile.Profile() if f"{lib}:{name}" in want and rep == 0 else None
                 try:
-                    if prof:
-                        prof.enable()
                     outs[lib] = fn(rep, clock)
                     err = None
                 except CaptumTimeout as e:
                     outs[lib], err = None, str(e)
-                finally:
-                    if prof:
-                        prof.disable()
-                        s = io.StringIO()
-                        pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(45)
-                        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
-                        self.profiles[f"{lib}-{name}"] = s.getvalue()
                 r = clock.record()
                 if err:
                     r["timeout"] = err
@@ -463,31 +262,6 @@ class Bench:
         return rec
 
     # tasks ----------------------------------------------------------------------------------------
-    def task_fast(self, source: str):
-        n, bs, tb = self.args.n_train, self.args.batch_size, self.test_batch
-        ds = self.dataset(source, n)
-
-        def cap(rep, clk):
-            def run():
-                inst = self.captum_fast(ds, bs)
-                return inst.influence(tb, k=K, proponents=True), inst.influence(tb, k=K, proponents=False)
-
-            return clk("total", run)
-
-        def ours(rep, clk):
-            inst = clk("init", lambda: self.ours_fast(ds, bs))
-            pro = clk("pro_cold", lambda: inst.influence(tb, k=K, proponents=True))
-            opp = clk("opp", lambda: inst.influence(tb, k=K, proponents=False))
-            clk.wall["total"] = sum(clk.wall.values())
-            self.warm[(source, n)] = inst
-            return pro, opp
-
-        def check(c, o):
-            self.exact[(source, n)] = o
-            return {"pro": topk_check(o[0], c[0]), "opp": topk_check(o[1], c[1])}
-
-        self.interleaved(f"fast[{source}]", self.args.reps, cap, ours, check)
-
     def task_self(self, source: str):
         n, bs = self.args.n_train, self.args.batch_size
         ds = self.dataset(source, n)
@@ -605,7 +379,7 @@ class Bench:
         bs, tb = self.args.randproj_batch_size, self.test_batch
         ds = self.dataset(source, n)
         exact = self.exact_topk(source, n)
-        fc = self.net.fc3 if self.args.final_fc == "fc3" else self.net.relu4
+        fc = self.net.fc3
 
         def query(inst, clk):
             res = None
@@ -669,37 +443,6 @@ class Bench:
 
         self.interleaved(f"randproj[{source}]", self.args.randproj_reps or self.args.reps, cap, ours, check)
         self.results[f"randproj[{source}]"]["n_train"] = n
-
-    def task_floor(self, source: str):
-        n, bs = self.args.n_train, self.args.batch_size
-        ds = self.dataset(source, n)
-        x = _preprocess(self.data["x_train"][:n])
-        states = []
-        for path in self.ckpts:
-            net = Net()
-            checkpoints_load_func(net, path)
-            states.append(net.to(self.device).eval())
-
-        def ours(rep, clk):
-            def data_pass(workers):
-                for b in DataLoader(ds, batch_size=bs, shuffle=False, num_workers=workers):
-                    b[0].to(self.device)
-
-            clk("data_pass", lambda: data_pass(0))
-            w = self.args.floor_workers
-            if w:
-                clk(f"data_pass_{w}workers", lambda: data_pass(w))
-
-            def fwd():
-                with torch.no_grad():
-                    for s in range(0, n, bs):
-                        xb = x[s : s + bs].to(self.device)
-                        for net in states:
-                            net(xb)
-
-            clk("fwd_6ckpt_from_tensors", fwd)
-
-        self.interleaved(f"floor[{source}]", self.args.reps, None, ours)
 
     def task_cp(self, source: str):
         from captum.influence import TracInCP as C
@@ -766,133 +509,16 @@ class Bench:
         self.results[f"cp[{source}]"]["n_train"] = n
 
 
-# ----------------------------------------------------------------------------------------------- report
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-    }
-    try:
-        import captum
-
-        info["captum"] = captum.__version__
-    except ImportError:
-        info["captum"] = None
-    try:
-        from importlib.metadata import version
-
-        info["annoy"] = version("annoy")
-    except Exception:
-        info["annoy"] = None
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    import hashlib
-    import subprocess
-
-    h = hashlib.sha256()
-    for f in sorted((ROOT / "tracin_widgets" / "influence").glob("*.py")):
-        h.update(f.read_bytes())
-    info["engine_sha256"] = h.hexdigest()[:16]  # which version of the engine was measured
-    try:
-        info["git_head"] = (
-            subprocess.run(
-                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-            or None
-        )
-    except Exception:
-        info["git_head"] = None
-    return info
-
-
-# name -> (captum segment, ours segment, target ratio or None, note)
-ROWS = [
-    ("fast", "(1) TracInCPFast top-10 pro + opp", "total", "total", None),
-    ("self", "(2) TracInCPFast self_influence", "total", "total", None),
-    ("workflow", "(1+2) whole workflow: pro + opp + self, cold", "total", "total", "workflow"),
-    ("workflow", "(1) = (1+2)'s pro + opp on the fresh instance (cold)", "pro+opp", "pro+opp", None),
-    ("workflow", "(1+2)'s self after pro + opp (ours: from the factors)", "self", "self", None),
-    ("workflow", "(1+2) warm repeat: pro + opp + self", "total", "warm_total_median", None),
-    ("query", "(3) warm query, new batch of 4, top-10 pro + opp", None, "pro+opp", "query"),
-    ("randproj", "(4) TracInCPFastRandProj __init__", "init", "init", 10.0),
-    ("randproj", "(4) TracInCPFastRandProj query top-10 pro + opp", "query_median", "query_median", None),
-    ("cp", "(5) TracInCP all layers top-10 pro + opp", "pro+opp", "pro+opp", 5.0),
-    ("cp", "(5) TracInCP all layers self_influence (fresh)", "self", "self", 5.0),
-    ("cp", "(5) TracInCP all layers pro + opp + self (one instance)", "total", "total", 5.0),
-]
-
-
-def table(results: dict, device: torch.device) -> str:
-    lines = [
-        "| task | Captum median (min–max) | ours median (min–max) | Captum / ours | target | pass |",
-        "|---|---|---|---|---|---|",
-    ]
-    for key, label, cseg, oseg, target in ROWS:
-        for name, rec in results.items():
-            if name.split("[")[0] != key:
-                continue
-            src = name.split("[")[1].rstrip("]")
-            cs = rec.get("captum_summary", {}).get(cseg) if cseg else None
-            os_ = rec.get("ours_summary", {}).get(oseg)
-            if not os_:
-                continue
-            lab = f"{label} [{src}" + (f", n={rec['n_train']}" if "n_train" in rec else "") + "]"
-            timeouts = [r["timeout"] for r in rec.get("captum", []) if "timeout" in r]
-            ctext = (
-                fmt_sum(cs)
-                if cs and cs.get("median")
-                else (f"> {timeouts[0].split()[-2]} s (timeout)" if timeouts else "–")
-            )
-            ratio = cs["median"] / os_["median"] if cs and cs.get("median") and os_.get("median") else None
-            tgt, ok = "", ""
-            if target == "workflow":
-                t = 30.0 if device.type == "cuda" else 4.0
-                tgt, ok = f"≥ {t:g}×", ("yes" if ratio and ratio >= t else "NO")
-            elif target == "query":
-                tgt, ok = "≤ 100 ms" if device.type == "cpu" else "", ("yes" if os_["median"] <= 0.1 else "NO")
-                if device.type != "cpu":
-                    tgt = "≤ 100 ms (CPU target)"
-            elif isinstance(target, float):
-                tgt = f"≥ {target:g}×"
-                ok = (
-                    ("yes" if ratio and ratio >= target else "NO")
-                    if ratio
-                    else ("yes (Captum timed out)" if timeouts else "")
-                )
-            rtext = f"{ratio:.1f}×" if ratio else "–"
-            lines.append(f"| {lab} | {ctext} | {fmt_sum(os_)} | {rtext} | {tgt} | {ok} |")
-    for name, rec in results.items():
-        if name.startswith("floor["):
-            for seg, sm in rec.get("ours_summary", {}).items():
-                lines.append(f"| floor {seg} {name[5:]} | | {fmt_sum(sm)} | | | |")
-    return "\n".join(lines)
-
-
-def probe_bench(data_dir: str, data_size: int, device: str) -> Bench:
-    """The tutorial workload as the probes use it: seed 0, fc3, batch 2048, workers decided per pass, no Captum."""
+def recall_bench(data_dir: str, data_size: int, device: str) -> Bench:
+    """The workload as recall.py uses it: seed 0, fc3, batch 2048, workers decided per pass, no Captum."""
     args = argparse.Namespace(
         data_dir=data_dir,
         data_size=data_size,
         seed=0,
         device=device,
         num_workers=-1,
-        final_fc="fc3",
         batch_size=2048,
         captum_workers=0,
-        profile="",
         skip_captum="",
     )
     return Bench(args)
@@ -900,11 +526,11 @@ def probe_bench(data_dir: str, data_size: int, device: str) -> Bench:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n-train", type=int, default=N_FULL, help="training examples (first N of the 50k; default 50000)")
+    p.add_argument("--n-train", type=int, default=wl.N_FULL, help="training examples (the first N)")
     p.add_argument(
         "--data-size",
         type=int,
-        default=N_FULL,
+        default=wl.N_FULL,
         help="training images to generate (default the tutorial's 50000; smaller for smoke runs)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -918,7 +544,7 @@ def main(argv=None) -> int:
         "CIFAR10 class itself, holding the synthetic arrays), tensor",
     )
     p.add_argument("--out", default=str(HERE / "out" / "bench.json"), help="JSON results path")
-    p.add_argument("--data-dir", default=str(HERE / "data"))
+    p.add_argument("--data-dir", default=str(wl.DATA_DIR))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=2048, help="TracInCPFast batch size (tutorial: 2048)")
     p.add_argument("--randproj-batch-size", type=int, default=128, help="RandProj batch size (tutorial: 128)")
@@ -935,24 +561,11 @@ def main(argv=None) -> int:
         default=-1,
         help="our engine's num_workers (DataLoader processes); -1 = the engine default (None: auto)",
     )
-    p.add_argument(
-        "--floor-workers",
-        type=int,
-        default=min(8, os.cpu_count() or 1),
-        help="workers of the extra data pass of the floor task (0: none)",
-    )
     p.add_argument("--captum-workers", type=int, default=0, help="num_workers of the DataLoader given to Captum")
     p.add_argument(
         "--captum-timeout", type=float, default=0, help="seconds; abort a Captum RandProj __init__ after this"
     )
-    p.add_argument(
-        "--final-fc",
-        choices=["fc3", "relu4"],
-        default="fc3",
-        help="final_fc_layer: fc3 (exact last layer) or relu4 (the tutorial's list(net.children())[-1])",
-    )
     p.add_argument("--skip-captum", default="", help="comma separated task names (e.g. randproj) to run ours only")
-    p.add_argument("--profile", default="", help="e.g. ours:workflow[pil],captum:fast[pil]: cProfile the first rep")
     args = p.parse_args(argv)
 
     tasks = TASKS if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
@@ -966,7 +579,7 @@ def main(argv=None) -> int:
     if args.n_train > args.data_size:
         p.error(f"--n-train is at most --data-size ({args.data_size})")
 
-    info = machine_info(device)
+    info = wl.machine_info(device)
     print(json.dumps(info), flush=True)
     bench = Bench(args)
     print(f"data ready: test accuracy of the last checkpoint {bench.data['meta']['test_acc']:.3f}", flush=True)
@@ -991,10 +604,7 @@ def main(argv=None) -> int:
             getattr(bench, f"task_{task}")(source)
             save(False)
     save(True)
-    for name, text in bench.profiles.items():
-        out.with_name(f"{out.stem}-profile-{name.replace('[', '_').replace(']', '')}.txt").write_text(text)
-    print(f"\nwrote {out}\n")
-    print(table(bench.results, device))
+    print(f"\nwrote {out}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Recall@10 of TracInCPFastRandProj against the exact top-10, with and without the exact rerank.
 
-Same workload and settings as ``bench_engine.py``'s randproj task (batch 128, AnnoyNearestNeighbors(num_trees=100),
+Same workload and settings as ``engine.py``'s randproj task (batch 128, AnnoyNearestNeighbors(num_trees=100),
 projection_dim=100, final_fc_layer=fc3, CrossEntropyLoss(sum)), but over ``--batches`` test batches of 4 (not just
 the first one), and for several values of our ``rerank`` (``None`` = the index's approximate top-k, as Captum).
 One RandProj instance of ours is built per N; ``rerank`` is a plain attribute read at query time, so changing it
@@ -9,8 +9,8 @@ embeddings instead of Annoy's: the recall that the projection alone allows, i.e.
 ``--captum-n`` also builds Captum's TracInCPFastRandProj (for its recall; slow). The "cached" timing is our RandProj
 ``__init__`` when a TracInCPFast with the same ``cache_dir`` has already computed the factors (index build only).
 
-  .venv/bin/python -m benchmarks recall            # the recorded run: 10k and 50k, Captum's recall at 10k
-  .venv/bin/python -m benchmarks.probes.randproj_recall --threads 2 --n-train 10000,50000 --captum-n 10000
+  python -m benchmarks recall            # the recorded run: 10k and 50k, Captum's recall at 10k
+  python -m benchmarks.recall --threads 2 --n-train 10000,50000 --captum-n 10000
 """
 
 from __future__ import annotations
@@ -25,28 +25,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import bench_engine as be
+from benchmarks import engine as be
+from benchmarks import workload as wl
 
-BENCH = Path(__file__).resolve().parent.parent  # benchmarks/
+BENCH = Path(__file__).resolve().parent  # benchmarks/
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-train", default="10000", help="comma separated training sizes (first N of the 50k)")
     p.add_argument("--captum-n", default="", help="comma separated sizes at which Captum's RandProj is built too")
-    p.add_argument("--batches", type=int, default=10, help="test batches of 4 (batch 0 is bench_engine's)")
+    p.add_argument("--batches", type=int, default=10, help="test batches of 4 (batch 0 is engine.py's)")
     p.add_argument("--reranks", default="none,1,2,5,10,20,50,100")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--source", default="pil")
     p.add_argument("--out", default=str(BENCH / "out" / "randproj-recall.json"))
-    p.add_argument("--data-dir", default=str(BENCH / "data"))
-    p.add_argument("--data-size", type=int, default=be.N_FULL, help="training images to generate (smoke runs: fewer)")
+    p.add_argument("--data-dir", default=str(wl.DATA_DIR))
+    p.add_argument("--data-size", type=int, default=wl.N_FULL, help="training images to generate (smoke runs: fewer)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    bench = be.probe_bench(a.data_dir, a.data_size, a.device)
+    bench = be.recall_bench(a.data_dir, a.data_size, a.device)
     from captum.influence import TracInCPFastRandProj as C
     from captum.influence._utils.nearest_neighbors import AnnoyNearestNeighbors as CAnnoy
 
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     reranks = [None if r.strip().lower() == "none" else int(r) for r in a.reranks.split(",")]
     captum_n = {int(x) for x in a.captum_n.split(",") if x.strip()}
     batches = [bench.test_batch_at(i) for i in range(a.batches)]
-    doc = {"machine": be.machine_info(bench.device), "args": vars(a), "results": {}}
+    doc = {"machine": wl.machine_info(bench.device), "args": vars(a), "results": {}}
     for n in (int(x) for x in a.n_train.split(",")):
         ds = bench.dataset(a.source, n)
         exact_inst = bench.warm_instance(a.source, n)
