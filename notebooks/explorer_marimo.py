@@ -113,6 +113,7 @@ def _(mo):
     return
 
 
+# --8<-- [start:explorer]
 @app.cell
 def _(
     InfluenceExplorer,
@@ -152,6 +153,9 @@ def _(explorer_view, influence_explorer, mo):
         f"**{influence_explorer.explain}** · flagged: `{list(influence_explorer.flagged)}`"
     )
     return
+
+
+# --8<-- [end:explorer]
 
 
 @app.cell
