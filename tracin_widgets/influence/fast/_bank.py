@@ -107,6 +107,7 @@ class FactorBank:
         self.compute_dtype = torch.get_default_dtype()  # of the factors as computed (the queries' dtype)
         self.factor_dtype = torch.get_default_dtype()  # of the factors as kept
         self.warned_host = False
+        self._on_device = False  # the factors in memory are on the compute device
 
     # ------------------------------------------------------------------ what the bank holds
     def set_dims(self, da: int, dg: int, compute_dtype: torch.dtype) -> None:
@@ -189,6 +190,7 @@ class FactorBank:
     def keep(self, where: str, A: torch.Tensor, G: torch.Tensor, norms: torch.Tensor | None) -> FactorBank:
         """Hold ``A``, ``G`` (and their norms) in memory, placed ``where``."""
         self.placement, self.factors, self.norms = where, Factors(A, G), norms
+        self._on_device = same_device(A.device, self.device)
         return self
 
     def keep_store(self, store: FactorStore) -> FactorBank:
@@ -220,19 +222,34 @@ class FactorBank:
         """``(start, A, G)`` chunks of at most ``step`` training rows (of rows ``span=(start, stop)``, default
         all) on the compute device, in the dtype the factors were computed in (``native``: as kept), from memory
         or read from the store block by block."""
-        dev, dt = self.device, (self.factor_dtype if native else self.compute_dtype)
+        dt = self.factor_dtype if native else self.compute_dtype
         lo, hi = span if span is not None else (0, None)
-        if self.factors is not None:
-            A, G = self.factors
-            if not same_device(A.device, dev) or A.dtype != dt:  # copied to the device or converted: bounded blocks
-                row = A.shape[1] * (A.shape[2] + G.shape[2]) * torch.empty((), dtype=dt).element_size()
-                step = min(step, max(1, self.block_bytes // max(1, row)))
-            end = A.shape[0] if hi is None else hi
-            for s in range(lo, end, step):
-                e = min(s + step, end)
-                yield s, A[s:e].to(dev, dt), G[s:e].to(dev, dt)
-            return
+        if self.factors is None:
+            return self._stream_blocks(step, lo, hi, dt)
+        A, G = self.factors
+        if not self._on_device or A.dtype != dt:  # copied to the device or converted: bounded blocks
+            row = A.shape[1] * (A.shape[2] + G.shape[2]) * torch.empty((), dtype=dt).element_size()
+            step = min(step, max(1, self.block_bytes // max(1, row)))
+        end = A.shape[0] if hi is None else hi
+        dev = self.device
+        if end - lo <= step:  # one block (a warm query on a small training set): no generator
+            return iter([(lo, A[lo:end].to(dev, dt), G[lo:end].to(dev, dt))] if end > lo else [])
+        return self._memory_blocks(lo, end, step, dt)
+
+    def _memory_blocks(
+        self, lo: int, end: int, step: int, dt: torch.dtype
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        assert self.factors is not None
+        A, G = self.factors
+        for s in range(lo, end, step):
+            e = min(s + step, end)
+            yield s, A[s:e].to(self.device, dt), G[s:e].to(self.device, dt)
+
+    def _stream_blocks(
+        self, step: int, lo: int, hi: int | None, dt: torch.dtype
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         assert self.store is not None
+        dev = self.device
         rows = stream_rows(self.store.row_bytes, self.max_memory)
         for s, A, G in self.store.blocks(rows, pin=dev.type == "cuda", start=lo, stop=hi):
             A, G = A.to(dev, non_blocking=True), G.to(dev, non_blocking=True)

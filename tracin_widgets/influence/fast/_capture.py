@@ -97,12 +97,15 @@ class FactorCapture(TracInCPBase):
         return rows
 
     def _batch_factors(
-        self, state: dict, batch: tuple, n: int, rows: int, mode: str, loss_fn: Any, what: str
+        self, states: list[dict], batch: tuple, n: int, rows: int, mode: str, loss_fn: Any, what: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G, A)``, each ``(n, C, d)``: the factors of ``batch`` at every checkpoint of ``states``, ``rows`` at
+        a time."""
+        net = self._net
         if n > rows:
-            parts = [self._chunk_factors(state, b, mode, loss_fn, what) for b in split_rows(batch, n, rows)]
+            parts = [self._chunk_factors(states, b, mode, loss_fn, what, net) for b in split_rows(batch, n, rows)]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return self._chunk_factors(state, batch, mode, loss_fn, what)
+        return self._chunk_factors(states, batch, mode, loss_fn, what, net)
 
     def _cpu_ops(self) -> Any:
         """The exact CPU kernels (``FastCpuOps``) when the model's forward calls one they replace (learnt on the
@@ -111,21 +114,21 @@ class FactorCapture(TracInCPBase):
             return contextlib.nullcontext()
         return FastCpuOps() if self._pool_calls else _PoolWatch()
 
-    def _chunk_factors(
-        self, state: dict, batch: tuple, mode: str, loss_fn: Any, what: str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _output_and_input(self, net: nn.Module, state: dict, features: tuple, what: str) -> tuple[Any, Any]:
+        """``model(*features)`` with ``state`` and the hooked layer's input; an error (or an output that is not a
+        batch) is raised by ``_forward`` again, with the message that names the batch."""
         captured: list[torch.Tensor] = []
         handle = self._final_fc_layer.register_forward_hook(lambda m, i, o: captured.append(i[0].detach()))
-        features, ops = tuple(batch[:-1]), self._cpu_ops()
+        ops = self._cpu_ops()
         try:
             try:
                 with torch.no_grad(), ops:
-                    out = functional_call(self._net, state, features)
+                    out = functional_call(net, state, features)
             except Exception:
                 out = None
             if isinstance(ops, _PoolWatch):
                 self._pool_calls = ops.seen
-            if not isinstance(out, torch.Tensor) or out.dim() == 0:  # raised again, with the message naming it
+            if not isinstance(out, torch.Tensor) or out.dim() == 0:
                 captured.clear()
                 with torch.no_grad(), self._cpu_ops():
                     out = self._forward(state, features, what)
@@ -136,12 +139,27 @@ class FactorCapture(TracInCPBase):
                 f"final_fc_layer {self.final_fc_layer_name!r} ran {len(captured)} times in one forward pass; "
                 "it must run exactly once (pass the model's last fully-connected layer)."
             )
-        n = out.shape[0]
-        out_d = out.detach().requires_grad_(True)
+        return out, captured[0]
+
+    def _chunk_factors(
+        self, states: list[dict], batch: tuple, mode: str, loss_fn: Any, what: str, net: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G, A)`` of one chunk at every checkpoint: a no-grad forward each, then one backward through the
+        checkpoints' summed losses (independent: each output's gradient is its own loss's, exactly)."""
+        features, outs, inputs = tuple(batch[:-1]), [], []
+        for state in states:
+            out, a = self._output_and_input(net, state, features, what)
+            outs.append(out.detach().requires_grad_(True))
+            inputs.append(a)
+        n = outs[0].shape[0]
         with torch.enable_grad():
-            total = total_loss(mode, loss_fn, out_d, batch[-1], n)
-            (g,) = torch.autograd.grad(total, out_d)
-        return g.reshape(n, -1), captured[0].reshape(n, -1)
+            total = None
+            for o in outs:
+                loss = total_loss(mode, loss_fn, o, batch[-1], n)
+                total = loss if total is None else total + loss
+            assert total is not None
+            gs = torch.autograd.grad(total, outs)
+        return torch.stack([g.reshape(n, -1) for g in gs], 1), torch.stack([a.reshape(n, -1) for a in inputs], 1)
 
     def _use_vmap(self) -> bool:
         """All checkpoints in one vmapped forward: on a GPU, for a model small enough that a vmapped forward
@@ -224,8 +242,7 @@ class FactorCapture(TracInCPBase):
             if both is not None:
                 G, A = both
             else:
-                pairs = [self._batch_factors(state, batch, n, rows, mode, loss_fn, what) for state in states]
-                G, A = torch.stack([g for g, _ in pairs], 1), torch.stack([a for _, a in pairs], 1)
+                G, A = self._batch_factors(states, batch, n, rows, mode, loss_fn, what)
             G_parts.append(G)
             A_parts.append(A)
             if prog is not None:

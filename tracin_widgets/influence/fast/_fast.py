@@ -365,7 +365,7 @@ class TracInCPFast(FactorPass):
         proponents = check_proponents(proponents)
         # validate before the (possibly long) training pass
         batches = self._test_batches(inputs, show_progress=show_progress)
-        bank = self._prepare_factors(show_progress)
+        bank = self.factors_ or self._prepare_factors(show_progress)
         At, Gt = self._test_factors(inputs, batches=batches, show_progress=show_progress)
         return self._scores_or_topk(bank, At, Gt, k, proponents, show_progress)
 

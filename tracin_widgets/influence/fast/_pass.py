@@ -195,7 +195,7 @@ class FactorPass(FactorCapture):
         probe = self._probe_batch()
         if probe is None:
             return False
-        g, a = self._chunk_factors(states[0], probe, self.reduction_type, self.loss_fn, "training batch")
+        g, a = self._chunk_factors(states[:1], probe, self.reduction_type, self.loss_fn, "training batch", self._net)
         bank.set_dims(a.shape[-1], g.shape[-1], a.dtype)
         return True
 
