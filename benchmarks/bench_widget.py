@@ -479,7 +479,8 @@ def size_part(d: dict, args, log) -> dict:
     gc.collect()
     out["rss_ready_mb"] = rss_mb()
     out["rss_ready_trimmed_mb"] = rss_mb(trim=True)  # freed heap given back: what is still held
-    fac = getattr(w.source, "_factors", None)
+    bank = getattr(w.source, "factors_", None)
+    fac = bank.factors if bank is not None else None
     tensors = [getattr(fac, "A", None), getattr(fac, "G", None)]
     nbytes = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
     out["factors_mb"] = round(nbytes / 2**20, 1) if nbytes else None
@@ -638,7 +639,7 @@ def store_part(args, log) -> dict:
     """An explorer over a ``TracInCPFast(cache_dir=..., max_memory=STORE_MAX_MEMORY)`` whose factors stay on disk
     (queries stream the store): the first table page after the factors are ready (target ``STORE_TARGET_MS``), each
     interaction ``--reps`` times, the kernel's memory against the store's size, and proof that the explorer never
-    asked for the factors in memory (``_ensure_factors``) and made thumbnails only for the rows it sent."""
+    held the factors in memory (``FactorBank.keep``) and made thumbnails only for the rows it sent."""
     from tracin_widgets.influence import TracInCPFast
     from tracin_widgets.widget import _payload
 
@@ -677,12 +678,19 @@ def store_part(args, log) -> dict:
             finally:
                 marks["fit_end"] = time.perf_counter()
 
-        ensure_calls: list[float] = []
-        real_ensure = engine._ensure_factors
+        ensure_calls: list[float] = []  # the factors held in memory (a bank's keep; a streamed bank never)
+        real_new_bank = engine._new_bank
 
-        def ensure(*a, **kw):
-            ensure_calls.append(time.perf_counter())
-            return real_ensure(*a, **kw)
+        def new_bank():
+            bank = real_new_bank()
+            real_keep = bank.keep
+
+            def keep(*a, **kw):
+                ensure_calls.append(time.perf_counter())
+                return real_keep(*a, **kw)
+
+            bank.keep = keep
+            return bank
 
         calls: list[tuple[str, float, float]] = []  # (engine method, start, end): who held the engine when
 
@@ -700,7 +708,7 @@ def store_part(args, log) -> dict:
         engine.influence = spy("influence", engine.influence)
         engine.train_probabilities = spy("train_probabilities", engine.train_probabilities)
         engine.fit = fit
-        engine._ensure_factors = ensure
+        engine._new_bank = new_bank
         thumbs: list[int] = []
 
         def encode(*a, **kw):
@@ -847,17 +855,17 @@ def store_part(args, log) -> dict:
         out["largest_explorer_array"] = max(held.items(), key=lambda kv: kv[1])[0]
         out["largest_explorer_array_bytes_per_row"] = round(max(held.values()) / n, 2)
         out["ensure_factors_calls"] = len(ensure_calls)
-        out["factors_in_memory"] = engine._factors is not None
+        out["factors_in_memory"] = engine.factors_ is not None and engine.factors_.factors is not None
         out["thumbnails_made"] = len(thumbs)
         out["thumbnail_bound"] = sent_rows + len(w._examples.test_ids)
         log(
             f"store: rss before {out['rss_before_mb']} -> ready {out['rss_ready_mb']} (trimmed "
             f"{out['rss_ready_trimmed_mb']}) -> end {out['rss_end_mb']} MB, peak {out['rss_peak_explorer_mb']} MB; "
-            f"store {out['store_mb']} MB; explorer arrays {out['explorer_arrays_mb']} MB; _ensure_factors calls "
+            f"store {out['store_mb']} MB; explorer arrays {out['explorer_arrays_mb']} MB; factors kept in memory "
             f"{out['ensure_factors_calls']}; thumbnails {out['thumbnails_made']} (bound {out['thumbnail_bound']}); "
             f"peak by phase {out['rss_peak_by_phase_mb']}"
         )
-        assert not ensure_calls and engine._factors is None, "the explorer asked for the factors in memory"
+        assert not ensure_calls and not out["factors_in_memory"], "the explorer asked for the factors in memory"
         assert out["thumbnails_made"] <= out["thumbnail_bound"], "thumbnails beyond the rows sent"
         w.close()
     finally:

@@ -80,7 +80,7 @@ def step(a: argparse.Namespace) -> dict:
     t = time.perf_counter()
     obj.fit()
     out["fit_s"] = time.perf_counter() - t
-    out["placement"] = obj._placement
+    out["placement"] = obj.factors_.placement
     if a.step != "build":
         t = time.perf_counter()
         pro, opp = obj.influence(test, k=10), obj.influence(test, k=10, proponents=False)
