@@ -97,7 +97,7 @@ class FactorPass(FactorCapture):
         with self._computing():
             states, _ = self._checkpoint_states(show_progress)
             kept: _Kept | None = None
-            rows = 0
+            rows, where = 0, "device"
             prog = _Progress("training factors", self._n_train(), show_progress, self.progress_callback)
             try:
                 merge = self._merge_rows()
@@ -112,9 +112,9 @@ class FactorPass(FactorCapture):
                         bank.set_dims(A.shape[-1], G.shape[-1], A.dtype)
                         bank.n_ckpts = A.shape[1]
                         n = self._n_train()
-                        bank.placement = "device" if n is None else self._place(bank, n, False)
+                        where = "device" if n is None else self._place(bank, n, False)
                         # written into tensors of all the rows: no second copy from concatenating at the end
-                        kept = _Kept(n, bank.target(bank.placement))
+                        kept = _Kept(n, bank.target(where))
                     kept.add(offset, A, G, _row_norms(A, G))
                     rows = offset + A.shape[0]
                     prog.update(batch_len(batch))
@@ -125,7 +125,7 @@ class FactorPass(FactorCapture):
         A, G, norms = kept.result(rows)
         if self.device.type != "cpu":
             self._check_factors(A, G, "training batch")
-        return bank.keep(bank.placement or "device", A, G, norms)
+        return bank.keep(where, A, G, norms)
 
     # ------------------------------------------------------------------ the store (influence/_store.py)
     def _layer_key(self) -> str:

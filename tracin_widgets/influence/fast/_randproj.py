@@ -259,7 +259,7 @@ class TracInCPFastRandProj(TracInCPFast):
         pg, pa = (self._projections[0].shape[1], self._projections[1].shape[1]) if self._projections else (dg, da)
         item = torch.empty((), dtype=bank.compute_dtype).element_size()
         step = stream_rows(store.C * pg * pa * item, self.max_memory)
-        emb = None if bank.placement == "stream" else self._embeddings_in_memory(bank)  # in memory as the factors
+        emb = None if bank.streamed else self._embeddings_in_memory(bank)  # in memory as the factors are
         ef = EmbeddingFile.read(folder, tag, rows)
         if ef is None:
             writer: EmbeddingWriter | None = None
