@@ -57,14 +57,16 @@ class FactorCapture(TracInCPBase):
     gpu_rows = 16384  # rows per forward on a GPU (fewer launches)
     vmap_min_rows = 1024  # a vmapped forward runs all checkpoints on max(this, gpu_rows // n_checkpoints) rows
 
+    def _init_capture(self) -> None:
+        self._stacked: _Stacked | None = None
+        self._query_rows: dict[tuple, int] = {}  # rows per forward of a query, by feature shapes
+        self._pool_calls: bool | None = None  # CPU: does the model's forward call a pool FastCpuOps replaces?
+        self._reset_capture()
+
     def _reset_capture(self) -> None:
         """A new layer: check it again, and ask again whether its forward can be vmapped."""
         self._layer_checked = False
         self._vmap_ok: bool | None = None  # GPU: may all checkpoints run in one vmapped forward?
-        if not hasattr(self, "_stacked"):
-            self._stacked: _Stacked | None = None
-            self._query_rows: dict[tuple, int] = {}  # rows per forward of a query, by feature shapes
-            self._pool_calls: bool | None = None  # CPU: does the model's forward call a pool FastCpuOps replaces?
 
     def _check_layer(self, state: dict, batch: tuple) -> None:
         self._layer_checked = True

@@ -172,6 +172,7 @@ class TracInCPFast(FactorPass):
         )
         self.factors_: FactorBank | None = None  # the training-set factors, set by fit() (or the first query)
         self._lr_rows: dict[tuple, torch.Tensor] = {}  # the learning rates as a tensor, by dtype and device
+        self._init_capture()
         self.final_fc_layer = final_fc_layer
         self.vectorize = vectorize  # accepted for compatibility; gradients here need no jacobian
         ctx = type(self).__name__

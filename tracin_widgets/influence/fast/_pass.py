@@ -47,7 +47,8 @@ def _row_slice(batch: tuple, n: int, start: int, stop: int) -> tuple:
 
 
 class FactorPass(FactorCapture):
-    """Choosing and running the factor pass of ``TracInCPFast`` (sets nothing: returns the bank)."""
+    """Choosing and running the factor pass of ``TracInCPFast``: each pass returns a new bank, and
+    ``_prepare_factors`` keeps it as ``self.factors_``."""
 
     _cache_kind = "fast"  # TracInCPFastRandProj reuses TracInCPFast's cached factors
     block_bytes = 256 << 20  # factors kept in host memory (or converted) go to the device in blocks of this size
