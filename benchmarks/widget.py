@@ -368,7 +368,8 @@ def size_part(d: dict, args, log) -> dict:
     gc.collect()
     out["rss_ready_mb"] = rss_mb()
     out["rss_ready_trimmed_mb"] = rss_mb(trim=True)  # freed heap given back: what is still held
-    fac = getattr(w.source, "_factors", None)
+    bank = getattr(w.source, "factors_", None)
+    fac = bank.factors if bank is not None else None
     tensors = [getattr(fac, "A", None), getattr(fac, "G", None)]
     nbytes = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
     out["factors_mb"] = round(nbytes / 2**20, 1) if nbytes else None

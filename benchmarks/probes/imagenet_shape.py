@@ -142,14 +142,14 @@ def main() -> None:
         _sync(dev)
         row["fit_s"] = round(time.perf_counter() - t0, 2)
         row["fit_rows_x_ckpts_per_s"] = round(N * C / row["fit_s"])
-        row["placement"] = eng._placement
-        row["factor_gb"] = round(eng._factor_bytes() / 1e9, 2)
+        row["placement"] = eng.factors_.placement
+        row["factor_gb"] = round(eng.factors_.nbytes() / 1e9, 2)
         if dev.type == "cuda":
             row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(dev) / 1e9, 2)
         for prop in (True, False):
             eng.influence(test, k=10, proponents=prop)  # warm
             times = []
-            for _ in range(10 if eng._placement == "device" else 2):  # host memory: ~1 s or more a query
+            for _ in range(10 if eng.factors_.placement == "device" else 2):  # host memory: ~1 s or more a query
                 t0 = time.perf_counter()
                 res = eng.influence(test, k=10, proponents=prop)
                 times.append(time.perf_counter() - t0)
@@ -164,7 +164,9 @@ def main() -> None:
                 _sync(dev)
             table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60)
             print(table, flush=True)
-            row["mm_out_dtype"] = bool(__import__("tracin_widgets.influence._fast", fromlist=["x"])._mm_out_dtype())
+            from tracin_widgets.influence.fast import _bank
+
+            row["mm_out_dtype"] = bool(_bank._mm_out_dtype())
         t0 = time.perf_counter()
         si = eng.self_influence()
         row["self_influence_s"] = round(time.perf_counter() - t0, 3)
@@ -202,7 +204,7 @@ def main() -> None:
             "fit_s": round(wall, 2),
             "store_gb": round(nbytes / 1e9, 2),
             "write_gb_per_s": round(nbytes / 1e9 / wall, 2),
-            "placement": eng._placement,
+            "placement": eng.factors_.placement,
             "same_top10": bool(torch.equal(eng.influence(test, k=10).indices[0], results["bf16-True"]))
             if "bf16-True" in results
             else None,

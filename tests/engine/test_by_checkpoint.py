@@ -67,4 +67,4 @@ def test_bad_train_indices_are_refused_before_any_pass(eng, tb, mlp, kind, bad, 
     obj = tb.engine(eng, mlp, Cfg(kind, "none" if kind == "cp" else "sum"))
     with pytest.raises(exc, match=match):
         obj.influence_by_checkpoint(mlp.test, bad)
-    assert getattr(obj, "_factors", None) is None and obj._self_influence is None  # nothing was computed
+    assert getattr(obj, "factors_", None) is None and obj._self_influence is None  # nothing was computed

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from tracin_widgets.influence import Cancelled, TracInCPFast, TracInCPFastRandProj
-from tracin_widgets.influence import _fast as fast_module
+from tracin_widgets.influence import _distributed as dist_module
 
 from .problems import Problem, save_perturbed_checkpoints
 from .tolerances import RTOL_REORDER, atol_reorder
@@ -51,7 +51,7 @@ SCRIPT = textwrap.dedent(
         cache_dir=os.path.join(tmp, "cache"),
         progress_callback=lambda phase, done, total: computed.append((phase, done, total)),
     ).fit()
-    A, G = obj._factors
+    A, G = obj.factors_.factors
     print(f"rank {rank}: {A.shape[0]} rows, world {torch.distributed.get_world_size()}")
     print(f"rank {rank} computed {max(t for ph, d, t in computed if ph == 'training factors')} rows")
 
@@ -69,7 +69,7 @@ SCRIPT = textwrap.dedent(
     )
     out["stream_opp150"] = tuple(streamed.influence(test, k=150, proponents=False, distributed=True))
     out["stream_self"] = streamed.self_influence(distributed=True)
-    print(f"rank {rank} streamed: {streamed._stream is not None}")
+    print(f"rank {rank} streamed: {streamed.factors_.store is not None}")
     # the ranks disagree, or one fails alone: an error on every rank, none waits forever
     try:
         obj.influence(test, k=3 + int(rank), distributed=True)
@@ -187,7 +187,7 @@ def test_torchrun_pass_on_two_cpu_ranks_equals_a_single_process(tmp_path, monkey
 
 def test_torchrun_without_cache_dir_is_an_error(tmp_path, monkeypatch):
     model, data, paths, _ = _problem(tmp_path)
-    monkeypatch.setattr(fast_module, "process_group", lambda device: (1, 2))
+    monkeypatch.setattr(dist_module, "process_group", lambda device: (1, 2))
     for cls in (TracInCPFast, TracInCPFastRandProj):
         with pytest.raises(ValueError, match=r"rank 1 of 2 .*torchrun.*cache_dir is None: pass cache_dir= a folder"):
             _engine(model, data, paths, cls=cls).fit()
@@ -195,17 +195,17 @@ def test_torchrun_without_cache_dir_is_an_error(tmp_path, monkeypatch):
 
 def test_torchrun_ranks_with_different_keys_is_an_error(tmp_path, monkeypatch):
     model, data, paths, _ = _problem(tmp_path)
-    monkeypatch.setattr(fast_module, "process_group", lambda device: (0, 2))
-    monkeypatch.setattr(fast_module, "all_equal", lambda key, device: False)
+    monkeypatch.setattr(dist_module, "process_group", lambda device: (0, 2))
+    monkeypatch.setattr(dist_module, "all_equal", lambda key, device: False)
     with pytest.raises(ValueError, match=r"ranks of torch.distributed \(torchrun\) disagree on .* cache key"):
         _engine(model, data, paths, tmp_path / "cache").fit()
 
 
 def _as_rank(monkeypatch, rank: int) -> None:
     """This process plays ``rank`` of 2 (the collectives answer for this rank alone)."""
-    monkeypatch.setattr(fast_module, "process_group", lambda device: (rank, 2))
-    monkeypatch.setattr(fast_module, "all_equal", lambda key, device: True)
-    monkeypatch.setattr(fast_module, "all_ok", lambda ok, device: ok)
+    monkeypatch.setattr(dist_module, "process_group", lambda device: (rank, 2))
+    monkeypatch.setattr(dist_module, "all_equal", lambda key, device: True)
+    monkeypatch.setattr(dist_module, "all_ok", lambda ok, device: ok)
 
 
 def test_rank_shards_resume_and_are_joined_by_rank_0(tmp_path, monkeypatch):
@@ -243,7 +243,7 @@ def test_rank_shards_resume_and_are_joined_by_rank_0(tmp_path, monkeypatch):
     joined = _engine(model, data, paths, cache).fit()
     assert sum(computed) == 36  # only the rest of rank 0's rows
     assert sorted(p.name for p in cache.iterdir()) == [_store(cache).name]  # the shards are removed
-    monkeypatch.setattr(fast_module, "process_group", lambda device: None)  # a single process from here on
+    monkeypatch.setattr(dist_module, "process_group", lambda device: None)  # a single process from here on
     _engine(model, data, paths, tmp_path / "single").fit()
     for name in ("A-0.bin", "G-2.bin", "norms.bin", "manifest.json"):
         assert (_store(cache) / name).read_bytes() == (_store(tmp_path / "single") / name).read_bytes(), name
@@ -309,7 +309,7 @@ def test_each_rank_reads_only_its_rows(tmp_path, monkeypatch, form):
     _as_rank(monkeypatch, 0)
     joined = _engine(model, train, paths, cache).fit()
     assert sorted(ds.read) == list(range(0, 128 if form.endswith("collate_fn") else 100))
-    monkeypatch.setattr(fast_module, "process_group", lambda device: None)
+    monkeypatch.setattr(dist_module, "process_group", lambda device: None)
     plain = _engine(model, data, paths)
     torch.testing.assert_close(
         joined.influence(test), plain.influence(test), rtol=RTOL_REORDER, atol=atol_reorder(plain.influence(test))
@@ -357,8 +357,8 @@ def test_a_rank_scores_only_its_rows_in_a_distributed_query(tmp_path, monkeypatc
         sent.append(local.cpu())
         return torch.cat([torch.zeros(local.shape[0], widths[0], dtype=local.dtype), local.cpu()], dim=1)
 
-    monkeypatch.setattr(fast_module, "agree", agree)
-    monkeypatch.setattr(fast_module, "gather_columns", gather)
+    monkeypatch.setattr(dist_module, "agree", agree)
+    monkeypatch.setattr(dist_module, "gather_columns", gather)
     obj = _engine(model, data, paths, tmp_path / "cache")
     assert obj.influence(test).shape == (6, N) and not sent  # without distributed=True: this rank alone, every row
     obj.influence(test, distributed=True)
@@ -381,8 +381,8 @@ def test_distributed_query_arguments(tmp_path, monkeypatch):
     assert torch.equal(obj.influence(test, k=5, distributed=True).indices, obj.influence(test, k=5).indices)
     assert torch.equal(obj.self_influence(distributed=True), obj.self_influence())
     rp = _engine(model, data, paths, cls=TracInCPFastRandProj)
-    monkeypatch.setattr(fast_module, "process_group", lambda device: (0, 2))
-    monkeypatch.setattr(fast_module, "agree", lambda error, key, device, call: None if error is None else _raise(error))
+    monkeypatch.setattr(dist_module, "process_group", lambda device: (0, 2))
+    monkeypatch.setattr(dist_module, "agree", lambda error, key, device, call: None if error is None else _raise(error))
     with pytest.raises(ValueError, match=r"self_influence\(inputs, distributed=True\): distributed=True splits the"):
         obj.self_influence(test, distributed=True)
     with pytest.raises(ValueError, match=r"RandProj.influence\(distributed=True\): its nearest-neighbour index holds"):

@@ -303,7 +303,7 @@ def test_a_custom_annoy_subclass_or_index_gets_setup_with_the_mapped_embeddings(
 def streamed(problem):
     mem = problem.engine(cache=False)
     stream = problem.engine(max_memory=ROW_BYTES * 40)  # 10-row blocks
-    assert stream._placement == "stream" and stream._factors is None
+    assert stream.factors_.placement == "stream" and stream.factors_.factors is None
     assert stream._train_embeddings is None and stream._embeddings_file is not None  # never all in memory
     return problem, mem, stream
 

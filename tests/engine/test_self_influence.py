@@ -85,13 +85,13 @@ def test_training_self_influence_comes_from_the_norms_written_with_the_factors(t
 
     p = Problem(tmp_path, n=400)
     eng = p.engine(cache=False).fit()
-    assert eng._norms is not None and eng._norms.shape == (400, 3, 2)
-    A, G = eng._factors
+    assert eng.factors_.norms is not None and eng.factors_.norms.shape == (400, 3, 2)
+    A, G = eng.factors_.factors
     expected = eng._self_from_factors(A, G)
 
     def no_read(*a, **k):
         raise AssertionError("self-influence read the factors")
 
-    monkeypatch.setattr(eng, "_factor_blocks", no_read)
+    monkeypatch.setattr(eng.factors_, "blocks", no_read)
     got = eng.self_influence()
     torch.testing.assert_close(got, expected, rtol=RTOL_POSITIVE, atol=0)

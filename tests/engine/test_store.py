@@ -25,6 +25,7 @@ from tracin_widgets.influence import (
     TracInWarning,
     _store,
 )
+from tracin_widgets.influence.fast import FactorBank
 
 from .oracle import assert_scores_close
 from .problems import Problem
@@ -66,7 +67,7 @@ def test_store_files_and_manifest(tmp_path):
     assert m["rows"] == m["rows_complete"] == N and m["complete"] is True and m["checkpoints"] == 3
     assert m["dims"] == {"A": 16, "G": 5} and m["dtype"] == m["norm_dtype"] == "float32"
     assert m["learning_rates"] == list(LRS) and m["loss"].endswith("CrossEntropyLoss|sum")
-    A, G = obj._factors
+    A, G = obj.factors_.factors
     for c in range(3):  # plain row-major files, readable with numpy.memmap
         a = np.memmap(folder / f"A-{c}.bin", dtype=np.float32, mode="r", shape=(N, 16))
         g = np.memmap(folder / f"G-{c}.bin", dtype=np.float32, mode="r", shape=(N, 5))
@@ -244,7 +245,7 @@ def streamed(tmp_path_factory):
     row_bytes = 3 * (16 + 5) * 4
     stream = p.engine(max_memory=row_bytes * 40)  # 10-row blocks: 300 of them
     stream.fit()
-    assert stream._placement == "stream" and stream._factors is None
+    assert stream.factors_.placement == "stream" and stream.factors_.factors is None
     return p, mem, stream
 
 
@@ -265,7 +266,7 @@ def test_streamed_checkpoint_terms_equal_in_memory(streamed):
     rows = [0, 7, 2999, 1234]
     a = mem.influence_by_checkpoint(p.test, rows)
     b = stream.influence_by_checkpoint(p.test, rows)
-    assert stream._factors is None
+    assert stream.factors_.factors is None
     torch.testing.assert_close(b, a, rtol=RTOL_REORDER, atol=atol_reorder(a))
     torch.testing.assert_close(
         b.sum(-1), mem.influence(p.test, k=None)[:, rows], rtol=RTOL_REORDER, atol=atol_reorder(a)
@@ -292,7 +293,7 @@ def test_a_complete_store_is_streamed_without_a_pass(streamed, monkeypatch):
     monkeypatch.setattr(TracInCPBase, "_train_batches", no_pass)
     again = p.engine(max_memory="3KB")
     got = again.influence(p.test, k=3, proponents=False)
-    assert again._placement == "stream"
+    assert again.factors_.placement == "stream"
     assert torch.equal(got.indices, mem.influence(p.test, k=3, proponents=False).indices)
     rp = p.engine(TracInCPFastRandProj, max_memory="3KB")  # its index is built from the streamed blocks
     a, b = rp.influence(p.test, k=4), ref.influence(p.test, k=4)
@@ -365,7 +366,7 @@ def test_float32_factors_are_the_default_numbers(tmp_path):
     explicit = p.engine(factor_dtype=torch.float32)
     assert torch.equal(explicit.influence(p.test), default.influence(p.test))
     assert torch.equal(explicit.self_influence(), default.self_influence())
-    assert explicit._factors.A.dtype == torch.float32
+    assert explicit.factors_.factors.A.dtype == torch.float32
 
 
 BF16_TOLERANCE = 0.01  # |score - fp32 score| <= this x max |fp32 score| of the test row (documented in README)
@@ -388,7 +389,7 @@ def test_bfloat16_factors_within_tolerance(tmp_path, cache):
     p = Problem(tmp_path)
     half = p.engine(cache=cache, factor_dtype=torch.bfloat16)
     _check_half(p.engine(cache=False), half, p.test)
-    assert half._factors.A.dtype == torch.bfloat16
+    assert half.factors_.factors.A.dtype == torch.bfloat16
     if cache:
         m = _manifest(p.store())
         assert m["dtype"] == "bfloat16" and m["norm_dtype"] == "float32"
@@ -438,7 +439,7 @@ def test_default_placement(monkeypatch):
 
 
 def test_kept_rows_fill_preallocated_tensors_and_survive_a_wrong_length():
-    from tracin_widgets.influence._fast import _Kept
+    from tracin_widgets.influence.fast._bank import _Kept
 
     blocks = [torch.arange(6.0).reshape(3, 2), torch.arange(6.0, 12.0).reshape(3, 2)]
     kept = _Kept(6, torch.device("cpu"))
@@ -458,20 +459,20 @@ def test_half_factors_are_read_as_they_are_on_a_gpu(tmp_path, monkeypatch, dtype
     float32 accumulation and result) instead of being converted to float32 block by block (3x the memory
     traffic). Emulated here on the CPU: the scores stay within the half-precision tolerance of float32, and no
     block is converted."""
-    from tracin_widgets.influence import _fast
+    from tracin_widgets.influence.fast import _bank
 
     p = Problem(tmp_path)
     fp32 = p.engine(cache=False)
     half = p.engine(factor_dtype=dtype, max_memory=max_memory)
     converted = half.influence(p.test)
     seen: list[torch.dtype] = []
-    monkeypatch.setattr(_fast, "_mm32_supported", lambda device: True)
+    monkeypatch.setattr(_bank, "_mm32_supported", lambda device: True)
 
     def mm32(train, test):
         seen.append(train.dtype)
         return train.double().mm(test.double().T).float()  # float32 result of exact products
 
-    monkeypatch.setattr(_fast, "_mm32", mm32)
+    monkeypatch.setattr(_bank, "_mm32", mm32)
     native = half.influence(p.test)
     assert set(seen) == {dtype} and len(seen) % 6 == 0  # A and G of the 3 checkpoints per block, read as kept
     _check_half(fp32, half, p.test)
@@ -489,16 +490,16 @@ def test_factors_not_kept_as_computed_reach_the_device_in_bounded_blocks(tmp_pat
     half = p.engine(cache=False, factor_dtype=torch.bfloat16)
     whole = half.influence(p.test)
     row = 3 * (16 + 5) * 4  # float32 copies of the bfloat16 rows
-    monkeypatch.setattr(TracInCPFast, "block_bytes", 100 * row)
+    monkeypatch.setattr(half.factors_, "block_bytes", 100 * row)
     sizes: list[int] = []
-    blocks = TracInCPFast._factor_blocks
+    blocks = FactorBank.blocks
 
     def spy(self, step, span=None, native=False):
         for s, A, G in blocks(self, step, span, native):
             sizes.append(A.shape[0])
             yield s, A, G
 
-    monkeypatch.setattr(TracInCPFast, "_factor_blocks", spy)
+    monkeypatch.setattr(FactorBank, "blocks", spy)
     torch.testing.assert_close(half.influence(p.test), whole)
     assert max(sizes) == 100 and sum(sizes) == p.x.shape[0]
     sizes.clear()
@@ -515,7 +516,7 @@ def test_training_predictions_from_a_store_read_only_the_last_checkpoints_G(tmp_
     p.engine().fit()  # write the store
     stream = p.engine(max_memory=2_000)
     stream.fit()
-    assert stream._stream is not None
+    assert stream.factors_.store is not None
     files: list[str] = []
     read = []
     real = _store._read_into
@@ -542,19 +543,20 @@ def test_training_predictions_from_a_store_read_only_the_last_checkpoints_G(tmp_
 def test_factors_kept_in_host_memory_for_a_gpu_say_so_once(tmp_path, monkeypatch):
     """Factors over 3/4 of the GPU's free memory live in host memory and every query copies them over (7.3 s for
     ImageNet's float32 factors on an H100): a TracInWarning says so once, with the size and the bfloat16 fix."""
-    from tracin_widgets.influence import _fast
+    from tracin_widgets.influence.fast import _bank
 
-    monkeypatch.setattr(_fast, "placement", lambda *a, **k: "host")  # what a too-small GPU gives
+    monkeypatch.setattr(_bank, "placement", lambda *a, **k: "host")  # what a too-small GPU gives
     p = Problem(tmp_path, n=300)
     eng = p.engine(cache=False)
     with pytest.warns(TracInWarning) as rec:
         eng.fit()
     (w,) = [r for r in rec if "host memory" in str(r.message)]
     text = str(w.message)
-    assert text.startswith(f"the training factors take {_store.human(eng._factor_bytes())} (float32), more than 75% of")
+    size = _store.human(eng.factors_.nbytes())
+    assert text.startswith(f"the training factors take {size} (float32), more than 75% of")
     assert "every query copies them to cpu" in text and "; factor_dtype=torch.bfloat16 halves them" in text
     assert w.filename == __file__  # points at the user's call
-    assert eng._placement == "host"
+    assert eng.factors_.placement == "host"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         eng.influence(p.test, k=3)  # said once

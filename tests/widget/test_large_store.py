@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from tracin_widgets.influence import TracInCPFast
+from tracin_widgets.influence.fast import FactorBank
 from tracin_widgets.widget import InfluenceExplorer, _codec, _stats
 
 N = 20_000  # training rows: 20k x 3 checkpoints x (32 + 10) floats = 10 MB of factors, streamed through 1 MB
@@ -66,19 +67,19 @@ def explorer(problem):
         max_memory="1MB",
     )
     spied: dict[str, list] = {"ensure": [], "self_influence_with_galleries_allowed": []}
-    real_ensure, real_self = engine._ensure_factors, engine.self_influence
+    real_keep, real_self = FactorBank.keep, engine.self_influence
 
-    def ensure(*a, **kw):
+    def keep(*a, **kw):  # the factors held in memory (any bank, a streamed one never)
         spied["ensure"].append(a)
-        return real_ensure(*a, **kw)
+        return real_keep(*a, **kw)
 
     def self_influence(*a, **kw):
         spied["self_influence_with_galleries_allowed"].append(w._pipeline.fitted.is_set())
         return real_self(*a, **kw)
 
-    engine._ensure_factors = ensure
     engine.self_influence = self_influence
     mp = pytest.MonkeyPatch()
+    mp.setattr(FactorBank, "keep", keep)
     made: list[int] = []
     real_encode = _codec.encode_image
 
@@ -120,8 +121,8 @@ def oracle(w: InfluenceExplorer) -> dict:
 
 def test_the_engine_streams_and_the_explorer_never_loads_the_factors(explorer):
     engine = explorer.source
-    assert engine._stream is not None and engine._factors is None
-    assert engine._factor_bytes() > 8 * 2**20  # the factors are 10x max_memory
+    assert engine.factors_.store is not None and engine.factors_.factors is None
+    assert engine.factors_.nbytes() > 8 * 2**20  # the factors are 10x max_memory
     assert explorer.spied["ensure"] == []
     assert explorer._pipeline.train_path.startswith("factors:"), explorer._pipeline.train_path
     # the self-influence was asked before the galleries could query the engine, so it never waited behind a query
@@ -231,7 +232,7 @@ def test_the_explorer_holds_per_row_scalars_not_the_store(explorer):
     arrays = list(_arrays(parts, set(skip)))
     nbytes = [a.nbytes if isinstance(a, np.ndarray) else a.numel() * a.element_size() for a in arrays]
     assert len(arrays) >= 8 and max(nbytes) <= 8 * N  # one 8-byte scalar per row at most
-    row_bytes = explorer.source._stream.row_bytes
+    row_bytes = explorer.source.factors_.store.row_bytes
     assert sum(nbytes) < 0.2 * row_bytes * N  # all of them together: a fraction of the store
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 from ._base import KMostInfluentialResults, TracInCPBase
 from ._checkpoints import load_checkpoint
 from ._errors import Cancelled, TracInWarning
-from ._fast import TracInCPFast, TracInCPFastRandProj
 from ._layers import find_final_linear_layer
 from ._nearest_neighbors import AnnoyNearestNeighbors, ExactNearestNeighbors, NearestNeighbors
 from ._predict import Predictions, predict
 from .cp import TracInCP
+from .fast import TracInCPFast, TracInCPFastRandProj
 
 __all__ = [
     "AnnoyNearestNeighbors",

@@ -22,13 +22,19 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
 from torch.utils.data._utils.collate import default_collate
 
 from ._store import FactorStore, StoreLock
+
+if TYPE_CHECKING:
+    from ._base import KMostInfluentialResults
+    from .fast._bank import FactorBank
+    from .fast._fast import TracInCPFast
+    from .fast._pass import FactorPass
 
 TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 
@@ -255,3 +261,155 @@ def join_shards(folder: Path, expect: dict[str, Any], shards: list[tuple[Path, d
     for path, _ in shards:
         with contextlib.suppress(OSError):
             shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the factor pass and the queries of TracInCPFast over the ranks (``_base`` imports this module: its names are
+# imported where they are used)
+# ---------------------------------------------------------------------------------------------------------------------
+def _joined_store(eng: FactorPass, folder: Path, expect: dict[str, Any], rank: int, world: int, show: bool) -> None:
+    """Each rank's rows into its shard, then rank 0 joins the shards into the store in ``folder``."""
+    n = expect["rows"]
+    shards = [shard_target(folder, expect, *row_range(n, r, world)) for r in range(world)]
+    start, stop = row_range(n, rank, world)
+    error: BaseException | None = None
+    try:
+        if stop > start:
+            eng._store_pass(shards[rank][0], shards[rank][1], show, rows=(start, stop))  # this rank's rows only
+    except Exception as e:
+        error = e
+    if not all_ok(error is None, eng.device):
+        raise error or RuntimeError("another rank's factor pass failed (see its error); rows done are kept")
+    if rank == 0:
+        try:
+            join_shards(folder, expect, [s for s in shards if s[1]["rows"] > 0])
+        except Exception as e:
+            error = e
+    if not all_ok(error is None, eng.device):
+        raise error or RuntimeError("rank 0 could not join the factor store shards (see its error)")
+
+
+def sharded_pass(eng: FactorPass, rank: int, world: int, show_progress: bool) -> FactorBank:
+    """Under torchrun: this rank's rows into its shard, rank 0 joins the shards into the store, every rank then
+    reads the whole store (a bank on it)."""
+    from ._base import _Progress
+
+    if eng.cache_dir is None:
+        raise ValueError(
+            f"this process is rank {rank} of {world} of torch.distributed (torchrun), which splits the factor "
+            "pass over the ranks through a store, but cache_dir is None: pass cache_dir= a folder that every "
+            "rank shares (the ranks write their rows there and each then reads them all), or run the engine "
+            "in a single process."
+        )
+    folder, expect = eng._store_target()
+    assert folder is not None
+    if not all_equal(expect["fingerprint"], eng.device):
+        raise ValueError(
+            "the ranks of torch.distributed (torchrun) disagree on the training-set factors' cache key: every "
+            "rank must build the engine with the same model, checkpoints, loss, layer, training data, "
+            "data_version, factor_dtype and cache_dir."
+        )
+    if expect.get("rows") is None:
+        raise ValueError(
+            "under torch.distributed (torchrun) the factor pass is split by rows, so train_dataset must have a "
+            "length (len(train_dataset)); an IterableDataset cannot be split: run it in a single process."
+        )
+    store = FactorStore.read(folder, expect)
+    if store is None or not store.complete:
+        _joined_store(eng, folder, expect, rank, world, show_progress)
+        store = FactorStore.read(folder, expect)
+        if store is None or not store.complete:
+            raise ValueError(
+                f"the factor store {str(folder)!r} joined by rank 0 cannot be read by rank {rank}: cache_dir "
+                "must be one folder that every rank shares (e.g. on a shared filesystem across machines)."
+            )
+    bank = eng._adopt(store)
+    if show_progress:
+        _Progress("training factors (cache file)", store.rows, True, None).finish()
+    return bank
+
+
+def rank_widths(bank: FactorBank, world: int, k: int | None) -> tuple[list[tuple[int, int]], list[int]]:
+    """Each rank's contiguous training rows and the width of its part of a result (``k``: of its top-k)."""
+    ranges = [row_range(bank.n_rows, r, world) for r in range(world)]
+    return ranges, [b - a if k is None else min(k, b - a) for a, b in ranges]
+
+
+def _local_scores(
+    eng: TracInCPFast, bank: FactorBank, span: tuple[int, int], inputs: Any, batches: list[tuple], k: Any, pro: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's score columns (``k`` None) or its top-k ``(values, indices)`` over the training rows ``span``."""
+    from ._base import merge_topk
+
+    At, Gt = eng._test_factors(inputs, batches=batches)
+    empty = torch.empty(At.shape[0], 0, dtype=bank.compute_dtype, device=eng.device)
+    if k is None:
+        parts = [sc for _s, sc in eng._score_chunks(bank, At, Gt, span)]
+        return (torch.cat(parts, dim=1) if parts else empty), empty.long()
+    best = None
+    for s, sc in eng._score_chunks(bank, At, Gt, span):
+        best = merge_topk(best, sc, s, k, largest=pro)
+    return best if best is not None else (empty, empty.long())
+
+
+def influence_across_ranks(
+    eng: TracInCPFast, rank: int, world: int, inputs: Any, k: Any, proponents: Any, show_progress: bool
+) -> torch.Tensor | KMostInfluentialResults:
+    """``influence(distributed=True)``: each rank scores its contiguous training rows; the local top-k (or
+    score columns) of every rank are joined with all_gather, so every rank returns the whole result. Every
+    local step is followed by an agreement step (``agree``)."""
+    from ._base import KMostInfluentialResults, check_k, check_proponents
+
+    error: Exception | None = None
+    batches: list[tuple] = []
+    key = ""
+    try:
+        k = check_k(k)
+        proponents = check_proponents(proponents)
+        batches = eng._test_batches(inputs, show_progress=show_progress)
+        key = call_key("influence", k, proponents, eng.factors_ is not None, batches)
+    except Exception as e:
+        error = e
+    agree(error, key, eng.device, "influence")
+    bank = eng._prepare_factors(show_progress)  # its own collectives when the factors are not there yet
+    ranges, widths = rank_widths(bank, world, k)
+    local = idx = torch.empty(0)
+    try:
+        local, idx = _local_scores(eng, bank, ranges[rank], inputs, batches, k, proponents)
+    except Exception as e:
+        error = e
+    agree(error, None, eng.device, "influence")
+    scores = gather_columns(local, widths, eng.device)
+    if k is None:
+        return scores
+    indices = gather_columns(idx, widths, eng.device)
+    vals, pos = torch.topk(scores, min(k, scores.shape[1]), dim=1, largest=proponents)
+    return KMostInfluentialResults(torch.gather(indices, 1, pos).to(torch.int64), vals)
+
+
+def self_influence_across_ranks(
+    eng: TracInCPFast, rank: int, world: int, inputs: Any, show_progress: bool
+) -> torch.Tensor:
+    """``self_influence(distributed=True)``: each rank its contiguous rows, joined with all_gather."""
+    error: Exception | None = None
+    key = ""
+    try:
+        if inputs is not None:
+            raise ValueError(
+                "self_influence(inputs, distributed=True): distributed=True splits the training set's "
+                "self-influence over the ranks; for inputs, call self_influence(inputs) without it (each rank "
+                "computes them), or split the inputs over the ranks yourself."
+            )
+        key = call_key("self_influence", eng.factors_ is not None)
+    except Exception as e:
+        error = e
+    agree(error, key, eng.device, "self_influence")
+    bank = eng._prepare_factors(show_progress)  # its own collectives when the factors are not there yet
+    ranges, widths = rank_widths(bank, world, None)
+    local = torch.empty(0)
+    try:
+        local = eng._train_self_influence(bank, ranges[rank])
+    except Exception as e:
+        error = e
+    agree(error, None, eng.device, "self_influence")
+    return gather_columns(local.unsqueeze(0), widths, eng.device)[0]
