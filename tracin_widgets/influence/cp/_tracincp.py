@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._argdocs import document
 from .._checks import check_k, check_proponents, check_train_indices, sqrt_lr
 from .._data import batch_len, input_batches, split_rows
 from .._loss import loss_mode
@@ -36,6 +37,7 @@ from ._pass import BlockPass
 from ._score_cache import ScoreCache, check_matrix_fits
 
 
+@document
 class TracInCP(BlockPass):
     """TracIn over the parameters of ``layers`` (every trainable parameter when None), with Captum 0.9's API.
 
@@ -52,58 +54,14 @@ class TracInCP(BlockPass):
     ``k=None`` builds. Results kept for later calls take at most ``score_cache_bytes`` (512 MB). TracInCP takes
     no ``max_memory=`` (TracInCPFast's bound on its cached factors): it caches no per-example gradients.
 
-    Args:
-        model: the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
-            module inside is computed on). It is called as ``model(*batch[:-1])`` and must return a tensor whose
-            first dimension is the batch. Scores are computed in eval mode, and after every call the model is as
-            it was given (weights, train/eval flags, ``requires_grad``, device).
-        train_dataset: the training data: a ``Dataset`` whose items are ``(*features, label)``, or a ``DataLoader``
-            of such batches that yields every row once, in order (no shuffling sampler, no ``drop_last``). Other
-            forms (a tuple ``(X, Y)``, dict items) are a ``TypeError`` at construction saying how to wrap them.
-        checkpoints: the checkpoint files: a list of paths (natural-sorted, as Captum), one file, or a folder
-            (every regular, non-hidden file in it, whatever its extension). Each is loaded once per instance.
-        checkpoints_load_func: ``f(model, path) -> lr``: loads the checkpoint at ``path`` into ``model`` and
-            returns its learning rate (a finite number >= 0; checked as each loads). Default None: a state dict,
-            or a dict holding one under ``"model_state_dict"`` / ``"state_dict"`` (learning rate from its
-            ``"learning_rate"`` or ``"lr"`` entry, else 1.0), loaded with ``torch.load(weights_only=weights_only)``.
-        layers: the layers whose parameters the gradients are taken of: a list of names such as
-            ``["fc2", "fc3"]`` (or the modules themselves). Default None: every parameter with
-            ``requires_grad=True``. An unknown name is a ``ValueError`` suggesting close ones.
-        loss_fn: the training loss ``loss_fn(outputs, labels)``. With ``sample_wise_grads_per_batch=False``
-            (the default) its ``reduction`` must be ``"none"`` (one loss per example); with True, ``"sum"`` or
-            ``"mean"`` (the gradient is then multiplied back by the batch size, as Captum). Default None: the
-            gradient of the summed model outputs. A loss without a ``reduction`` attribute is assumed to have
-            ``"none"`` (``"sum"`` with ``sample_wise_grads_per_batch=True``), with a ``TracInWarning``.
-        batch_size: rows per batch when ``train_dataset`` is a Dataset (ignored for a DataLoader). Default None
-            means 512 (Captum's default is 1). Scores do not depend on it: the rows per forward pass follow
-            the measured activation memory.
-        test_loss_fn: the loss of the test examples in ``influence``, with the same rules (default None:
-            ``loss_fn``). ``self_influence`` and ``compute_intermediate_quantities`` use ``loss_fn``.
-        sample_wise_grads_per_batch: Captum's switch between a per-example loss (False, the default) and a
-            batch loss (True) whose per-example gradients Captum takes with hooks. Here both give the same
-            per-example gradients; it only decides which ``loss_fn.reduction`` is accepted.
-        device: where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` (default None: the
-            model's device). Checked against this machine at construction (a missing GPU is a ``ValueError``);
-            the model is moved there for each call and back afterwards, and batches are moved for you.
-        num_workers: ``DataLoader`` workers reading ``train_dataset`` (not used when it is a DataLoader). Default
-            None: none on the CPU, for a ``TensorDataset`` (sliced directly) or a recognised torchvision CIFAR
-            dataset (read vectorised); on a GPU up to one per spare core (at most 16), trimmed to
-            ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
-        progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
-            advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
-            aborts cleanly: the model is restored and nothing partial is cached. Default None.
-        cache_dir: a folder where the training set's self-influence scores are saved and reused by later
-            instances (default None: kept in memory only). A file is reused only when the loss (type and
-            settings), the layers, the checkpoint files' contents and learning rates, ``checkpoints_load_func``,
-            the model's architecture and precision, the device type, ``data_version`` and the training data are
-            all the same. A folder that cannot be written gives a ``TracInWarning`` before the pass (results stay
-            in memory); the checkpoints folder itself is a ``ValueError``.
-        weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
-            tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
-        data_version: any string naming the version of the training data (default None), part of the cache
-            key. Array-backed datasets (``TensorDataset``, a ``Subset`` of one, torchvision's CIFAR/MNIST) are
-            hashed in full; any other dataset only by its type, length and 24 items spread over it, so change
-            ``data_version`` when its contents change (a dataset without a length is reused only with one).
+    Examples:
+        >>> from torch import nn
+        >>> from tracin_widgets.influence import TracInCP
+        >>> loss = nn.CrossEntropyLoss(reduction="none")  # one loss per example
+        >>> tracin = TracInCP(net, train_dataset, checkpoint_dir, layers=["fc2", "fc3"], loss_fn=loss)
+        >>> top = tracin.influence((x_test, y_test), k=10)  # one pass; keeps the proponents and the opponents
+        >>> opponents = tracin.influence((x_test, y_test), k=10, proponents=False)  # no second pass
+        >>> scores = tracin.self_influence()  # (n_train,), kept in cache_dir when one is given
     """
 
     _cache_kind = "cp"

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._argdocs import document
 from .._base import (
     Checkpoints,
     Inputs,
@@ -35,6 +36,7 @@ from ._bank import FactorBank
 from ._fast import TracInCPFast
 
 
+@document
 class TracInCPFastRandProj(TracInCPFast):
     """TracInCPFast with an embedding index for fast top-k queries, with Captum 0.9's ``TracInCPFastRandProj`` API.
 
@@ -43,99 +45,16 @@ class TracInCPFastRandProj(TracInCPFast):
     (approximate) influence score. The training embeddings are put in ``nearest_neighbors`` in ``__init__``
     (one pass over the training data, as in Captum). ``self_influence`` is exact (from the factors).
 
-    Args:
-        model: the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
-            module inside is computed on). It is called as ``model(*batch[:-1])`` and must return a tensor whose
-            first dimension is the batch. Scores are computed in eval mode, and after every call the model is as
-            it was given (weights, train/eval flags, ``requires_grad``, device).
-        final_fc_layer: the model's last fully-connected layer, as the module (``model.fc3``) or its name
-            (``"fc3"``); ``find_final_linear_layer(model, x)`` finds it. It must run exactly once per forward
-            pass. An unknown name is a ``ValueError`` suggesting close ones.
-        train_dataset: the training data: a ``Dataset`` whose items are ``(*features, label)``, or a ``DataLoader``
-            of such batches that yields every row once, in order (no shuffling sampler, no ``drop_last``). Other
-            forms (a tuple ``(X, Y)``, dict items) are a ``TypeError`` at construction saying how to wrap them.
-        checkpoints: the checkpoint files: a list of paths (natural-sorted, as Captum), one file, or a folder
-            (every regular, non-hidden file in it, whatever its extension). Each is loaded once per instance.
-        checkpoints_load_func: ``f(model, path) -> lr``: loads the checkpoint at ``path`` into ``model`` and
-            returns its learning rate (a finite number >= 0; checked as each loads). Default None: a state dict,
-            or a dict holding one under ``"model_state_dict"`` / ``"state_dict"`` (learning rate from its
-            ``"learning_rate"`` or ``"lr"`` entry, else 1.0), loaded with ``torch.load(weights_only=weights_only)``.
-        loss_fn: the training loss ``loss_fn(outputs, labels)`` with ``reduction="sum"`` or ``"mean"`` (the
-            gradient is then multiplied back by the batch size, as Captum); required (None is a ``ValueError``).
-            A loss without a ``reduction`` attribute is assumed to sum, with a ``TracInWarning``.
-        batch_size: rows per batch when ``train_dataset`` is a Dataset (ignored for a DataLoader). Default None
-            means 512 (Captum's default is 1). Scores do not depend on it: the rows per forward pass follow
-            the measured activation memory.
-        test_loss_fn: the loss of the test examples in ``influence`` and ``compute_intermediate_quantities``,
-            with the same rules (default None: ``loss_fn``). ``self_influence(inputs)`` uses ``loss_fn``.
-        vectorize: accepted for Captum compatibility (Captum's jacobian switch); the gradients here need no
-            jacobian, so it changes nothing (default False).
-        nearest_neighbors: the index answering top-k queries: a ``NearestNeighbors`` (``setup(data)``,
-            ``get_nearest_neighbors(query, k)``). Default None: ``AnnoyNearestNeighbors()`` (approximate);
-            ``ExactNearestNeighbors()`` searches exactly. Anything else is a ``TypeError``. With a ``cache_dir``
-            the training embeddings are also written into the store (``E-<tag>.bin``, the tag a hash of the store,
-            ``projection_dim``, ``seed`` and the projection), and an ``AnnoyNearestNeighbors`` is built on disk
-            there (Annoy's ``on_disk_build``, fed block by block) and memory-mapped by later instances with the
-            same settings instead of being rebuilt; other indexes get ``setup`` with the embeddings, memory-mapped
-            from that file when the factors are streamed (``max_memory``).
-        projection_dim: None (the default): nothing is projected, an embedding has ``dim(g) * dim(a)`` entries
-            per checkpoint and its dot products are the exact scores. A positive int: when ``dim(g) * dim(a)``
-            is larger, ``g`` and ``a`` are each projected to ``int(sqrt(projection_dim))`` dimensions (at most
-            their own) by Gaussian matrices: a smaller index, approximate scores. Anything else is a
-            ``ValueError``.
-        seed: the seed of the projection matrices' own ``torch.Generator`` (default 0; the global RNG is left
-            alone). Used only when something is projected.
-        rerank: keyword-only, default 50: ``influence(k=...)`` retrieves ``rerank * k`` candidates from the index
-            and scores them exactly from the cached factors, so the returned scores are exact and the recall is
-            much higher than the index alone gives. None returns the index's own (approximate) scores, as
-            Captum does. Anything but a positive int or None is a ``ValueError``.
-        device: where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` (default None: the
-            model's device). Checked against this machine at construction (a missing GPU is a ``ValueError``);
-            the model is moved there for each call and back afterwards, and batches are moved for you.
-        num_workers: ``DataLoader`` workers reading ``train_dataset`` (not used when it is a DataLoader). Default
-            None: none on the CPU, for a ``TensorDataset`` (sliced directly) or a recognised torchvision CIFAR
-            dataset (read vectorised); on a GPU up to one per spare core (at most 16), trimmed to
-            ``sqrt(read time / 20 ms)`` after timing a few items. Scores do not depend on it.
-        progress_callback: ``f(phase: str, done: int, total: int)``, called as each phase of a long computation
-            advances (``total`` is -1 when unknown). Raising from it (e.g. ``tracin_widgets.influence.Cancelled``)
-            aborts cleanly: the model is restored and nothing partial is used as complete (a ``cache_dir`` store
-            keeps the blocks written so far, and the next call resumes from them). Default None.
-        cache_dir: a folder where the training-set factors (shared by ``TracInCPFast`` and
-            ``TracInCPFastRandProj``) are written during the pass, as a store (a folder of plain row-major files
-            and a ``manifest.json``, see ``influence/_store.py``), and reused by later instances (default None:
-            kept in memory only). An interrupted pass (an exception, ``Cancelled``, Ctrl-C, a killed job) resumes
-            from the last block written; a second process writing the same store is refused. A store is reused
-            only when the loss (type and settings), the layers, the checkpoint files' contents and learning rates,
-            ``checkpoints_load_func``, the model's architecture and precision, the device type, ``data_version``
-            and the training data are all the same. A folder that cannot be written gives a ``TracInWarning``
-            before the pass (results stay in memory); the checkpoints folder itself is a ``ValueError``.
-            Under ``torchrun`` (a ``torch.distributed`` default process group, or torchrun's ``WORLD_SIZE``,
-            ``RANK`` and ``LOCAL_RANK`` environment, in which case the default group is initialised here with
-            backend ``"nccl"`` on a CUDA device, ``"gloo"`` on the CPU; give each rank its own GPU with
-            ``device=f"cuda:{LOCAL_RANK}"``) the pass is split by rank over contiguous row ranges, each rank
-            writing its rows into its own shard next to the store; rank 0 joins the shards into the store (the
-            same files as one process writes) and every rank then reads all of it. ``cache_dir`` is then
-            required, a folder every rank shares: None is a ``ValueError`` (every rank computing everything
-            would multiply the work, not share it). Every rank must make the call that needs the factors
-            (``fit()`` first is simplest): the ranks wait for each other there.
-        weights_only: passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
-            tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.
-        data_version: any string naming the version of the training data (default None), part of the cache
-            key. Array-backed datasets (``TensorDataset``, a ``Subset`` of one, torchvision's CIFAR/MNIST) are
-            hashed in full; any other dataset only by its type, length and 24 items spread over it, so change
-            ``data_version`` when its contents change (a dataset without a length is reused only with one).
-        max_memory: the most memory the training-set factors may take: bytes as an int, or a string such as
-            ``"512MB"`` or ``"10GiB"`` (MB/GB: powers of 1000, MiB/GiB: of 1024, as in Hugging Face accelerate).
-            Factors larger than that stay in the ``cache_dir`` store and every query reads it block by block (same
-            results, at disk speed); without a ``cache_dir`` that is a ``ValueError`` before the pass. Default
-            None: on the compute device when they take less than 3/4 of a GPU's free memory (half of the
-            CPU's), else in host memory, else (with a ``cache_dir``) read from the store.
-        factor_dtype: the dtype the factors are kept in: None (the default: as computed, ``torch.float32`` for a
-            float32 model, Captum's numbers), ``torch.float32``, or ``torch.bfloat16`` / ``torch.float16`` (half
-            the memory, disk and traffic; products still accumulate in float32; scores are approximate: with
-            bfloat16 within 0.25 % of each test row's largest score and the same top-10 on the tests' models and
-            the tutorial's, see ``benchmarks/probes/factor_dtype.py``). Self-influence stays exact (its norms are
-            kept in the computation dtype). Anything else is a ``ValueError``.
+    Examples:
+        >>> from torch import nn
+        >>> from tracin_widgets.influence import ExactNearestNeighbors, TracInCPFastRandProj
+        >>> loss = nn.CrossEntropyLoss(reduction="sum")
+        >>> tracin = TracInCPFastRandProj(net, "fc3", train_dataset, checkpoint_dir, loss_fn=loss)  # builds the index
+        >>> top = tracin.influence((x_test, y_test), k=10)  # 500 candidates from the index, reranked exactly
+        >>> exact = TracInCPFastRandProj(
+        ...     net, "fc3", train_dataset, checkpoint_dir, loss_fn=loss, nearest_neighbors=ExactNearestNeighbors()
+        ... )
+        >>> embeddings = tracin.compute_intermediate_quantities((x_test, y_test))  # (n_test, embedding size)
     """
 
     def __init__(
