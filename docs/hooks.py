@@ -60,7 +60,7 @@ def on_pre_build(config):
 def keys_table() -> str:
     """The explorer's keys as a Markdown table, from ``const KEYS = {...}`` in the widget's JS source."""
     for path in sorted(JS_SRC.glob("*.js")):
-        m = re.search(r"^const KEYS = \{\n(.*?)^\};", path.read_text(encoding="utf-8"), re.S | re.M)
+        m = re.search(r"^(?:export )?const KEYS = \{\n(.*?)^\};", path.read_text(encoding="utf-8"), re.S | re.M)
         if m:
             break
     else:
