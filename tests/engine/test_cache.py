@@ -322,8 +322,8 @@ def test_lambda_transform_and_image_folder_lists():
 
 
 def test_opaque_datasets_are_sampled_and_data_version_names_them(tmp_path):
-    """What README.md states: an opaque dataset is verified by type, length and 24 items spread over it; a change
-    elsewhere is only seen through ``data_version``."""
+    """What docs/engine.md (*The disk cache*) states: an opaque dataset is verified by type, length and 24 items
+    spread over it; a change elsewhere is only seen through ``data_version``."""
     x, y = torch.randn(N_BIG, 6), torch.randint(0, 3, (N_BIG,))
     assert _fp(Opaque(x, y)) == _fp(Opaque(x, _relabelled(y)))  # the documented limit
     y0 = y.clone()

@@ -369,7 +369,7 @@ def test_float32_factors_are_the_default_numbers(tmp_path):
     assert explicit.factors_.factors.A.dtype == torch.float32
 
 
-BF16_TOLERANCE = 0.01  # |score - fp32 score| <= this x max |fp32 score| of the test row (documented in README)
+BF16_TOLERANCE = 0.01  # |score - fp32 score| <= this x max |fp32 score| of the test row (docs/engine.md states it)
 
 
 def _check_half(fp32, half, test):
