@@ -128,6 +128,12 @@ OWN: dict[str, dict[str, str]] = {
             ``"mean"`` (the gradient is then multiplied back by the batch size, as Captum). Default None: the
             gradient of the summed model outputs. A loss without a ``reduction`` attribute is assumed to have
             ``"none"`` (``"sum"`` with ``sample_wise_grads_per_batch=True``), with a ``TracInWarning``.""",
+        "batch_size": """rows per batch when ``train_dataset`` is a Dataset (ignored for a DataLoader). Default
+            None means 512 (Captum's default is 1). Batches are cut into chunks (see the memory note above), so with
+            a per-row loss (each row's loss depends only on its own output: ``reduction="none"``, ``"sum"``, or
+            ``"mean"`` over the rows) scores do not depend on it; a loss that couples the rows of a batch (a
+            weighted ``CrossEntropyLoss`` with ``"mean"`` divides by the batch's summed weights, a contrastive
+            loss) gives per-example gradients that depend on the rows computed together.""",
         "test_loss_fn": """the loss of the test examples in ``influence``, with the same rules (default None:
             ``loss_fn``). ``self_influence`` and ``compute_intermediate_quantities`` use ``loss_fn``.""",
         "progress_callback": """``f(phase: str, done: int, total: int)``, called as each phase of a long
@@ -144,7 +150,8 @@ OWN: dict[str, dict[str, str]] = {
             or a string such as ``"2GB"`` or ``"512MiB"`` (MB/GB: powers of 1000, MiB/GiB: of 1024, as in Hugging
             Face accelerate). Each batch is cut into chunks whose per-example gradients fit it; a smaller budget
             means more, smaller chunks (slower, the same scores). Default None: a safe share of the free memory
-            (at most 512 MB of float32 gradients, and never more than half of what is free).""",
+            (``max_grad_floats`` values, 512 MB in float32, but at most half of what is free, read at each chunk).
+            The forward and backward of a chunk are bounded by the free memory in any case.""",
     },
 }
 
