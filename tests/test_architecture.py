@@ -81,3 +81,23 @@ def test_the_boundary_check_finds_each_kind_of_leak():
         "tracin_widgets.widget._pipeline imports tracin_widgets.influence TracInCPFast",
         "tracin_widgets.widget._tasks imports tracin_widgets.influence",
     ]
+
+
+MAX_MODULE_LINES = 500
+
+
+def long_modules(root: Path) -> list[str]:
+    """The modules of the package and of the widget's JS over ``MAX_MODULE_LINES`` (one job per module)."""
+    files = [*sorted((root / "tracin_widgets").rglob("*.py")), *sorted((root / "js" / "src").rglob("*.js"))]
+    sizes = {f.relative_to(root).as_posix(): len(f.read_text(encoding="utf-8").splitlines()) for f in files}
+    return [f"{name} ({n} lines)" for name, n in sizes.items() if n > MAX_MODULE_LINES]
+
+
+def test_every_module_is_at_most_500_lines(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    assert long_modules(root) == []
+    (tmp_path / "tracin_widgets").mkdir()
+    (tmp_path / "js" / "src").mkdir(parents=True)
+    (tmp_path / "tracin_widgets" / "big.py").write_text("x = 1\n" * 501)
+    (tmp_path / "js" / "src" / "ok.js").write_text("let x;\n" * 500)
+    assert long_modules(tmp_path) == ["tracin_widgets/big.py (501 lines)"]
