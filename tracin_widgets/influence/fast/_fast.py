@@ -35,6 +35,7 @@ from .._base import (
 from .._layers import resolve_module
 from .._loss import loss_mode
 from .._store import check_factor_dtype, parse_max_memory
+from .._topk import finish_topk
 from . import _bank
 from ._bank import FactorBank
 from ._pass import FactorPass
@@ -53,15 +54,21 @@ class TracInCPFast(FactorPass):
 
     Args:
         model: the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
-            module inside is computed on). It is called as ``model(*batch[:-1])`` and must return a tensor whose
-            first dimension is the batch. Scores are computed in eval mode, and after every call the model is as
+            module inside is computed on). It is called as ``model(*batch[:-1])`` (a dict batch as
+            ``model(**features)``) and must return a tensor whose first dimension is the batch, or a mapping or
+            ``ModelOutput`` holding one under ``"logits"`` (``output_key``). Scores are computed in eval mode, and after every call the model is as
             it was given (weights, train/eval flags, ``requires_grad``, device).
         final_fc_layer: the model's last fully-connected layer, as the module (``model.fc3``) or its name
             (``"fc3"``); ``find_final_linear_layer(model, x)`` finds it. It must run exactly once per forward
             pass. An unknown name is a ``ValueError`` suggesting close ones.
-        train_dataset: the training data: a ``Dataset`` whose items are ``(*features, label)``, or a ``DataLoader``
-            of such batches that yields every row once, in order (no shuffling sampler, no ``drop_last``). Other
-            forms (a tuple ``(X, Y)``, dict items) are a ``TypeError`` at construction saying how to wrap them.
+        train_dataset: the training data: a ``Dataset`` whose items are ``(*features, label)`` or dicts (a Hugging
+            Face ``datasets.Dataset`` with ``.with_format("torch")``, a list of dicts: the labels under ``"labels"``
+            or ``"label"``, or ``label_key``), or a ``DataLoader`` of such batches (any ``collate_fn``, e.g.
+            ``transformers.DataCollatorWithPadding``) that yields every row once, in order (no shuffling sampler, no
+            ``drop_last``). Batches are joined into larger forwards only where every feature tensor has one row
+            per label; any other batch (``model(tokens, offsets)`` of an ``nn.EmbeddingBag``) is computed exactly
+            as the loader gives it. Other forms (a tuple ``(X, Y)``) are a ``TypeError`` at construction saying how
+            to wrap them.
         checkpoints: the checkpoint files: a list of paths (natural-sorted, as Captum), one file, or a folder
             (every regular, non-hidden file in it, whatever its extension). Each is loaded once per instance.
         checkpoints_load_func: ``f(model, path) -> lr``: loads the checkpoint at ``path`` into ``model`` and
@@ -130,6 +137,10 @@ class TracInCPFast(FactorPass):
             bfloat16 within 0.25 % of each test row's largest score and the same top-10 on the tests' models and
             the tutorial's, see ``benchmarks/probes/factor_dtype.py``). Self-influence stays exact (its norms are
             kept in the computation dtype). Anything else is a ``ValueError``.
+        label_key: the key of a dict batch that holds the labels (default None: ``"labels"``, else ``"label"``);
+            every other key is passed to the model. A dict batch without it is a ``ValueError`` naming the keys.
+        output_key: what of the model's output to differentiate when it is not a tensor: the key of a mapping or
+            ``ModelOutput`` (default None: ``"logits"``), or the index into a tuple output.
     """
 
     def __init__(
@@ -152,6 +163,8 @@ class TracInCPFast(FactorPass):
         data_version: str | None = None,
         max_memory: int | str | None = None,
         factor_dtype: torch.dtype | None = None,
+        label_key: str | None = None,
+        output_key: str | int | None = None,
     ) -> None:
         self.max_memory = parse_max_memory(max_memory)
         self.factor_dtype = check_factor_dtype(factor_dtype)
@@ -169,6 +182,8 @@ class TracInCPFast(FactorPass):
             cache_dir=cache_dir,
             weights_only=weights_only,
             data_version=data_version,
+            label_key=label_key,
+            output_key=output_key,
         )
         self.factors_: FactorBank | None = None  # the training-set factors, set by fit() (or the first query)
         self._lr_rows: dict[tuple, torch.Tensor] = {}  # the learning rates as a tensor, by dtype and device
@@ -243,6 +258,11 @@ class TracInCPFast(FactorPass):
             lr = self._lr_rows[key] = torch.tensor(lrs, dtype=like.dtype, device=like.device)
         return lr
 
+    @staticmethod
+    def _chunk_rows(n_test: int, n_ckpt: int, budget: int = 1 << 25) -> int:
+        """Training rows per block of scores: about ``budget`` products (at least 1024 rows)."""
+        return max(1024, budget // max(1, n_test * max(1, n_ckpt)))
+
     def _score_chunks(
         self, bank: FactorBank, At: torch.Tensor, Gt: torch.Tensor, span: tuple[int, int] | None = None
     ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -300,7 +320,7 @@ class TracInCPFast(FactorPass):
                 best = merge_topk(best, sc, s, k, largest=proponents)
                 if prog is not None:
                     prog.update(sc.shape[1])
-            return self._finish_topk(best, At.shape[0])
+            return finish_topk(best, At.shape[0])
         finally:
             if prog is not None:
                 prog.close()

@@ -136,6 +136,8 @@ class TracInCPFastRandProj(TracInCPFast):
             bfloat16 within 0.25 % of each test row's largest score and the same top-10 on the tests' models and
             the tutorial's, see ``benchmarks/probes/factor_dtype.py``). Self-influence stays exact (its norms are
             kept in the computation dtype). Anything else is a ``ValueError``.
+        label_key, output_key: which key of a dict batch holds the labels, and what of a non-tensor model output
+            is differentiated, as for ``TracInCPFast``.
     """
 
     def __init__(
@@ -162,6 +164,8 @@ class TracInCPFastRandProj(TracInCPFast):
         data_version: str | None = None,
         max_memory: int | str | None = None,
         factor_dtype: torch.dtype | None = None,
+        label_key: str | None = None,
+        output_key: str | int | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -181,6 +185,8 @@ class TracInCPFastRandProj(TracInCPFast):
             data_version=data_version,
             max_memory=max_memory,
             factor_dtype=factor_dtype,
+            label_key=label_key,
+            output_key=output_key,
         )
         if projection_dim is not None and (
             isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim <= 0
