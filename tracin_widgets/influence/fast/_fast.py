@@ -56,8 +56,8 @@ class TracInCPFast(FactorPass):
         model: the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
             module inside is computed on). It is called as ``model(*batch[:-1])`` (a dict batch as
             ``model(**features)``) and must return a tensor whose first dimension is the batch, or a mapping or
-            ``ModelOutput`` holding one under ``"logits"`` (``output_key``). Scores are computed in eval mode, and after every call the model is as
-            it was given (weights, train/eval flags, ``requires_grad``, device).
+            ``ModelOutput`` holding one under ``"logits"`` (``output_key``). Scores are computed in eval mode, and
+            after every call the model is as it was given (weights, train/eval flags, ``requires_grad``, device).
         final_fc_layer: the model's last fully-connected layer, as the module (``model.fc3``) or its name
             (``"fc3"``); ``find_final_linear_layer(model, x)`` finds it. It must run exactly once per forward
             pass. An unknown name is a ``ValueError`` suggesting close ones.
