@@ -136,8 +136,10 @@ class TracInCPFastRandProj(TracInCPFast):
             bfloat16 within 0.25 % of each test row's largest score and the same top-10 on the tests' models and
             the tutorial's, see ``benchmarks/probes/factor_dtype.py``). Self-influence stays exact (its norms are
             kept in the computation dtype). Anything else is a ``ValueError``.
-        label_key, output_key: which key of a dict batch holds the labels, and what of a non-tensor model output
-            is differentiated, as for ``TracInCPFast``.
+        label_key: the key of a dict batch that holds the labels (default None: ``"labels"``, else ``"label"``),
+            as for ``TracInCPFast``.
+        output_key: what of a model output that is not a tensor is differentiated (default None: ``"logits"``),
+            as for ``TracInCPFast``.
     """
 
     def __init__(
