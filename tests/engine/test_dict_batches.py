@@ -254,3 +254,15 @@ def test_the_engine_imports_neither_transformers_nor_datasets():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_dict_items_are_part_of_the_cache_key():
+    from collections import UserDict
+
+    from tracin_widgets.influence._cache import dataset_fingerprint
+
+    def key(value: float) -> str:
+        rows = [UserDict({"x": torch.full((2,), value), "label": 1}) for _ in range(3)]
+        return dataset_fingerprint(DataLoader(rows, batch_size=2))
+
+    assert key(1.0) == key(1.0) != key(2.0)
