@@ -262,7 +262,9 @@ def test_dict_items_are_part_of_the_cache_key():
     from tracin_widgets.influence._cache import dataset_fingerprint
 
     def key(value: float) -> str:
-        rows = [UserDict({"x": torch.full((2,), value), "label": 1}) for _ in range(3)]
+        x = torch.zeros(2000)
+        x[1000] = value  # hidden in the tensor's repr ("...")
+        rows = [UserDict({"x": x, "label": 1}) for _ in range(3)]
         return dataset_fingerprint(DataLoader(rows, batch_size=2))
 
     assert key(1.0) == key(1.0) != key(2.0)
