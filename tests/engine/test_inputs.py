@@ -26,6 +26,8 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+from tracin_widgets.influence import TracInCPFastRandProj
+
 from .conftest import Cfg
 from .oracle import assert_scores_close
 
@@ -208,27 +210,53 @@ def test_tensors_instead_of_a_dataset(eng, tb, mlp, kind, form):
 
 
 class DictItems(Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
+    def __init__(self, x, y, label="label"):
+        self.x, self.y, self.label = x, y, label
 
     def __len__(self):
         return len(self.x)
 
     def __getitem__(self, i):
-        return {"pixel_values": self.x[i], "label": int(self.y[i])}
+        return {"x": self.x[i], self.label: int(self.y[i])}
+
+
+def _scores(engine, test):
+    if isinstance(engine, TracInCPFastRandProj):  # top-k only
+        return engine.influence(test, k=5).influence_scores
+    return engine.influence(test)
+
+
+@pytest.mark.parametrize("kind", ["fast", "rp"])
+@pytest.mark.parametrize("how", ["dataset", "list", "loader"])
+def test_dict_items_call_the_model_with_keywords(eng, tb, mlp, kind, how):
+    """Items that are dicts: the model is called as model(**features), the labels under "label"; the same scores as
+    the (features, label) tuples, with a test batch given as a dict too."""
+    ds = DictItems(*mlp.train)
+    train = {"dataset": ds, "list": [ds[i] for i in range(len(ds))], "loader": DataLoader(ds, batch_size=16)}[how]
+    ours = build(eng, tb, mlp, kind, train=train, **({"batch_size": None} if how == "loader" else {}))
+    plain = build(eng, tb, mlp, kind, train=Items(*mlp.train))
+    x, y = mlp.test
+    expect = _scores(plain, (x, y))
+    assert_scores_close(_scores(ours, {"x": x, "labels": y}), expect, rtol=1e-6)
+    assert_scores_close(_scores(ours, (x, y)), expect, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("how", ["dataset", "list", "loader"])
-def test_dict_items_are_refused_with_a_wrapper(eng, tb, mlp, kind, how):
-    ds = DictItems(*mlp.train)
-    train = {"dataset": ds, "list": [ds[i] for i in range(len(ds))], "loader": DataLoader(ds, batch_size=16)}[how]
+def test_dict_items_without_their_labels_key(eng, tb, mlp, kind):
+    ds = DictItems(*mlp.train, label="target")
     with pytest.raises(
-        TypeError,
-        match=rf"^train_dataset items are dicts \(keys \['pixel_values', 'label'\]\).*"
-        rf"{ACCEPTED}.*return \(item\['pixel_values'\], item\['label'\]\)\.$",
+        ValueError,
+        match=r"^train_dataset item is a dict batch \(keys \['x', 'target'\]\) without the key 'labels' or 'label' "
+        r"holding the labels: pass label_key='<the key of the labels>' to the engine",
     ):
-        build(eng, tb, mlp, kind, train=train, **({"batch_size": None} if how == "loader" else {}))
+        build(eng, tb, mlp, kind, train=ds)
+    if kind != "cp":
+        ours = build(eng, tb, mlp, kind, train=ds, label_key="target")
+        plain = build(eng, tb, mlp, kind, train=Items(*mlp.train))
+        x, y = mlp.test
+        assert_scores_close(_scores(ours, {"x": x, "target": y}), _scores(plain, (x, y)), rtol=1e-6)
+        with pytest.raises(ValueError, match=r"^inputs is a dict batch \(keys \['x', 'labels'\]\) without the key "):
+            ours.influence({"x": x, "labels": y})
 
 
 @pytest.mark.parametrize("kind", KINDS)

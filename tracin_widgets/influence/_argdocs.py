@@ -25,16 +25,21 @@ _TORCHRUN = "[Several GPUs: torchrun][engine-torchrun] on the engine page of the
 # The paragraphs shared by the classes that take the argument (the TracInCPFast family's where they differ).
 SHARED: dict[str, str] = {
     "model": """the trained ``nn.Module`` (an ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is fine: the
-        module inside is computed on). It is called as ``model(*batch[:-1])`` and must return a tensor whose first
-        dimension is the batch. Scores are computed in eval mode, and after every call the model is as it was given
-        (weights, train/eval flags, ``requires_grad``, device).""",
+        module inside is computed on). It is called as ``model(*batch[:-1])`` (a dict batch as
+        ``model(**features)``) and must return a tensor whose first dimension is the batch, or a mapping or
+        ``ModelOutput`` holding one under ``"logits"`` (``output_key``). Scores are computed in eval mode, and after
+        every call the model is as it was given (weights, train/eval flags, ``requires_grad``, device).""",
     "final_fc_layer": """the model's last fully-connected layer, as the module (``model.fc3``) or its name
         (``"fc3"``); ``find_final_linear_layer(model, x)`` finds it. It must run exactly once per forward pass. An
         unknown name is a ``ValueError`` suggesting close ones.""",
-    "train_dataset": """the training data: a ``Dataset`` whose items are ``(*features, label)``, or a
-        ``DataLoader`` of such batches that yields every row once, in order (no shuffling sampler, no
-        ``drop_last``). Other forms (a tuple ``(X, Y)``, dict items) are a ``TypeError`` at construction saying how
-        to wrap them.""",
+    "train_dataset": """the training data: a ``Dataset`` whose items are ``(*features, label)`` or dicts (a Hugging
+        Face ``datasets.Dataset`` with ``.with_format("torch")``, a list of dicts: the labels under ``"labels"`` or
+        ``"label"``, or ``label_key``), or a ``DataLoader`` of such batches (any ``collate_fn``, e.g.
+        ``transformers.DataCollatorWithPadding``) that yields every row once, in order (no shuffling sampler, no
+        ``drop_last``). Batches are joined into larger forwards only where every feature tensor has one row per
+        label; any other batch (``model(tokens, offsets)`` of an ``nn.EmbeddingBag``) is computed exactly as the
+        loader gives it. Other forms (a tuple ``(X, Y)``) are a ``TypeError`` at construction saying how to wrap
+        them.""",
     "checkpoints": """the checkpoint files: a list of paths (natural-sorted, as Captum), one file, or a folder
         (every regular, non-hidden file in it, whatever its extension). Each is loaded once per instance.""",
     "checkpoints_load_func": """``f(model, path) -> lr``: loads the checkpoint at ``path`` into ``model`` and
@@ -96,6 +101,10 @@ SHARED: dict[str, str] = {
         gives a ``TracInWarning`` before the pass (results stay in memory); the checkpoints folder itself is a
         ``ValueError``. Under ``torchrun`` the ranks split the pass and share its rows through the store, so
         ``cache_dir`` is then required, a folder every rank shares: see {_TORCHRUN}.""",
+    "label_key": """the key of a dict batch that holds the labels (default None: ``"labels"``, else ``"label"``);
+        every other key is passed to the model. A dict batch without it is a ``ValueError`` naming the keys.""",
+    "output_key": """what of the model's output to differentiate when it is not a tensor: the key of a mapping or
+        ``ModelOutput`` (default None: ``"logits"``), or the index into a tuple output.""",
     "weights_only": """passed to ``torch.load`` by the default ``checkpoints_load_func`` (default True: only
         tensors and plain containers are unpickled). Pass False only for checkpoint files you trust.""",
     "data_version": """any string naming the version of the training data (default None), part of the cache key.

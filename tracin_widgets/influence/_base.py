@@ -5,10 +5,9 @@ in; the names the engines import from here are re-exported."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,16 @@ from torch import nn
 from torch.func import functional_call
 
 from . import _cache
+from ._batch import call_args, pick_output
 from ._checkpoints import call_load_func, checkpoint_folder, load_checkpoint, resolve_checkpoints
 from ._checks import _Checks, check_cache_dir, check_k, check_proponents, check_train_indices, sqrt_lr
 from ._data import auto_workers, check_train_items, make_train_loader
 from ._errors import TracInWarning
 from ._memory import _RowsPerForward
-from ._model import eval_mode, inner_module, model_device, resolve_device, same_device
+from ._model import computing, inner_module, locked, resolve_device, same_device
 from ._reader import _Reader
-from ._topk import finish_topk, merge_topk
-from ._types import Checkpoints, Inputs, KMostInfluentialResults, ProgressCallback, _Engine, _Progress, locked
+from ._topk import merge_topk
+from ._types import Checkpoints, Inputs, KMostInfluentialResults, ProgressCallback, _Engine, _Progress
 from ._vision import VectorisedImages
 
 __all__ = [  # the names the engines import from here
@@ -45,6 +45,14 @@ __all__ = [  # the names the engines import from here
     "same_device",
     "sqrt_lr",
 ]
+
+
+def check_key(key: Any, argname: str, types: type | tuple[type, ...], example: str) -> Any:
+    if key is not None and (isinstance(key, bool) or not isinstance(key, types)):
+        raise TypeError(
+            f"{argname} must be a key of the dict batches (or None), not {type(key).__name__}: e.g. {example}."
+        )
+    return key
 
 
 class TracInCPBase(_Reader, _Checks, _RowsPerForward):
@@ -69,12 +77,17 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
         cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
         data_version: str | None = None,
+        label_key: str | None = None,
+        output_key: str | int | None = None,
     ) -> None:
         """Captum's arguments, plus keyword-only extras; each is documented in the class docstring of
         ``TracInCP``, ``TracInCPFast`` and ``TracInCPFastRandProj`` (``help(TracInCPFast)``)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
         self.model = model
+        self._net = inner_module(model)  # the module computed on (see _net's note in _types.EngineFields)
+        self.label_key = check_key(label_key, "label_key", str, "label_key='target'")
+        self.output_key = check_key(output_key, "output_key", (str, int), "output_key='logits'")
         self.checkpoints = resolve_checkpoints(checkpoints)
         self._checkpoint_dir = checkpoint_folder(checkpoints)
         self._default_loader = checkpoints_load_func is None
@@ -93,7 +106,9 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
         self.num_workers = num_workers
         self.train_dataloader = make_train_loader(train_dataset, batch_size, num_workers)
         self._own_loader = not isinstance(train_dataset, torch.utils.data.DataLoader)
-        self._example_shapes = check_train_items(self.train_dataloader)  # one dataset[0]: refuse misread forms now
+        self._example_shapes = check_train_items(
+            self.train_dataloader, label_key=self.label_key
+        )  # one dataset[0]: refuse misread forms now
         self._out_tail: tuple | None = None  # the model output's shape after the batch dimension (first forward)
         self._labels_checked = False  # every training label checked at once (TensorDataset / CIFAR arrays)
         self._test_rows: int | None = None  # rows of the last inputs checked by _test_batches (for messages)
@@ -142,30 +157,7 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
         warnings.warn(message, TracInWarning, stacklevel=stacklevel)
 
     # ------------------------------------------------------------------ model hygiene
-    @property
-    def _net(self) -> nn.Module:
-        """The module computed on: ``self.model``, or the module inside its ``nn.DataParallel`` /
-        ``DistributedDataParallel`` wrapper (``functional_call`` refuses the wrappers). Checkpoint states and
-        layer names are those of this module (no ``module.`` prefix)."""
-        return inner_module(self.model)
-
-    @contextlib.contextmanager
-    def _computing(self) -> Iterator[None]:
-        """Eval mode on the compute device; afterwards the model is exactly as the user left it."""
-        model = self.model
-        flags = [(p, p.requires_grad) for p in model.parameters()]
-        dev = model_device(model)
-        moved = not same_device(dev, self.device)
-        try:
-            if moved:
-                model.to(self.device)
-            with eval_mode(model):
-                yield
-        finally:
-            if moved:
-                model.to(dev)
-            for p, rg in flags:
-                p.requires_grad_(rg)
+    _computing = computing  # eval mode on the compute device; afterwards the model is exactly as the user left it
 
     def _checkpoint_states(self, show_progress: bool = False) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
         """Load every checkpoint once (per instance); keep its tensors on the compute device.
@@ -197,30 +189,50 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
             self._probe_cache()  # nothing there to reuse: say now, before any pass, if nothing can be saved
         return states, lrs
 
-    def _forward(self, state: dict[str, torch.Tensor], features: tuple, what: str) -> torch.Tensor:
+    def _forward(self, state: dict[str, torch.Tensor], features: Any, what: str) -> torch.Tensor:
+        """The model's outputs on ``features`` (a ``Batch``, or a batch's ``batch[:-1]``) with the weights ``state``:
+        a tensor, or the ``logits`` (``output_key``) of a mapping or ``ModelOutput``."""
+        args, kwargs = call_args(features)
         try:
-            out = functional_call(self._net, state, features)
+            out = functional_call(self._net, state, args, kwargs)
         except Exception as e:  # any error of the user's model: say which batch it could not take
-            shapes = [tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__ for f in features]
-            ex = getattr(self, "_example_shapes", None)
-            train = (
-                " (n rows: features of shape "
-                + ", ".join("(" + ", ".join(map(str, ("n", *s))) + ")" if isinstance(s, tuple) else s for s in ex)
-                + ", as the training examples)"
-                if ex
-                else ""
-            )
-            arg = "train_dataset" if what.startswith("train") else "inputs"
-            raise ValueError(
-                f"the model could not take the {what} ({arg}): model(*batch[:-1]) raised {type(e).__name__}: "
-                f"{e}. Feature shapes were {shapes}. Fix: pass {arg} as (features..., labels) with features "
-                f"shaped like a training batch{train}."
-            ) from e
+            raise self._forward_error(e, args, kwargs, what) from e
+        out = pick_output(out, self.output_key, what)
         if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the model must return a tensor of outputs, got {type(out).__name__} for the {what}.")
+            raise TypeError(
+                f"the model must return a tensor of outputs (or a mapping or ModelOutput holding them under "
+                f"'logits', or output_key=...), got {type(out).__name__} for the {what}."
+            )
         if out.dim() == 0:
             raise ValueError("the model output must have a batch dimension, got a 0-dim tensor.")
         return out
+
+    def _forward_error(self, e: Exception, args: tuple, kwargs: dict, what: str) -> ValueError:
+        def shape(f: Any) -> Any:
+            return tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+
+        arg = "train_dataset" if what.startswith("train") else "inputs"
+        if kwargs:
+            shapes = ", ".join(f"{k}: {shape(v)}" for k, v in kwargs.items())
+            return ValueError(
+                f"the model could not take the {what} ({arg}): model(**features) raised {type(e).__name__}: {e}. "
+                f"Features were {{{shapes}}} (every key of the dict batch but the labels'). Fix: leave out the keys "
+                "the model's forward does not take (e.g. dataset.remove_columns([...]) or with_format('torch', "
+                "columns=[...])), or name the labels' key with label_key=..."
+            )
+        ex = getattr(self, "_example_shapes", None)
+        train = (
+            " (n rows: features of shape "
+            + ", ".join("(" + ", ".join(map(str, ("n", *s))) + ")" if isinstance(s, tuple) else s for s in ex)
+            + ", as the training examples)"
+            if ex
+            else ""
+        )
+        return ValueError(
+            f"the model could not take the {what} ({arg}): model(*batch[:-1]) raised {type(e).__name__}: "
+            f"{e}. Feature shapes were {[shape(f) for f in args]}. Fix: pass {arg} as (features..., labels) with "
+            f"features shaped like a training batch{train}."
+        )
 
     # ------------------------------------------------------------------ disk cache (influence/_cache.py)
     def _compute_fingerprint(self, extra: str) -> str:
@@ -272,14 +284,6 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
             self._warn(_cache.not_saved_message(path.parent, reason), stacklevel=5)
 
     # ------------------------------------------------------------------ results
-    @staticmethod
-    def _chunk_rows(n_test: int, n_ckpt: int, budget: int = 1 << 25) -> int:
-        return max(1024, budget // max(1, n_test * max(1, n_ckpt)))
-
-    @staticmethod
-    def _finish_topk(best: tuple[torch.Tensor, torch.Tensor] | None, n_test: int) -> KMostInfluentialResults:
-        return finish_topk(best, n_test)
-
     def fit(self: _Engine, show_progress: bool = False) -> _Engine:
         """Precompute what later queries need (optional: done lazily otherwise). Returns ``self``."""
         return self

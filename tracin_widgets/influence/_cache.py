@@ -23,7 +23,7 @@ import inspect
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ def hash_tensors(objs: Iterable[Any], h: hashlib._Hash) -> None:
         elif isinstance(o, (list, tuple)):
             h.update(f"{type(o).__name__}{len(o)}".encode())
             hash_tensors(o, h)
-        elif isinstance(o, dict):
+        elif isinstance(o, Mapping):  # dict items (a Hugging Face dataset's, a tokenizer's BatchEncoding)
             h.update(f"dict{len(o)}".encode())
             for k in o:
                 hash_tensors([k, o[k]], h)

@@ -84,11 +84,27 @@ def _unwrap_state_dict(obj: Any, path: str) -> tuple[Mapping, float]:
     return obj, lr
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DistributedDataParallel, torch.compile
+
+
+def match_prefixes(sd: Mapping, own: Mapping) -> Mapping:
+    """``sd``'s keys with the prefix of a wrapper (``WRAPPER_PREFIXES``) removed where every key of ``sd`` has it and
+    no key of the model's ``own`` state dict does, or added where it is the other way round."""
+    for prefix in WRAPPER_PREFIXES:
+        ours, theirs = ([k.startswith(prefix) for k in d] for d in (own, sd))
+        if theirs and all(theirs) and not any(ours):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+        elif ours and all(ours) and not any(theirs):
+            sd = {prefix + k: v for k, v in sd.items()}
+    return sd
+
+
 def load_checkpoint(model: nn.Module, path: str, *, weights_only: bool = True) -> float:
     """Default ``checkpoints_load_func``: load a state dict into ``model`` in place; return the learning rate.
 
     Accepts a bare state dict, ``{"model_state_dict": ...}`` / ``{"state_dict": ...}`` (the learning rate is
-    read from a ``"learning_rate"`` or ``"lr"`` entry, else 1.0), and DataParallel ``module.`` prefixes.
+    read from a ``"learning_rate"`` or ``"lr"`` entry, else 1.0), and the ``module.`` (DataParallel) and ``_orig_mod.``
+    (``torch.compile``) prefixes.
     """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
@@ -104,8 +120,7 @@ def load_checkpoint(model: nn.Module, path: str, *, weights_only: bool = True) -
         raise ValueError(f"could not read checkpoint {path!r}: {type(e).__name__}: {first}.{hint}") from e
     sd, lr = _unwrap_state_dict(obj, path)
     own = model.state_dict()
-    if sd and all(k.startswith("module.") for k in sd) and not any(k.startswith("module.") for k in own):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    sd = match_prefixes(sd, own)
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:

@@ -6,7 +6,7 @@ import math
 import numbers
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,89 +17,50 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     IterableDataset,
-    RandomSampler,
     SequentialSampler,
     TensorDataset,
 )
 from torch.utils.data._utils.collate import default_collate, default_convert
 
-DEFAULT_BATCH_SIZE = 512
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, (list, tuple)):
-        items = [to_device(o, device) for o in obj]
-        return items if isinstance(obj, list) else tuple(items)
-    return obj
-
-
-def _is_shuffled(loader: DataLoader) -> bool:
-    if isinstance(loader.sampler, RandomSampler):
-        return True
-    bs = getattr(loader, "batch_sampler", None)
-    return bs is not None and isinstance(getattr(bs, "sampler", None), RandomSampler)
-
-
-ORDER_FIX = (
-    "Pass the Dataset itself (the engine batches it in order), or DataLoader(dataset, batch_size=..., "
-    "shuffle=False); for part of a dataset, pass torch.utils.data.Subset(dataset, indices)."
+from ._batch import (  # re-exported: batches are read through these names
+    ORDER_FIX,
+    Batch,
+    as_batch,
+    batch_len,
+    batch_row,
+    check_sequential_loader,
+    find_label_key,
+    input_batches,
+    iter_input_batches,
+    no_label_key,
+    rows_getter,
+    safe_len,
+    split_rows,
+    to_device,
 )
 
+__all__ = [
+    "ORDER_FIX",
+    "Batch",
+    "as_batch",
+    "batch_len",
+    "batch_row",
+    "check_sequential_loader",
+    "input_batches",
+    "iter_input_batches",
+    "rows_getter",
+    "split_rows",
+    "to_device",
+]
 
-def check_sequential_loader(loader: DataLoader, what: str) -> None:
-    """Refuse a DataLoader whose rows are not its dataset's rows 0..n-1, each once, in order.
-
-    Result row/column j is example j of the dataset: a random or custom sampler or batch sampler (reorders,
-    leaves out or repeats rows) or ``drop_last=True`` (leaves out the last rows) would silently break that.
-    A plain ``DataLoader(ds, batch_size=B)`` and an unbatched sequential loader are accepted.
-    """
-    ds, sampler, bs = loader.dataset, loader.sampler, loader.batch_sampler
-    problem = None
-    if isinstance(ds, IterableDataset):
-        pass  # no sampler: the rows are the dataset's own order
-    elif _is_shuffled(loader):
-        problem = "shuffle=True (a RandomSampler): the rows come in a random order that changes every pass"
-    elif type(sampler) is not SequentialSampler:
-        problem = f"sampler={type(sampler).__name__}: the rows come in that sampler's order, not the dataset's"
-    elif bs is not None and type(bs) is not BatchSampler:
-        problem = f"batch_sampler={type(bs).__name__}: the rows come in that batch sampler's order, not the dataset's"
-    elif bs is not None and type(bs.sampler) is not SequentialSampler:
-        problem = (
-            f"a batch_sampler over {type(bs.sampler).__name__}: the rows come in that sampler's order, not the "
-            "dataset's"
-        )
-    else:
-        for smp in (sampler, getattr(bs, "sampler", sampler)):
-            src = getattr(smp, "data_source", ds)
-            if src is not ds and _safe_len(src) != _safe_len(ds):
-                problem = "a SequentialSampler over another dataset: its rows are not this dataset's rows"
-    if problem is None and (loader.drop_last or getattr(bs, "drop_last", False)):
-        size = loader.batch_size or getattr(bs, "batch_size", None)
-        n = _safe_len(ds)
-        left = f"the last {n % size} of {n} rows" if size and n is not None else "the last rows"
-        problem = f"drop_last=True: {left} are never read"
-    if problem is None:
-        return
-    if what == "train_dataset":
-        effect = "score column j would not be training example j"
-    else:
-        effect = f"result row i would not be row i of {what}"
-    raise ValueError(f"{what} is a DataLoader with {problem}, so {effect}. {ORDER_FIX}")
-
-
-def _safe_len(obj: Any) -> int | None:
-    try:
-        return len(obj)
-    except TypeError:
-        return None
+DEFAULT_BATCH_SIZE = 512
 
 
 ACCEPTED_FORMS = (
     "Accepted: a torch Dataset whose items are (features..., label) tuples, e.g. TensorDataset(X, Y), or a "
     "DataLoader (shuffle=False) of such batches; the model is called as model(*item[:-1]) and the last "
-    "element is the label."
+    "element is the label. Items or batches that are dicts are called as model(**features), the labels under "
+    "'labels' or 'label' (or label_key=...)."
 )
 
 
@@ -109,9 +70,10 @@ def _describe(obj: Any) -> str:
     return type(obj).__name__
 
 
-def check_train_items(loader: DataLoader, what: str = "train_dataset") -> list | None:
+def check_train_items(loader: DataLoader, what: str = "train_dataset", label_key: str | None = None) -> list | None:
     """Look at the first example (one ``dataset[0]``) and refuse forms the engine would misread: a tuple
-    ``(X, Y)`` or a list of tensors instead of a Dataset, items that are dicts, or items without a label.
+    ``(X, Y)`` or a list of tensors instead of a Dataset, dict items without their labels, or items without a
+    label.
 
     Returns the first example's feature shapes (for error messages), or None when not looked at (an
     iterable dataset, an empty one, or a DataLoader with its own ``collate_fn``, whose batches are checked
@@ -126,20 +88,14 @@ def check_train_items(loader: DataLoader, what: str = "train_dataset") -> list |
         )
     if isinstance(ds, IterableDataset) or loader.collate_fn not in (default_collate, default_convert):
         return None
-    n = _safe_len(ds)
+    n = safe_len(ds)
     if not n:
         return None
     item = ds[0]
-    if isinstance(item, Mapping):
-        keys = list(item.keys())
-        label = next((k for k in keys if str(k).lower() in ("label", "labels", "target", "targets", "y")), None)
-        feats = [k for k in keys if k != label] or ["..."]
-        ret = ", ".join(f"item[{k!r}]" for k in feats[:3]) + f", item[{(label or 'label')!r}]"
-        raise TypeError(
-            f"{what} items are dicts (keys {keys[:6]}), e.g. a Hugging Face dataset. {ACCEPTED_FORMS} Wrap "
-            "it in a small Dataset: class AsTuples(torch.utils.data.Dataset): __init__ stores ds, "
-            f"__len__ returns len(ds), __getitem__(i) does item = ds[i]; return ({ret})."
-        )
+    if isinstance(item, Mapping):  # model(**features), the labels under label_key ("labels" or "label")
+        if find_label_key(item.keys(), label_key) is None:
+            raise no_label_key(f"{what} item", list(item.keys()), label_key)
+        return None
     if isinstance(item, (torch.Tensor, np.ndarray, str)) or not isinstance(item, Sequence):
         raise TypeError(
             f"{what} items are single {_describe(item)} values without a label. {ACCEPTED_FORMS} E.g. "
@@ -159,18 +115,84 @@ def check_train_items(loader: DataLoader, what: str = "train_dataset") -> list |
 
 
 # ------------------------------------------------------------------ labels
-def label_rule(loss_fn: Any) -> tuple[str, int] | None:
+ELEMENTWISE = (  # losses comparing outputs and labels element by element: the shapes must be equal
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+    nn.SoftMarginLoss,
+    nn.MultiLabelSoftMarginLoss,
+    nn.KLDivLoss,
+    nn.PoissonNLLLoss,
+)
+FLOAT_TARGETS = (nn.BCELoss, nn.BCEWithLogitsLoss, nn.MultiLabelSoftMarginLoss)
+
+
+def label_rule(loss_fn: Any) -> tuple[str, int | None] | None:
     """``(loss name, ignore_index)`` for the losses that take class indices (CrossEntropyLoss, NLLLoss),
-    whose labels can be checked against the model's class count; None for every other loss."""
+    whose labels can be checked against the model's class count; ``(loss name, None)`` for the losses that
+    compare outputs and labels element by element (``ELEMENTWISE``: the shapes must be equal, not broadcast);
+    None for every other loss."""
     if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
         return type(loss_fn).__name__, int(loss_fn.ignore_index)
+    if isinstance(loss_fn, ELEMENTWISE):
+        return type(loss_fn).__name__, None
     return None
 
 
-def check_labels(labels: Any, out_tail: tuple, rule: tuple[str, int], what: str, offset: int) -> None:
+def feature_key(batch: Batch) -> tuple | None:
+    """What a probe forward depends on: each feature's shape after the batch dimension and dtype (``Batch.key``).
+    None when a feature is not a tensor (its contents may matter: such batches are probed every time)."""
+    return batch.key
+
+
+def check_shapes(labels: Any, out_tail: tuple, name: str, what: str) -> None:
+    """An element-by-element loss ``name``: labels of the output's shape ``(n, *out_tail)``, floats for a
+    multi-label loss (BCE)."""
+    if not isinstance(labels, torch.Tensor):
+        return
+    out = "(" + ", ".join(["n", *map(str, out_tail)]) + ")"
+    if tuple(labels.shape[1:]) != tuple(out_tail):
+        n = labels.shape[0] if labels.dim() else 1
+        fix = (
+            "labels.unsqueeze(1) (or labels.view(-1, 1)) in the dataset, or a model output of shape (n,)"
+            if labels.dim() == 1 and tuple(out_tail) == (1,)
+            else (
+                "labels.squeeze(1) in the dataset"
+                if labels.dim() == 2 and labels.shape[1] == 1 and not out_tail
+                else f"labels of shape {out}"
+            )
+        )
+        to = f" to shape {_broadcast(labels, n, out_tail)}" if _broadcast(labels, n, out_tail) else ""
+        raise ValueError(
+            f"{what} labels have shape {tuple(labels.shape)}, but the model outputs shape {out}: {name} compares "
+            f"them element by element, so they would broadcast{to} and every loss and score would be wrong. "
+            f"Fix: {fix}."
+        )
+    if name in {t.__name__ for t in FLOAT_TARGETS} and not labels.is_floating_point():
+        raise ValueError(
+            f"{what} labels are {labels.dtype}, but {name} needs float targets of the output's shape {out} (for "
+            "multi-label data one 0/1 per class): pass labels.float()."
+        )
+
+
+def _broadcast(labels: torch.Tensor, n: int, tail: tuple) -> tuple | None:
+    try:
+        return tuple(torch.broadcast_shapes((n, *tail), labels.shape))
+    except RuntimeError:
+        return None
+
+
+def check_labels(labels: Any, out_tail: tuple, rule: tuple[str, int | None], what: str, offset: int) -> None:
     """Raise a ValueError naming ``what``, the first bad row (``offset`` + its index) and the class count
-    when ``labels`` cannot be class indices for a model output of shape ``(n, *out_tail)``."""
+    when ``labels`` cannot be class indices for a model output of shape ``(n, *out_tail)`` (for an
+    element-by-element loss: when their shapes differ, ``check_shapes``)."""
     name, ignore = rule
+    if ignore is None:
+        check_shapes(labels, out_tail, name, what)
+        return
     if not isinstance(labels, torch.Tensor):
         if isinstance(labels, (list, tuple)) and any(
             not isinstance(v, (numbers.Integral, torch.Tensor, np.ndarray)) or isinstance(v, bool) for v in labels
@@ -261,26 +283,6 @@ def nonfinite_rows(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, bool,
     return rows, bool(feat.any()), bool(masks[-1].any())
 
 
-def batch_row(batch: Sequence[Any], i: int) -> tuple:
-    """Row ``i`` of a batch (non-row elements are kept whole)."""
-    n = batch_len(tuple(batch))
-    return tuple(x[i] if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n else x for x in batch)
-
-
-def rows_getter(batches: Sequence[Sequence[Any]], offset: int = 0) -> Callable[[int], tuple]:
-    """Global row ``i`` (counting from ``offset``) of consecutive batches."""
-    starts, s = [], offset
-    for b in batches:
-        starts.append(s)
-        s += batch_len(tuple(b))
-
-    def get(i: int) -> tuple:
-        j = max(k for k, st in enumerate(starts) if st <= i)
-        return batch_row(batches[j], i - starts[j])
-
-    return get
-
-
 def tensor_fast_path(loader: DataLoader) -> bool:
     """True when iterating ``loader`` is the same as slicing its TensorDataset (no per-item indexing needed)."""
     return (
@@ -362,16 +364,6 @@ def pass_loader(loader: DataLoader, num_workers: int, device: torch.device, auto
     )
 
 
-def split_rows(batch: tuple, n: int, size: int) -> list[tuple]:
-    """Split a batch into row chunks of at most ``size`` (non-tensor elements are shared)."""
-    if n <= size:
-        return [batch]
-    return [
-        tuple(x[s : s + size] if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n else x for x in batch)
-        for s in range(0, n, size)
-    ]
-
-
 def make_train_loader(train_dataset: Any, batch_size: int | None, num_workers: int) -> DataLoader:
     if isinstance(train_dataset, DataLoader):
         check_sequential_loader(train_dataset, "train_dataset")
@@ -391,63 +383,6 @@ def make_train_loader(train_dataset: Any, batch_size: int | None, num_workers: i
         num_workers=num_workers,
         persistent_workers=False,
     )
-
-
-def check_batch(batch: Any, what: str) -> tuple:
-    """A batch is a tuple/list ``(*features, labels)``."""
-    if isinstance(batch, torch.Tensor) or not isinstance(batch, Sequence) or isinstance(batch, str):
-        raise TypeError(
-            f"{what} must be a tuple (*features, labels): the last element holds the labels and the model is "
-            f"called as model(*batch[:-1]). Got {type(batch).__name__}; pass e.g. (x, y)."
-        )
-    if len(batch) < 2:
-        raise ValueError(
-            f"{what} has {len(batch)} element(s) but needs features and labels: pass (x, y), "
-            "where the last element holds the labels."
-        )
-    batch = tuple(batch)
-    if isinstance(batch[-1], (list, tuple, np.ndarray)):  # labels as a Python list, e.g. (x, [3, 1, 4])
-        try:
-            batch = batch[:-1] + (torch.as_tensor(batch[-1]),)
-        except (TypeError, ValueError, RuntimeError):
-            pass  # not numbers: left to the loss function
-    return batch
-
-
-def iter_input_batches(inputs: Any, what: str = "inputs") -> list[tuple]:
-    """``inputs`` is one batch tuple or a DataLoader of batches; returns a list of batch tuples."""
-    return list(input_batches(inputs, what))
-
-
-def input_batches(inputs: Any, what: str = "inputs") -> Iterator[tuple]:
-    """``inputs`` (one batch tuple or a DataLoader of batches) batch by batch, each checked as it comes: a
-    DataLoader is read once, lazily, so that its batches need not all fit in memory at once."""
-    if inputs is None:
-        raise ValueError(
-            f"{what} is required: pass a batch (x, y). For self-influence of the training set, call "
-            "self_influence() without arguments."
-        )
-    if isinstance(inputs, DataLoader):
-        check_sequential_loader(inputs, what)
-        source: Iterable[Any] = inputs
-    else:
-        source = [inputs]
-    empty = True
-    for raw in source:
-        b = check_batch(raw, what)
-        if batch_len(b) == 0:
-            raise ValueError(f"{what} has 0 rows: pass at least one example, e.g. (x[:1], y[:1]).")
-        empty = False
-        yield b
-    if empty:
-        raise ValueError(f"{what} is a DataLoader without batches (its dataset is empty): pass at least one example.")
-
-
-def batch_len(batch: tuple) -> int:
-    lab = batch[-1]
-    if isinstance(lab, torch.Tensor):
-        return int(lab.shape[0]) if lab.dim() > 0 else 1
-    return len(lab)
 
 
 def as_label_tensor(labels: Any) -> torch.Tensor:

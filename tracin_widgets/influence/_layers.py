@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._batch import pick_output
 from ._model import eval_mode, inner_module, model_lock, wrapper_depth
 
 
@@ -74,12 +75,16 @@ def trace_output_module(model: nn.Module, call: Callable[[], Any]) -> tuple[list
 def find_final_linear_layer(model: nn.Module, example_inputs: Any) -> tuple[str, nn.Module]:
     """The ``nn.Linear`` that produces the model's output, found by tracing one forward pass.
 
-    ``example_inputs`` is a tensor or a tuple of model arguments (a batch without its labels).
+    ``example_inputs`` is a tensor, a tuple of model arguments (a batch without its labels) or a dict of keyword
+    arguments (``model(**example_inputs)``; a ``ModelOutput`` or mapping output is read at its ``logits``).
     Raises ValueError when the output is not produced by an ``nn.Linear``.
     """
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if isinstance(example_inputs, Mapping):
+        args, kwargs = (), dict(example_inputs)
+    else:
+        args, kwargs = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
     with model_lock(model), eval_mode(model), torch.no_grad():
-        producers, records = trace_output_module(model, lambda: model(*args))
+        producers, records = trace_output_module(model, lambda: pick_output(model(*args, **kwargs), None, "inputs"))
     linear = [(n, m) for n, m in producers if isinstance(m, nn.Linear)]
     if linear:
         return linear[-1]

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._data import batch_len, tensor_fast_path, to_device
+from ._batch import Batch, as_batch
+from ._data import tensor_fast_path
 from ._types import EngineFields
 
 MEMORY_FRACTION = 0.5  # of the free memory one forward's activations may take (the rest: data, factors, caches)
@@ -126,7 +127,7 @@ def rows_per_forward(
 class _RowsPerForward(EngineFields):
     """``TracInCPBase``'s rows per forward: the activation memory of one row, measured once on a probe."""
 
-    def _probe_batch(self) -> tuple | None:
+    def _probe_batch(self) -> Batch | None:
         """A few training rows on the compute device, read without starting a pass (for the memory probe);
         None when the training set cannot be read item by item (the first batch of the pass is used then)."""
         loader = self.train_dataloader
@@ -143,22 +144,26 @@ class _RowsPerForward(EngineFields):
                 return None
         except Exception:  # only a probe: the pass itself reports a bad dataset
             return None
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2 or batch_len(tuple(batch)) == 0:
+        try:
+            probe = as_batch(batch, "train_dataset", self.label_key)
+        except (TypeError, ValueError):
             return None
-        return to_device(tuple(batch), self.device)
+        return probe.to(self.device) if probe.n else None
 
     def _measure_rows(self, state: dict[str, torch.Tensor], batch: tuple, what: str) -> None:
-        """Measure (once) the activation bytes of one row on a few rows of ``batch``."""
+        """Measure (once) the activation bytes of one row on a few rows of ``batch`` (all of them when it is not
+        row-aligned)."""
         if self._row_bytes is not None:
             return
-        n = batch_len(batch)
-        k = min(n, PROBE_ROWS)
-        probe = tuple(x[:k] if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n else x for x in batch)
-        feats = tuple(probe[:-1])
+        if not isinstance(batch, Batch):
+            batch = as_batch(batch, what, self.label_key)
+        probe = batch.rows(0, min(batch.n, PROBE_ROWS)) if batch.aligned else batch
+        k = probe.n
+        feats = (probe.args, probe.kwargs)
         dev = self.device
         allocated = (lambda: torch.cuda.memory_allocated(dev)) if dev.type == "cuda" else None
         with torch.no_grad():
-            total, peak = forward_memory(self._net, lambda: self._forward(state, feats, what), feats, allocated)
+            total, peak = forward_memory(self._net, lambda: self._forward(state, probe, what), feats, allocated)
         self._row_bytes = total / max(1, k)
         self._row_peak = None if peak is None else min(total, peak) / max(1, k)
         self._rows_memo.clear()

@@ -1,13 +1,15 @@
-"""Model hygiene shared by the engine and the explorer: one lock per model, the model's device, the compute
-device checked against this machine, and train/eval modes restored module by module."""
+"""Model hygiene shared by the engine and the explorer: one lock per model (and ``locked``, the engines' methods
+that hold it), the model's device, the compute device checked against this machine, and train/eval modes restored
+module by module."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import weakref
-from collections.abc import Iterator
-from typing import Any, TypeGuard
+from collections.abc import Callable, Iterator
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeGuard, TypeVar
 
 import torch
 from torch import nn
@@ -24,6 +26,27 @@ def model_lock(model: nn.Module) -> threading.RLock:
         if lock is None:
             lock = _MODEL_LOCKS[model] = threading.RLock()
         return lock
+
+
+class _HasModel(Protocol):
+    model: nn.Module
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Self = TypeVar("_Self", bound=_HasModel)
+
+
+def locked(method: Callable[Concatenate[_Self, _P], _R]) -> Callable[Concatenate[_Self, _P], _R]:
+    """Serialise an engine's public calls that touch the model (``model_lock``: a widget may call from a worker
+    thread), and leave the global RNG untouched (iterating a DataLoader draws a seed from it)."""
+
+    @functools.wraps(method)
+    def wrapper(self: _Self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with model_lock(self.model), torch.random.fork_rng(devices=[]):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -46,6 +69,31 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, t in modes:
             m.training = t
+
+
+class _OnDevice(Protocol):
+    model: nn.Module
+    device: torch.device
+
+
+@contextlib.contextmanager
+def computing(engine: _OnDevice) -> Iterator[None]:
+    """An engine's computation (``TracInCPBase._computing``): ``engine.model`` in eval mode on ``engine.device``;
+    afterwards the model is exactly as the user left it (device, train/eval flags, ``requires_grad``)."""
+    model = engine.model
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    dev = model_device(model)
+    moved = not same_device(dev, engine.device)
+    try:
+        if moved:
+            model.to(engine.device)
+        with eval_mode(model):
+            yield
+    finally:
+        if moved:
+            model.to(dev)
+        for p, rg in flags:
+            p.requires_grad_(rg)
 
 
 def _is_parallel_wrapper(model: nn.Module) -> TypeGuard[nn.DataParallel | nn.parallel.DistributedDataParallel]:

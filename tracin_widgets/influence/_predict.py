@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from ._batch import as_batch, pick_output
 from ._data import tensor_fast_path
 from ._model import eval_mode, inner_module, model_device, model_lock
 from ._ops import FastCpuOps
@@ -79,23 +80,28 @@ def iter_logits(
     batch_size: int = 256,
     device: Any = None,
     lock: threading.Lock | None = None,
+    label_key: str | None = None,
+    output_key: str | int | None = None,
 ) -> Iterator[tuple[tuple, torch.Tensor]]:
-    """``(batch, logits)`` block by block over ``dataset`` (in order): ``logits = model(*batch[:-1])`` in eval mode
-    without gradients (every module's train/eval flag restored after each block), holding the model's own lock and
-    ``lock`` for each block, with the engine's exact fast CPU kernels. ``logits`` is on ``device``."""
+    """``(batch, logits)`` block by block over ``dataset`` (in order): ``logits = model(*batch[:-1])`` (for dict
+    items ``model(**features)``, the labels under ``label_key``; from a mapping or ``ModelOutput``, its ``logits``
+    or ``output_key``) in eval mode without gradients (every module's train/eval flag restored after each block),
+    holding the model's own lock and ``lock`` for each block, with the engine's exact fast CPU kernels. ``logits``
+    is on ``device``."""
     dev = torch.device(device) if device is not None else model_device(model)
     fast = FastCpuOps if dev.type == "cpu" else contextlib.nullcontext
-    for batch in _blocks(dataset, batch_size, dev):
-        if isinstance(batch, torch.Tensor) or not isinstance(batch, (tuple, list)) or len(batch) < 2:
+    for raw in _blocks(dataset, batch_size, dev):
+        if isinstance(raw, torch.Tensor) or not isinstance(raw, (tuple, list, Mapping)) or len(raw) < 2:
             raise TypeError(
                 "the dataset must return (features, label) tuples (the last element is the label, as for the "
-                f"engine); its batches are {type(batch).__name__}."
+                f"engine) or dicts holding the labels; its batches are {type(raw).__name__}."
             )
-        feats = [b.to(dev) if isinstance(b, torch.Tensor) else b for b in batch[:-1]]
+        batch = as_batch(raw, "dataset", label_key)
+        moved = batch.to(dev)
         with lock if lock is not None else contextlib.nullcontext(), model_lock(model), eval_mode(model):
             with torch.no_grad(), fast():
-                out = model(*feats)
-        yield tuple(batch), out
+                out = pick_output(moved.call(model), output_key, "dataset")
+        yield batch, out
 
 
 def predict(
@@ -108,6 +114,8 @@ def predict(
     lock: threading.Lock | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_logits: Callable[[torch.Tensor], None] | None = None,
+    label_key: str | None = None,
+    output_key: str | int | None = None,
 ) -> Predictions:
     """Labels, predicted classes and their softmax probabilities of ``dataset[indices]`` (all when None).
 
@@ -123,7 +131,10 @@ def predict(
     done = 0
     if progress:
         progress(0, n)
-    for batch, out in iter_logits(model, ds, batch_size=batch_size, device=device, lock=lock):
+    blocks = iter_logits(
+        model, ds, batch_size=batch_size, device=device, lock=lock, label_key=label_key, output_key=output_key
+    )
+    for batch, out in blocks:
         if on_logits:
             on_logits(out)
         conf, cls = torch.softmax(out.detach().float(), dim=1).max(dim=1)

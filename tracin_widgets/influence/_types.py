@@ -1,18 +1,17 @@
-"""The engines' shared types: the top-k result, the argument aliases, the model lock decorator, progress, and
+"""The engines' shared types: the top-k result, the argument aliases, progress, and
 the fields every engine has (declared once for the parts of ``TracInCPBase`` that live in other modules)."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Concatenate, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import torch
 from torch import nn
 
-from ._model import model_lock
+from ._model import locked as locked  # its home is _model, next to model_lock
 
 if TYPE_CHECKING:
     from ._base import TracInCPBase
@@ -33,21 +32,7 @@ ProgressCallback = Callable[[str, int, int], Any]  # (phase, done, total); total
 Inputs = tuple | list | torch.utils.data.DataLoader  # one batch (*features, labels), or a DataLoader of them
 Checkpoints = str | os.PathLike | Iterable[str | os.PathLike]  # a folder, a file, or a list of files
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 _Engine = TypeVar("_Engine", bound="TracInCPBase")
-
-
-def locked(method: Callable[Concatenate[_Engine, _P], _R]) -> Callable[Concatenate[_Engine, _P], _R]:
-    """Serialise public calls that touch the model (a widget may call from a worker thread), and leave the
-    global RNG untouched (iterating a DataLoader draws a seed from it)."""
-
-    @functools.wraps(method)
-    def wrapper(self: _Engine, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with model_lock(self.model), torch.random.fork_rng(devices=[]):
-            return method(self, *args, **kwargs)
-
-    return wrapper
 
 
 class _Progress:
@@ -88,6 +73,9 @@ class EngineFields:
     (``_reader._Reader``, ``_checks._Checks``, ``_memory._RowsPerForward``): nothing here exists at runtime."""
 
     model: nn.Module
+    _net: nn.Module  # the module computed on: ``model``, or the one inside its DataParallel / DDP wrapper
+    label_key: str | None  # the key of a dict batch's labels (None: "labels" or "label")
+    output_key: str | int | None  # the entry of a mapping / ModelOutput / tuple output to differentiate
     checkpoints: list[str]
     train_dataset: Any
     train_dataloader: torch.utils.data.DataLoader
@@ -105,14 +93,11 @@ class EngineFields:
     _vector_source: VectorisedImages | None | bool
     _row_bytes: float | None
     _row_peak: float | None
-    _probed: dict[tuple, tuple]  # feature shapes and dtypes the model took (``_reader.feature_key``) -> output tail
+    _probed: dict[tuple, tuple]  # feature shapes and dtypes the model took (``Batch.key``) -> output tail
     _rows_memo: dict[tuple, int]  # rows per forward of a query, while the shapes do not change
     _passing: int  # training passes running now (rows per forward is measured afresh for each batch then)
 
     if TYPE_CHECKING:
-
-        @property
-        def _net(self) -> nn.Module: ...
 
         def _computing(self) -> contextlib.AbstractContextManager[None]: ...
 
@@ -120,10 +105,10 @@ class EngineFields:
             self, show_progress: bool = False
         ) -> tuple[list[dict[str, torch.Tensor]], list[float]]: ...
 
-        def _forward(self, state: dict[str, torch.Tensor], features: tuple, what: str) -> torch.Tensor: ...
+        def _forward(self, state: dict[str, torch.Tensor], features: Any, what: str) -> torch.Tensor: ...
 
         def _n_train(self) -> int | None: ...
 
         def _vectorised(self) -> VectorisedImages | None: ...
 
-        def _output_tail(self, batch: tuple, what: str, cached: bool = True, show_progress: bool = False) -> tuple: ...
+        def _output_tail(self, batch: Any, what: str, cached: bool = True, show_progress: bool = False) -> tuple: ...

@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .._base import TracInCPBase, _Progress
-from .._data import batch_len, rows_getter, split_rows
+from .._batch import Batch, pick_output, rows_getter
 from .._layers import trace_output_module
 from .._loss import total_loss
 from .._ops import FastCpuOps
@@ -42,8 +42,10 @@ class _PoolWatch(FastCpuOps):
         return super().__torch_function__(func, types, args, kwargs)
 
 
-def _shapes(batch: tuple) -> tuple:
-    return tuple((tuple(x.shape[1:]), x.dtype) if isinstance(x, torch.Tensor) else type(x) for x in batch[:-1])
+def _shapes(batch: Batch) -> tuple:
+    if batch.key is not None:
+        return batch.key
+    return tuple((k, type(x)) for k, x in (batch.kwargs.items() if batch.keyword else enumerate(batch.args)))
 
 
 class FactorCapture(TracInCPBase):
@@ -68,11 +70,11 @@ class FactorCapture(TracInCPBase):
         self._layer_checked = False
         self._vmap_ok: bool | None = None  # GPU: may all checkpoints run in one vmapped forward?
 
-    def _check_layer(self, state: dict, batch: tuple) -> None:
+    def _check_layer(self, state: dict, batch: Batch) -> None:
         self._layer_checked = True
         with torch.no_grad():
             producers, records = trace_output_module(
-                self._net, lambda: functional_call(self._net, state, tuple(batch[:-1]))
+                self._net, lambda: pick_output(batch.call_with(self._net, state), self.output_key, "training batch")
             )
         if isinstance(self._final_fc_layer, nn.Linear) and any(m is self._final_fc_layer for _, m in producers):
             return
@@ -89,7 +91,7 @@ class FactorCapture(TracInCPBase):
             stacklevel=8,  # the user's fit() (or first query)
         )
 
-    def _forward_rows(self, state: dict, batch: tuple, what: str, cache: dict[tuple, int]) -> int:
+    def _forward_rows(self, state: dict, batch: Batch, what: str, cache: dict[tuple, int]) -> int:
         """Rows per forward for ``batch``'s feature shapes (measured on the first batch of those shapes)."""
         key = _shapes(batch)
         rows = cache.get(key)
@@ -99,13 +101,13 @@ class FactorCapture(TracInCPBase):
         return rows
 
     def _batch_factors(
-        self, states: list[dict], batch: tuple, n: int, rows: int, mode: str, loss_fn: Any, what: str
+        self, states: list[dict], batch: Batch, n: int, rows: int, mode: str, loss_fn: Any, what: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(G, A)``, each ``(n, C, d)``: the factors of ``batch`` at every checkpoint of ``states``, ``rows`` at
-        a time."""
+        a time (a batch that is not row-aligned at once)."""
         net = self._net
-        if n > rows:
-            parts = [self._chunk_factors(states, b, mode, loss_fn, what, net) for b in split_rows(batch, n, rows)]
+        if n > rows and batch.aligned:
+            parts = [self._chunk_factors(states, b, mode, loss_fn, what, net) for b in batch.split(rows)]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return self._chunk_factors(states, batch, mode, loss_fn, what, net)
 
@@ -116,16 +118,18 @@ class FactorCapture(TracInCPBase):
             return contextlib.nullcontext()
         return FastCpuOps() if self._pool_calls else _PoolWatch()
 
-    def _output_and_input(self, net: nn.Module, state: dict, features: tuple, what: str) -> tuple[Any, Any]:
-        """``model(*features)`` with ``state`` and the hooked layer's input; an error (or an output that is not a
-        batch) is raised by ``_forward`` again, with the message that names the batch."""
+    def _output_and_input(self, net: nn.Module, state: dict, batch: Batch, what: str) -> tuple[Any, Any]:
+        """The model's outputs on ``batch`` with ``state`` and the hooked layer's input; an error (or an output that
+        is not a batch) is raised by ``_forward`` again, with the message that names the batch."""
         captured: list[torch.Tensor] = []
         handle = self._final_fc_layer.register_forward_hook(lambda m, i, o: captured.append(i[0].detach()))
         ops = self._cpu_ops()
         try:
             try:
                 with torch.no_grad(), ops:
-                    out = functional_call(net, state, features)
+                    out = functional_call(net, state, batch.args, batch.kwargs)
+                if not isinstance(out, torch.Tensor):
+                    out = pick_output(out, self.output_key, what)
             except Exception:
                 out = None
             if isinstance(ops, _PoolWatch):
@@ -133,7 +137,7 @@ class FactorCapture(TracInCPBase):
             if not isinstance(out, torch.Tensor) or out.dim() == 0:
                 captured.clear()
                 with torch.no_grad(), self._cpu_ops():
-                    out = self._forward(state, features, what)
+                    out = self._forward(state, batch, what)
         finally:
             handle.remove()
         if len(captured) != 1:
@@ -144,20 +148,20 @@ class FactorCapture(TracInCPBase):
         return out, captured[0]
 
     def _chunk_factors(
-        self, states: list[dict], batch: tuple, mode: str, loss_fn: Any, what: str, net: nn.Module
+        self, states: list[dict], batch: Batch, mode: str, loss_fn: Any, what: str, net: nn.Module
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(G, A)`` of one chunk at every checkpoint: a no-grad forward each, then one backward through the
         checkpoints' summed losses (independent: each output's gradient is its own loss's, exactly)."""
-        features, outs, inputs = tuple(batch[:-1]), [], []
+        outs, inputs = [], []
         for state in states:
-            out, a = self._output_and_input(net, state, features, what)
+            out, a = self._output_and_input(net, state, batch, what)
             outs.append(out.detach().requires_grad_(True))
             inputs.append(a)
         n = outs[0].shape[0]
         with torch.enable_grad():
             total = None
             for o in outs:
-                loss = total_loss(mode, loss_fn, o, batch[-1], n)
+                loss = total_loss(mode, loss_fn, o, batch.labels, n)
                 total = loss if total is None else total + loss
             assert total is not None
             gs = torch.autograd.grad(total, outs)
@@ -175,7 +179,7 @@ class FactorCapture(TracInCPBase):
         return self._rows(want, copies=C) >= want
 
     def _vmapped_factors(
-        self, states: list[dict], batch: tuple, mode: str, loss_fn: Any
+        self, states: list[dict], batch: Batch, mode: str, loss_fn: Any
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """GPU: every checkpoint in one ``vmap``-ed forward (one grouped launch per layer instead of one per
         checkpoint; 87 -> 50 ms for the tutorial's 6 x 50k on an H200). ``None`` when the model cannot be
@@ -184,32 +188,31 @@ class FactorCapture(TracInCPBase):
             return None
         if self._stacked is None or self._stacked.states is not states:
             self._stacked = _Stacked(states, {k: torch.stack([st[k] for st in states]) for k in states[0]})
-        stacked, model, layer = self._stacked.params, self._net, self._final_fc_layer
+        stacked, model, layer, key = self._stacked.params, self._net, self._final_fc_layer, self.output_key
 
-        def one(params: dict[str, torch.Tensor], *features: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        def one(params: dict[str, torch.Tensor], part: Batch) -> tuple[torch.Tensor, torch.Tensor]:
             captured: list[torch.Tensor] = []
             handle = layer.register_forward_hook(lambda m, i, o: captured.append(i[0]))
             try:
-                out = functional_call(model, params, features)
+                out = pick_output(functional_call(model, params, part.args, part.kwargs), key, "batch")
             finally:
                 handle.remove()
             if len(captured) != 1 or not isinstance(out, torch.Tensor) or out.dim() == 0:
                 raise RuntimeError("not vmappable here")  # the per-checkpoint loop says what is wrong
             return out, captured[0]
 
-        n, C = batch_len(batch), len(states)
+        C = len(states)
         G_parts, A_parts = [], []
         try:
             rows = self._rows(max(self.vmap_min_rows, self.gpu_rows // C), copies=C)  # bounded by memory
-            for part in split_rows(batch, n, rows):
-                m = batch_len(part)
-                feats = tuple(part[:-1])
+            for part in batch.split(rows):
+                m = part.n
                 # PyTorch's precision settings apply, as in the per-checkpoint loop and a plain forward
                 with torch.no_grad():
-                    out, a = vmap(one, in_dims=(0,) + (None,) * len(feats))(stacked, *feats)
+                    out, a = vmap(functools.partial(one, part=part))(stacked)
                 outs = [out[c].detach().requires_grad_(True) for c in range(C)]
                 with torch.enable_grad():  # the checkpoints' losses are independent: one backward for all
-                    total = functools.reduce(torch.add, [total_loss(mode, loss_fn, o, part[-1], m) for o in outs])
+                    total = functools.reduce(torch.add, [total_loss(mode, loss_fn, o, part.labels, m) for o in outs])
                     gs = torch.autograd.grad(total, outs)
                 G_parts.append(torch.stack([g.reshape(m, -1) for g in gs], 1))
                 A_parts.append(a.reshape(C, m, -1).transpose(0, 1))
@@ -222,7 +225,7 @@ class FactorCapture(TracInCPBase):
 
     def _factors_of(
         self,
-        batches: list[tuple],
+        batches: list[Batch],
         states: list[dict],
         mode: str,
         loss_fn: Any,
@@ -238,7 +241,7 @@ class FactorCapture(TracInCPBase):
         A_parts, G_parts = [], []
         cache = {} if what.startswith("train") else self._query_rows
         for batch in batches:
-            n = batch_len(batch)
+            n = batch.n
             rows = self._forward_rows(states[-1], batch, what, cache)
             both = self._vmapped_factors(states, batch, mode, loss_fn) if len(states) > 1 and self._use_vmap() else None
             if both is not None:
@@ -282,7 +285,7 @@ class FactorCapture(TracInCPBase):
         self,
         inputs: Any,
         loss: str = "test",
-        batches: list[tuple] | None = None,
+        batches: list[Any] | None = None,  # of Batch, from _test_batches
         show_progress: bool = False,
         phase: str = "test factors",
         callback: bool = False,
@@ -296,7 +299,7 @@ class FactorCapture(TracInCPBase):
             report = self.progress_callback if callback else None
             prog = None
             if show_progress or report is not None:
-                prog = _Progress(phase, sum(batch_len(b) for b in batches), show_progress, report)
+                prog = _Progress(phase, sum(b.n for b in batches), show_progress, report)
             try:
                 if loss == "test":
                     return self._factors_of(

@@ -36,6 +36,7 @@ from .._base import (
 from .._layers import resolve_module
 from .._loss import loss_mode
 from .._store import check_factor_dtype, parse_max_memory
+from .._topk import finish_topk
 from . import _bank
 from ._bank import FactorBank
 from ._pass import FactorPass
@@ -87,6 +88,8 @@ class TracInCPFast(FactorPass):
         data_version: str | None = None,
         max_memory: int | str | None = None,
         factor_dtype: torch.dtype | None = None,
+        label_key: str | None = None,
+        output_key: str | int | None = None,
     ) -> None:
         self.max_memory = parse_max_memory(max_memory)
         self.factor_dtype = check_factor_dtype(factor_dtype)
@@ -104,6 +107,8 @@ class TracInCPFast(FactorPass):
             cache_dir=cache_dir,
             weights_only=weights_only,
             data_version=data_version,
+            label_key=label_key,
+            output_key=output_key,
         )
         self.factors_: FactorBank | None = None  # the training-set factors, set by fit() (or the first query)
         self._lr_rows: dict[tuple, torch.Tensor] = {}  # the learning rates as a tensor, by dtype and device
@@ -178,6 +183,11 @@ class TracInCPFast(FactorPass):
             lr = self._lr_rows[key] = torch.tensor(lrs, dtype=like.dtype, device=like.device)
         return lr
 
+    @staticmethod
+    def _chunk_rows(n_test: int, n_ckpt: int, budget: int = 1 << 25) -> int:
+        """Training rows per block of scores: about ``budget`` products (at least 1024 rows)."""
+        return max(1024, budget // max(1, n_test * max(1, n_ckpt)))
+
     def _score_chunks(
         self, bank: FactorBank, At: torch.Tensor, Gt: torch.Tensor, span: tuple[int, int] | None = None
     ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -235,7 +245,7 @@ class TracInCPFast(FactorPass):
                 best = merge_topk(best, sc, s, k, largest=proponents)
                 if prog is not None:
                     prog.update(sc.shape[1])
-            return self._finish_topk(best, At.shape[0])
+            return finish_topk(best, At.shape[0])
         finally:
             if prog is not None:
                 prog.close()

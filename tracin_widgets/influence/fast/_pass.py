@@ -20,7 +20,7 @@ import torch
 
 from .. import _cache, _distributed
 from .._base import _Progress
-from .._data import batch_len, split_rows
+from .._batch import Batch
 from .._store import FORMAT as STORE_FORMAT
 from .._store import (
     FactorStore,
@@ -36,14 +36,6 @@ from ._bank import FactorBank, _Kept, _row_norms
 from ._capture import FactorCapture
 
 EMPTY = "train_dataset is empty: there is nothing to compute influence against."
-
-
-def _has_rows(x: Any, n: int) -> bool:
-    return isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n
-
-
-def _row_slice(batch: tuple, n: int, start: int, stop: int) -> tuple:
-    return tuple(x[start:stop] if _has_rows(x, n) else x for x in batch)
 
 
 class FactorPass(FactorCapture):
@@ -84,11 +76,11 @@ class FactorPass(FactorCapture):
         self.factors_ = bank
         return bank
 
-    def _check_layer_once(self, state: dict, batch: tuple, merge: int) -> None:
+    def _check_layer_once(self, state: dict, batch: Batch, merge: int) -> None:
         """The layer check, on the rows one forward may take (once per layer)."""
         if not self._layer_checked:
             self._measure_rows(state, batch, "training batch")
-            self._check_layer(state, split_rows(batch, batch_len(batch), self._rows(merge))[0])
+            self._check_layer(state, batch.split(self._rows(merge))[0])
 
     def _merge_rows(self) -> int:
         return self.gpu_rows if self.device.type == "cuda" else self.cpu_chunk
@@ -118,7 +110,7 @@ class FactorPass(FactorCapture):
                         kept = _Kept(n, bank.target(where))
                     kept.add(offset, A, G, _row_norms(A, G))
                     rows = offset + A.shape[0]
-                    prog.update(batch_len(batch))
+                    prog.update(batch.n)
             finally:
                 prog.close()
         if kept is None:
@@ -341,25 +333,25 @@ class _StoreRun:
             self.kept = _Kept(self.n_train, self.bank.target(self.where or "device"))
             self.kept.add(0, *self.eng._stored_rows(self.writer.store, self.done))
 
-    def batches(self, source: Iterator[tuple[int, tuple]], prog: _Progress) -> Iterator[tuple[int, tuple, int]]:
+    def batches(self, source: Iterator[tuple[int, Batch]], prog: _Progress) -> Iterator[tuple[int, Batch, int]]:
         """``(offset, batch, rows)`` still to compute: within the shard's rows (offsets then count from its
         start) and after the rows the store holds already."""
         lo, hi = self.lo, self.hi
         for offset, batch in source:
-            n = batch_len(batch)
+            n = batch.n
             if hi is not None:  # a rank's rows only
                 if offset >= hi:
                     return
                 if offset + n <= lo:
                     continue
                 a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
-                batch, n, offset = _row_slice(batch, n, a, b), b - a, offset + a - lo
+                batch, n, offset = batch.rows(a, b), b - a, offset + a - lo
             self.total = offset + n
             if self.total <= self.done:  # stored already
                 prog.update(n)
                 continue
             if offset < self.done:
-                batch = _row_slice(batch, n, self.done - offset, n)
+                batch = batch.rows(self.done - offset, n)
                 prog.update(self.done - offset)
                 n, offset = self.total - self.done, self.done
             yield offset, batch, n

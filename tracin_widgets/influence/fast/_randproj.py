@@ -81,6 +81,8 @@ class TracInCPFastRandProj(TracInCPFast):
         data_version: str | None = None,
         max_memory: int | str | None = None,
         factor_dtype: torch.dtype | None = None,
+        label_key: str | None = None,
+        output_key: str | int | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -100,6 +102,8 @@ class TracInCPFastRandProj(TracInCPFast):
             data_version=data_version,
             max_memory=max_memory,
             factor_dtype=factor_dtype,
+            label_key=label_key,
+            output_key=output_key,
         )
         if projection_dim is not None and (
             isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim <= 0
