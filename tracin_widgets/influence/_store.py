@@ -372,10 +372,11 @@ class StoreWriter:
             for p, nb in store.files():
                 self.fds.append(open_file(p, os.O_RDWR | os.O_CREAT))
                 os.ftruncate(self.fds[-1], store.rows_complete * nb)  # drop a block written but never recorded
-            self._reserve()
         except BaseException:
             self.close()
             raise
+        with contextlib.suppress(OSError):  # no room even for it: the first block's write says so
+            self._reserve()
 
     @staticmethod
     def create(folder: Path, meta: dict[str, Any]) -> StoreWriter:
@@ -394,7 +395,10 @@ class StoreWriter:
 
     def _reserve(self) -> None:
         """Hold ``MANIFEST_ROOM`` bytes in ``.reserve`` (incompressible bytes: allocated on every filesystem)."""
-        fd = open_file(self.store.folder / RESERVE, os.O_RDWR | os.O_CREAT)
+        path = self.store.folder / RESERVE
+        if link_problem(path) is not None:
+            remove_entry(path)
+        fd = open_file(path, os.O_RDWR | os.O_CREAT)
         try:
             have = os.fstat(fd).st_size
             if have < MANIFEST_ROOM:
