@@ -34,7 +34,7 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
 
     The file gets the mode of the regular file it replaces, else that of any new file (``0o666`` less the
     umask: readable by whoever may read the user's other files), not the temporary file's private ``0o600``.
-    A link at ``path`` is replaced itself, never written through."""
+    A link at ``path`` is replaced itself, never written through. An ``OSError`` (a full disk...) names ``path``."""
     try:
         st = os.lstat(path)
         mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
@@ -42,14 +42,19 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         mode = None
     if mode is None:
         mode = 0o666 & ~umask()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None or e.filename == tmp:
+            e.filename, e.filename2 = str(path), None
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
