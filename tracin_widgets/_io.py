@@ -34,7 +34,7 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
 
     The file gets the mode of the regular file it replaces, else that of any new file (``0o666`` less the
     umask: readable by whoever may read the user's other files), not the temporary file's private ``0o600``.
-    A link at ``path`` is replaced itself, never written through. An ``OSError`` (a full disk...) names ``path``."""
+    A link at ``path`` is replaced itself, never written through."""
     try:
         st = os.lstat(path)
         mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
@@ -51,10 +51,6 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        if e.filename is None or e.filename == tmp:
-            e.filename, e.filename2 = str(path), None
-        raise
     finally:
         if tmp and os.path.exists(tmp):
             os.remove(tmp)

@@ -53,20 +53,22 @@ def _expect(p: StoreProblem) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 # the checksums
 # ---------------------------------------------------------------------------------------------------------------------
-def test_row_sums_change_with_any_word_and_never_give_zero_for_zeros():
+@pytest.mark.parametrize("words", [21, 22])  # 84 bytes a row: 32-bit words; 88: 64-bit words
+def test_row_sums_change_with_any_word_and_never_give_zero_for_zeros(words):
     rng = np.random.default_rng(0)
-    rows = rng.integers(0, 2**32, (50, 21), dtype=np.uint32)
-    s = seed("A-0.bin", "float32", 21)
+    rows = rng.integers(0, 2**32, (50, words), dtype=np.uint32)
+    s = seed("A-0.bin", "float32", words)
     base = row_sums(rows.view(np.uint8).reshape(-1), 50, s)
-    for j in (0, 7, 20):
+    assert base.dtype == np.uint64
+    for j in (0, 7, words - 1):
         for bit in (0, 15, 31):
             changed = rows.copy()
             changed[3, j] ^= np.uint32(1 << bit)
             got = row_sums(changed.view(np.uint8).reshape(-1), 50, s)
             assert got[3] != base[3] and np.array_equal(np.delete(got, 3), np.delete(base, 3))
-    zeros = row_sums(np.zeros(50 * 84, dtype=np.uint8), 50, s)
+    zeros = row_sums(np.zeros(50 * 4 * words, dtype=np.uint8), 50, s)
     assert (zeros == s).all() and s != 0
-    assert seed("A-0.bin", "float16", 42) != s  # a manifest saying another dtype or width fails every row
+    assert seed("A-0.bin", "float16", 2 * words) != s  # a manifest saying another dtype or width fails every row
     halves = row_sums(np.arange(5 * 6, dtype=np.uint8), 5, 1)  # 6 bytes a row: 16-bit words
     assert halves.shape == (5,) and len(set(halves.tolist())) == 5
 
@@ -75,8 +77,8 @@ def test_the_writer_records_a_checksum_per_row_and_file(built):
     p, _ = built
     folder = p.store()
     m = _manifest(folder)
-    assert m["check"] == "rows-u32-1"
-    sums = np.fromfile(folder / "sums.bin", dtype=np.uint32).reshape(N, 7)
+    assert m["check"] == "rows-u64-1"
+    sums = np.fromfile(folder / "sums.bin", dtype=np.uint64).reshape(N, 7)
     g2 = np.fromfile(folder / "G-2.bin", dtype=np.uint8)
     assert np.array_equal(sums[:, 5], row_sums(g2, N, seed("G-2.bin", "float32", 5)))
     store = FactorStore.read(folder, _expect(p))
@@ -213,7 +215,7 @@ def test_the_store_of_an_older_format_without_checksums_is_not_used(built):
     (folder / "manifest.json").write_text(json.dumps(m))
     assert FactorStore.inspect(folder, _expect(p)) == (None, None)
     assert_scores_close(p.engine().influence(p.test), fresh.influence(p.test))
-    assert _manifest(folder)["check"] == "rows-u32-1"
+    assert _manifest(folder)["check"] == "rows-u64-1"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ In the store folder (``influence/_store.py``), for one embedding *tag* (a hash o
 count, the learning rates, the dtype and the projection: ``projection_dim``, ``seed`` and the matrices themselves):
 
 - ``E-<tag>.bin``: the embeddings, rows x dim, row-major in the computation dtype (float32 for a float32 model),
-  readable with ``numpy.memmap``; ``E-<tag>.sums``: a uint32 checksum per row (``influence/_checksum.py``),
+  readable with ``numpy.memmap``; ``E-<tag>.sums``: a 64-bit checksum per row (``influence/_checksum.py``),
   verified by every read; ``E-<tag>.json`` records rows, dim, dtype, the checksum scheme and what they were
   computed from;
 - ``annoy-<tag>-t<num_trees>.ann`` (+ ``.json``): the Annoy index built from them on disk (Annoy's
@@ -34,7 +34,7 @@ import torch
 
 from .._io import atomic_write
 from ._files import _as_bytes, _fill, _np_bytes, _read_into, _write_at, link_problem, open_file, read_text
-from ._integrity import CHECK, row_sums, seed, verify_rows
+from ._integrity import CHECK, SUM, row_sums, seed, verify_rows
 from ._sizes import DTYPES, dtype_name
 
 FORMAT = 1
@@ -129,7 +129,7 @@ class EmbeddingFile:
             if not isinstance(meta.get("dim"), int) or meta["dim"] <= 0:
                 return None
             out = EmbeddingFile(folder, tag, rows, meta["dim"], DTYPES[meta["dtype"]])
-            if path.stat().st_size != rows * out.dim * out.item or sums.stat().st_size != 4 * rows:
+            if path.stat().st_size != rows * out.dim * out.item or sums.stat().st_size != 8 * rows:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -145,8 +145,8 @@ class EmbeddingFile:
             for s in range(0, self.rows, rows):
                 out = torch.empty(min(rows, self.rows - s), self.dim, dtype=self.dtype)
                 _read_into(fd, out, s * self.dim * self.item, self.path)
-                sums = np.empty(out.shape[0], dtype=np.uint32)
-                _fill(sfd, sums.view(np.uint8).data, 4 * s, sums_path)
+                sums = np.empty(out.shape[0], dtype=SUM)
+                _fill(sfd, sums.view(np.uint8).data, 8 * s, sums_path)
                 verify_rows(_np_bytes(out), out.shape[0], self.seed, sums, self.path, s)
                 yield s, out
         finally:
@@ -189,7 +189,7 @@ class EmbeddingWriter:
         buf = _as_bytes(block)
         sums = row_sums(np.frombuffer(buf, dtype=np.uint8), block.shape[0], _seed(self.dim, dtype_name(self.dtype)))
         _write_at(self.fd, buf, self.offset)
-        _write_at(self.sums_fd, sums.data.cast("B"), 4 * self.rows)
+        _write_at(self.sums_fd, sums.data.cast("B"), 8 * self.rows)
         self.offset += len(buf)
         self.rows += block.shape[0]
 

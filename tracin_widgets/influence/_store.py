@@ -4,7 +4,7 @@ A store is a folder ``tracin-fast-store-<fingerprint>`` inside ``cache_dir`` hol
 one per checkpoint ``c`` and factor: ``A-<c>.bin`` (rows x dim(a)) and ``G-<c>.bin`` (rows x dim(g)) in the
 factor dtype, ``norms.bin`` (rows x checkpoints x 2: ``|g|^2`` and ``|a|^2`` in the computation dtype, so
 self-influence needs no second pass and stays exact with half-precision factors), ``sums.bin`` (rows x files:
-a uint32 checksum of each row of each of those files, ``influence/_checksum.py``) and ``manifest.json``
+a 64-bit checksum of each row of each of those files, ``influence/_integrity.py``) and ``manifest.json``
 (format, checksum scheme, fingerprint, rows, dims, dtypes, learning rates, loss, layer and ``rows_complete``).
 
 The factor pass appends blocks of rows (with their checksums); every few seconds, at the end, and when the pass
@@ -51,7 +51,7 @@ from ._files import (
     read_text,
     remove_entry,
 )
-from ._integrity import CHECK, StoreDamaged, manifest_problem, row_sums, seed, verify_rows
+from ._integrity import CHECK, SUM, StoreDamaged, manifest_problem, row_sums, seed, verify_rows
 from ._memory import free_memory
 from ._sizes import DTYPES, FACTOR_DTYPES, check_factor_dtype, dtype_name, human, parse_max_memory  # noqa: F401
 
@@ -86,6 +86,16 @@ def stream_rows(row_bytes: int, max_memory: int | None) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 # the store
 # ---------------------------------------------------------------------------------------------------------------------
+_VERIFIER: list[ThreadPoolExecutor] = []
+
+
+def _verifier() -> ThreadPoolExecutor:
+    """The thread that verifies blocks while the reader reads the next file (numpy releases the GIL)."""
+    if not _VERIFIER:
+        _VERIFIER.append(ThreadPoolExecutor(1, thread_name_prefix="tracin-verify"))
+    return _VERIFIER[0]
+
+
 def store_folder(cache_dir: Path, kind: str, fingerprint: str) -> Path:
     return cache_dir / f"tracin-{kind}-store-{fingerprint}"
 
@@ -132,7 +142,7 @@ class FactorStore:
 
     def files(self) -> list[tuple[Path, int]]:
         """Every data file with its bytes per row, then ``sums.bin`` (a checksum per row and data file)."""
-        return [*self._layout, (self.folder / SUMS, 4 * len(self._layout))]
+        return [*self._layout, (self.folder / SUMS, 8 * len(self._layout))]
 
     @staticmethod
     def inspect(folder: Path, expect: dict[str, Any]) -> tuple[FactorStore | None, StoreDamaged | None]:
@@ -198,11 +208,11 @@ class FactorStore:
         return [open_file(p, os.O_RDONLY) for p, _ in self.files()]
 
     def _sums(self, fd: int, start: int, n: int) -> np.ndarray | None:
-        """The checksums of rows ``start:start + n``: ``(n, data files)`` uint32 (None when reads are not verified)."""
+        """The checksums of rows ``start:start + n``: ``(n, data files)`` uint64 (None when reads are not verified)."""
         if not self.verify_reads:
             return None
-        out = np.empty((n, len(self._layout)), dtype=np.uint32)
-        _fill(fd, out.reshape(-1).view(np.uint8).data, start * out.shape[1] * 4, self.folder / SUMS)
+        out = np.empty((n, len(self._layout)), dtype=SUM)
+        _fill(fd, out.reshape(-1).view(np.uint8).data, start * out.shape[1] * 8, self.folder / SUMS)
         return out
 
     def _check(self, t: torch.Tensor, f: int, sums: np.ndarray | None, start: int) -> None:
@@ -224,21 +234,28 @@ class FactorStore:
         return out
 
     def read_rows(self, fds: list[int], start: int, stop: int, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows ``start:stop`` as ``(A (n, C, da), G (n, C, dg))`` CPU tensors in the store dtype (verified)."""
+        """Rows ``start:stop`` as ``(A (n, C, da), G (n, C, dg))`` CPU tensors in the store dtype, verified (each
+        file's rows on a second thread while the next file is read)."""
         n = stop - start
         A = torch.empty(n, self.C, self.da, dtype=self.dtype, pin_memory=pin)
         G = torch.empty(n, self.C, self.dg, dtype=self.dtype, pin_memory=pin)
-        bufa = torch.empty(n, self.da, dtype=self.dtype)
-        bufg = torch.empty(n, self.dg, dtype=self.dtype)
-        paths = self.files()
         sums = self._sums(fds[-1], start, n)
-        for c in range(self.C):
-            _read_into(fds[2 * c], bufa, start * self.da * self.item, paths[2 * c][0])
-            self._check(bufa, 2 * c, sums, start)
-            A[:, c] = bufa
-            _read_into(fds[2 * c + 1], bufg, start * self.dg * self.item, paths[2 * c + 1][0])
-            self._check(bufg, 2 * c + 1, sums, start)
-            G[:, c] = bufg
+        bufs = [torch.empty(n, d, dtype=self.dtype) for d in (self.da, self.dg, self.da, self.dg)]
+        checks: list[Future[None] | None] = [None] * 4  # the check of the file last read into each buffer
+        try:
+            for f in range(2 * self.C):
+                buf, d = bufs[f % 4], (self.da, self.dg)[f % 2]
+                last = checks[f % 4]
+                if last is not None:
+                    last.result()  # the file last read into it is verified: the buffer is free
+                _read_into(fds[f], buf, start * d * self.item, self._layout[f][0])
+                if sums is not None:
+                    checks[f % 4] = _verifier().submit(self._check, buf, f, sums, start)
+                (A, G)[f % 2][:, f // 2] = buf
+        finally:
+            for check in checks:
+                if check is not None:
+                    check.result()  # the first damage found is raised (after every check has finished)
         return A, G
 
     def blocks(
@@ -316,8 +333,8 @@ class FactorStore:
                     n = min(rows, self.rows - s)
                     buf = np.empty(n * nb, dtype=np.uint8)
                     _fill(fds[f], buf.data, s * nb, path)
-                    sums = np.empty((n, len(self._layout)), dtype=np.uint32)
-                    _fill(fds[-1], sums.reshape(-1).view(np.uint8).data, s * sums.shape[1] * 4, self.folder / SUMS)
+                    sums = self._sums(fds[-1], s, n)
+                    assert sums is not None
                     try:
                         verify_rows(buf, n, self.seeds[f], sums[:, f], path, s)
                     except StoreDamaged as e:
@@ -418,7 +435,7 @@ class StoreWriter:
         r = self.rows_written
 
         def write() -> None:
-            sums = np.empty((n, len(host)), dtype=np.uint32)
+            sums = np.empty((n, len(host)), dtype=SUM)
             for f, buf in enumerate(host):
                 sums[:, f] = row_sums(np.frombuffer(buf, dtype=np.uint8), n, s.seeds[f])
             for fd, buf, (_, nb) in zip(self.fds, [*host, sums.data.cast("B")], s.files(), strict=True):
