@@ -7,7 +7,8 @@
   checksums verified and not (``FactorStore.verify_reads``), alternately, ``--reps`` times (the median is kept):
   ``read``: every block of the store read as a streamed query reads it (no compute); ``stream``: a streamed
   top-10 query (``max_memory`` = the factors' bytes / 3); ``load``: a new engine loading the store into memory.
-  The store stays in the page cache (it is read once before), so the figures are the reads' CPU cost.
+  The store stays in the page cache (it is read once before), so the figures are the reads' CPU cost; each is
+  given as wall time and as this process's CPU time (the latter barely moved by other processes on the machine).
 
   .venv/bin/python -m benchmarks.probes.store_verify --rows 1281167 --threads 2
 """
@@ -103,16 +104,17 @@ def main(argv=None) -> int:
         engine(None).fit()
 
     read()  # into the page cache
-    times: dict[str, dict[str, list[float]]] = {k: {"verified": [], "not verified": []} for k in ("read", "stream")}
-    times["load"] = {"verified": [], "not verified": []}
+    kinds = ("verified", "not verified", "verified cpu", "not verified cpu")  # wall and this process's CPU seconds
+    times: dict[str, dict[str, list[float]]] = {k: {v: [] for v in kinds} for k in ("read", "stream", "load")}
     for _ in range(a.reps):
         for verify in (True, False):
             FactorStore.verify_reads = verify
             key = "verified" if verify else "not verified"
             for name, fn in (("read", read), ("stream", query), ("load", load)):
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), time.process_time()
                 fn()
                 times[name][key].append(time.perf_counter() - t)
+                times[name][key + " cpu"].append(time.process_time() - cpu)
     FactorStore.verify_reads = True
     res["store_bytes"] = sum(path.stat().st_size for path, _ in store.files())
     for name, by in times.items():
