@@ -18,6 +18,7 @@ import errno
 import os
 import stat
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,16 @@ def _fill(fd: int, buf: memoryview, offset: int, path: Path) -> None:
 def _read_into(fd: int, t: torch.Tensor, offset: int, path: Path) -> None:
     """Fill the contiguous CPU tensor ``t`` from ``offset`` of the file."""
     _fill(fd, _np_bytes(t).data, offset, path)
+
+
+_VERIFIER: list[ThreadPoolExecutor] = []
+
+
+def _verifier() -> ThreadPoolExecutor:
+    """The thread that verifies blocks while the reader reads the next file (numpy releases the GIL)."""
+    if not _VERIFIER:
+        _VERIFIER.append(ThreadPoolExecutor(1, thread_name_prefix="tracin-verify"))
+    return _VERIFIER[0]
 
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

@@ -1,4 +1,4 @@
-"""Sizes and dtypes of the factor store's arguments: ``max_memory=`` in bytes, ``factor_dtype=``, and their names."""
+"""Sizes and dtypes of the factor store: ``max_memory=`` in bytes, ``factor_dtype=``, their names, block rows."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FACTOR_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+STREAM_BLOCK_BYTES = 64 << 20  # bytes of factors per streamed block (at most; max_memory // 4 when smaller)
 
 _UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([KMGT]i?B)\s*$", re.I)
@@ -66,3 +67,9 @@ def human(nbytes: float) -> str:
             return f"{nbytes:.3g} {unit}"
         nbytes /= 1000
     return f"{nbytes:.3g} TB"
+
+
+def stream_rows(row_bytes: int, max_memory: int | None) -> int:
+    """Rows per streamed block of rows of ``row_bytes``."""
+    budget = STREAM_BLOCK_BYTES if max_memory is None else min(STREAM_BLOCK_BYTES, max_memory // 4)
+    return max(1, budget // max(1, row_bytes))

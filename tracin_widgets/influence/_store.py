@@ -45,6 +45,7 @@ from ._files import (
     _fill,
     _np_bytes,
     _read_into,
+    _verifier,
     _write_at,
     link_problem,
     open_file,
@@ -53,12 +54,20 @@ from ._files import (
 )
 from ._integrity import CHECK, SUM, StoreDamaged, manifest_problem, row_sums, seed, verify_rows
 from ._memory import free_memory
-from ._sizes import DTYPES, FACTOR_DTYPES, check_factor_dtype, dtype_name, human, parse_max_memory  # noqa: F401
+from ._sizes import (  # noqa: F401 (re-exported for the engine)
+    DTYPES,
+    FACTOR_DTYPES,
+    STREAM_BLOCK_BYTES,
+    check_factor_dtype,
+    dtype_name,
+    human,
+    parse_max_memory,
+    stream_rows,
+)
 
 FORMAT = 1
 COMFORT = 0.5  # the factors stay in host memory when they take at most this fraction of its free bytes
 DEVICE_COMFORT = 0.75  # on the compute device: a GPU holds little else (ImageNet's 78 GB fp32 fit an H200)
-STREAM_BLOCK_BYTES = 64 << 20  # bytes of factors per streamed block (at most; max_memory // 4 when smaller)
 SUMS = "sums.bin"
 RESERVE = ".reserve"
 MANIFEST_ROOM = 64 << 10  # bytes kept free for the manifest's rewrite (a manifest takes about 1 KB)
@@ -78,24 +87,9 @@ def placement(nbytes: int, device: torch.device, max_memory: int | None, has_sto
     return "stream"
 
 
-def stream_rows(row_bytes: int, max_memory: int | None) -> int:
-    budget = STREAM_BLOCK_BYTES if max_memory is None else min(STREAM_BLOCK_BYTES, max_memory // 4)
-    return max(1, budget // max(1, row_bytes))
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # the store
 # ---------------------------------------------------------------------------------------------------------------------
-_VERIFIER: list[ThreadPoolExecutor] = []
-
-
-def _verifier() -> ThreadPoolExecutor:
-    """The thread that verifies blocks while the reader reads the next file (numpy releases the GIL)."""
-    if not _VERIFIER:
-        _VERIFIER.append(ThreadPoolExecutor(1, thread_name_prefix="tracin-verify"))
-    return _VERIFIER[0]
-
-
 def store_folder(cache_dir: Path, kind: str, fingerprint: str) -> Path:
     return cache_dir / f"tracin-{kind}-store-{fingerprint}"
 
@@ -295,15 +289,6 @@ class FactorStore:
         finally:
             os.close(fd)
             os.close(sfd)
-
-    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every row, as ``(A (N, C, da), G (N, C, dg))`` CPU tensors."""
-        fds = self._open()
-        try:
-            return self.read_rows(fds, 0, self.rows)
-        finally:
-            for fd in fds:
-                os.close(fd)
 
     def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows ``idx`` (any shape) as ``(A (*idx.shape, C, da), G (*idx.shape, C, dg))``."""
