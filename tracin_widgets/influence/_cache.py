@@ -318,6 +318,41 @@ def cache_path(cache_dir: Path, kind: str, name: str, fingerprint: str) -> Path:
     return cache_dir / f"tracin-{kind}-{name}-{fingerprint}.pt"
 
 
+_LONGEST_INSIDE = 96  # characters the engine appends to cache_dir (a store folder, a file, a temporary name)
+
+
+def _limit(folder: Path, name: str, default: int) -> int:
+    """``os.pathconf`` of the nearest existing ancestor of ``folder`` (``default`` where it cannot tell)."""
+    for parent in (folder, *folder.parents):
+        try:
+            if parent.is_dir():
+                return int(os.pathconf(parent, name))
+        except (OSError, ValueError):
+            return default
+    return default
+
+
+def check_cache_dir_name(cache_dir: Path) -> None:
+    """A ``ValueError`` naming ``cache_dir`` when its path cannot exist on its filesystem: a folder name longer
+    than ``NAME_MAX`` (255 bytes on most filesystems), or a path too long for the files the engine writes there
+    (``PATH_MAX``), rather than an ``OSError`` from the first glob or write."""
+    path = Path(os.path.abspath(cache_dir))
+    name_max = _limit(path, "PC_NAME_MAX", 255)
+    for part in path.parts[1:]:
+        if len(os.fsencode(part)) > name_max:
+            raise ValueError(
+                f"cache_dir {str(cache_dir)!r}: the folder name {part[:40]!r}... is {len(os.fsencode(part))} bytes, "
+                f"longer than its filesystem allows ({name_max}, NAME_MAX). Pass a cache_dir with shorter names."
+            )
+    path_max = _limit(path, "PC_PATH_MAX", 4096)
+    if len(os.fsencode(str(path))) + _LONGEST_INSIDE > path_max:
+        raise ValueError(
+            f"cache_dir {str(cache_dir)!r} is {len(os.fsencode(str(path)))} bytes long: with the names of the files "
+            f"the engine writes there (up to {_LONGEST_INSIDE} more) it passes its filesystem's limit ({path_max}, "
+            "PATH_MAX). Pass a shorter cache_dir."
+        )
+
+
 def unwritable_reason(cache_dir: Path) -> str | None:
     """Why files cannot be saved in ``cache_dir`` (creating it if needed), or None when they can: tried for
     real with a temporary file, since permission bits do not tell (root, read-only mounts, ACLs)."""

@@ -6,6 +6,7 @@ import math
 import numbers
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from ._errors import TracInWarning
 
 
 def _natural_key(path: str) -> list:
@@ -26,10 +29,44 @@ def checkpoint_folder(checkpoints: Any) -> str | None:
     return None
 
 
-def resolve_checkpoints(checkpoints: Any) -> list[str]:
+def duplicate_checkpoints(paths: list[str]) -> str | None:
+    """The warning for ``paths`` that name one file more than once (the same path, or another name through a
+    link): each listing counts, as in Captum, so that file's checkpoint weighs twice or more. None otherwise."""
+    seen: dict[tuple[int, int], list[str]] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        seen.setdefault((st.st_dev, st.st_ino), []).append(p)
+    groups = [names for names in seen.values() if len(names) > 1]
+    if not groups:
+        return None
+    shown = "; ".join(" = ".join(repr(n) for n in names) for names in groups[:5])
+    return (
+        f"checkpoints names the same file more than once ({shown}{'; ...' if len(groups) > 5 else ''}): each "
+        "listing counts, as in Captum, so that checkpoint contributes once per listing. Remove the duplicates "
+        "(or the link) if each checkpoint should count once."
+    )
+
+
+def resolve_checkpoints(checkpoints: Any, warn: Callable[[str], None] | None = None) -> list[str]:
     """Turn ``checkpoints`` (a folder, a path, or a list of paths) into a natural-sorted list of files.
 
-    A folder contributes every regular, non-hidden file in it, whatever its extension (as Captum does)."""
+    A folder contributes every regular, non-hidden file in it, whatever its extension (as Captum does). One file
+    named twice (``duplicate_checkpoints``) is kept twice, with a ``TracInWarning`` (``warn(message)`` when
+    given)."""
+    out = _checkpoint_files(checkpoints)
+    message = duplicate_checkpoints(out)
+    if message is not None:
+        if warn is not None:
+            warn(message)
+        else:
+            warnings.warn(message, TracInWarning, stacklevel=4)  # the user's engine constructor
+    return out
+
+
+def _checkpoint_files(checkpoints: Any) -> list[str]:
     if isinstance(checkpoints, (str, os.PathLike)):
         p = Path(checkpoints)
         if p.is_dir():
@@ -58,6 +95,11 @@ def resolve_checkpoints(checkpoints: Any) -> list[str]:
     for item in items:
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(f"checkpoints must hold file paths, got {type(item).__name__}: {item!r}.")
+        if Path(item).is_dir():
+            raise ValueError(
+                f"checkpoints: {str(item)!r} is a folder, not a checkpoint file; pass the folder itself as "
+                "`checkpoints` (its files are the checkpoints) or list its files."
+            )
         if not Path(item).is_file():
             raise ValueError(f"checkpoint file not found: {str(item)!r}. Check the path.")
         out.append(str(item))

@@ -7,6 +7,7 @@ import errno
 import importlib.util
 import json
 import os
+import re
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -33,6 +34,26 @@ class NearestNeighbors(ABC):
 
 def _meta_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
+
+
+_STORE_INDEX = re.compile(r"^annoy-(?P<tag>[0-9a-f]+)-t\d+\.ann$")
+
+
+def _tag_of(path: Path, tag: str | None) -> str | None:
+    m = _STORE_INDEX.match(path.name)
+    return tag if tag is not None else (m["tag"] if m else None)
+
+
+def _digest(path: Path) -> str:
+    """The checksum of the file ``path`` (``influence/_checksum.py``), never read through a link."""
+    from ._files import open_file
+    from ._integrity import file_digest
+
+    fd = open_file(path, os.O_RDONLY)
+    try:
+        return file_digest(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 def _as_2d_float32(t: torch.Tensor) -> np.ndarray:
@@ -67,10 +88,13 @@ class AnnoyNearestNeighbors(NearestNeighbors):
     On disk (``TracInCPFastRandProj`` with a ``cache_dir`` does this itself, in its factor store):
     ``build_on_disk(path, blocks, rows, dim)`` builds the index in the file ``path`` with Annoy's ``on_disk_build``
     from blocks of rows (they never need to be in memory together, nor the index: the file is memory-mapped), written
-    under a temporary name and renamed when complete, with ``path + ".json"`` recording its items, dimension,
-    trees and size; ``load(path, n_items, dim)`` memory-maps such a file (Annoy's ``load``: pages are read as queries
-    touch them) and returns False, changing nothing, when it is missing, incomplete, foreign, or was built with
-    another ``num_trees``, item count or dimension.
+    under a temporary name and renamed when complete, with ``path + ".json"`` recording what it was built from (its
+    file name and ``tag``, items, dimension, trees, size and a checksum of the file); ``load(path, n_items, dim)``
+    verifies the file against that record (every byte: a damaged index is never memory-mapped, where it would
+    crash the process) and memory-maps it (Annoy's ``load``: pages are read as queries touch them); it returns
+    False, changing nothing, when the file is missing, incomplete, damaged, foreign (another ``tag``, or a record
+    of another file), a link, or was built with another ``num_trees``, item count or dimension. The ``tag`` is the
+    one given, else the ``<tag>`` of a file named ``annoy-<tag>-t<trees>.ann`` (the factor store's).
     """
 
     def __init__(self, num_trees: int = 10, search_k: int | None = None) -> None:
@@ -94,10 +118,18 @@ class AnnoyNearestNeighbors(NearestNeighbors):
         index.build(self.num_trees, n_jobs=-1)
         self.index = index
 
-    def build_on_disk(self, path: str | os.PathLike, blocks: Iterable[torch.Tensor], rows: int, dim: int) -> None:
+    def build_on_disk(
+        self,
+        path: str | os.PathLike,
+        blocks: Iterable[torch.Tensor],
+        rows: int,
+        dim: int,
+        *,
+        tag: str | None = None,
+    ) -> None:
         """Build the index of ``rows`` items of ``dim`` values in the file ``path`` (replacing it) from ``blocks``
         (``(n, dim)`` each; row i of their concatenation is item i) with Annoy's ``on_disk_build``, then
-        memory-map it.
+        memory-map it. ``tag``: what the items were computed from, recorded for ``load`` (default: see the class).
 
         Raises OSError when the folder lacks room for it (checked first: Annoy writes through a memory map,
         where a full disk would kill the process) or cannot be written; ValueError when the blocks do not hold
@@ -112,6 +144,8 @@ class AnnoyNearestNeighbors(NearestNeighbors):
         remove_dead_temps(path.parent)
         self._check_room(path.parent, rows, dim)
         tmp = temp_path(path)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # Annoy opens the name itself: never through a link left there
         index = AnnoyIndex(dim, "dot")
         index.on_disk_build(str(tmp))
         try:
@@ -125,14 +159,16 @@ class AnnoyNearestNeighbors(NearestNeighbors):
                 raise ValueError(f"build_on_disk got {n} rows in its blocks, not rows={rows}.")
             index.build(self.num_trees, n_jobs=-1)
             fsync_path(tmp)
+            digest = _digest(tmp)
             os.replace(tmp, path)
         except BaseException:
             index.unload()
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        meta = {"format": 1, "metric": "dot", "items": n, "dim": dim, "trees": self.num_trees}
-        text = json.dumps({**meta, "bytes": path.stat().st_size}).encode()
+        meta = {"format": 2, "metric": "dot", "items": n, "dim": dim, "trees": self.num_trees}
+        meta.update(name=path.name, tag=_tag_of(path, tag), bytes=path.stat().st_size, digest=digest)
+        text = json.dumps(meta).encode()
         atomic_write(_meta_path(path), lambda f: f.write(text))
         self.index, self._n = index, n
 
@@ -153,22 +189,31 @@ class AnnoyNearestNeighbors(NearestNeighbors):
                 f"{free / 1e9:.3g} GB are free",
             )
 
-    def load(self, path: str | os.PathLike, n_items: int | None = None, dim: int | None = None) -> bool:
+    def load(
+        self, path: str | os.PathLike, n_items: int | None = None, dim: int | None = None, *, tag: str | None = None
+    ) -> bool:
         """Memory-map the index ``path`` written by ``build_on_disk``: True when loaded; False (nothing changed)
-        when ``path`` or its ``.json`` record is missing or does not match the file (an interrupted or foreign
-        build), or the index has another ``num_trees``, or not ``n_items`` items or ``dim`` values (when given)."""
+        when ``path`` or its ``.json`` record is missing, a link, or does not match the file (an interrupted,
+        damaged or foreign build: its checksum is verified first), or the index has another ``tag`` (default: see
+        the class) or ``num_trees``, or not ``n_items`` items or ``dim`` values (when given)."""
         from annoy import AnnoyIndex
+
+        from ._files import link_problem, read_text
 
         path = Path(path)
         try:
-            meta = json.loads(_meta_path(path).read_text())
-            if not isinstance(meta, dict) or meta.get("format") != 1 or meta.get("metric") != "dot":
+            if link_problem(path) is not None or link_problem(_meta_path(path)) is not None:
+                return False
+            meta = json.loads(read_text(_meta_path(path)))
+            if not isinstance(meta, dict) or meta.get("format") != 2 or meta.get("metric") != "dot":
+                return False
+            if meta.get("name") != path.name or meta.get("tag") != _tag_of(path, tag):
                 return False
             if meta.get("trees") != self.num_trees or (n_items is not None and meta.get("items") != n_items):
                 return False
             if dim is not None and meta.get("dim") != dim:
                 return False
-            if path.stat().st_size != meta["bytes"]:
+            if path.stat().st_size != meta["bytes"] or _digest(path) != meta["digest"]:
                 return False
             index = AnnoyIndex(int(meta["dim"]), "dot")
             index.load(str(path), prefault=False)

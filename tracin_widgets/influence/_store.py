@@ -3,14 +3,21 @@
 A store is a folder ``tracin-fast-store-<fingerprint>`` inside ``cache_dir`` holding plain row-major files,
 one per checkpoint ``c`` and factor: ``A-<c>.bin`` (rows x dim(a)) and ``G-<c>.bin`` (rows x dim(g)) in the
 factor dtype, ``norms.bin`` (rows x checkpoints x 2: ``|g|^2`` and ``|a|^2`` in the computation dtype, so
-self-influence needs no second pass and stays exact with half-precision factors) and ``manifest.json``
-(format, fingerprint, rows, dims, dtypes, learning rates, loss, layer and ``rows_complete``).
+self-influence needs no second pass and stays exact with half-precision factors), ``sums.bin`` (rows x files:
+a 64-bit checksum of each row of each of those files, ``influence/_integrity.py``) and ``manifest.json``
+(format, checksum scheme, fingerprint, rows, dims, dtypes, learning rates, loss, layer and ``rows_complete``).
 
-The factor pass appends blocks of rows; every few seconds, at the end, and when the pass is interrupted (an
-exception, ``Cancelled``, Ctrl-C) the files are fsynced *before* the manifest records their rows, so a later
-pass resumes after the last recorded row whatever happened (a killed job loses at most the last seconds).
-A manifest that does not match what the engine expects makes the store unused (recomputed from row 0). One
-writer at a time: ``.lock`` is ``flock``-ed for the pass (a second writer gets an error naming the pid).
+The factor pass appends blocks of rows (with their checksums); every few seconds, at the end, and when the pass
+is interrupted (an exception, ``Cancelled``, Ctrl-C) the files are fsynced *before* the manifest records their
+rows, so a later pass resumes after the last recorded row whatever happened (a killed job loses at most the last
+seconds). While a store is incomplete, ``.reserve`` holds the room of the manifest's next rewrite (freed just
+before it), so on a full disk the blocks written completely are still recorded. One writer at a time: ``.lock``
+is ``flock``-ed for the pass (``influence/_lock.py``). No file of a store is opened through a symbolic link.
+
+Nothing damaged is used: a manifest that does not match what the engine expects makes the store unused; one that
+contradicts itself or its files (dtype, dims, rows, sizes, links) is *damaged*; and every read (a block, the
+whole store, single rows of a rerank, the norms) verifies each row's checksum. Damage is a ``StoreDamaged``
+naming the file and rows, raised before any value is returned.
 
 Files are read with ``preadv`` into reused buffers rather than memory-mapped: mapped pages count towards the
 process's resident memory until unmapped, read pages live in the kernel's page cache, which the kernel frees.
@@ -22,82 +29,49 @@ import contextlib
 import errno
 import json
 import os
-import re
-import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._io import atomic_write
+from ._files import (
+    StoreLock,
+    _as_bytes,
+    _fill,
+    _np_bytes,
+    _read_into,
+    _verifier,
+    _write_at,
+    link_problem,
+    open_file,
+    read_text,
+    remove_entry,
+)
+from ._integrity import CHECK, SUM, StoreDamaged, manifest_problem, row_sums, seed, verify_rows
 from ._memory import free_memory
+from ._sizes import (  # noqa: F401 (re-exported for the engine)
+    DTYPES,
+    FACTOR_DTYPES,
+    STREAM_BLOCK_BYTES,
+    check_factor_dtype,
+    dtype_name,
+    human,
+    parse_max_memory,
+    stream_rows,
+)
 
 FORMAT = 1
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FACTOR_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 COMFORT = 0.5  # the factors stay in host memory when they take at most this fraction of its free bytes
 DEVICE_COMFORT = 0.75  # on the compute device: a GPU holds little else (ImageNet's 78 GB fp32 fit an H200)
-STREAM_BLOCK_BYTES = 64 << 20  # bytes of factors per streamed block (at most; max_memory // 4 when smaller)
-
-_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([KMGT]i?B)\s*$", re.I)
-
-
-def parse_max_memory(value: Any) -> int | None:
-    """``max_memory=`` in bytes: an int, or a string with a unit as Hugging Face accelerate reads them
-    (``"512MB"``, ``"10GB"``: decimal; ``"512MiB"``, ``"10GiB"``: binary). None stays None."""
-    if value is None:
-        return None
-    fix = "pass bytes as an int (e.g. 2_000_000_000), a string such as '512MB' or '10GiB', or None"
-    if isinstance(value, (bool, float)) or not isinstance(value, (int, str)):
-        raise TypeError(f"max_memory must be an int (bytes), a str such as '10GiB' or None, got {value!r}: {fix}.")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"max_memory must be a positive number of bytes, got {value}: {fix}.")
-        return value
-    m = _SIZE.match(value)
-    if m is None:
-        raise ValueError(
-            f"max_memory={value!r} is not a size: {fix} (units KB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, "
-            "TiB powers of 1024)."
-        )
-    if m.group(2)[-1] == "b" and m.group(2)[1] not in "iI":  # accelerate reads '10Gb' as gigabits: refuse it
-        raise ValueError(
-            f"max_memory={value!r} ends in a lowercase 'b' (bits?): write the unit with 'B' for bytes, e.g. "
-            f"'{m.group(1)}{m.group(2)[:-1].upper()}B'."
-        )
-    nbytes = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-    if nbytes <= 0:
-        raise ValueError(f"max_memory must be a positive size, got {value!r}: {fix}.")
-    return nbytes
-
-
-def check_factor_dtype(value: Any) -> torch.dtype | None:
-    if value is None:
-        return None
-    if isinstance(value, str):  # 'bfloat16' / 'torch.bfloat16'
-        value = DTYPES.get(value.removeprefix("torch."), value)
-    if value not in FACTOR_DTYPES:
-        raise ValueError(
-            f"factor_dtype must be torch.float32 (exact), torch.bfloat16 or torch.float16 (half the memory and "
-            f"disk, approximate scores), torch.float64, or None (the model's dtype), got {value!r}."
-        )
-    return value  # type: ignore[no-any-return]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def human(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1000:
-            return f"{nbytes:.3g} {unit}"
-        nbytes /= 1000
-    return f"{nbytes:.3g} TB"
+SUMS = "sums.bin"
+RESERVE = ".reserve"
+MANIFEST_ROOM = 64 << 10  # bytes kept free for the manifest's rewrite (a manifest takes about 1 KB)
+OnDamage = Callable[[StoreDamaged], None]
 
 
 def placement(nbytes: int, device: torch.device, max_memory: int | None, has_store: bool) -> str:
@@ -113,78 +87,6 @@ def placement(nbytes: int, device: torch.device, max_memory: int | None, has_sto
     return "stream"
 
 
-def stream_rows(row_bytes: int, max_memory: int | None) -> int:
-    budget = STREAM_BLOCK_BYTES if max_memory is None else min(STREAM_BLOCK_BYTES, max_memory // 4)
-    return max(1, budget // max(1, row_bytes))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# raw file IO
-# ---------------------------------------------------------------------------------------------------------------------
-def _as_bytes(t: torch.Tensor) -> memoryview:
-    t = t.detach().cpu().contiguous()
-    if t.dtype in (torch.bfloat16, torch.float16):
-        t = t.view(torch.int16)
-    return t.numpy().data.cast("B")
-
-
-def _write_at(fd: int, buf: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(buf):
-        done += os.pwrite(fd, buf[done:], offset + done)
-
-
-def _read_into(fd: int, t: torch.Tensor, offset: int, path: Path) -> None:
-    """Fill the contiguous CPU tensor ``t`` from ``offset`` of the file."""
-    view = t.view(torch.int16) if t.dtype in (torch.bfloat16, torch.float16) else t
-    buf = view.numpy().data.cast("B")
-    done = 0
-    while done < len(buf):
-        n = os.preadv(fd, [buf[done:]], offset + done)
-        if n == 0:
-            raise OSError(errno.EIO, f"the factor store file {str(path)!r} is shorter than its manifest says")
-        done += n
-
-
-class StoreLock:
-    """An exclusive, non-blocking ``flock`` on ``folder/.lock`` (released when the process dies, whatever
-    the cause); the holder's pid is written into the file for the error message of a second writer."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / ".lock"
-        self.file: Any = None
-
-    def acquire(self) -> None:
-        import fcntl  # POSIX (Linux, macOS): imported here so that the package still imports elsewhere
-
-        f = open(self.path, "a+")  # closed in release()
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip() or "unknown"
-            f.close()
-            raise ValueError(
-                f"the factor store {str(self.path.parent)!r} (cache_dir) is being written by another process (pid "
-                f"{pid}): two writers would corrupt it. Wait for that process to finish (it then holds the "
-                "factors for this one), stop it, or pass another cache_dir."
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        self.file = f
-
-    def release(self) -> None:
-        if self.file is not None:
-            import fcntl
-
-            with contextlib.suppress(OSError):
-                fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
-            self.file = None
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # the store
 # ---------------------------------------------------------------------------------------------------------------------
@@ -195,6 +97,8 @@ def store_folder(cache_dir: Path, kind: str, fingerprint: str) -> Path:
 class FactorStore:
     """An open store (see the module docstring). ``meta`` is its manifest."""
 
+    verify_reads = True  # False skips the checksums of reads (only to measure what they cost: benchmarks/)
+
     def __init__(self, folder: Path, meta: dict[str, Any]) -> None:
         self.folder, self.meta = folder, meta
         self.C = int(meta["checkpoints"])
@@ -203,6 +107,15 @@ class FactorStore:
         self.norm_dtype = DTYPES[meta["norm_dtype"]]
         self.item = torch.empty((), dtype=self.dtype).element_size()
         self.norm_item = torch.empty((), dtype=self.norm_dtype).element_size()
+        layout = []  # (name, values per row, dtype name, bytes per row) of every data file
+        for c in range(self.C):
+            layout += [
+                (f"A-{c}.bin", self.da, meta["dtype"], self.item),
+                (f"G-{c}.bin", self.dg, meta["dtype"], self.item),
+            ]
+        layout.append(("norms.bin", 2 * self.C, meta["norm_dtype"], self.norm_item))
+        self._layout = [(folder / n, w * it) for n, w, _, it in layout]
+        self.seeds = [seed(n, dt, w) for n, w, dt, _ in layout]
 
     # ----- manifest
     @property
@@ -222,76 +135,128 @@ class FactorStore:
         return self.C * (self.da + self.dg) * self.item
 
     def files(self) -> list[tuple[Path, int]]:
-        """Every data file with its bytes per row."""
-        out = []
-        for c in range(self.C):
-            out += [
-                (self.folder / f"A-{c}.bin", self.da * self.item),
-                (self.folder / f"G-{c}.bin", self.dg * self.item),
-            ]
-        return [*out, (self.folder / "norms.bin", self.C * 2 * self.norm_item)]
+        """Every data file with its bytes per row, then ``sums.bin`` (a checksum per row and data file)."""
+        return [*self._layout, (self.folder / SUMS, 8 * len(self._layout))]
 
     @staticmethod
-    def read(folder: Path, expect: dict[str, Any]) -> FactorStore | None:
-        """The store in ``folder`` when its manifest matches ``expect`` (every key) and its files hold the rows
-        it records; None otherwise (missing, another format or setup, truncated files: never used)."""
+    def inspect(folder: Path, expect: dict[str, Any]) -> tuple[FactorStore | None, StoreDamaged | None]:
+        """``(store, None)`` when ``folder`` holds the store ``expect`` describes (every key matches; ``rows`` also
+        when the manifest has none yet) and its files hold the rows it records; ``(None, None)`` when it holds none
+        (missing, another format, checksum scheme or setup); ``(None, damage)`` when it is that store but damaged:
+        a manifest that contradicts itself or its files' sizes, a link where a file should be."""
+        manifest = folder / "manifest.json"
         try:
-            meta = json.loads((folder / "manifest.json").read_text())
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                return None
-            if any(meta.get(k) != v for k, v in expect.items() if k != "rows"):
-                return None
-            if "rows" in expect and meta.get("rows") not in (None, expect["rows"]):
-                return None  # (an incomplete store of a dataset without a length records no rows yet)
-            if meta.get("complete") and not isinstance(meta.get("rows"), int):
-                return None
-            store = FactorStore(folder, meta)
-            for path, nb in store.files():
-                if path.stat().st_size < store.rows_complete * nb:
-                    return None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+            if folder.is_symlink():
+                return None, StoreDamaged(folder, "the store folder is a symbolic link (never written through)")
+            problem = link_problem(manifest)
+            if problem is not None:
+                return None, StoreDamaged(manifest, problem)
+            meta = json.loads(read_text(manifest))
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError) as e:
+            return None, StoreDamaged(manifest, f"it cannot be read ({type(e).__name__}: {e})")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("check") != CHECK:
+            return None, None
+        if any(meta.get(k) != v for k, v in expect.items() if k != "rows"):
+            return None, None
+        if "rows" in expect and meta.get("rows") not in (None, expect["rows"]):
+            return None, None  # (an incomplete store of a dataset without a length records no rows yet)
+        problem = manifest_problem(meta)
+        if problem is not None:
+            return None, StoreDamaged(manifest, problem)
+        store = FactorStore(folder, meta)
+        for path, nb in store.files():
+            problem = link_problem(path)
+            if problem is not None:
+                return None, StoreDamaged(path, problem)
+            size = path.stat().st_size if path.exists() else 0
+            need = store.rows_complete * nb
+            if size < need or (store.complete and size != need):
+                return None, StoreDamaged(
+                    path, f"it holds {size} bytes where the manifest records {store.rows_complete} rows of {nb}"
+                )
+        return store, None
+
+    @staticmethod
+    def read(folder: Path, expect: dict[str, Any], on_damage: OnDamage | None = None) -> FactorStore | None:
+        """The store of ``inspect`` or None (never used); ``on_damage(damage)`` is called for a damaged one."""
+        store, damage = FactorStore.inspect(folder, expect)
+        if damage is not None and on_damage is not None:
+            on_damage(damage)
         return store
 
     def write_manifest(self) -> None:
         text = json.dumps(self.meta, indent=1).encode()
         atomic_write(self.folder / "manifest.json", lambda f: f.write(text))
 
+    def truncate(self, rows: int) -> None:
+        """Record only the first ``rows`` rows (at most those recorded): a resume recomputes the rest (the damaged
+        rows of a ``StoreDamaged``, from its ``first_row``). Call it holding the lock."""
+        done = min(rows, self.rows_complete)
+        self.meta = {**self.meta, "rows_complete": done, "complete": False}
+        self.write_manifest()
+
     # ----- reading
     def _open(self) -> list[int]:
-        return [os.open(p, os.O_RDONLY) for p, _ in self.files()]
+        return [open_file(p, os.O_RDONLY) for p, _ in self.files()]
+
+    def _sums(self, fd: int, start: int, n: int) -> np.ndarray | None:
+        """The checksums of rows ``start:start + n``: ``(n, data files)`` uint64 (None when reads are not verified)."""
+        if not self.verify_reads:
+            return None
+        out = np.empty((n, len(self._layout)), dtype=SUM)
+        _fill(fd, out.reshape(-1).view(np.uint8).data, start * out.shape[1] * 8, self.folder / SUMS)
+        return out
+
+    def _check(self, t: torch.Tensor, f: int, sums: np.ndarray | None, start: int) -> None:
+        """Verify rows ``start:`` of data file ``f`` read into ``t`` against their checksums."""
+        if sums is not None:
+            verify_rows(_np_bytes(t), t.shape[0], self.seeds[f], sums[:, f], self._layout[f][0], start)
 
     def norms(self) -> torch.Tensor:
         """``(rows, C, 2)``: ``|g|^2`` and ``|a|^2`` per row and checkpoint."""
         out = torch.empty(self.rows, self.C, 2, dtype=self.norm_dtype)
-        path = self.folder / "norms.bin"
-        fd = os.open(path, os.O_RDONLY)
+        path, sums = self.folder / "norms.bin", self.folder / SUMS
+        fd, sfd = open_file(path, os.O_RDONLY), open_file(sums, os.O_RDONLY)
         try:
             _read_into(fd, out, 0, path)
+            self._check(out, len(self._layout) - 1, self._sums(sfd, 0, self.rows), 0)
         finally:
             os.close(fd)
+            os.close(sfd)
         return out
 
     def read_rows(self, fds: list[int], start: int, stop: int, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows ``start:stop`` as ``(A (n, C, da), G (n, C, dg))`` CPU tensors in the store dtype."""
+        """Rows ``start:stop`` as ``(A (n, C, da), G (n, C, dg))`` CPU tensors in the store dtype, verified (each
+        file's rows on a second thread while the next file is read)."""
         n = stop - start
         A = torch.empty(n, self.C, self.da, dtype=self.dtype, pin_memory=pin)
         G = torch.empty(n, self.C, self.dg, dtype=self.dtype, pin_memory=pin)
-        bufa = torch.empty(n, self.da, dtype=self.dtype)
-        bufg = torch.empty(n, self.dg, dtype=self.dtype)
-        paths = self.files()
-        for c in range(self.C):
-            _read_into(fds[2 * c], bufa, start * self.da * self.item, paths[2 * c][0])
-            A[:, c] = bufa
-            _read_into(fds[2 * c + 1], bufg, start * self.dg * self.item, paths[2 * c + 1][0])
-            G[:, c] = bufg
+        sums = self._sums(fds[-1], start, n)
+        bufs = [torch.empty(n, d, dtype=self.dtype) for d in (self.da, self.dg, self.da, self.dg)]
+        checks: list[Future[None] | None] = [None] * 4  # the check of the file last read into each buffer
+        try:
+            for f in range(2 * self.C):
+                buf, d = bufs[f % 4], (self.da, self.dg)[f % 2]
+                last = checks[f % 4]
+                if last is not None:
+                    last.result()  # the file last read into it is verified: the buffer is free
+                _read_into(fds[f], buf, start * d * self.item, self._layout[f][0])
+                if sums is not None:
+                    checks[f % 4] = _verifier().submit(self._check, buf, f, sums, start)
+                (A, G)[f % 2][:, f // 2] = buf
+        finally:
+            for check in checks:
+                if check is not None:
+                    check.result()  # the first damage found is raised (after every check has finished)
         return A, G
 
     def blocks(
         self, rows: int, pin: bool = False, start: int = 0, stop: int | None = None
     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """``(start, A, G)`` blocks of at most ``rows`` rows of rows ``start:stop`` (default all; the next block
-        is read while the caller computes)."""
+        is read and verified while the caller computes)."""
         end = self.rows if stop is None else stop
         fds = self._open()
         try:
@@ -312,24 +277,18 @@ class FactorStore:
     def last_G(self, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
         """``(start, G (n, dg))`` blocks of at most ``rows`` rows of the last checkpoint's ``G`` file only (the
         training predictions need nothing else: 1/(C (1 + da/dg)) of the store)."""
-        path = self.folder / f"G-{self.C - 1}.bin"
-        fd = os.open(path, os.O_RDONLY)
+        f = 2 * self.C - 1
+        path = self._layout[f][0]
+        fd, sfd = open_file(path, os.O_RDONLY), open_file(self.folder / SUMS, os.O_RDONLY)
         try:
             for s in range(0, self.rows, rows):
                 buf = torch.empty(min(rows, self.rows - s), self.dg, dtype=self.dtype)
                 _read_into(fd, buf, s * self.dg * self.item, path)
+                self._check(buf, f, self._sums(sfd, s, buf.shape[0]), s)
                 yield s, buf
         finally:
             os.close(fd)
-
-    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every row, as ``(A (N, C, da), G (N, C, dg))`` CPU tensors."""
-        fds = self._open()
-        try:
-            return self.read_rows(fds, 0, self.rows)
-        finally:
-            for fd in fds:
-                os.close(fd)
+            os.close(sfd)
 
     def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows ``idx`` (any shape) as ``(A (*idx.shape, C, da), G (*idx.shape, C, dg))``."""
@@ -348,15 +307,47 @@ class FactorStore:
         shape = tuple(idx.shape)
         return A[inverse].reshape(*shape, self.C, self.da), G[inverse].reshape(*shape, self.C, self.dg)
 
+    def damaged(self, rows: int = 1 << 16) -> list[StoreDamaged]:
+        """Every damaged data file with all its damaged rows (each file read once, ``rows`` rows at a time)."""
+        out = []
+        fds = self._open()
+        try:
+            for f, (path, nb) in enumerate(self._layout):
+                bad: list[tuple[int, int]] = []
+                for s in range(0, self.rows, rows):
+                    n = min(rows, self.rows - s)
+                    buf = np.empty(n * nb, dtype=np.uint8)
+                    _fill(fds[f], buf.data, s * nb, path)
+                    sums = self._sums(fds[-1], s, n)
+                    assert sums is not None
+                    try:
+                        verify_rows(buf, n, self.seeds[f], sums[:, f], path, s)
+                    except StoreDamaged as e:
+                        bad += e.rows or []
+                if bad:
+                    out.append(StoreDamaged(path, "its bytes do not match their checksums", bad))
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return out
 
-def lock_store(folder: Path, expect: dict[str, Any]) -> tuple[StoreLock, FactorStore | None]:
+    def verify(self) -> None:
+        """Raise the ``StoreDamaged`` of the file with the earliest damaged row (nothing when all rows are sound)."""
+        found = self.damaged()
+        if found:
+            raise min(found, key=lambda e: e.first_row)
+
+
+def lock_store(
+    folder: Path, expect: dict[str, Any], on_damage: OnDamage | None = None
+) -> tuple[StoreLock, FactorStore | None]:
     """Create ``folder`` and take its lock; also return the store there when it matches ``expect`` (read under
-    the lock: another writer may have completed it meanwhile)."""
+    the lock: another writer may have completed it meanwhile; ``on_damage`` as for ``FactorStore.read``)."""
     folder.mkdir(parents=True, exist_ok=True)
     lock = StoreLock(folder)
     lock.acquire()
     try:
-        return lock, FactorStore.read(folder, expect)
+        return lock, FactorStore.read(folder, expect, on_damage)
     except BaseException:
         lock.release()
         raise
@@ -365,9 +356,9 @@ def lock_store(folder: Path, expect: dict[str, Any]) -> tuple[StoreLock, FactorS
 class StoreWriter:
     """Appends blocks of rows to a store during the factor pass, holding its lock (see the module docstring).
 
-    ``append`` copies a block to the host and writes it on a background thread while the pass computes the next
-    one (one block in flight; its error, e.g. a full disk, is raised by the next ``append`` or ``commit``);
-    ``commit`` waits for it, fsyncs the files, then records their rows in the manifest.
+    ``append`` copies a block to the host and writes it (and its checksums) on a background thread while the pass
+    computes the next one (one block in flight; its error, e.g. a full disk, is raised by the next ``append`` or
+    ``commit``); ``commit`` waits for it, fsyncs the files, then records their rows in the manifest.
     """
 
     commit_seconds = 2.0  # at most this much work is lost when the process is killed mid-pass
@@ -377,22 +368,26 @@ class StoreWriter:
         self.rows_written = store.rows_complete  # rows written completely (not all of them synced yet)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tracin-store")
         self._pending: Future[None] | None = None
-        self.fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o644) for p, _ in store.files()]
+        self.fds: list[int] = []
         self._last_commit = time.monotonic()
         try:
-            for fd, (_, nb) in zip(self.fds, store.files(), strict=True):
-                os.ftruncate(fd, store.rows_complete * nb)  # drop a block written but never recorded
+            for p, nb in store.files():
+                self.fds.append(open_file(p, os.O_RDWR | os.O_CREAT))
+                os.ftruncate(self.fds[-1], store.rows_complete * nb)  # drop a block written but never recorded
         except BaseException:
             self.close()
             raise
+        with contextlib.suppress(OSError):  # no room even for it: the first block's write says so
+            self._reserve()
 
     @staticmethod
     def create(folder: Path, meta: dict[str, Any]) -> StoreWriter:
-        """A new, empty store in ``folder`` (locked by the caller), replacing whatever else is there."""
+        """A new, empty store in ``folder`` (locked by the caller), replacing whatever else is there (links are
+        removed themselves, never what they point to)."""
         for p in folder.iterdir():
             if p.name != ".lock":
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        store = FactorStore(folder, {**meta, "rows_complete": 0, "complete": False})
+                remove_entry(p)
+        store = FactorStore(folder, {**meta, "check": CHECK, "rows_complete": 0, "complete": False})
         store.write_manifest()
         return StoreWriter(store)
 
@@ -400,18 +395,36 @@ class StoreWriter:
     def rows_complete(self) -> int:
         return self.store.rows_complete
 
+    def _reserve(self) -> None:
+        """Hold ``MANIFEST_ROOM`` bytes in ``.reserve`` (incompressible bytes: allocated on every filesystem)."""
+        path = self.store.folder / RESERVE
+        if link_problem(path) is not None:
+            remove_entry(path)
+        fd = open_file(path, os.O_RDWR | os.O_CREAT)
+        try:
+            have = os.fstat(fd).st_size
+            if have < MANIFEST_ROOM:
+                _write_at(fd, memoryview(os.urandom(MANIFEST_ROOM - have)), have)
+        finally:
+            os.close(fd)
+
+    def _free_reserve(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.store.folder / RESERVE)
+
     def append(self, A: torch.Tensor, G: torch.Tensor, norms: torch.Tensor) -> None:
         """Write the next rows (``A``/``G``: ``(n, C, d)`` in the store dtype; ``norms``: ``(n, C, 2)``)."""
         s, n = self.store, A.shape[0]
-        host = [_as_bytes(A[:, c]) for c in range(s.C)], [_as_bytes(G[:, c]) for c in range(s.C)], _as_bytes(norms)
+        host = [b for c in range(s.C) for b in (_as_bytes(A[:, c]), _as_bytes(G[:, c]))] + [_as_bytes(norms)]
         self._wait()
         r = self.rows_written
 
         def write() -> None:
-            for c in range(s.C):
-                _write_at(self.fds[2 * c], host[0][c], r * s.da * s.item)
-                _write_at(self.fds[2 * c + 1], host[1][c], r * s.dg * s.item)
-            _write_at(self.fds[-1], host[2], r * s.C * 2 * s.norm_item)
+            sums = np.empty((n, len(host)), dtype=SUM)
+            for f, buf in enumerate(host):
+                sums[:, f] = row_sums(np.frombuffer(buf, dtype=np.uint8), n, s.seeds[f])
+            for fd, buf, (_, nb) in zip(self.fds, [*host, sums.data.cast("B")], s.files(), strict=True):
+                _write_at(fd, buf, r * nb)
             self.rows_written = r + n
 
         self._pending = self._pool.submit(write)
@@ -441,17 +454,22 @@ class StoreWriter:
             raise failed
 
     def _record(self, rows: int | None) -> None:
+        """Record ``rows_written`` (the manifest's rewrite takes the reserve's room, which is then taken again;
+        a complete store keeps no reserve). An ``OSError`` after the manifest is written leaves it recorded."""
         for fd in self.fds:
             os.fsync(fd)
         meta = {**self.store.meta, "rows_complete": self.rows_written}
         if rows is not None:
             meta.update(rows=rows, complete=True)
+        self._free_reserve()
         old, self.store.meta = self.store.meta, meta
         try:
             self.store.write_manifest()
         except BaseException:
             self.store.meta = old
             raise
+        if rows is None:
+            self._reserve()
 
     def close(self) -> None:
         """Close the files (the lock is released by its owner); a block still in flight is finished first."""
