@@ -23,8 +23,8 @@ from tracin_widgets.influence import TracInCPFast, TracInWarning, _files, _store
 from tracin_widgets.influence._cache import check_cache_dir_name
 from tracin_widgets.influence._checkpoints import resolve_checkpoints
 
-from .helpers import StoreProblem
 from .oracle import assert_scores_close
+from .problems import Problem as StoreProblem
 
 N = 3000
 

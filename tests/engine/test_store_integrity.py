@@ -19,8 +19,8 @@ from tracin_widgets.influence import AnnoyNearestNeighbors, TracInCPFast, TracIn
 from tracin_widgets.influence._integrity import StoreDamaged, file_digest, row_sums, seed
 from tracin_widgets.influence._store import FactorStore
 
-from .helpers import StoreProblem
 from .oracle import assert_scores_close
+from .problems import Problem as StoreProblem
 
 N = 600
 ROW = {"A": 16 * 4, "G": 5 * 4, "norms": 3 * 2 * 4}  # bytes per row of each file (float32, 3 checkpoints)

@@ -13,8 +13,8 @@ from tracin_widgets.influence import AnnoyNearestNeighbors, Cancelled, TracInCPF
 from tracin_widgets.influence._embeddings import temp_path
 from tracin_widgets.influence._files import StoreLock
 
-from .helpers import StoreProblem
 from .oracle import assert_scores_close
+from .problems import Problem as StoreProblem
 
 N = 600
 USER = bytes(range(256)) * 20  # a user's file: 5,120 bytes
