@@ -10,9 +10,10 @@ What an engine is asked is decided by what it can do, never by its class name.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -328,6 +329,66 @@ class EngineAdapter:
             CheckpointTerm(checkpoint=Path(p).name, lr=None if lr is None else float(lr), contribution=float(v))
             for p, lr, v in zip(paths, lrs, terms, strict=True)
         ]
+
+    def checkpoint_probabilities(
+        self,
+        model: Any,
+        dataset: Any,
+        *,
+        batch_size: int,
+        device: Any = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Callable[[], Iterator[tuple[str, np.ndarray]]]:
+        """What ``_suggest.from_checkpoints`` reads: a function yielding ``(checkpoint name, softmax (n, C)
+        float32)`` for each of the engine's checkpoints, in order, over ``dataset``.
+
+        Each checkpoint is loaded by the engine's ``checkpoints_load_func`` into a copy of ``model`` (the user's
+        model never holds a checkpoint's weights) and run through :func:`predict`'s batched path. An engine without
+        ``checkpoints`` and ``checkpoints_load_func`` gives the model's own probabilities as its one member.
+        ``progress(done, total)`` counts rows over all checkpoints (and may raise ``Cancelled``).
+        """
+        src: Any = self.source
+        paths = [str(p) for p in getattr(src, "checkpoints", None) or []]
+        load = getattr(src, "checkpoints_load_func", None)
+        if not paths or not callable(load):
+            paths, load = [], None
+        n = len(dataset)
+        total = n * max(1, len(paths))
+
+        def softmax(net: nn.Module, c: int) -> np.ndarray:
+            blocks: list[np.ndarray] = []
+
+            def keep(out: Any) -> None:
+                _data.check_logits(out)
+                blocks.append(torch.softmax(out.detach().float(), dim=1).cpu().numpy())
+
+            def counted(done: int, _: int) -> None:
+                if progress is not None:
+                    progress(c * n + done, total)
+
+            engine_predict(
+                net,
+                dataset,
+                None,
+                batch_size=batch_size,
+                device=_data.model_device(net, device),
+                lock=self.lock if net is model else None,  # the user's model: one user at a time
+                progress=counted,
+                on_logits=keep,
+            )
+            return np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)
+
+        def each() -> Iterator[tuple[str, np.ndarray]]:
+            if load is None:
+                yield "the model", softmax(model, 0)
+                return
+            with self.lock:  # no engine call has a checkpoint's weights in the model while it is copied
+                net = copy.deepcopy(model)
+            for c, path in enumerate(paths):
+                load(net, path)
+                yield Path(path).name, softmax(net, c)
+
+        return each
 
     def _check_length(self, scores: np.ndarray, what: str) -> None:
         if len(scores) != self.n_train:
