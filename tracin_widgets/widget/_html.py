@@ -322,6 +322,13 @@ def _notes(notes: list) -> str:
     )
 
 
+def check_top(top: Any) -> None:
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_ROWS:
+        raise ValueError(
+            f"top must be an int in [0, {MAX_ROWS}] (rows of the self-influence ranking to include), got {top!r}."
+        )
+
+
 def check_path(path: Any) -> Path:
     """``path`` as a Path ending in .html/.htm (checked before any work)."""
     if not isinstance(path, (str, os.PathLike)):

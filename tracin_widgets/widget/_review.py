@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -88,7 +88,7 @@ def default_path(cache_dir: Path | None, fingerprint: str) -> Path:
     return user_cache_dir() / "tracin_widgets" / "reviews" / f"{fingerprint}.json"
 
 
-def check_review_path(review_path: Any) -> Path | None | bool:
+def check_review_path(review_path: Any) -> Path | None | Literal[False]:
     """``review_path`` checked: a ``.json`` path, ``False`` (no review file) or None (the default)."""
     if review_path is None or review_path is False:
         return review_path
@@ -192,7 +192,7 @@ def read_review(path: Path, n_train: int, fingerprint: str | None) -> tuple[list
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"not a review file (no \"format\": {FORMAT!r})")
+            raise ValueError(f'not a review file (no "format": {FORMAT!r})')
         flagged = _flags.normalise(data.get("flagged") or [], n_train, what="flagged")
         relabels = {int(k): int(v) for k, v in (data.get("relabels") or {}).items()}
         if any(not 0 <= k < n_train for k in relabels) or any(v < 0 for v in relabels.values()):
@@ -243,6 +243,7 @@ class ReviewStore:
             flagged = _flags.read(self.flags_path, n_train)
         self.restored = State(flagged, relabels)
         self._undoing = False
+        self.failed: Path | None = None  # the file a failed save could not write
         self._batch: State | None = None  # the state when the outermost one_step began
         self._depth = 0
 
@@ -307,9 +308,12 @@ class ReviewStore:
 
     # --- files --------------------------------------------------------------------------------------------------
     def save(self, state: State) -> None:
-        """Write the flags file (if any) and the review file (if any), atomically."""
+        """Write the flags file (if any) and the review file (if any), atomically; ``failed`` names the file that
+        could not be written (the error propagates)."""
+        self.failed = self.flags_path
         if self.flags_path is not None:
             _flags.write(self.flags_path, list(state.flagged))
+        self.failed = self.path
         if self.path is not None:
             doc = {
                 "format": FORMAT,
@@ -323,6 +327,22 @@ class ReviewStore:
             data = (json.dumps(doc) + "\n").encode("utf-8")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path, lambda f: f.write(data))
+
+
+def open_store(flags_path: Any, review_path: Any, examples: Any, cache_dir: Path | None, lock: Any) -> ReviewStore:
+    """The review store of an explorer on ``examples`` (``_examples.Examples``): ``review_path`` checked, its
+    default (:func:`default_path`) resolved, the files read (a corrupt one raises, untouched)."""
+    path = check_review_path(review_path)
+    fingerprint = None if path is False else data_fingerprint(examples.train, examples.train_labels)
+    if path is None:
+        path = default_path(cache_dir, str(fingerprint))
+    where = None if path is False else path
+    return ReviewStore(flags_path, where, examples.n_train, fingerprint, lock)
+
+
+def conflicts_note(conflicts: Mapping[int, tuple[int, int]], path: Any) -> str:
+    shown = ", ".join(f"#{i}: ours {a}, theirs {b}" for i, (a, b) in list(conflicts.items())[:5])
+    return f"merge_review: {len(conflicts)} example(s) relabelled differently in {path} ({shown}); ours kept."
 
 
 def merged(ours: State, path: Any, n_train: int, fingerprint: str | None) -> tuple[State, dict[int, tuple[int, int]]]:
@@ -348,3 +368,48 @@ def merged(ours: State, path: Any, n_train: int, fingerprint: str | None) -> tup
         elif relabels[k] != v:
             conflicts[k] = (relabels[k], v)
     return State(sorted(set(ours.flagged) | set(flags)), dict(sorted(relabels.items()))), conflicts
+
+
+# --- what the review gives -------------------------------------------------------------------------------------------
+def cleaned(dataset: Any, n_train: int, flagged: Sequence[int], relabels: Mapping[int, int]) -> Any:
+    """The training set without the ``flagged`` rows, with the new label of each relabelled one: a ``Subset``
+    without relabels, else a :class:`RelabelledSubset` (rows both flagged and relabelled are dropped)."""
+    from torch.utils.data import Subset
+
+    keep = np.ones(n_train, dtype=bool)
+    keep[np.asarray(list(flagged), dtype=np.int64)] = False  # a mask, not a Python loop over the training set
+    indices = np.flatnonzero(keep).tolist()
+    kept = {i: v for i, v in relabels.items() if keep[i]}
+    return RelabelledSubset(dataset, indices, kept) if kept else Subset(dataset, indices)
+
+
+def export_records(state: State, examples: Any) -> list[dict]:
+    """One record per flagged or relabelled row, by index (``_flags.EXPORT_COLUMNS``), from ``examples``
+    (``_examples.Examples``: the given labels, the suggestions and the self-influence computed now)."""
+    with examples.lock:
+        sugg, scores = examples.suggestions, examples.self_infl
+    suggested = None if sugg is None else sugg.labels
+    fl = set(state.flagged)
+    out = []
+    for i in sorted(fl | set(state.relabels)):
+        s = None if suggested is None or suggested[i] < 0 else int(suggested[i])
+        out.append(
+            {
+                "index": i,
+                "given_label": examples.train_label(i),
+                "suggested_label": s,
+                "new_label": state.relabels.get(i),
+                "flagged": i in fl,
+                "self_influence": None if scores is None else float(scores[i]),
+            }
+        )
+    return out
+
+
+def summary(info: Mapping[str, Any], n_flagged: int, n_relabelled: int, estimate: int | None) -> str:
+    """The explorer's plain-text line (its ``repr``, shown where the widget cannot render)."""
+    text = f"InfluenceExplorer: {info.get('n_train', 0):,} training / {info.get('n_test', 0):,} test examples"
+    text += f", {info.get('engine', '')}, {n_flagged:,} flagged, {n_relabelled:,} relabelled"
+    if estimate is not None:
+        text += f", ~{estimate:,} labels estimated wrong"
+    return text

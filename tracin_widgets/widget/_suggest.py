@@ -19,32 +19,23 @@ NONE = -1  # no suggestion
 
 @dataclass(frozen=True)
 class Suggestions:
-    """What the checkpoints say about each training row (arrays of ``n_train`` rows, replaced whole, never edited).
+    """What the checkpoints say about each training row (arrays of ``n_train`` rows, replaced whole, never edited):
+    one scalar per row, so that a training set of millions of rows costs a few bytes per row.
 
     ``labels``: the suggested label (``NONE`` where the average prediction agrees with the given label);
     ``p_given`` / ``p_suggested``: ``P̄`` of the given / suggested label (NaN where there is no suggestion);
-    ``given_by_checkpoint`` / ``suggested_by_checkpoint``: ``P_c`` of those labels at each checkpoint ``(n, K)``;
-    ``checkpoints``: the checkpoints' names (file names).
+    ``checkpoints``: the checkpoints' names (file names), in the engine's order.
     """
 
     labels: np.ndarray  # (n,) int64
     p_given: np.ndarray  # (n,) float32
     p_suggested: np.ndarray  # (n,) float32
-    given_by_checkpoint: np.ndarray  # (n, K) float32
-    suggested_by_checkpoint: np.ndarray  # (n, K) float32, NaN where there is no suggestion
     checkpoints: tuple[str, ...]
 
     @property
     def count(self) -> int:
         """The number of rows with a suggestion: the estimate of how many labels are wrong."""
         return int(np.count_nonzero(self.labels != NONE))
-
-    def evidence(self, i: int) -> tuple[list[float], list[float] | None]:
-        """Row ``i``'s per-checkpoint probabilities of its given label and of its suggested label (None: none)."""
-        given = [float(v) for v in self.given_by_checkpoint[i]]
-        if self.labels[i] == NONE:
-            return given, None
-        return given, [float(v) for v in self.suggested_by_checkpoint[i]]
 
 
 def check_labels(labels: np.ndarray, width: int) -> str | None:
@@ -56,55 +47,37 @@ def check_labels(labels: np.ndarray, width: int) -> str | None:
     return None
 
 
-def from_checkpoints(
-    probabilities: Callable[[], Iterable[tuple[str, np.ndarray]]],
-    labels: np.ndarray,
-    keep_bytes: int = 256 * 2**20,
-) -> Suggestions:
-    """The suggestions from each checkpoint's ``(n, C)`` softmax probabilities.
-
-    ``probabilities()`` yields ``(checkpoint name, probs)`` per checkpoint, in order. Each checkpoint's array is kept
-    while they all fit ``keep_bytes``; past it ``probabilities()`` is called a second time to read the suggested
-    labels' probabilities (one ``(n, C)`` array at a time).
-    """
+def from_checkpoints(probabilities: Iterable[tuple[str, np.ndarray]], labels: np.ndarray) -> Suggestions:
+    """The suggestions from each checkpoint's ``(n, C)`` softmax probabilities (``(checkpoint name, probs)`` per
+    checkpoint, in order; one array at a time is read)."""
     n = len(labels)
     rows = np.arange(n)
     total: np.ndarray | None = None
-    given: list[np.ndarray] = []
-    kept: list[np.ndarray] | None = []
     names: list[str] = []
-    for name, p in probabilities():
+    for name, p in probabilities:
         p = np.asarray(p, dtype=np.float32)
         if p.ndim != 2 or len(p) != n:
             raise ValueError(f"checkpoint {name}: expected ({n}, classes) probabilities, got shape {p.shape}.")
         total = p.astype(np.float64) if total is None else total + p
-        given.append(p[rows, labels])
         names.append(name)
-        if kept is not None:
-            kept.append(p)
-            if sum(a.nbytes for a in kept) > keep_bytes:
-                kept = None
     if total is None:
         raise ValueError("no checkpoint gave probabilities: the suggestions need at least one.")
     mean = total / len(names)
     best = mean.argmax(axis=1)
     has = best != labels
-    suggested = np.where(has, best, NONE).astype(np.int64)
-    gather = np.where(has, best, labels)
-    if kept is None:
-        by_checkpoint = [np.asarray(p, dtype=np.float32)[rows, gather] for _, p in probabilities()]
-    else:
-        by_checkpoint = [p[rows, gather] for p in kept]
-    sugg_by = np.stack(by_checkpoint, axis=1).astype(np.float32)
-    sugg_by[~has] = np.nan
     return Suggestions(
-        labels=suggested,
+        labels=np.where(has, best, NONE).astype(np.int64),
         p_given=mean[rows, labels].astype(np.float32),
-        p_suggested=np.where(has, mean[rows, gather], np.nan).astype(np.float32),
-        given_by_checkpoint=np.stack(given, axis=1).astype(np.float32),
-        suggested_by_checkpoint=sugg_by,
+        p_suggested=np.where(has, mean[rows, best], np.nan).astype(np.float32),
         checkpoints=tuple(names),
     )
+
+
+def evidence(probs: np.ndarray, label: int, suggested: int) -> tuple[list[float], list[float] | None]:
+    """One row's per-checkpoint probabilities ``(K, C)`` as the evidence of its suggestion: ``P_c(given)`` and
+    ``P_c(suggested)`` (None without a suggestion)."""
+    given = [float(v) for v in probs[:, label]]
+    return given, None if suggested == NONE else [float(v) for v in probs[:, suggested]]
 
 
 def badge(
