@@ -133,8 +133,8 @@ def _name(names: Sequence[str], label: int | None) -> str:
 
 
 def _score(x: float | None) -> str:
-    """A score as the widget writes it (``fmtScore`` of js/src/format.js): ``toExponential(2)`` for magnitudes from 1e5 or below
-    1e-3, else 3 significant digits without an exponent (``Number(x.toPrecision(3)).toString()``)."""
+    """A score as the widget writes it (``fmtScore`` of js/src/format.js): ``toExponential(2)`` for magnitudes from
+    1e5 or below 1e-3, else 3 significant digits without an exponent (``Number(x.toPrecision(3)).toString()``)."""
     if x is None or not np.isfinite(x):
         return "–"
     a = abs(x)
