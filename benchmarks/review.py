@@ -6,7 +6,8 @@ against the label) are scored against the flipped set:
 
 - the badge (a suggestion exists): precision and recall against the flipped set, and the base rate;
 - the same over the galleries of the first 10 misclassified test examples (k = 10: 20 tiles each), where users look:
-  precision of the badged tiles against the galleries' base rate (target: at least twice it);
+  precision of the badged tiles against the galleries' base rate (target: at least twice it, which a base rate above
+  one half makes impossible: ``ceiling_over_base_rate``), and the flipped share of the tiles left unbadged;
 - ``estimated_mislabelled`` against the number flipped (target: within 25%);
 - the suggested label's accuracy on the flipped rows (equal to the label before the flip);
 - retraining on the cleaned data: a reviewer inspects the ranking down to ``estimated_mislabelled`` rows, accepts the
@@ -124,6 +125,7 @@ def one_run(proportion: float, seed: int, clean_net: nn.Module, data: tuple, arg
     tiles = gallery_tiles(w, wrong)
     tile_flipped = np.array([truth[r["index"]] for r in tiles], bool)
     tile_badged = np.array([r["badge"] is not None for r in tiles], bool)
+    unbadged = int((~tile_badged).sum())
     est = int(w.estimated_mislabelled)
     # the simulated reviewer: down the ranking to estimated_mislabelled rows; accept a suggestion, else remove
     top = np.argsort(-w.self_influence, kind="stable")[:est]
@@ -159,6 +161,8 @@ def one_run(proportion: float, seed: int, clean_net: nn.Module, data: tuple, arg
                 ratio(int((tile_badged & tile_flipped).sum()), int(tile_badged.sum())) or 0.0,
                 float(tile_flipped.mean()) if len(tiles) else 0.0,
             ),
+            "ceiling_over_base_rate": ratio(1.0, float(tile_flipped.mean())) if len(tiles) else None,
+            "unbadged_flipped_rate": ratio(int((~tile_badged & tile_flipped).sum()), unbadged),
         },
         "estimate": {"estimated_mislabelled": est, "truth": int(truth.sum()), "ratio": ratio(est, int(truth.sum()))},
         "suggested_label": {
