@@ -57,6 +57,15 @@ class FakeSource:
         return torch.from_numpy((self.X**2).sum(1))
 
 
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory, monkeypatch):
+    """Each test's own user cache folder: the explorers' default review files never reach the real one, nor restore
+    another test's flags."""
+    folder = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    return folder
+
+
 @pytest.fixture
 def data():
     torch.manual_seed(0)

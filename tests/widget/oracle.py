@@ -22,11 +22,15 @@ def table_order(
     flagged: Sequence[int] = (),
     is_mislabelled: np.ndarray | None = None,
     score_range: Sequence[float] | None = None,
+    suggested: np.ndarray | None = None,
+    relabelled: Sequence[int] = (),
 ) -> np.ndarray:
     """Training indices of the self-influence table, filtered and sorted (the table's whole query logic).
 
     ``sort="rank"`` ascending = most self-influential first (the TracIn reading order). Ties are broken by rank.
-    ``only``: ``"all"``, ``"flagged"``, ``"disagree"`` (label != prediction) or ``"mislabelled"`` (ground truth).
+    ``only``: ``"all"``, ``"flagged"``, ``"disagree"`` (label != prediction), ``"mislabelled"`` (ground truth),
+    ``"suggested"`` (``suggested`` >= 0) or ``"relabelled"`` (in ``relabelled``). ``sort="suggested"``: by suggested
+    label, rows without one (-1) last in either direction.
     ``score_range``: ``[lo, hi]`` inclusive (a histogram bar).
     """
     if sort not in SORT_KEYS:
@@ -40,6 +44,14 @@ def table_order(
         order = by_rank if (sort == "rank") != descending else by_rank[::-1]
     elif sort == "index":
         order = np.arange(n)[::-1] if descending else np.arange(n)
+    elif sort == "suggested":
+        if suggested is None:
+            raise ValueError("cannot sort by 'suggested' before the suggestions are computed.")
+        pos_of = {int(i): p for p, i in enumerate(by_rank)}
+        sign = -1 if descending else 1
+        order = np.array(
+            sorted(range(n), key=lambda i: (bool(suggested[i] < 0), sign * int(suggested[i]), pos_of[i])), dtype=int
+        )
     else:
         key = labels if sort == "label" else preds
         if key is None:
@@ -56,5 +68,7 @@ def table_order(
         flagged=flagged,
         is_mislabelled=is_mislabelled,
         score_range=score_range,
+        suggested=suggested,
+        relabelled=relabelled,
     )
     return order[mask[order]]

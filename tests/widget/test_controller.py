@@ -60,7 +60,7 @@ def test_a_gallery_request_enters_the_controller_at_most_twice(make, entries):
     got = select(w, entries, 5)
     assert got == ["InfluenceExplorer.set_state", "ExplorerHost.show"]
     tiles = w.gallery["proponents"] + w.gallery["opponents"]
-    named = [r["badge"] for r in tiles if r["badge"] and r["badge"].startswith("its label")]
+    named = [r["badge"] for r in tiles if r["badge"] and r["badge"].startswith("the checkpoints' average prediction")]
     assert named and all(("(zero)" in b or "(one)" in b or "(two)" in b) for b in named)  # the names, as data
 
 

@@ -14,7 +14,7 @@ import traitlets
 from torch.utils.data import TensorDataset
 
 from tracin_widgets.widget import InfluenceExplorer
-from tracin_widgets.widget._pipeline import TRAIN_PREDICTIONS
+from tracin_widgets.widget._pipeline import SUGGESTIONS
 
 from .conftest import N_TEST, N_TRAIN
 
@@ -160,7 +160,7 @@ def test_a_cancel_just_after_the_last_step_leaves_the_explorer_ready(data, fake)
     class CancelAfterLastStep(InfluenceExplorer):
         def _on_computed(self, what):  # the pipeline's hook once a step stored its arrays
             super()._on_computed(what)
-            if what == TRAIN_PREDICTIONS:  # the last step
+            if what == SUGGESTIONS:  # the last step
                 self._handle_custom_msg({"kind": "cancel"}, [])  # arrives after the last progress callback
 
     w = CancelAfterLastStep(data["model"], None, data["train"], data["test"], engine=fake, k=2).wait(30)

@@ -42,7 +42,7 @@ def check_documents_every_argument(cls: type) -> None:
 def test_every_constructor_argument_is_documented_in_order():
     check_documents_every_argument(InfluenceExplorer)
     assert documented(InfluenceExplorer) == _params(InfluenceExplorer) == list(ARGS)
-    assert len(ARGS) == 18
+    assert len(ARGS) == 19
     shown = pydoc.render_doc(InfluenceExplorer, renderer=pydoc.plaintext)  # what help(InfluenceExplorer) prints
     assert all(f"{n}: " in shown for n in ARGS)
 

@@ -8,6 +8,8 @@ import re
 import numpy as np
 import pytest
 
+from tracin_widgets.widget import _html
+
 from .conftest import N_TRAIN
 
 # attributes through which a browser would fetch something, and CSS url()s
@@ -94,3 +96,33 @@ def test_save_html_names_what_is_not_computed_yet(make, fake, tmp_path):
     finally:
         fake.gate.set()
         w.wait(30)
+
+
+# values and texts from js/src/format.js's fmtScore, run under node
+FMT_SCORE = [
+    [0, "0"], [1, "1"], [-1, "-1"], [12.345, "12.3"], [1234.5, "1230"], [12345, "12300"], [99999, "100000"],
+    [99999.9, "100000"], [123456, "1.23e+5"], [0.001, "0.001"], [0.00099949, "9.99e-4"], [-0.000123, "-1.23e-4"],
+    [1e-7, "1.00e-7"], [3141590000000, "3.14e+12"], [0.5, "0.5"], [2.675, "2.67"], [1e21, "1.00e+21"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value,text", FMT_SCORE)
+def test_scores_are_written_as_the_widget_writes_them(value, text):
+    assert _html._score(value) == text
+
+
+def test_saved_from_the_ranking_view_the_file_shows_the_ranking_not_test_0s_galleries(make, tmp_path):
+    w = make(k=3, view="ranking")
+    w.flagged = [int(np.argmax(w.self_influence))]
+    i = int(np.flatnonzero(w.suggested_labels >= 0)[0])
+    w.relabels = {i: int(w.suggested_labels[i])}
+    text = w.save_html(tmp_path / "r.html").read_text()
+    assert 'data-testid="tracin-snapshot-gallery"' not in text  # the reviewer never looked at test #0
+    assert text.index("tracin-snapshot-ranking-section") < text.index("tracin-snapshot-flags")
+    assert 'data-testid="tracin-suggested-label"' in text and "1 relabelled" in text
+    est = w.estimated_mislabelled
+    if est < 50:  # the divider sits at that rank of the top 50
+        assert f"≈ {est:,} labels estimated wrong above this line" in text
+    w.view = "test"
+    text = w.save_html(tmp_path / "t.html").read_text()
+    assert text.index('data-testid="tracin-snapshot-gallery"') < text.index("tracin-snapshot-ranking-section")

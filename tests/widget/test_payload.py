@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tracin_widgets.widget import _codec, _stats
+from tracin_widgets.widget import _codec, _stats, _suggest
 
 from .oracle import table_order
 
@@ -79,20 +79,38 @@ def test_pack_buffers_replaces_nested_images_by_buffer_refs():
 
 
 # --- rows / badges ----------------------------------------------------------------------------------------------------
-def test_a_badge_says_in_words_why_a_training_example_is_suspicious():
-    assert _codec.BADGE_TOP_PERCENT == 5
-    assert [_codec.badge_rank_cutoff(n) for n in (1, 19, 20, 21, 1797)] == [1, 1, 1, 2, 90]
-    assert _codec.training_badge(2, 2, 50, 100) is None  # label == its prediction, rank outside the top 5%
-    assert _codec.training_badge(2, 1, 50, 100) == "its label 2 differs from the model's prediction for it (1)"
-    assert _codec.training_badge(2, 2, 5, 100) == "its self-influence is in the top 5% (rank 5 of 100)"
-    assert _codec.training_badge(2, 2, 6, 100) is None
-    named = _codec.training_badge(1, 0, 1, 1797, name=lambda c: f"{c} ({'ab'[c]})")
-    assert named == (
-        "its label 1 (b) differs from the model's prediction for it (0 (a)); "
-        "its self-influence is in the top 5% (rank 1 of 1,797)"
-    )
-    assert _codec.training_badge(None, 1, None, 100) is None  # nothing known yet: no badge
-    assert _codec.training_badge(1, None, None, 0) is None
+def test_a_badge_says_in_words_what_the_checkpoints_average_prediction_is():
+    text = _suggest.badge(2, 1, 0.12, 0.71)
+    assert text == "the checkpoints' average prediction is 1 (p̄ 0.71), not its label 2 (p̄ 0.12)"
+    named = _suggest.badge(1, 0, 0.2, 0.8, name=lambda c: f"{c} ({'ab'[c]})")
+    assert named == "the checkpoints' average prediction is 0 (a) (p̄ 0.80), not its label 1 (b) (p̄ 0.20)"
+    assert _suggest.badge(2, -1, 0.9, float("nan")) is None  # no suggestion: no badge
+    assert _suggest.badge(None, 1, 0.1, 0.9) is None  # nothing known yet: no badge
+
+
+def test_suggestions_are_the_argmax_of_the_checkpoints_mean_where_it_differs_from_the_label():
+    rng = np.random.default_rng(3)
+    n, c, k = 30, 4, 5
+    probs = rng.dirichlet(np.ones(c), size=(k, n)).astype(np.float32)
+    labels = rng.integers(0, c, n)
+    got = _suggest.from_checkpoints(((f"c{j}", probs[j]) for j in range(k)), labels)
+    for i in range(n):  # a plain loop over the rows: the oracle
+        mean = [sum(float(probs[j, i, m]) for j in range(k)) / k for m in range(c)]
+        best = max(range(c), key=lambda m: mean[m])
+        assert got.labels[i] == (best if best != labels[i] else -1)
+        assert got.p_given[i] == pytest.approx(mean[labels[i]], rel=1e-5)
+        if best != labels[i]:
+            assert got.p_suggested[i] == pytest.approx(mean[best], rel=1e-5)
+        else:
+            assert np.isnan(got.p_suggested[i])
+    assert got.count == int((got.labels >= 0).sum()) and got.checkpoints == tuple(f"c{j}" for j in range(k))
+    given, sugg = _suggest.evidence(probs[:, 0], int(labels[0]), int(got.labels[0]))
+    assert given == pytest.approx(probs[:, 0, labels[0]].tolist())
+    assert sugg is None if got.labels[0] < 0 else sugg == pytest.approx(probs[:, 0, got.labels[0]].tolist())
+    with pytest.raises(ValueError, match=r"checkpoint c0: expected \(30, classes\) probabilities"):
+        _suggest.from_checkpoints([("c0", probs[0, :5])], labels)
+    assert _suggest.check_labels(np.array([0, 4]), 4) == "the training labels are not all class indices in [0, 4)"
+    assert _suggest.check_labels(np.array([0.5]), 4) == "the training labels are not one int class index per row"
 
 
 @pytest.mark.parametrize("k", [1, 3, 7, 20, 25])
@@ -108,9 +126,13 @@ def test_ranks_from_scores_matches_sorted_order():
     assert _stats.ranks_from_scores(s).tolist() == [4, 1, 3, 2]  # tie broken by index
 
 
-def _oracle_order(scores, labels, preds, sort, desc, label=None, only="all", flagged=(), truth=None, rng=None):
+def _oracle_order(
+    scores, labels, preds, sort, desc, label=None, only="all", flagged=(), truth=None, rng=None, sugg=None
+):
     idx = list(range(len(scores)))
     rank = {i: r for r, i in enumerate(sorted(idx, key=lambda i: (-scores[i], i)))}
+    if sort == "suggested":  # by suggested label, rows without one last either way, ties by rank
+        return sorted(idx, key=lambda i: (sugg[i] < 0, (-1 if desc else 1) * sugg[i], rank[i]))
     keys = {
         "rank": lambda i: rank[i],
         "score": lambda i: -rank[i],
@@ -141,8 +163,9 @@ def test_table_order_matches_a_python_sorted_oracle(sort, desc):
     n = 40
     scores = np.round(rng.random(n), 1)  # many ties
     labels, preds = rng.integers(0, 3, n), rng.integers(0, 3, n)
-    got = table_order(scores, sort=sort, descending=desc, labels=labels, preds=preds).tolist()
-    assert got == _oracle_order(scores, labels, preds, sort, desc)
+    sugg = np.where(rng.random(n) < 0.3, rng.integers(0, 3, n), -1)
+    got = table_order(scores, sort=sort, descending=desc, labels=labels, preds=preds, suggested=sugg).tolist()
+    assert got == _oracle_order(scores, labels, preds, sort, desc, sugg=sugg)
 
 
 def test_table_order_filters():

@@ -64,7 +64,7 @@ def test_checker_reports_missing_unknown_and_mistyped_keys():
         "$.id: expected str, got bool True; $.id: expected None, got True"
     ]
     assert problems({"kind": "rows", "id": 1, "sort": "bogus"}, RowsRequest) == [
-        "$.sort: 'bogus' not in ('rank', 'score', 'index', 'label', 'pred')"
+        "$.sort: 'bogus' not in ('rank', 'score', 'index', 'label', 'pred', 'suggested')"
     ]
     row = _codec.item_row(1, 2, image={"buffer": 0, "shape": [2, 2, 1]})
     reply = {"kind": "rows", "id": 1, "pending": False, "total": 1, "offset": 0, "rows": [{**row, "rank": "1"}]}
@@ -106,7 +106,12 @@ def test_every_reply_and_gallery_the_controller_sends_has_its_typeddict_shape(ma
             "score_range": [0.0, 1e9],
         },
         {"kind": "rows", "id": 5, "sort": "pred", "only": "disagree"},
+        {"kind": "rows", "id": 51, "sort": "suggested", "only": "suggested"},
+        {"kind": "rows", "id": 52, "only": "relabelled"},
         {"kind": "detail", "id": 6, "index": 7},
+        {"kind": "bulk_flag", "id": 61, "filter": {"only": "suggested"}, "offset": 0, "limit": 3, "flag": True},
+        {"kind": "bulk_flag", "id": 62, "filter": {"sort": "rank"}, "offset": None, "limit": None, "flag": False},
+        {"kind": "bulk_flag", "id": 63, "filter": {}, "offset": None, "limit": None, "flag": "yes"},  # errors
         {"kind": "detail", "id": 7, "index": N_TRAIN},  # errors
         {"kind": "detail", "id": 8, "index": "7"},
         {"kind": "rows", "id": 9, "sort": "bogus"},
@@ -124,10 +129,13 @@ def test_every_reply_and_gallery_the_controller_sends_has_its_typeddict_shape(ma
 
     replies = replies_of(sent)
     kinds = [r["kind"] for r in replies]
-    assert kinds.count("rows") == 4 and kinds.count("detail") == 1 and kinds.count("error") == 5
+    assert kinds.count("rows") == 6 and kinds.count("detail") == 1 and kinds.count("error") == 6
+    assert kinds.count("bulk_flag") == 2
+    assert any(r["kind"] == "detail" and r["item"]["evidence"] for r in replies)
     assert any(r.get("pending") for r in replies) and any(r["kind"] == "rows" and r["rows"] for r in replies)
     assert check_all(replies, REPLIES) == []
-    assert {r["request"] for r in replies if r["kind"] == "error"} == {"detail", "rows", "cancel", "launch-missiles"}
+    errors = {r["request"] for r in replies if r["kind"] == "error"}
+    assert errors == {"detail", "rows", "cancel", "launch-missiles", "bulk_flag"}
     assert len(galleries) >= 3 and any(g["error"] for g in galleries) and any(g["proponents"] for g in galleries)
     assert check_all(galleries, tp=Gallery) == []
     assert len(strips) >= 2 and any(s["items"] for s in strips)
@@ -202,5 +210,5 @@ def test_the_front_end_renders_the_replies_python_sends(make, sent, tmp_path):
     assert (
         shown["error_text"]
         == error["message"]
-        == "ValueError: sort must be one of ('rank', 'score', 'index', 'label', 'pred'), got 'bogus'."
+        == "ValueError: sort must be one of ('rank', 'score', 'index', 'label', 'pred', 'suggested'), got 'bogus'."
     )

@@ -21,10 +21,13 @@ def examples(n: int = 500, seed: int = 0) -> SimpleNamespace:
     scores = np.round(rng.normal(size=n), 1)  # many ties: the tie-breaking must match too
     labels = rng.integers(0, 4, n)
     preds = np.where(rng.random(n) < 0.7, labels, rng.integers(0, 4, n))
+    suggested = np.where(rng.random(n) < 0.2, (labels + 1) % 4, -1)
     return SimpleNamespace(
+        suggestions=SimpleNamespace(labels=suggested, count=int((suggested >= 0).sum())),
         train_probs=None,
         train_label=lambda i: int(labels[i]),
         image=lambda split, i: None,
+        reviewed=lambda row, relabels, names: row,
         lock=threading.RLock(),
         self_infl=scores,
         rank=_stats.ranks_from_scores(scores),
@@ -58,6 +61,7 @@ def fresh(ex: SimpleNamespace, key: tuple, flagged: list[int]) -> np.ndarray:
         flagged=flagged,
         is_mislabelled=ex.truth,
         score_range=score_range,
+        suggested=None if ex.suggestions is None else ex.suggestions.labels,
     )
 
 

@@ -12,7 +12,7 @@ import traitlets
 from ipywidgets.widgets.widget import _remove_buffers
 from torch.utils.data import Subset
 
-from tracin_widgets.widget import InfluenceExplorer, _codec, _stats
+from tracin_widgets.widget import InfluenceExplorer, _stats
 
 from .conftest import N_TEST, N_TRAIN, FakeSource
 
@@ -58,7 +58,7 @@ def test_initial_state_after_the_background_work(make, data):
     }
     assert state["class_names"] == ["a", "b", "c"]
     assert state["selected_test"] == 0 and state["query"] == {"source": "test", "index": 0}
-    assert state["progress_info"]["step"] == state["progress_info"]["steps"] == 4
+    assert state["progress_info"]["step"] == state["progress_info"]["steps"] == 5
     # self-influence and predictions are exposed and match independent computations
     np.testing.assert_allclose(w.self_influence, (data["x_train"] ** 2).sum(1))
     pred, _ = predictions(data["model"], data["x_train"])
@@ -84,19 +84,22 @@ def test_badges_and_query_prediction(make, data):
     g = w.gallery
     pred, prob = predictions(data["model"], data["x_test"][:1])
     assert g["item"]["pred"] == pred[0] and g["item"]["prob"] == pytest.approx(float(prob[0]), rel=1e-5)
-    # a badge says something about the training example itself: its label vs the model's prediction for it, and
-    # whether its self-influence rank is in the top BADGE_TOP_PERCENT % -- never a comparison with the query
+    # a badge says something about the training example itself, never a comparison with the query: the
+    # checkpoints' average prediction differs from its label (the fake engine has no checkpoints: the model is
+    # the one member of the average)
     labels = data["train"].tensors[1].numpy()
     train_pred, _ = predictions(data["model"], data["x_train"])
-    rank = _stats.ranks_from_scores((data["x_train"] ** 2).sum(1))
-    cutoff = _codec.badge_rank_cutoff(N_TRAIN)
-    assert cutoff == 3  # top 5% of 60
+    assert 0 < (train_pred != labels).sum() < N_TRAIN
+    np.testing.assert_array_equal(w.suggested_labels, np.where(train_pred != labels, train_pred, -1))
+    assert w.estimated_mislabelled == int((train_pred != labels).sum())
     for r in g["proponents"] + g["opponents"]:
         i = r["index"]
-        disagree, high = labels[i] != train_pred[i], rank[i] <= cutoff
-        assert (r["badge"] is not None) == (disagree or high)
-        assert ("differs from the model's prediction for it" in (r["badge"] or "")) == disagree
-        assert (f"top 5% (rank {rank[i]} of {N_TRAIN})" in (r["badge"] or "")) == high
+        disagree = labels[i] != train_pred[i]
+        assert (r["badge"] is not None) == disagree == (r["suggested"] is not None)
+        if disagree:
+            assert r["suggested"] == train_pred[i]
+            assert r["badge"].startswith(f"the checkpoints' average prediction is {train_pred[i]} (p̄ 0.")
+            assert f"not its label {labels[i]} (p̄ 0." in r["badge"]
 
 
 def test_selection_from_the_frontend_recomputes_the_gallery(make, data):
@@ -246,6 +249,7 @@ def test_autosave_failure_is_surfaced(make, tmp_path):
     w = make(flags_path=blocker / "flags.json")
     w.set_state({"flagged": [2]})
     assert w.error.startswith(f"could not save flags to {blocker / 'flags.json'}: FileExistsError")
+    assert w.review_path is not None and not w.review_path.exists()  # the first failure stops the save
     assert w.flagged == [2]  # the flag itself is kept
     with pytest.raises(FileExistsError):
         w.wait(5)

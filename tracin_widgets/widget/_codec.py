@@ -163,6 +163,8 @@ def item_row(
     rank: int | None = None,
     image: ImageData | ImageRef | None = None,
     badge: str | None = None,
+    suggested: int | None = None,
+    new_label: int | None = None,
 ) -> Row:
     """One tile / table row (``_protocols.Row``). Keys are stable: the JS reads exactly these."""
     return {
@@ -173,44 +175,16 @@ def item_row(
         "score": _num(score),
         "rank": None if rank is None else int(rank),
         "badge": badge,
+        "suggested": None if suggested is None else int(suggested),
+        "new_label": None if new_label is None else int(new_label),
         "image": image,
     }
-
-
-BADGE_TOP_PERCENT = 5
-"""A gallery tile gets a badge when its self-influence rank is in this top percentage of the training set."""
-
-
-def badge_rank_cutoff(n_train: int, percent: float = BADGE_TOP_PERCENT) -> int:
-    """The largest self-influence rank (1 = highest) inside the top ``percent`` % of ``n_train`` examples."""
-    return max(1, math.ceil(n_train * percent / 100)) if n_train > 0 else 0
 
 
 def class_label(c: int, names: Sequence[str] = ()) -> str:
     """Class ``c`` in words: ``8 (cat)`` with class names (just ``8`` when its name is ``"8"`` or it has none)."""
     name = names[c] if 0 <= c < len(names) else None
     return f"{c} ({name})" if name is not None and name != str(c) else str(c)
-
-
-def training_badge(
-    label: int | None,
-    pred: int | None,
-    rank: int | None,
-    n_train: int,
-    name: Callable[[int], str] = str,
-) -> str | None:
-    """Why a training example deserves a second look, in words (None: no reason).
-
-    About the example itself, whatever the query: its label differs from the model's own prediction for it, and/or
-    its self-influence (how much it pulls on its own loss; high for mislabelled or unusual examples) is in the top
-    ``BADGE_TOP_PERCENT`` %. ``name`` turns a class index into its displayed name.
-    """
-    reasons = []
-    if label is not None and pred is not None and label != pred:
-        reasons.append(f"its label {name(label)} differs from the model's prediction for it ({name(pred)})")
-    if rank is not None and n_train > 0 and rank <= badge_rank_cutoff(n_train):
-        reasons.append(f"its self-influence is in the top {BADGE_TOP_PERCENT}% (rank {rank:,} of {n_train:,})")
-    return "; ".join(reasons) if reasons else None
 
 
 def topk_rows(
@@ -221,27 +195,21 @@ def topk_rows(
     image: Callable[[int], ImageData],
     rank: np.ndarray | None = None,
     preds: np.ndarray | None = None,
-    name: Callable[[int], str] = str,
+    review: Callable[[Row], Row] | None = None,
 ) -> list[Row]:
-    """Gallery rows for one query from the engine's (indices, scores) of that query, with each training example's
-    badge (``training_badge``: from its own label, prediction and self-influence rank)."""
+    """Gallery rows for one query from the engine's (indices, scores) of that query; ``review`` adds each training
+    example's suggested label, badge and new label (``Examples.reviewed``)."""
     rows = []
     for i, s in zip(
         np.asarray(indices).reshape(-1).tolist(), np.asarray(scores, dtype=np.float64).reshape(-1), strict=False
     ):
-        lab = labels(i)
-        pred = None if preds is None else int(preds[i])
-        r = None if rank is None else int(rank[i])
-        n_train = 0 if rank is None else len(rank)
-        rows.append(
-            item_row(
-                i,
-                lab,
-                score=s,
-                pred=pred,
-                rank=r,
-                image=image(i),
-                badge=training_badge(lab, pred, r, n_train, name),
-            )
+        row = item_row(
+            i,
+            labels(i),
+            score=s,
+            pred=None if preds is None else int(preds[i]),
+            rank=None if rank is None else int(rank[i]),
+            image=image(i),
         )
+        rows.append(review(row) if review is not None else row)
     return rows

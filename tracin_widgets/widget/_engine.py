@@ -10,9 +10,10 @@ What an engine is asked is decided by what it can do, never by its class name.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -121,6 +122,8 @@ class EngineAdapter:
         self._score_cache: OrderedDict = OrderedDict()
         self._cache_lock = threading.Lock()
         self.score_cache_rows = max(2, min(SCORE_CACHE, SCORE_CACHE_BYTES // max(1, 8 * n_train)))
+        self._row_net: nn.Module | None = None  # the copy of the model the details load checkpoints into
+        self._row_lock = threading.Lock()
 
     @classmethod
     def create(
@@ -190,6 +193,12 @@ class EngineAdapter:
     @property
     def name(self) -> str:
         return type(self.source).__name__
+
+    @property
+    def cache_dir(self) -> Path | None:
+        """The engine's cache folder (``cache_dir``), or None."""
+        folder = getattr(self.source, "cache_dir", None)
+        return None if folder is None else Path(folder)
 
     def progress_callback(self, phase: str, done: int, total: int) -> None:
         """What the engine calls: the explorer's progress (which may raise ``Cancelled``), then the user's own."""
@@ -328,6 +337,102 @@ class EngineAdapter:
             CheckpointTerm(checkpoint=Path(p).name, lr=None if lr is None else float(lr), contribution=float(v))
             for p, lr, v in zip(paths, lrs, terms, strict=True)
         ]
+
+    def _ensemble(self, model: Any) -> tuple[list[str], Callable[[Any, str], Any] | None]:
+        """The engine's checkpoint paths and loader; ``([], None)`` for an engine without them (the model itself is
+        then the one member)."""
+        src: Any = self.source
+        paths = [str(p) for p in getattr(src, "checkpoints", None) or []]
+        load = getattr(src, "checkpoints_load_func", None)
+        if not paths or not callable(load) or not isinstance(model, nn.Module):
+            return [], None
+        return paths, load
+
+    def _copy(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` to load checkpoints into (the user's model never holds a checkpoint's weights)."""
+        with self.lock:  # no engine call has a checkpoint's weights in the model while it is copied
+            return copy.deepcopy(model)
+
+    def _softmax(
+        self,
+        net: nn.Module,
+        dataset: Any,
+        *,
+        batch_size: int,
+        device: Any,
+        locked: bool,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """``net``'s softmax ``(n, C)`` float32 over ``dataset`` through :func:`predict`'s batched path (holding the
+        engine lock per block when ``locked``: the user's model, one user at a time)."""
+        blocks: list[np.ndarray] = []
+
+        def keep(out: Any) -> None:
+            blocks.append(torch.softmax(_data.check_logits(out).detach().float(), dim=1).cpu().numpy())
+
+        engine_predict(
+            net,
+            dataset,
+            None,
+            batch_size=batch_size,
+            device=_data.model_device(net, device),
+            lock=self.lock if locked else None,
+            progress=progress,
+            on_logits=keep,
+        )
+        return np.concatenate(blocks)
+
+    def checkpoint_probabilities(
+        self,
+        model: Any,
+        dataset: Any,
+        *,
+        batch_size: int,
+        device: Any = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        """``(checkpoint name, softmax (n, C) float32)`` for each of the engine's checkpoints, in order, over
+        ``dataset`` (what ``_suggest.from_checkpoints`` reads, one checkpoint at a time).
+
+        Each checkpoint is loaded by the engine's ``checkpoints_load_func`` into a copy of ``model`` and run through
+        :func:`predict`'s batched path. An engine without ``checkpoints`` and ``checkpoints_load_func`` gives the
+        model's own probabilities as its one member (named "the model"). ``progress(done, total)`` counts rows over
+        all checkpoints (and may raise ``Cancelled``).
+        """
+        paths, load = self._ensemble(model)
+        n = len(dataset)
+        total = n * max(1, len(paths))
+
+        def counted(c: int) -> Callable[[int, int], None]:
+            return lambda done, _: None if progress is None else progress(c * n + done, total)
+
+        if load is None:
+            yield (
+                "the model",
+                self._softmax(model, dataset, batch_size=batch_size, device=device, locked=True, progress=counted(0)),
+            )
+            return
+        net = self._copy(model)
+        for c, path in enumerate(paths):
+            load(net, path)
+            probs = self._softmax(net, dataset, batch_size=batch_size, device=device, locked=False, progress=counted(c))
+            yield Path(path).name, probs
+
+    def row_probabilities(self, model: Any, item: tuple, device: Any = None) -> np.ndarray:
+        """The softmax ``(K, C)`` of one training example (``item``: as the dataset gives it) at each checkpoint,
+        as :meth:`checkpoint_probabilities` computes it (its row, one forward per checkpoint, into a copy of the
+        model kept for these requests)."""
+        paths, load = self._ensemble(model)
+        if load is None:
+            return self._softmax(model, [item], batch_size=1, device=device, locked=True)
+        rows = []
+        with self._row_lock:  # one request at a time loads checkpoints into the copy
+            if self._row_net is None:
+                self._row_net = self._copy(model)
+            for path in paths:
+                load(self._row_net, path)
+                rows.append(self._softmax(self._row_net, [item], batch_size=1, device=device, locked=False)[0])
+        return np.stack(rows)
 
     def _check_length(self, scores: np.ndarray, what: str) -> None:
         if len(scores) != self.n_train:

@@ -3,15 +3,16 @@ and one example's row or thumbnail (cached). Shared by the galleries, the table 
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import _codec, _data, _engine, _stats
+from . import _codec, _data, _engine, _stats, _suggest
 from ._protocols import ImageData, Row
 from ._threads import query_threads
 from ._traits import names
@@ -72,6 +73,7 @@ class Examples:
         self.test_labels: np.ndarray | None = None
         self.test_preds: np.ndarray | None = None
         self.test_probs: np.ndarray | None = None
+        self.suggestions: _suggest.Suggestions | None = None  # the checkpoints' average predictions
         self._thumbs: OrderedDict = OrderedDict()
         self._thumb_lock = threading.Lock()
 
@@ -123,6 +125,22 @@ class Examples:
             rank, score = int(ranks[index]), float(scores[index])
         image = self.image(split, index, size)
         return _codec.item_row(index, label, pred=pred, prob=prob, rank=rank, score=score, image=image)
+
+    def reviewed(self, row: Row, relabels: Mapping[int, int], names: Sequence[str] = ()) -> Row:
+        """A training row with its suggested label and badge (from the suggestions computed now) and its new label
+        (from ``relabels``); ``names`` are the class names of the badge's words."""
+        i = row["index"]
+        with self.lock:
+            sugg = self.suggestions
+        suggested = badge = None
+        if sugg is not None and sugg.labels[i] != _suggest.NONE:
+            suggested = int(sugg.labels[i])
+            name = functools.partial(_codec.class_label, names=list(names))
+            badge = _suggest.badge(
+                row["label"], suggested, float(sugg.p_given[i]), float(sugg.p_suggested[i]), name=name
+            )
+        new = relabels.get(i)
+        return {**row, "suggested": suggested, "badge": badge, "new_label": None if new is None else int(new)}
 
     # --- predictions ----------------------------------------------------------------------------------------------
     def predict(

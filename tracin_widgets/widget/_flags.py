@@ -1,5 +1,5 @@
-"""Reading and writing flag files (JSON or CSV by suffix), atomically (the package's ``atomic_write``). No widget
-imports."""
+"""Reading and writing flag files (JSON or CSV by suffix), atomically (the package's ``atomic_write``), and the
+review export (one record per flagged or relabelled row), which reads back as a flags file. No widget imports."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any
 from .._io import atomic_write
 
 SUFFIXES = (".json", ".csv")
+EXPORT_COLUMNS = ("index", "given_label", "suggested_label", "new_label", "flagged", "self_influence")
+"""The columns of ``export_flagged``: one record per flagged or relabelled training row."""
 
 
 def check_suffix(path: os.PathLike | str, argname: str = "path") -> Path:
@@ -50,6 +52,51 @@ def dumps(flagged: Sequence[int], suffix: str) -> str:
     return buf.getvalue()
 
 
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def dumps_records(records: Sequence[dict], suffix: str) -> str:
+    """The export's text: JSON (a list of objects with ``EXPORT_COLUMNS`` keys, in that order, ``null`` for none)
+    or CSV (those columns, empty for none, ``true``/``false`` for ``flagged``)."""
+    if suffix.lower() == ".json":
+        return json.dumps([{c: r[c] for c in EXPORT_COLUMNS} for r in records]) + "\n"
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(EXPORT_COLUMNS)
+    w.writerows([_cell(r[c]) for c in EXPORT_COLUMNS] for r in records)
+    return buf.getvalue()
+
+
+def write_records(path: os.PathLike | str, records: Sequence[dict]) -> Path:
+    """Write the review export to ``path`` (``.json`` or ``.csv``) atomically."""
+    p = check_suffix(path)
+    data = dumps_records(records, p.suffix).encode("utf-8")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(p, lambda f: f.write(data))
+    return p
+
+
+def _flagged_cell(v: Any) -> bool:
+    return str(v).strip().lower() not in ("false", "0", "")
+
+
+def _json_values(data: Any) -> list:
+    if isinstance(data, dict) and "flagged" in data:
+        data = data["flagged"]
+    if not isinstance(data, list):
+        raise ValueError("expected a JSON list of training indices")
+    if data and all(isinstance(r, dict) for r in data):  # the review export: its flagged records
+        if any("index" not in r for r in data):
+            raise ValueError("expected records with an 'index' key")
+        return [r["index"] for r in data if r.get("flagged", True) is not False]
+    return data
+
+
 def write(path: os.PathLike | str, flagged: Sequence[int]) -> Path:
     """Write flags to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``): a crash leaves
     the old file or the new one, never half of one."""
@@ -61,7 +108,8 @@ def write(path: os.PathLike | str, flagged: Sequence[int]) -> Path:
 
 
 def read(path: os.PathLike | str, n_train: int | None = None) -> list[int]:
-    """Read a flags file written by :func:`write` (JSON list, ``{"flagged": [...]}``, or CSV with an ``index`` column).
+    """Read a flags file written by :func:`write` (JSON list, ``{"flagged": [...]}``, or CSV with an ``index`` column)
+    or an export of :func:`write_records` (its flagged rows).
 
     Raises ValueError naming the file when it cannot be parsed; the file is never modified.
     """
@@ -69,12 +117,7 @@ def read(path: os.PathLike | str, n_train: int | None = None) -> list[int]:
     try:
         text = p.read_text(encoding="utf-8")
         if p.suffix.lower() == ".json":
-            data = json.loads(text)
-            if isinstance(data, dict) and "flagged" in data:
-                data = data["flagged"]
-            if not isinstance(data, list):
-                raise ValueError("expected a JSON list of training indices")
-            values = data
+            values = _json_values(json.loads(text))
         else:
             rows = list(csv.reader(io.StringIO(text)))
             rows = [r for r in rows if r and any(c.strip() for c in r)]
@@ -85,10 +128,12 @@ def read(path: os.PathLike | str, n_train: int | None = None) -> list[int]:
                 if "index" not in header:
                     raise ValueError("expected a CSV with an 'index' column")
                 col = header.index("index")
+                fcol = header.index("flagged") if "flagged" in header else None  # the review export
                 values = []
                 for r in rows[1:]:
                     try:
-                        values.append(int(r[col]))
+                        if fcol is None or _flagged_cell(r[fcol]):
+                            values.append(int(r[col]))
                     except (ValueError, IndexError):
                         raise ValueError(f"bad row {r!r}") from None
         return normalise(values, n_train, what=f"flags file {str(p)!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -55,18 +55,20 @@ class Galleries:
             self.generation += 1
             return self.generation
 
-    def request(self, q: dict, k: int, explain: str, names: Sequence[str]) -> int | None:
+    def request(
+        self, q: dict, k: int, explain: str, names: Sequence[str], relabels: Mapping[int, int] | None = None
+    ) -> int | None:
         """Ask for the galleries of query ``q`` on the worker thread; the request id (None for no query, which
-        still makes every earlier request stale)."""
+        still makes every earlier request stale). ``relabels``: the tiles' new labels."""
         gen = self.new_request()
         if not q:
             return None
-        self.worker.submit(functools.partial(self._run, q, k, gen, explain, list(names)))
+        self.worker.submit(functools.partial(self._run, q, k, gen, explain, list(names), dict(relabels or {})))
         return gen
 
-    def _run(self, q: dict, k: int, gen: int, explain: str, names: list[str]) -> None:
+    def _run(self, q: dict, k: int, gen: int, explain: str, names: list[str], relabels: dict[int, int]) -> None:
         with self.in_flight():
-            self.compute(q, k, gen, explain, names)
+            self.compute(q, k, gen, explain, names, relabels)
 
     def check_query(self, q: dict) -> tuple[str, int]:
         src, idx = q.get("source"), q.get("index")
@@ -78,12 +80,21 @@ class Galleries:
             raise ValueError(f"query index {idx} is outside the {src} set [0, {n}).")
         return str(src), idx
 
-    def compute(self, q: dict, k: int, gen: int, explain: str = "label", names: Sequence[str] = ()) -> bool:
+    def compute(
+        self,
+        q: dict,
+        k: int,
+        gen: int,
+        explain: str = "label",
+        names: Sequence[str] = (),
+        relabels: Mapping[int, int] | None = None,
+    ) -> bool:
         """Compute the galleries of query ``q``; show them only if no newer request came meanwhile. True if shown."""
+        relabels = relabels or {}
         try:
             if gen != self.generation:
                 return False
-            payload = self._payload(q, k, gen, explain, names)
+            payload = self._payload(q, k, gen, explain, names, relabels)
             if payload is None:
                 return False
         except Exception as e:
@@ -94,7 +105,7 @@ class Galleries:
             if gen != self.generation:  # a newer selection won: never overwrite it with this stale answer
                 return False
             if payload["proponents"] or payload["opponents"]:
-                payload = self.rebadge(payload, names)
+                payload = self.rebadge(payload, names, relabels)
             self.host.show(gallery=payload)
         return True
 
@@ -118,25 +129,29 @@ class Galleries:
             same_label=False,
         )
 
-    def rebadge(self, gallery: Gallery, names: Sequence[str] = ()) -> Gallery:
-        """``gallery`` with each tile's prediction, self-influence rank and badge from the arrays computed now (the
-        first galleries come before the training predictions and self-influence): no engine call. ``names``: the
-        class names of the badges' words."""
+    def rebadge(
+        self, gallery: Gallery, names: Sequence[str] = (), relabels: Mapping[int, int] | None = None
+    ) -> Gallery:
+        """``gallery`` with each tile's prediction, self-influence rank, suggested label, badge and new label from
+        the arrays and relabels now (the first galleries come before the training predictions, self-influence and
+        suggestions): no engine call. ``names``: the class names of the badges' words."""
         ex = self.examples
         with self.lock:
             rank, preds = ex.rank, ex.train_preds
-        n_train = 0 if rank is None else len(rank)
-        name = functools.partial(_codec.class_label, names=list(names))
+        relabels = relabels or {}
 
         def again(row: Row) -> Row:
             i = row["index"]
             pred = row["pred"] if preds is None else int(preds[i])
             r = row["rank"] if rank is None else int(rank[i])
-            badge = _codec.training_badge(row["label"], pred, r, n_train, name)
-            return {**row, "pred": pred, "rank": r, "badge": badge}
+            return ex.reviewed({**row, "pred": pred, "rank": r}, relabels, names)
 
+        item = gallery["item"]
+        if item is not None and gallery["query"].get("source") == "train":
+            item = ex.reviewed(item, relabels, names)
         return {
             **gallery,
+            "item": item,
             "proponents": [again(r) for r in gallery["proponents"]],
             "opponents": [again(r) for r in gallery["opponents"]],
         }
@@ -153,19 +168,22 @@ class Galleries:
             return _data.collate_one(features), pred
         return _data.collate_one(features), label
 
-    def _payload(self, q: dict, k: int, gen: int, explain: str, names: Sequence[str]) -> Gallery | None:
+    def _payload(
+        self, q: dict, k: int, gen: int, explain: str, names: Sequence[str], relabels: Mapping[int, int]
+    ) -> Gallery | None:
         src, idx = self.check_query(q)
         self.fitted.wait()
         if gen != self.generation:
             return None
         ex = self.examples
         item = ex.query_row(src, idx, _codec.DETAIL_SIZE, self.engine.lock)
+        if src == "train":
+            item = ex.reviewed(item, relabels, names)
         batch, target = self.explained_batch(src, idx, item, explain)
         key = (src, idx, target)  # label == prediction: one cached score row serves both choices
         (pro, pro_scores), (opp, opp_scores) = self.engine.top_k(batch, min(k, ex.n_train), key=key)
         with self.lock:
             rank, preds = ex.rank, ex.train_preds
-        name = functools.partial(_codec.class_label, names=list(names))
 
         def rows(indices: np.ndarray, scores: np.ndarray) -> list[Row]:
             return _codec.topk_rows(
@@ -175,7 +193,7 @@ class Galleries:
                 image=lambda i: ex.image("train", i),
                 rank=rank,
                 preds=preds,
-                name=name,
+                review=lambda row: ex.reviewed(row, relabels, names),
             )
 
         return Gallery(

@@ -17,7 +17,7 @@ class Host(Protocol):
     explorer's lock, before its thread starts). ``show(**traits)`` sets traits in one sync (with the engine's notes
     so far). ``fail(e, where)`` reports an error (banner, log, ``wait()``). ``computed(what)`` refreshes the views
     once a step of the run stored new arrays (``what``: one of ``_pipeline``'s ``TEST_PREDICTIONS``,
-    ``SELF_INFLUENCE``, ``TRAIN_PREDICTIONS``).
+    ``SELF_INFLUENCE``, ``TRAIN_PREDICTIONS``, ``SUGGESTIONS``).
     """
 
     @property

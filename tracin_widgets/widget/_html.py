@@ -2,9 +2,11 @@
 
 ipywidgets' offline embedding (``ipywidgets.embed``) loads its widget manager from a CDN and the explorer needs a
 kernel for its rows and galleries, so the file is a static snapshot instead: the widget's own CSS inlined, every image
-a ``data:`` PNG, no scripts and no external URLs. It shows the current query with its galleries, the top of the
-self-influence ranking and the flags. :func:`snapshot` gathers them from an explorer; :func:`render` turns plain data
-into the text.
+a ``data:`` PNG, no scripts and no external URLs. It shows what the reviewer looked at: from the test view the
+current query with its galleries, then the top of the self-influence ranking; from the ranking view the ranking (with
+the suggested labels and where ``estimated_mislabelled`` falls) and no galleries; then the flags and relabels. Scores
+are written as the widget writes them. :func:`snapshot` gathers them from an explorer; :func:`render` turns plain
+data into the text.
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ def snapshot(explorer: InfluenceExplorer, top: int) -> tuple[str, list[str]]:
     """The HTML text of ``explorer``'s review as it stands (its query and galleries, the ``top`` rows of the
     self-influence ranking, the flags) and the parts not computed yet, in words (the file names them too)."""
     flagged, q, g = list(explorer.flagged), dict(explorer.query), dict(explorer.gallery)
+    relabels, names = dict(explorer.relabels), list(explorer.class_names)
+    ranking_view = explorer.view == "ranking"
     missing: list[str] = []
     gallery, why = None, "No example was selected when this file was saved."
-    if q:
+    if q and not ranking_view:
         what = f"{'test' if q.get('source') == 'test' else 'training'} #{q.get('index')}"
         if g.get("query") == q and g.get("k") == explorer.k and not g.get("error"):
             gallery = g
@@ -64,7 +68,7 @@ def snapshot(explorer: InfluenceExplorer, top: int) -> tuple[str, list[str]]:
             missing.append(f"the galleries of {what}")
     top_rows: list[Row] | None = []
     if top:
-        reply = explorer._table.rows({"sort": "rank", "offset": 0, "limit": top}, flagged)
+        reply = explorer._table.rows({"sort": "rank", "offset": 0, "limit": top}, flagged, relabels, names)
         top_rows = None if reply["pending"] else reply["rows"]
     ex = explorer._examples
     with ex.lock:
@@ -72,15 +76,19 @@ def snapshot(explorer: InfluenceExplorer, top: int) -> tuple[str, list[str]]:
     if scores is None:
         missing.append("self-influence (the ranking)")
     flagged_rows = [
-        _codec.item_row(
-            i,
-            ex.train_label(i),
-            score=None if scores is None else scores[i],
-            rank=None if rank is None else rank[i],
-            pred=None if preds is None else preds[i],
-            image=ex.image("train", i),
+        ex.reviewed(
+            _codec.item_row(
+                i,
+                ex.train_label(i),
+                score=None if scores is None else scores[i],
+                rank=None if rank is None else rank[i],
+                pred=None if preds is None else preds[i],
+                image=ex.image("train", i),
+            ),
+            relabels,
+            names,
         )
-        for i in flagged[:MAX_ROWS]
+        for i in sorted(set(flagged) | set(relabels))[:MAX_ROWS]
     ]
     text = render(
         info=dict(explorer.info),
@@ -90,6 +98,9 @@ def snapshot(explorer: InfluenceExplorer, top: int) -> tuple[str, list[str]]:
         top_rows=top_rows,
         flagged=flagged,
         flagged_rows=flagged_rows,
+        n_relabelled=len(relabels),
+        ranking_first=ranking_view,
+        estimated=explorer.estimated_mislabelled,
         flag_metrics=dict(explorer.stats.get("flags") or {}),
         auc=(explorer.stats.get("roc") or {}).get("auc"),
         saved_at=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -122,12 +133,19 @@ def _name(names: Sequence[str], label: int | None) -> str:
 
 
 def _score(x: float | None) -> str:
+    """A score as the widget writes it (``fmtScore`` of js/src/format.js): ``toExponential(2)`` for magnitudes from
+    1e5 or below 1e-3, else 3 significant digits without an exponent (``Number(x.toPrecision(3)).toString()``)."""
     if x is None or not np.isfinite(x):
         return "–"
     a = abs(x)
     if a != 0 and (a >= 1e5 or a < 1e-3):
-        return f"{x:.2e}"
-    return f"{x:.3g}"
+        mantissa, exp = f"{x:.2e}".split("e")
+        return f"{mantissa}e{'-' if int(exp) < 0 else '+'}{abs(int(exp))}"
+    return str(np.format_float_positional(float(f"{x:.3g}"), trim="-"))
+
+
+def _opt_name(names: Sequence[str], label: int | None) -> str:
+    return "" if label is None else _name(names, label)
 
 
 def _img(image: dict | None, cls: str, alt: str) -> str:
@@ -213,12 +231,23 @@ def _gallery(gallery: dict | None, missing: str | None, names: Sequence[str], fl
     )
 
 
-def _rows_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], flagged: set[int], testid: str) -> str:
-    cols = ("rank", "image", "index", "label", "pred", "score", "flag")
-    titles = ("Rank", "", "Index", "Label", "Predicted", "Self-influence", "Flagged")
+def _rows_table(
+    rows: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    flagged: set[int],
+    testid: str,
+    estimated: int | None = None,
+) -> str:
+    cols = ("rank", "image", "index", "label", "pred", "suggested", "new-label", "score", "flag")
+    titles = ("Rank", "", "Index", "Label", "Predicted", "Suggested", "New label", "Self-influence", "Flagged")
     head = "".join(f'<th class="tracin-col-{c}">{t}</th>' for c, t in zip(cols, titles, strict=True))
     body = []
     for r in rows:
+        if estimated is not None and r.get("rank") == estimated + 1:
+            body.append(
+                f'<tr class="tracin-estimate-row" data-testid="tracin-estimate-divider"><td colspan="{len(cols)}">'
+                f"≈ {estimated:,} labels estimated wrong above this line</td></tr>"
+            )
         i, on, pred = r["index"], r["index"] in flagged, r.get("pred")
         rank = "" if r.get("rank") is None else f"{r['rank']:,}"
         pred_text = "" if pred is None else _e(_name(names, pred))
@@ -230,6 +259,9 @@ def _rows_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], flagged
             f'<td class="tracin-col-index tracin-mono">#{i}</td>'
             f'<td class="tracin-col-label">{_e(_name(names, r.get("label")))}</td>'
             f'<td class="tracin-col-pred {wrong}">{pred_text}</td>'
+            f'<td class="tracin-col-suggested" data-testid="tracin-suggested-label"'
+            f' title="{_e(r.get("badge") or "")}">{_e(_opt_name(names, r.get("suggested")))}</td>'
+            f'<td class="tracin-col-new-label">{_e(_opt_name(names, r.get("new_label")))}</td>'
             f'<td class="tracin-col-score tracin-mono">{_e(_score(r.get("score")))}</td>'
             f'<td class="tracin-col-flag">{"⚑ flagged" if on else ""}</td></tr>'
         )
@@ -251,8 +283,12 @@ def render(
     flag_metrics: dict,
     auc: float | None,
     saved_at: str,
+    n_relabelled: int = 0,
+    ranking_first: bool = False,
+    estimated: int | None = None,
 ) -> str:
-    """The snapshot's HTML text (see the module docstring)."""
+    """The snapshot's HTML text (see the module docstring): ``ranking_first`` (saved from the ranking view) puts the
+    ranking first and leaves the galleries out; ``estimated`` (``estimated_mislabelled``) draws its divider."""
     css = _STATIC_CSS.read_text(encoding="utf-8") if _STATIC_CSS.exists() else ""
     names = list(class_names)
     fl = set(flagged)
@@ -264,8 +300,8 @@ def render(
     if top_rows is None:
         ranking = '<p class="tracin-empty">Self-influence was not computed yet when this file was saved.</p>'
     else:
-        ranking = _rows_table(top_rows, names, fl, "tracin-snapshot-ranking")
-    summary = f"<strong>{n_flagged:,} flagged</strong> of {info.get('n_train', 0):,}"
+        ranking = _rows_table(top_rows, names, fl, "tracin-snapshot-ranking", estimated)
+    summary = f"<strong>{n_flagged:,} flagged</strong>, {n_relabelled:,} relabelled, of {info.get('n_train', 0):,}"
     m = flag_metrics
     if m.get("n_mislabelled") is not None:
         if n_flagged:
@@ -277,15 +313,25 @@ def render(
             summary += f" · {m['n_mislabelled']:,} mislabelled in the ground truth"
     if auc is not None:
         summary += f" · self-influence ROC AUC {auc:.3f}"
-    shown = len(flagged_rows)
-    more = f"<p class='tracin-muted'>The first {shown:,} of {n_flagged:,} are shown.</p>" if shown < n_flagged else ""
+    if estimated is not None:
+        summary += f" · ≈ {estimated:,} labels estimated wrong (the checkpoints' average prediction differs)"
+    shown, reviewed = len(flagged_rows), len(fl | {int(r["index"]) for r in flagged_rows})
+    n_rows = max(reviewed, n_flagged)
+    more = f"<p class='tracin-muted'>The first {shown:,} of {n_rows:,} are shown.</p>" if shown < n_rows else ""
     flags = (
-        '<section data-testid="tracin-snapshot-flags"><h2>Flagged training examples</h2>'
+        '<section data-testid="tracin-snapshot-flags"><h2>Flagged and relabelled training examples</h2>'
         f'<p class="tracin-flag-summary" data-testid="tracin-flag-summary">{summary}</p>'
-        + (_rows_table(flagged_rows, names, fl, "tracin-snapshot-flagged") + more if n_flagged else "")
-        + f"<details><summary>All {n_flagged:,} flagged indices (JSON, as export_flagged writes it)</summary>"
+        + (_rows_table(flagged_rows, names, fl, "tracin-snapshot-flagged") + more if flagged_rows else "")
+        + f"<details><summary>All {n_flagged:,} flagged indices (JSON)</summary>"
         f"<code>{_e(json.dumps(list(flagged)))}</code></details></section>"
     )
+    ranking_section = (
+        '<section class="tracin-table-section" data-testid="tracin-snapshot-ranking-section">'
+        f"<h2>Self-influence ranking: top {0 if top_rows is None else len(top_rows):,}</h2>"
+        '<p class="tracin-muted">high = unusual or likely mislabelled</p>' + ranking + "</section>"
+    )
+    gallery_section = "" if ranking_first else _gallery(gallery, gallery_missing, names, fl)
+    views = ranking_section + gallery_section if ranking_first else gallery_section + ranking_section
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
@@ -298,12 +344,7 @@ def render(
         f'<span class="tracin-flag-count{" is-active" if n_flagged else ""}" data-testid="tracin-flag-count">'
         f"⚑ {n_flagged:,} flagged</span></header>"
         + _notes(info.get("notes") or [])
-        + _gallery(gallery, gallery_missing, names, fl)
-        + '<section class="tracin-table-section" data-testid="tracin-snapshot-ranking-section">'
-        f"<h2>Self-influence ranking: top {0 if top_rows is None else len(top_rows):,}</h2>"
-        '<p class="tracin-muted">high = unusual or likely mislabelled</p>'
-        + ranking
-        + "</section>"
+        + views
         + flags
         + '<footer class="tracin-muted">A static snapshot saved by tracin_widgets <code>InfluenceExplorer.save_html'
         "</code>: it needs no kernel and no network; open the notebook to explore further.</footer>"
@@ -320,6 +361,13 @@ def _notes(notes: list) -> str:
         '<div class="tracin-notes" data-testid="tracin-notes" role="status"><strong>Engine notes</strong>'
         f'<ul class="tracin-notes-list">{items}</ul></div>'
     )
+
+
+def check_top(top: Any) -> None:
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_ROWS:
+        raise ValueError(
+            f"top must be an int in [0, {MAX_ROWS}] (rows of the self-influence ranking to include), got {top!r}."
+        )
 
 
 def check_path(path: Any) -> Path:

@@ -1,7 +1,8 @@
 """The page's custom messages (quak's pattern: ``{"kind", "id"}`` requests answered with the same id): one table
-``{kind: handler}``. ``rows`` and ``detail`` are answered at once; ``contributions`` (the per-checkpoint breakdown of
-one score) at once when the engine is free, else on its own worker thread; ``cancel``, ``start`` and ``undo`` are
-actions. A request that fails is answered with an ``error`` reply. ``_protocols.py`` has the shapes."""
+``{kind: handler}``. ``rows``, ``detail`` (with the row's evidence) and ``bulk_flag`` are answered at once;
+``contributions`` (the per-checkpoint breakdown of one score) at once when the engine is free, else on its own worker
+thread; ``cancel``, ``start`` and ``undo`` are actions. A request that fails is answered with an ``error`` reply.
+``_protocols.py`` has the shapes."""
 
 from __future__ import annotations
 
@@ -9,12 +10,25 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _codec, _data
+from . import _codec, _data, _suggest
 from ._engine import EngineAdapter
 from ._examples import Examples
 from ._galleries import Galleries
 from ._pipeline import Pipeline
-from ._protocols import CancelRequest, CheckpointTerm, ContributionsReply, ContributionsRequest, ErrorReply, Reply
+from ._protocols import (
+    BulkFlagReply,
+    BulkFlagRequest,
+    CancelRequest,
+    CheckpointTerm,
+    ContributionsReply,
+    ContributionsRequest,
+    DetailReply,
+    DetailRequest,
+    ErrorReply,
+    Evidence,
+    Reply,
+    RowsRequest,
+)
 from ._table import Table
 from ._tasks import LatestWorker
 
@@ -26,7 +40,7 @@ log = logging.getLogger("tracin_widgets.widget")
 
 class Messages:
     """The message handlers of one explorer. ``explorer`` is used through its public API only (``flagged``,
-    ``send``, ``start()``, ``undo()``); the other parts answer the requests."""
+    ``relabels``, ``class_names``, ``send``, ``start()``, ``undo()``); the other parts answer the requests."""
 
     def __init__(
         self,
@@ -46,8 +60,9 @@ class Messages:
         self.pipeline = pipeline
         self.worker = LatestWorker("tracin-breakdown")  # contributions asked while the engine is busy
         self.handlers: dict[str, Callable[[Any], object]] = {
-            "rows": lambda msg: self.reply(self.table.rows(msg, list(self.explorer.flagged))),
-            "detail": lambda msg: self.reply(self.table.detail(msg, self.engine.lock)),
+            "rows": self.rows,
+            "detail": self.detail,
+            "bulk_flag": self.bulk_flag,
             "contributions": self.contributions,
             "cancel": self.cancel,
             "start": lambda msg: self.explorer.start(),
@@ -73,6 +88,63 @@ class Messages:
         log.error("InfluenceExplorer message %r failed: %s", kind, e, exc_info=e)
         rid = content.get("id") if isinstance(content, dict) else None
         self.reply(ErrorReply(kind="error", id=rid, request=kind, message=f"{type(e).__name__}: {e}"))
+
+    # --- the table ----------------------------------------------------------------------------------------------------
+    def rows(self, msg: RowsRequest) -> None:
+        ex = self.explorer
+        self.reply(self.table.rows(msg, list(ex.flagged), dict(ex.relabels), list(ex.class_names)))
+
+    def detail(self, msg: DetailRequest) -> None:
+        ex = self.explorer
+        reply: DetailReply = self.table.detail(msg, self.engine.lock, dict(ex.relabels), list(ex.class_names))
+        reply["item"]["evidence"] = self.evidence(reply["item"]["index"])
+        self.reply(reply)
+
+    def evidence(self, index: int) -> Evidence | None:
+        """Row ``index``'s probabilities of its given and suggested labels at each checkpoint (one forward per
+        checkpoint), and its own
+        self-influence per checkpoint (``lr_c |grad_c|^2``, from the engine's ``influence_by_checkpoint`` when it
+        has one and is free now; else None). None before the suggestions are computed."""
+        ex = self.examples
+        with ex.lock:
+            sugg = ex.suggestions
+        if sugg is None:
+            return None
+        item = ex.item("train", index)
+        batch = _data.collate_one(item)
+        probs = self.engine.row_probabilities(ex.model, item, ex.device)
+        given, suggested = _suggest.evidence(probs, ex.train_label(index), int(sugg.labels[index]))
+        own: list[float] | None = None
+        if self.pipeline.fitted.is_set() and not self.engine.lock.locked():
+            try:
+                terms = self.engine.checkpoint_terms(batch, index)
+            except NotImplementedError:
+                terms = []
+            if len(terms) == len(sugg.checkpoints):
+                own = [t["contribution"] for t in terms]
+        return Evidence(checkpoints=list(sugg.checkpoints), given=given, suggested=suggested, self_influence=own)
+
+    def bulk_flag(self, msg: BulkFlagRequest) -> None:
+        """Flag (or unflag) every row the table shows under the request's filter (one page, or all), as one change
+        of ``flagged`` (one undo step)."""
+        filt, flag = msg.get("filter"), msg.get("flag")
+        offset, limit = msg.get("offset"), msg.get("limit")
+        if not isinstance(filt, dict):
+            raise ValueError(f"bulk_flag request: filter must be a dict of the RowsRequest fields, got {filt!r}.")
+        if not isinstance(flag, bool):
+            raise ValueError(f"bulk_flag request: flag must be true (flag) or false (unflag), got {flag!r}.")
+        for name, v, low in (("offset", offset, 0), ("limit", limit, 1)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+                raise ValueError(f"bulk_flag request: {name} must be an int >= {low} or null (every page), got {v!r}.")
+        ex = self.explorer
+        flagged = list(ex.flagged)
+        order = self.table.order(self.table.key(filt), flagged, list(ex.relabels))
+        start = offset or 0
+        shown = order[start:] if limit is None else order[start : start + limit]
+        rows = {int(i) for i in shown.tolist()}
+        ex.flagged = sorted(set(flagged) | rows if flag else set(flagged) - rows)
+        rid: Any = msg.get("id")  # echoed back as the page sent it
+        self.reply(BulkFlagReply(kind="bulk_flag", id=rid, count=len(rows)))
 
     # --- cancel -----------------------------------------------------------------------------------------------------
     def cancel(self, msg: CancelRequest) -> None:

@@ -1,6 +1,7 @@
-"""The explorer's background run: test predictions, the engine's fit (training factors), self-influence and training
-predictions, one step after another on a daemon thread, each with its progress; and the cancel rules it shares with
-the gallery requests (a cancel names its run, a late one cancels nothing)."""
+"""The explorer's background run: test predictions, the engine's fit (training factors), self-influence, training
+predictions and the suggested labels (each checkpoint's predictions averaged), one step after another on a daemon
+thread, each with its progress; and the cancel rules it shares with the gallery requests (a cancel names its run, a
+late one cancels nothing)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from . import _stats
+from . import _stats, _suggest
 from ._engine import Cancelled, EngineAdapter
 from ._examples import Examples
 from ._host import Host
@@ -22,6 +23,7 @@ from ._threads import background_threads
 
 # what a step stored, as passed to ``computed``
 TEST_PREDICTIONS, SELF_INFLUENCE, TRAIN_PREDICTIONS = "test predictions", "self-influence", "training predictions"
+SUGGESTIONS = "suggested labels"
 log = logging.getLogger("tracin_widgets.widget")
 
 
@@ -35,7 +37,8 @@ class Pipeline:
     cancelled run: galleries then wait for Resume). ``fitted`` is set once galleries may query the engine.
 
     The explorer is reached through ``host`` (``_host.Host``), all but ``show`` and ``computed`` called under
-    ``lock``; ``computed(what)`` gets one of ``TEST_PREDICTIONS``, ``SELF_INFLUENCE``, ``TRAIN_PREDICTIONS``.
+    ``lock``; ``computed(what)`` gets one of ``TEST_PREDICTIONS``, ``SELF_INFLUENCE``, ``TRAIN_PREDICTIONS``,
+    ``SUGGESTIONS``.
     """
 
     def __init__(
@@ -64,6 +67,8 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self.threads = background_threads()  # torch threads of the run (the caller's: all cores by default)
         self.train_path = ""  # how the training predictions were computed ("factors: ..." or "predict: ...")
+        self.suggest_done = False  # the suggestions were computed, or cannot be (``suggest_note`` says why)
+        self.suggest_note = ""
         self._self_influence: np.ndarray | None = None  # asked of the engine with its fit (see _step_fit)
 
     def start(self) -> bool:
@@ -136,6 +141,8 @@ class Pipeline:
             steps.append(("Self-influence", self._step_self_influence))
         if ex.train_preds is None:
             steps.append(("Predicting training examples", self._step_train_predictions))
+        if not self.suggest_done:
+            steps.append(("Suggested labels (each checkpoint's predictions)", self._step_suggestions))
         run, status = self.run, None
         try:
             for i, (name, fn) in enumerate(steps):
@@ -197,6 +204,32 @@ class Pipeline:
             ex.train_labels, ex.train_preds, ex.train_probs = labels, preds, probs
             self.table.forget_orders()
         self.host.computed(TRAIN_PREDICTIONS)
+
+    def _step_suggestions(self) -> None:
+        """Each checkpoint's softmax over the training set, averaged: the suggested labels (classification only)."""
+        ex = self.examples
+        with self.lock:
+            labels, width = ex.train_labels, ex.n_outputs
+        problem = "the training labels are not known" if labels is None else None
+        if labels is not None and width is not None:
+            problem = _suggest.check_labels(labels, width)
+        if problem is None and labels is not None:
+            each = self.engine.checkpoint_probabilities(
+                ex.model,
+                ex.train,
+                batch_size=ex.batch_size,
+                device=ex.device,
+                progress=lambda done, total: self.progress("suggested labels", done, total),
+            )
+            found = _suggest.from_checkpoints(each, labels)
+            with self.lock:  # new suggestions and no order sorted or filtered by the old ones, together
+                ex.suggestions = found
+                self.table.forget_orders()
+        self.suggest_done, self.suggest_note = True, problem or ""
+        if problem:
+            log.info("no suggested labels: %s", problem)
+            return
+        self.host.computed(SUGGESTIONS)
 
     def _train_predictions_from_factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The training predictions read off the engine's factors, without a forward pass (a few ms), when that is

@@ -36,16 +36,42 @@ class GalleryQuery(TypedDict):
     index: int
 
 
+SortKey = Literal["rank", "score", "index", "label", "pred", "suggested"]
+Only = Literal["all", "flagged", "disagree", "mislabelled", "suggested", "relabelled"]
+
+
 class RowsRequest(TypedDict, total=False):
     kind: Literal["rows"]
     id: int | str  # echoed back unchanged
     offset: int
     limit: int
-    sort: Literal["rank", "score", "index", "label", "pred"]
+    sort: SortKey  # "suggested": by suggested label, rows without one last
     descending: bool
     label: int | None
-    only: Literal["all", "flagged", "disagree", "mislabelled"]
+    only: Only  # "suggested": rows with a suggested label; "relabelled": rows in ``relabels``
+    score_range: list[float] | None  # [lo, hi]: the histogram brush; the table shows exactly the rows in it
+
+
+class RowsFilter(TypedDict, total=False):
+    """The table's filter, as a ``RowsRequest`` has it."""
+
+    sort: SortKey
+    descending: bool
+    label: int | None
+    only: Only
     score_range: list[float] | None
+
+
+class BulkFlagRequest(TypedDict):
+    """Flag (``flag`` true) or unflag every row the table shows under ``filter``: all its pages (``offset`` and
+    ``limit`` None) or one page. ``flagged`` changes as one undo step."""
+
+    kind: Literal["bulk_flag"]
+    id: int | str  # echoed back unchanged
+    filter: RowsFilter
+    offset: int | None
+    limit: int | None
+    flag: bool
 
 
 class DetailRequest(TypedDict):
@@ -73,9 +99,10 @@ class ContributionsRequest(TypedDict):
     index: int  # the training example
 
 
-Request = RowsRequest | DetailRequest | CancelRequest | ActionRequest | ContributionsRequest
+Request = RowsRequest | DetailRequest | CancelRequest | ActionRequest | ContributionsRequest | BulkFlagRequest
 REQUESTS: dict[str, type] = {
     "rows": RowsRequest,
+    "bulk_flag": BulkFlagRequest,
     "detail": DetailRequest,
     "contributions": ContributionsRequest,
     "cancel": CancelRequest,
@@ -109,8 +136,26 @@ class Row(TypedDict):
     prob: float | None
     score: float | None
     rank: int | None  # 1 = highest self-influence
-    badge: str | None  # why a gallery tile deserves a second look, in words (_codec.training_badge)
+    badge: str | None  # only with a suggestion: what the checkpoints' average prediction says, in words
+    suggested: int | None  # the suggested label (argmax of the checkpoints' average prediction; None: none)
+    new_label: int | None  # the row's relabel (mirrors the ``relabels`` trait; None: none)
     image: ImageRef | ImageData | None  # ImageRef in custom messages, ImageData in traits
+
+
+class Evidence(TypedDict):
+    """Why a training row has its suggestion: per checkpoint, in the engine's order."""
+
+    checkpoints: list[str]  # the checkpoints' file names
+    given: list[float]  # P_c(given label)
+    suggested: list[float] | None  # P_c(suggested label); None without a suggestion
+    self_influence: list[float] | None  # lr_c |grad_c|^2, the row's own self-influence per checkpoint (None: the
+    # engine cannot split its scores by checkpoint, or it was busy)
+
+
+class DetailItem(Row):
+    """The row of a detail reply: a training row with its evidence (None: not computed yet / no suggestions)."""
+
+    evidence: Evidence | None
 
 
 class RowsReply(TypedDict):
@@ -125,7 +170,13 @@ class RowsReply(TypedDict):
 class DetailReply(TypedDict):
     kind: Literal["detail"]
     id: int | str  # echoed back unchanged
-    item: Row
+    item: DetailItem
+
+
+class BulkFlagReply(TypedDict):
+    kind: Literal["bulk_flag"]
+    id: int | str  # echoed back unchanged
+    count: int  # the rows flagged (or unflagged): every row under the filter, or the page
 
 
 class ErrorReply(TypedDict):
@@ -154,9 +205,10 @@ class ContributionsReply(TypedDict):
     error: str | None  # why there is no breakdown (e.g. the engine cannot split its scores by checkpoint)
 
 
-Reply = RowsReply | DetailReply | ErrorReply | ContributionsReply
+Reply = RowsReply | DetailReply | ErrorReply | ContributionsReply | BulkFlagReply
 REPLIES: dict[str, type] = {
     "rows": RowsReply,
+    "bulk_flag": BulkFlagReply,
     "detail": DetailReply,
     "error": ErrorReply,
     "contributions": ContributionsReply,

@@ -5,10 +5,12 @@ the shapes of what the dict traits hold."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import anywidget
 import traitlets as t
 
+from ._review import relabels_from_json, relabels_to_json
 from ._traits import ClassNames, IndexList, PositiveInt, View
 
 _STATIC = Path(__file__).parent / "static"
@@ -33,6 +35,16 @@ class ExplorerState(anywidget.AnyWidget):
     - Type: list of int (sorted, unique, each in ``[0, n_train)``); numpy / torch integers are accepted.
     - Default: ``[]``, or the indices read from ``flags_path``.
     - Written by: both sides (the flag buttons, ``undo()``, Python).
+    """
+    relabels = cast("t.Dict[int, int]", t.Dict().tag(sync=True, to_json=relabels_to_json, from_json=relabels_from_json))
+    """
+    New labels of training examples: the user's corrections, shared by the details panel, Python and the review file;
+    ``cleaned_dataset()`` yields them. A relabel to the given label is dropped.
+
+    - Type: dict ``{train_index: new_label}`` of ints (each index in ``[0, n_train)``, each label a class index); on
+      the wire the keys are strings (``{"12": 3}``).
+    - Default: ``{}``, or what the review file restores.
+    - Written by: both sides (the relabel control, "accept the suggestion", ``undo()``, Python).
     """
     k = PositiveInt(10).tag(sync=True)
     """
@@ -153,6 +165,14 @@ class ExplorerState(anywidget.AnyWidget):
       gradients, a cache that cannot be written, factors in host memory: shown above the views).
     - Written by: Python.
     """
+    estimated_mislabelled = t.Int(None, allow_none=True, read_only=True).tag(sync=True)
+    """
+    How many training labels are estimated wrong: the rows whose checkpoints' average prediction differs from their
+    label (those with a suggested label), computed without ground truth. Where to stop inspecting the ranking.
+
+    - Type: int, or None until the suggestions are computed (or for labels that are not class indices).
+    - Written by: Python (read-only).
+    """
     test_strip = t.Dict().tag(sync=True)
     """
     The current page of test examples.
@@ -173,7 +193,8 @@ class ExplorerState(anywidget.AnyWidget):
     """
     Self-influence summary for the table's charts.
 
-    - Type: ``{"ready", "has_preds", "flags", "histogram", "score_min", "score_max", "roc", "found"}`` (the
-      score keys once self-influence is known, ``roc`` and ``found`` with ``is_mislabelled``).
+    - Type: ``{"ready", "has_preds", "flags", "estimated_mislabelled", "histogram", "score_min", "score_max", "roc",
+      "found"}`` (the score keys once self-influence is known, ``roc`` and ``found`` with ``is_mislabelled``;
+      ``estimated_mislabelled`` None until the suggestions are computed).
     - Written by: Python.
     """

@@ -10,8 +10,8 @@ import numpy as np
 
 from ._codec import as_numpy
 
-SORT_KEYS = ("rank", "score", "index", "label", "pred")
-ONLY_VALUES = ("all", "flagged", "disagree", "mislabelled")
+SORT_KEYS = ("rank", "score", "index", "label", "pred", "suggested")
+ONLY_VALUES = ("all", "flagged", "disagree", "mislabelled", "suggested", "relabelled")
 
 
 def top_k(scores: np.ndarray, k: int, largest: bool = True) -> np.ndarray:
@@ -57,19 +57,27 @@ def filter_mask(
     flagged: Sequence[int] = (),
     is_mislabelled: np.ndarray | None = None,
     score_range: Sequence[float] | None = None,
+    suggested: np.ndarray | None = None,
+    relabelled: Sequence[int] = (),
 ) -> np.ndarray:
-    """The table's filters as one boolean mask over the training set (see :func:`table_order`)."""
+    """The table's filters as one boolean mask over the training set (see :func:`table_order`): ``only`` is one of
+    ``ONLY_VALUES`` (``"suggested"``: rows with a suggested label, ``suggested`` holding -1 where there is none;
+    ``"relabelled"``: the indices ``relabelled``)."""
     n = len(scores)
     mask = np.ones(n, dtype=bool)
     if label is not None:
         if labels is None:
             raise ValueError("cannot filter by class before the labels are known.")
         mask &= np.asarray(labels) == int(label)
-    if only == "flagged":
+    if only in ("flagged", "relabelled"):
         fm = np.zeros(n, dtype=bool)
-        fl = np.asarray(list(flagged), dtype=np.int64)
+        fl = np.asarray(list(flagged if only == "flagged" else relabelled), dtype=np.int64)
         fm[fl[(fl >= 0) & (fl < n)]] = True
         mask &= fm
+    elif only == "suggested":
+        if suggested is None:
+            raise ValueError("cannot filter by suggested label before the suggestions are computed.")
+        mask &= np.asarray(suggested) >= 0
     elif only == "disagree":
         if labels is None or preds is None:
             raise ValueError("cannot filter label != prediction before the predictions are computed.")

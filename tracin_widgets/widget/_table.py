@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ import numpy as np
 from . import _codec, _stats
 from ._examples import Examples
 from ._protocols import DetailReply, DetailRequest, RowsReply, RowsRequest, StripPage
+from ._suggest import NONE
 
 FILTERED_CACHE = 4  # filtered orders of recent table queries (the unfiltered sort orders are all kept)
 
@@ -48,11 +49,14 @@ class Table:
         self._score_stats: tuple | None = None  # (scores, truth, their charts): computed once per scores array
 
     def forget_orders(self, flagged_only: bool = False) -> None:
-        """Drop cached orders: those that filter by the flags (``flagged_only``) or all (new scores or predictions)."""
+        """Drop cached orders: those that filter by the flags or the relabels (``flagged_only``) or all (new scores,
+        predictions or suggestions)."""
         with self.examples.lock:
             self._generation += 1
             if flagged_only:
-                self._orders = OrderedDict((k, v) for k, v in self._orders.items() if k[3] != "flagged")
+                self._orders = OrderedDict(
+                    (k, v) for k, v in self._orders.items() if k[3] not in ("flagged", "relabelled")
+                )
             else:
                 self._orders = OrderedDict()
                 self._sorted = {}
@@ -76,7 +80,8 @@ class Table:
             order = order[::-1] if descending else order
         else:
             if key is None:
-                raise ValueError(f"cannot sort by {sort!r} before the predictions are computed.")
+                what = "suggestions" if sort == "suggested" else "predictions"
+                raise ValueError(f"cannot sort by {sort!r} before the {what} are computed.")
             k = np.asarray(key)[by_rank]
             if k.size and np.issubdtype(k.dtype, np.integer) and -(2**15) < k.min() and k.max() < 2**15:
                 k = k.astype(np.int16)  # class indices: numpy's stable sort of 16-bit ints is a radix sort (4x faster)
@@ -87,13 +92,14 @@ class Table:
                 self._sorted[(sort, descending)] = order
         return order
 
-    def order(self, key: tuple, flagged: Sequence[int]) -> np.ndarray:
+    def order(self, key: tuple, flagged: Sequence[int], relabelled: Sequence[int] = ()) -> np.ndarray:
         """The table's rows for the query ``key`` = (sort, descending, label, only, score_range): the filtered
         training indices in that sort order (ties by rank), from the cached sort orders."""
         ex = self.examples
         with ex.lock:
             scores, rank = ex.self_infl, ex.rank
             labels, preds, truth = ex.train_labels, ex.train_preds, ex.truth
+            suggested = None if ex.suggestions is None else ex.suggestions.labels
             generation = self._generation
             hit = self._orders.get(key)
             if hit is not None:
@@ -106,7 +112,10 @@ class Table:
             raise ValueError(f"only must be one of {_stats.ONLY_VALUES}, got {only!r}.")
         if scores is None:
             raise ValueError("the table has no order before the self-influence scores are computed.")
-        order = self._sort(sort, descending, scores, rank, labels if sort == "label" else preds, generation)
+        by: Any = {"label": labels, "pred": preds}.get(sort)
+        if sort == "suggested" and suggested is not None:  # rows without a suggestion last, either way
+            by = suggested if descending else np.where(suggested == NONE, np.iinfo(np.int16).max - 1, suggested)
+        order = self._sort(sort, descending, scores, rank, by, generation)
         if label is None and only == "all" and score_range is None:
             return order
         mask = _stats.filter_mask(
@@ -118,6 +127,8 @@ class Table:
             flagged=flagged,
             is_mislabelled=truth,
             score_range=score_range,
+            suggested=suggested,
+            relabelled=relabelled,
         )
         out = order[mask[order]]
         with ex.lock:
@@ -127,9 +138,29 @@ class Table:
                 self._orders.popitem(last=False)
         return out
 
-    def rows(self, msg: RowsRequest, flagged: Sequence[int]) -> RowsReply:
-        """One page of the table: ``msg["limit"]`` rows (at most 500) from ``msg["offset"]`` in the requested order."""
+    @staticmethod
+    def key(msg: Mapping[str, Any]) -> tuple:
+        """A rows request's (sort, descending, label, only, score_range): the cache key of its order."""
+        label, sr = msg.get("label"), msg.get("score_range")
+        return (
+            msg.get("sort", "rank"),
+            bool(msg.get("descending", False)),
+            None if label is None else int(label),
+            msg.get("only", "all"),
+            None if sr is None else tuple(float(v) for v in sr),
+        )
+
+    def rows(
+        self,
+        msg: RowsRequest,
+        flagged: Sequence[int],
+        relabels: Mapping[int, int] | None = None,
+        names: Sequence[str] = (),
+    ) -> RowsReply:
+        """One page of the table: ``msg["limit"]`` rows (at most 500) from ``msg["offset"]`` in the requested order
+        (``relabels``: the rows' new labels; ``names``: the class names of their badges)."""
         ex = self.examples
+        relabels = relabels or {}
         rid: Any = msg.get("id")  # echoed back as the page sent it
         offset = max(0, int(msg.get("offset", 0)))
         limit = min(500, max(1, int(msg.get("limit", 50))))
@@ -138,30 +169,32 @@ class Table:
             preds, probs = ex.train_preds, ex.train_probs
         if scores is None or rank is None:  # set together
             return RowsReply(kind="rows", id=rid, pending=True, total=0, offset=offset, rows=[])
-        label, sr = msg.get("label"), msg.get("score_range")
-        key = (
-            msg.get("sort", "rank"),
-            bool(msg.get("descending", False)),
-            None if label is None else int(label),
-            msg.get("only", "all"),
-            None if sr is None else tuple(float(v) for v in sr),
-        )
-        order = self.order(key, flagged)
+        order = self.order(self.key(msg), flagged, list(relabels))
         rows = [
-            _codec.item_row(
-                i,
-                ex.train_label(i),
-                score=scores[i],
-                rank=rank[i],
-                pred=None if preds is None else preds[i],
-                prob=None if probs is None else probs[i],
-                image=ex.image("train", i),
+            ex.reviewed(
+                _codec.item_row(
+                    i,
+                    ex.train_label(i),
+                    score=scores[i],
+                    rank=rank[i],
+                    pred=None if preds is None else preds[i],
+                    prob=None if probs is None else probs[i],
+                    image=ex.image("train", i),
+                ),
+                relabels,
+                names,
             )
             for i in order[offset : offset + limit].tolist()
         ]
         return RowsReply(kind="rows", id=rid, pending=False, total=int(len(order)), offset=offset, rows=rows)
 
-    def detail(self, msg: DetailRequest, lock: threading.Lock) -> DetailReply:
+    def detail(
+        self,
+        msg: DetailRequest,
+        lock: threading.Lock,
+        relabels: Mapping[int, int] | None = None,
+        names: Sequence[str] = (),
+    ) -> DetailReply:
         """One training example, larger (the row the page opened); ``lock`` guards the model's forward pass."""
         n_train, index = self.examples.n_train, msg.get("index")
         if not isinstance(index, int) or isinstance(index, bool):
@@ -174,9 +207,10 @@ class Table:
                 f"detail request: index {index} is outside the training set [0, {n_train}): send the "
                 "index of a training example."
             )
-        item = self.examples.query_row("train", index, _codec.DETAIL_SIZE, lock)
+        row = self.examples.query_row("train", index, _codec.DETAIL_SIZE, lock)
+        row = self.examples.reviewed(row, relabels or {}, names)
         rid: Any = msg.get("id")  # echoed back as the page sent it
-        return DetailReply(kind="detail", id=rid, item=item)
+        return DetailReply(kind="detail", id=rid, item={**row, "evidence": None})
 
     def stats(self, flagged: Sequence[int], previous: dict, flags_only: bool = False) -> dict:
         """The ``stats`` trait: flag metrics, and (once self-influence is known) its histogram, ROC and found curve.
@@ -188,7 +222,13 @@ class Table:
         with ex.lock:
             s, rank, truth, has_preds = ex.self_infl, ex.rank, ex.truth, ex.train_preds is not None
             cached = self._score_stats
-        out: dict[str, Any] = {"flags": flags, "has_preds": has_preds, "ready": s is not None}
+            estimate = None if ex.suggestions is None else ex.suggestions.count
+        out: dict[str, Any] = {
+            "flags": flags,
+            "has_preds": has_preds,
+            "ready": s is not None,
+            "estimated_mislabelled": estimate,
+        }
         if s is None:
             return out
         if cached is not None and cached[0] is s and cached[1] is truth:  # the same arrays: the same charts

@@ -29,6 +29,7 @@ ARGS = (
     "test_indices",
     "cache_dir",
     "view",
+    "review_path",
 )
 """The constructor's arguments (in order), offered when an unknown keyword is passed."""
 ALIASES = {
@@ -48,6 +49,8 @@ ALIASES = {
     "cache_path": "cache_dir",
     "tab": "view",
     "initial_view": "view",
+    "review": "review_path",
+    "review_file": "review_path",
 }
 """Likely names for the constructor's arguments (Captum's, other libraries'), mapped to ours."""
 

@@ -2,8 +2,9 @@
 documented in ``_state.ExplorerState``); no HTML and no heavy logic. The engine is used through
 ``_engine.EngineAdapter``, the examples and their computed arrays live in ``_examples.Examples``, the background run
 and the cancel rules in ``_pipeline.Pipeline``, the galleries in ``_galleries.py``, the page's messages in
-``_messages.py``, the table, its statistics and the test strip in ``_table.py``, the flags file and undo history in
-``_flagstore.FlagStore``, the snapshot in ``_html.py``, the wire format in ``_protocols.py``. The pipeline and the
+``_messages.py``, the table, its statistics and the test strip in ``_table.py``, the suggested labels in
+``_suggest.py``, the review file, flags file and undo history in ``_review.ReviewStore``, the snapshot in ``_html.py``,
+the wire format in ``_protocols.py``. The pipeline and the
 galleries reach the explorer through one ``_host.Host``."""
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ from typing import Any, cast
 
 import numpy as np
 import traitlets as t
-from torch.utils.data import Subset
 
-from . import _flags, _html, _stats
+from . import _flags, _html, _review, _stats
 from ._engine import EngineAdapter
 from ._examples import Examples
-from ._flagstore import FlagStore
 from ._galleries import Galleries
 from ._host import ExplorerHost
 from ._messages import Messages
-from ._pipeline import SELF_INFLUENCE, TEST_PREDICTIONS, Pipeline
+from ._pipeline import SELF_INFLUENCE, SUGGESTIONS, TEST_PREDICTIONS, Pipeline
 from ._protocols import Gallery, InfluenceSource
 from ._state import ExplorerState
 from ._table import Table
@@ -38,7 +37,8 @@ log = logging.getLogger("tracin_widgets.widget")
 
 class InfluenceExplorer(ExplorerState):
     """Explore TracIn influence in a notebook: proponents/opponents of test predictions, self-influence ranking of the
-    training set (likely mislabelled examples first), and flags shared by every view.
+    training set (likely mislabelled examples first), suggested labels (the checkpoints' average prediction), and
+    flags and relabels shared by every view, kept in a review file.
 
     Builds a ``TracInCPFast`` (final linear layer found by tracing, cross-entropy loss with ``reduction="sum"``)
     unless ``engine=`` gives one. Predictions, the training factors and self-influence are computed in a background
@@ -85,6 +85,10 @@ class InfluenceExplorer(ExplorerState):
             Not with ``engine=``.
         view: the first tab: ``"test"`` (the test predictions and their galleries; the default with a test set)
             or ``"ranking"`` (the self-influence ranking; the default without one); the ``view`` trait.
+        review_path: the review file (``.json``): flags, relabels and their undo history, restored at start and
+            saved after every change (default None: ``<cache_dir>/review-<data fingerprint>.json`` with a
+            ``cache_dir``, else ``<user cache dir>/tracin_widgets/reviews/<data fingerprint>.json``, the user cache
+            dir being ``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux; ``False``: none). ``flags_path``'s flags win.
 
     Examples:
         >>> from tracin_widgets import InfluenceExplorer
@@ -93,7 +97,7 @@ class InfluenceExplorer(ExplorerState):
         ... )
         >>> explorer  # the last line of a cell shows the widget
         >>> explorer.wait().save_html("review.html")  # once computed: a snapshot to share
-        >>> clean = explorer.cleaned_dataset()  # the training set without the flagged examples
+        >>> clean = explorer.cleaned_dataset()  # without the flagged examples, with the new labels
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class InfluenceExplorer(ExplorerState):
         test_indices: Sequence[int] | None = None,
         cache_dir: Any = None,
         view: str | None = None,
+        review_path: Any = None,
         **kwargs: Any,
     ):
         class_names = check_arguments(kwargs, train_dataset, test_dataset, k, class_names, batch_size, to_image)
@@ -153,7 +158,8 @@ class InfluenceExplorer(ExplorerState):
             cancel=self._cancel,
         )
         ex.truth = None if is_mislabelled is None else _stats.mislabelled_mask(is_mislabelled, self._n_train)
-        self._flag_store = FlagStore(flags_path, self._n_train, self._lock)  # a corrupt file raises here, untouched
+        # a corrupt file raises here, untouched
+        self._review = _review.open_store(flags_path, review_path, ex, self._engine.cache_dir, self._lock)
         self._names_reported = False
         self.last_exception: BaseException | None = None
         self._table = Table(ex)
@@ -184,7 +190,8 @@ class InfluenceExplorer(ExplorerState):
             k=k,
             view=view,
             class_names=class_names if class_names is not None else [],
-            flagged=self._flag_store.restored,
+            flagged=self._review.restored.flagged,
+            relabels=self._review.restored.relabels,
             info={
                 "n_train": self._n_train,
                 "n_test": int(len(ex.test_ids)),
@@ -195,7 +202,7 @@ class InfluenceExplorer(ExplorerState):
             },
         )
         self.on_msg(self._messages.on_msg)
-        self.observe(self._on_flagged, names=["flagged"])
+        self.observe(self._on_review, names=["flagged", "relabels"])
         self.observe(self._on_selected_test, names=["selected_test"])
         self.observe(self._on_query, names=["query", "k", "explain"])
         self.observe(self._on_strip_params, names=["test_page", "test_page_size", "misclassified_only"])
@@ -219,6 +226,19 @@ class InfluenceExplorer(ExplorerState):
         with self._lock:
             s = self._examples.self_infl
             return None if s is None else s.copy()
+
+    @property
+    def suggested_labels(self) -> np.ndarray | None:
+        """Each training example's suggested label, ``(n_train,)`` int64: the argmax of the checkpoints' average
+        softmax where it differs from the given label, else ``-1``; None until computed (or without class labels)."""
+        with self._lock:
+            s = self._examples.suggestions
+            return None if s is None else s.labels.copy()
+
+    @property
+    def review_path(self) -> Path | None:
+        """The review file (flags, relabels and their undo history), or None when ``review_path=False``."""
+        return self._review.path
 
     def start(self) -> InfluenceExplorer:
         """(Re)start the background computation (after a cancel or an error); no-op while it runs."""
@@ -250,12 +270,26 @@ class InfluenceExplorer(ExplorerState):
         return self
 
     def undo(self) -> None:
-        """Undo the last change of ``flagged`` (from any view or from Python)."""
-        self._flag_store.undo(lambda prev: setattr(self, "flagged", prev))
+        """Undo the last change of ``flagged`` or ``relabels`` (from any view or from Python)."""
+        self._review.undo(self._review_state(), self._assign_review)
 
     def export_flagged(self, path: Any) -> Path:
-        """Write the flagged indices to ``path``: ``.json`` (a list) or ``.csv`` (an ``index`` column)."""
-        return _flags.write(path, list(self.flagged))
+        """Write one record per flagged or relabelled training example to ``path``, ``.json`` (a list of objects) or
+        ``.csv`` (a header row): ``index, given_label, suggested_label, new_label, flagged, self_influence`` (none:
+        ``null`` / empty). It reads back as a flags file (``flags_path``: its flagged rows)."""
+        _flags.check_suffix(path)
+        return _flags.write_records(path, _review.export_records(self._review_state(), self._examples))
+
+    def merge_review(self, path: Any) -> dict[int, tuple[int, int]]:
+        """Merge a second reviewer's review file (or flags file) into this review, as one undo step: the union of
+        the flags, their relabels where this review has none. Returns the conflicts, ``{index: (ours, theirs)}``
+        where both relabelled an example differently (ours kept; a warning names them)."""
+        state, conflicts = _review.merged(self._review_state(), path, self._n_train, self._review.fingerprint)
+        with self._review.one_step(self._review_state):
+            self._assign_review(state)
+        if conflicts:
+            warnings.warn(_review.conflicts_note(conflicts, path), UserWarning, stacklevel=2)
+        return conflicts
 
     def checkpoint_contributions(
         self, test_index: int, train_index: int, *, source: str = "test", explain: str | None = None
@@ -281,11 +315,7 @@ class InfluenceExplorer(ExplorerState):
         URLs): it opens offline in any browser, without a kernel. Parts not computed yet (galleries, self-influence)
         are named in the file and in a warning: call :meth:`wait` first for a complete snapshot.
         """
-        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= _html.MAX_ROWS:
-            raise ValueError(
-                f"top must be an int in [0, {_html.MAX_ROWS}] (rows of the self-influence ranking to include), "
-                f"got {top!r}."
-            )
+        _html.check_top(top)
         _html.check_path(path)
         text, missing = _html.snapshot(self, top)
         out = _html.write(path, text)
@@ -298,11 +328,14 @@ class InfluenceExplorer(ExplorerState):
             )
         return out
 
-    def cleaned_dataset(self) -> Subset:
-        """The training set without the flagged examples, as a ``torch.utils.data.Subset``."""
-        keep = np.ones(self._n_train, dtype=bool)
-        keep[np.asarray(self.flagged, dtype=np.int64)] = False  # a mask, not a Python loop over the training set
-        return Subset(self._examples.train, np.flatnonzero(keep).tolist())
+    def cleaned_dataset(self) -> Any:
+        """The training set without the flagged examples and with the new label of each relabelled one: a
+        ``torch.utils.data.Subset`` without relabels, else a ``RelabelledSubset`` (same ``dataset`` and ``indices``;
+        its items carry the new labels). Examples both flagged and relabelled are dropped."""
+        return _review.cleaned(self._examples.train, self._n_train, list(self.flagged), dict(self.relabels))
+
+    def __repr__(self) -> str:
+        return _review.summary(dict(self.info), len(self.flagged), len(self.relabels), self.estimated_mislabelled)
 
     def close(self) -> None:
         cancel = getattr(self, "_cancel", None)  # close() also runs from __del__ of a half-built widget
@@ -362,14 +395,22 @@ class InfluenceExplorer(ExplorerState):
         self._show()  # the engine's notes
         if what != SELF_INFLUENCE:  # predictions: labels beyond the class names, the number of classes
             self._note_classes()
+        if what == SUGGESTIONS:
+            with self._lock:
+                sugg = self._examples.suggestions
+            self.set_trait("estimated_mislabelled", None if sugg is None else sugg.count)
         if what == TEST_PREDICTIONS:
             self._refresh_strip()
         else:
             self._update_stats()
-            with self._lock:  # the badges need the training predictions and ranks: redraw the tiles
-                if self.gallery.get("proponents") or self.gallery.get("opponents"):
-                    shown = cast(Gallery, self.gallery)  # the trait only ever holds Gallery payloads
-                    self.gallery = dict(self._galleries.rebadge(shown, list(self.class_names)))
+            self._rebadge()
+
+    def _rebadge(self) -> None:
+        """Redraw the tiles: their predictions, ranks, suggestions, badges and new labels as they are now."""
+        with self._lock:
+            if self.gallery.get("proponents") or self.gallery.get("opponents"):
+                shown = cast(Gallery, self.gallery)  # the trait only ever holds Gallery payloads
+                self.gallery = dict(self._galleries.rebadge(shown, list(self.class_names), dict(self.relabels)))
 
     def _note_classes(self) -> None:
         names = list(self.class_names)
@@ -397,15 +438,37 @@ class InfluenceExplorer(ExplorerState):
         except ValueError as e:
             raise t.TraitError(f"{e} Flag only indices into train_dataset.") from None
 
-    def _on_flagged(self, change: Any) -> None:
+    @t.validate("relabels")
+    def _validate_relabels(self, proposal: Any) -> dict[int, int]:
+        names = len(self.class_names) if self.class_names else None
+        try:
+            n = self._examples.n_outputs or names
+            return _review.normalise_relabels(proposal["value"], self._n_train, n, self._examples.train_label)
+        except ValueError as e:
+            raise t.TraitError(str(e)) from None
+
+    def _review_state(self) -> _review.State:
+        return _review.State(list(self.flagged), dict(self.relabels))
+
+    def _assign_review(self, state: _review.State) -> None:
+        with self.hold_sync():
+            self.flagged = state.flagged
+            self.relabels = state.relabels
+
+    def _on_review(self, change: Any) -> None:
+        """``flagged`` or ``relabels`` changed: filters, stats or tiles, the undo history, the files' autosave."""
         if change["old"] == change["new"]:
             return
         self._table.forget_orders(flagged_only=True)
-        self._update_stats(flags_only=True)
-        try:  # the undo history and the autosave to flags_path
-            self._flag_store.changed(change["old"], change["new"])
+        now = self._review_state()
+        try:
+            self._review.changed(now._replace(**{change["name"]: change["old"]}), now)
         except Exception as e:  # never lose the failure: banner + log
-            self._fail(e, "autosave", prefix=f"could not save flags to {self._flag_store.path}: ")
+            self._fail(e, "autosave", prefix=f"could not save flags to {self._review.failed}: ")
+        if change["name"] == "flagged":
+            self._update_stats(flags_only=True)
+        else:
+            self._rebadge()
 
     def _update_stats(self, flags_only: bool = False) -> None:
         try:
@@ -432,4 +495,5 @@ class InfluenceExplorer(ExplorerState):
 
     def _schedule_gallery(self) -> int | None:
         """Ask for the galleries of the current query; returns the request id (None for no query)."""
-        return self._galleries.request(dict(self.query), int(self.k), str(self.explain), list(self.class_names))
+        q, names = dict(self.query), list(self.class_names)
+        return self._galleries.request(q, int(self.k), str(self.explain), names, dict(self.relabels))
