@@ -58,6 +58,8 @@ export class FakeModel {
 export function defaults() {
   return {
     flagged: [],
+    relabels: {},
+    estimated_mislabelled: null,
     k: 10,
     selected_test: -1,
     query: {},
