@@ -34,7 +34,6 @@ function estimateMarker(testid, s, padL, x, text, title) {
     testid: `${testid}-estimate-label`,
     text,
   });
-  label.append(svg("title", { text: title }));
   return [line, label];
 }
 

@@ -62,22 +62,30 @@ export function histogramChart(hist, selected, onPick) {
   }
 
   let drag = null; // {start, cur}: bins under the pointer's press and its latest position
-  let picked = false; // a pointer press-and-release already picked: the click that follows does nothing
+  // A release picks at once only through its click (same task: pointerup, mouseup, click), so that the click is not
+  // taken for a second pick on the chart re-drawn for the new range; a release without a click picks on the next turn.
+  let pending = null;
   const win = () => root.ownerDocument?.defaultView || globalThis;
 
   /** Pick bins a..b: a single selected bin again clears the selection. */
   function pick(a, b) {
     const range = binsRange(edges, a, b);
-    const same = selected && binSelected(edges, a, selected) && a === b && selected[0] === range[0];
-    onPick(same && selected[1] === range[1] ? null : range);
+    const again = a === b && selected && selected[0] === range[0] && selected[1] === range[1];
+    onPick(again ? null : range);
+  }
+  function flush() {
+    if (!pending) return false;
+    const [a, b] = pending;
+    pending = null;
+    pick(a, b);
+    return true;
   }
   function up() {
     win().removeEventListener("pointerup", up);
     if (!drag) return;
-    const { start, cur } = drag;
+    pending = [drag.start, drag.cur];
     drag = null;
-    picked = true;
-    pick(start, cur);
+    setTimeout(flush, 0);
   }
   // on each bar's hit area (events dispatched at it need not bubble), the release anywhere
   const handlers = (i) => ({
@@ -85,7 +93,6 @@ export function histogramChart(hist, selected, onPick) {
       if (e.button !== undefined && e.button > 0) return;
       e.preventDefault(); // no text selection while dragging
       drag = { start: i, cur: i };
-      picked = false;
       paint(i, i);
       win().addEventListener("pointerup", up);
     },
@@ -95,11 +102,12 @@ export function histogramChart(hist, selected, onPick) {
       paint(drag.start, i);
     },
     onPointerup: up,
-    onClick: () => {
-      if (picked) picked = false;
-      else pick(i, i);
+    onClick: (e) => {
+      e.stopPropagation();
+      if (!flush()) pick(i, i);
     },
   });
+  root.addEventListener("click", flush); // a drag across bars clicks their common ancestor, the chart
 
   counts.forEach((c, i) => {
     const lo = edges[i],

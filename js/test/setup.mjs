@@ -109,3 +109,13 @@ export function mount(render, model) {
 export function q(el, testid) {
   return [...el.querySelectorAll(`[data-testid="${testid}"]`)];
 }
+
+/** A rows reply to request id (images as buffers, as Python sends them). */
+export function rowsReply(id, rows, total = 120, offset = 0) {
+  const buffers = [];
+  const packed = rows.map((r) => {
+    buffers.push(img().data);
+    return { ...r, image: { buffer: buffers.length - 1, shape: [2, 2, 1] } };
+  });
+  return [{ kind: "rows", id, pending: false, total, offset, rows: packed }, buffers];
+}
