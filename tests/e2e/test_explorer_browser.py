@@ -478,10 +478,8 @@ def test_label_choice_badges_and_per_checkpoint_breakdown(jupyter_server, explor
                 "print(sum(bool(r['badge']) for r in explorer.gallery['proponents'] + explorer.gallery['opponents']))",
             )
             assert badges.count() == int(badged) < tiles, f"{badges.count()} of {tiles} tiles badged"
-            for title in badges.evaluate_all("els => els.map(e => e.title)"):
-                assert re.match(
-                    r"Worth a second look: its (label .* differs from the model's prediction|self-influence)", title
-                ), title
+            for title in badges.evaluate_all("els => els.map(e => e.title)"):  # the badge text Python sends
+                assert re.match(r"the checkpoints' average prediction is .* \(p̄ [\d.]+\), not its label", title), title
 
         # the breakdown of (test example, first proponent) for the prediction
         first = data_indices(proponents)[0]
