@@ -98,7 +98,7 @@ export function createCharts(ctx) {
           "Self-influence",
           range
             ? null
-            : h("span", { className: "tracin-muted tracin-hint", text: " · drag across bars to filter the table" }),
+            : h("span", { className: "tracin-muted tracin-hint", text: "drag across bars to filter the table" }),
           range
             ? h("button", {
                 type: "button",

@@ -194,7 +194,12 @@ export function createDetails(ctx) {
     el.dataset.index = String(i);
     const holder = el.parentElement;
     if (anchor?.getBoundingClientRect && holder) {
-      anchorTop = anchor.getBoundingClientRect().top - holder.getBoundingClientRect().top;
+      const a = anchor.getBoundingClientRect(),
+        b = holder.getBoundingClientRect();
+      anchorTop = a.top - b.top;
+      // the drawer docks on the side away from the click, so that what was clicked stays in sight
+      const centre = (a.left + a.right) / 2 - b.left;
+      el.classList.toggle("is-left", b.width > 0 && centre > 0.6 * b.width);
     }
     setChildren(body, h("div", { className: "tracin-muted", text: `#${i} …` }));
     setChildren(evidence);

@@ -32,8 +32,8 @@ export function selfInfluenceBars(ev) {
         title: words,
         attrs: { role: "listitem", "aria-label": words },
       },
-      h("span", { className: "tracin-cbar-name", text: name }),
-      h("span", { className: "tracin-cbar-value tracin-mono", text: fmtScore(v) }),
+      h("span", { className: "tracin-ebar-name", text: name }),
+      h("span", { className: "tracin-ebar-value tracin-mono", text: fmtScore(v) }),
       bar(max > 0 ? Math.abs(v) / max : 0, "is-self"),
     );
   });
@@ -56,13 +56,13 @@ export function probabilityRows(ev, names, given, suggested) {
         title: words,
         attrs: { role: "listitem", "aria-label": words },
       },
-      h("span", { className: "tracin-cbar-name", text: name }),
-      h("span", { className: "tracin-eprob-key", text: "label" }),
+      h("span", { className: "tracin-ebar-name", text: name }),
+      h("span", { className: "tracin-eprob-key is-given", text: "label" }),
       bar(pg, "is-given"),
-      h("span", { className: "tracin-cbar-value tracin-mono", text: pct(pg) }),
-      s ? h("span", { className: "tracin-eprob-key", text: "suggested" }) : null,
+      h("span", { className: "tracin-ebar-value tracin-mono is-given", text: pct(pg) }),
+      s ? h("span", { className: "tracin-eprob-key is-suggested", text: "suggested" }) : null,
       s ? bar(ps, "is-suggested") : null,
-      s ? h("span", { className: "tracin-cbar-value tracin-mono", text: pct(ps) }) : null,
+      s ? h("span", { className: "tracin-ebar-value tracin-mono is-suggested", text: pct(ps) }) : null,
     );
   });
 }

@@ -177,6 +177,11 @@ test("a narrow widget's details drawer opens at the height of the row clicked", 
     tr.getBoundingClientRect = () => ({ top: 1000, bottom: 1020, left: 0, right: 600, height: 20, width: 600 });
     tr.click();
     assert.equal(details.style.getPropertyValue("--tracin-drawer-top"), "700px");
+    assert.ok(!details.classList.contains("is-left")); // a row: the drawer at the right edge
+    // a click on the right-hand side (the last opponent): the drawer docks left, the tile stays in sight
+    tr.getBoundingClientRect = () => ({ top: 520, bottom: 540, left: 500, right: 580, height: 20, width: 80 });
+    tr.click();
+    assert.ok(details.classList.contains("is-left"));
     cleanup();
   } finally {
     style.remove();

@@ -12,6 +12,7 @@ file browser open) and 1400 px, on ``explorer_review.ipynb``'s explorer:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -100,6 +101,11 @@ def answered_where_clicked(details, clicked, where: str) -> list[str]:
         problems.append(f"{where}: the details ({d}) and the clicked element ({c}) are not on screen together")
     if d["position"] == "absolute" and not (d["top"] <= c["top"] + 2 and d["bottom"] >= c["top"]):
         problems.append(f"{where}: the drawer ({d['top']:.0f}-{d['bottom']:.0f}) misses the click at {c['top']:.0f}")
+    covered = (
+        d["left"] < c["right"] - 1 and d["right"] > c["left"] + 1 and d["top"] < c["bottom"] and d["bottom"] > c["top"]
+    )
+    if covered and c["right"] - c["left"] < 200:  # a tile (a table row spans the table: the drawer covers its end)
+        problems.append(f"{where}: the details ({d}) cover the clicked tile ({c})")
     return problems
 
 
@@ -149,6 +155,7 @@ def test_details_where_clicked_nothing_clipped_light_and_dark(jupyter_server, re
             widget.get_by_test_id("tracin-tab-ranking").click()
             rows = widget.get_by_test_id("tracin-table-row")
             expect(rows.first).to_be_visible(timeout=COMPUTE_TIMEOUT_MS)
+            expect(widget.locator(".tracin-table tbody")).not_to_have_class(re.compile(r"\bis-loading\b"))
             row = rows.nth(8)
             row.scroll_into_view_if_needed()
             row.click()
@@ -164,6 +171,9 @@ def test_details_where_clicked_nothing_clipped_light_and_dark(jupyter_server, re
                     problems.append(f"{tag}: the charts ({charts}) are not beside the table ({table})")
                 if charts["x"] + charts["width"] > pane["x"] + 0.5:
                     problems.append(f"{tag}: the details ({pane}) cover the charts ({charts})")
+                wrap = widget.locator(".tracin-table-wrap").evaluate("(w) => w.scrollWidth - w.clientWidth")
+                if wrap > 0:
+                    problems.append(f"{tag}: the table's last columns are cut ({wrap} px to scroll)")
             gaps = widget.get_by_test_id("tracin-found").evaluate(DOT_JS)
             if min(gaps["gapX"], gaps["gapY"]) <= 0:
                 problems.append(f"{tag}: the flags dot touches an axis {gaps}")
