@@ -7,10 +7,10 @@ import { imageElement } from "./codecs.js";
 import { h, setChildren } from "./dom.js";
 import { evidenceSection } from "./evidence.js";
 import { isFlagged, toggleFlag } from "./flags.js";
-import { className, fmtInt, fmtProb, fmtScore } from "./format.js";
+import { fmtInt, fmtProb, fmtScore } from "./format.js";
 import { answers, explainedWords } from "./gallery.js";
 import { relabelControls, suggestedLine } from "./relabel.js";
-import { labelCell } from "./tablerows.js";
+import { labelCell, nameSpan } from "./tablerows.js";
 
 /** "top 0.06%": the share of the training set ranked at or above `rank`, never rounded to 0. */
 export function fmtTop(rank, n) {
@@ -262,7 +262,7 @@ export function createDetails(ctx) {
         h(
           "dd",
           { className: wrong ? "tracin-wrong" : "" },
-          it.pred == null ? "…" : `${className(names, it.pred)} ${fmtProb(it.prob)}`,
+          it.pred == null ? "…" : [nameSpan(names, it.pred), ` ${fmtProb(it.prob)}`],
         ),
         h("dt", { text: "self-influence" }),
         h(

@@ -20,7 +20,7 @@ export const KEYS = {
     ["f", "flag / unflag the focused tile or row (else the example in the details panel)"],
     ["a", "accept the suggested label of the focused tile or row (else of the example in the details panel)"],
     ["shift-click", "flag the table rows from the last one clicked to this one"],
-    ["u", "undo the last flag change"],
+    ["u", "undo the last flag or relabel change"],
     ["Esc", "close details / help"],
     ["?", "show / hide this help"],
   ],

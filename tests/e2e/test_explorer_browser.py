@@ -317,7 +317,7 @@ def test_details_panel_layout_survives_jupyter_css(explorer):
                       value_right_of_term: b.left >= a.right - 1, term_clipped: dt.scrollWidth > dt.clientWidth + 1 };
            })"""
     )
-    assert [r["term"] for r in rows] == ["index", "label", "predicted", "self-influence"]
+    assert [r["term"] for r in rows] == ["index", "label", "suggested", "predicted", "self-influence"]
     bad = [r for r in rows if not (r["same_row"] and r["value_right_of_term"]) or r["term_clipped"]]
     assert bad == [], f"details panel rows broken by the host page's dl/dt CSS: {bad}"
     assert_no_errors(explorer)
