@@ -113,7 +113,7 @@ class JupyterServer:
 
 def start_server(frontend: str, tmp: Path) -> JupyterServer:
     module, app_class, _ = FRONTENDS[frontend]
-    names = ("root", "config", "data", "settings", "workspaces", "runtime", "ipython", "mpl", "tmp")
+    names = ("root", "config", "data", "settings", "workspaces", "runtime", "ipython", "mpl", "tmp", "cache")
     dirs = {name: tmp / name for name in names}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
@@ -131,6 +131,7 @@ def start_server(frontend: str, tmp: Path) -> JupyterServer:
         JUPYTER_RUNTIME_DIR=str(dirs["runtime"]),
         IPYTHONDIR=str(dirs["ipython"]),
         MPLCONFIGDIR=str(dirs["mpl"]),
+        XDG_CACHE_HOME=str(dirs["cache"]),  # the explorer's default review files land in the server's folder
         MPLBACKEND="Agg",
         PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
         PYTHONUNBUFFERED="1",

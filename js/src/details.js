@@ -1,10 +1,16 @@
-// Details of one training example: larger image, label, prediction, self-influence rank, flag toggle, walk on.
+// Details of one training example: larger image, label (and relabel), suggested label, prediction, self-influence
+// rank, flag toggle, walk on; the evidence by checkpoint (evidence.js) and, on the test tab, the per-checkpoint
+// breakdown of its influence on the galleries' query. Where the widget is narrow the panel is a drawer beside the
+// content at the height of what was clicked (CSS: .tracin-details in narrow.css), never far below it.
 
 import { imageElement } from "./codecs.js";
 import { h, setChildren } from "./dom.js";
+import { evidenceSection } from "./evidence.js";
 import { isFlagged, toggleFlag } from "./flags.js";
-import { className, fmtInt, fmtProb, fmtScore } from "./format.js";
+import { fmtInt, fmtProb, fmtScore } from "./format.js";
 import { answers, explainedWords } from "./gallery.js";
+import { relabelControls, suggestedLine } from "./relabel.js";
+import { labelCell, nameSpan } from "./tablerows.js";
 
 /** "top 0.06%": the share of the training set ranked at or above `rank`, never rounded to 0. */
 export function fmtTop(rank, n) {
@@ -60,6 +66,7 @@ export function createDetails(ctx) {
     text: "×",
     onClick: () => hide(),
   });
+  const evidence = h("div", { className: "tracin-evidence-holder" });
   const breakdown = h("section", {
     className: "tracin-breakdown",
     testid: "tracin-breakdown",
@@ -82,15 +89,25 @@ export function createDetails(ctx) {
       close,
     ),
     body,
+    evidence,
     breakdown,
   );
   let index = null;
+  let item = null; // the detail reply's row on screen
+  let anchorTop = 0; // where the clicked element was, relative to the panel's container
   let pair = null; // the (query, label, index) whose breakdown is shown or asked for
   /** The breakdown the panel should show: the galleries' query and explained label, and this example. */
   function wantedPair() {
     const g = model.get("gallery") || {};
     const q = model.get("query") || {};
-    if (index === null || !answers(g, q) || g.error || g.explained_label === null || g.explained_label === undefined)
+    if (
+      index === null ||
+      ctx.state.tab !== "test" ||
+      !answers(g, q) ||
+      g.error ||
+      g.explained_label === null ||
+      g.explained_label === undefined
+    )
       return null;
     return { query: { source: q.source, index: q.index }, label: g.explained_label, index, gallery: g };
   }
@@ -152,27 +169,57 @@ export function createDetails(ctx) {
     );
   });
 
-  function show(i) {
+  /**
+   * Where the panel is a drawer (narrow widgets: narrow.css), it opens at the clicked element's height: this sets
+   * --tracin-drawer-top on the panel and --tracin-drawer-bottom on its container (which grows to hold it). Wide
+   * widgets keep the panel beside the content and ignore both.
+   */
+  function place() {
+    const holder = el.parentElement;
+    if (el.hidden || !holder) return;
+    // the drawer covers the clicked element's height, and stays within the content beside it when that is taller
+    const contentHeight = holder.firstElementChild?.offsetHeight || 0;
+    const top = Math.max(0, Math.min(anchorTop, contentHeight - el.offsetHeight));
+    el.style.setProperty("--tracin-drawer-top", `${Math.round(top)}px`);
+    holder.style.setProperty("--tracin-drawer-bottom", `${Math.round(top + el.offsetHeight)}px`);
+    if (getComputedStyle(el).position === "absolute") el.scrollIntoView?.({ block: "nearest" });
+  }
+
+  /** Show training example i; anchor: the element clicked (tile, row), to open the drawer beside it. */
+  function show(i, anchor = null) {
     index = i;
+    item = null;
     pair = null;
     el.hidden = false;
     el.dataset.index = String(i);
+    const holder = el.parentElement;
+    if (anchor?.getBoundingClientRect && holder) {
+      const a = anchor.getBoundingClientRect(),
+        b = holder.getBoundingClientRect();
+      anchorTop = a.top - b.top;
+      // the drawer docks on the side away from the click, so that what was clicked stays in sight
+      const centre = (a.left + a.right) / 2 - b.left;
+      el.classList.toggle("is-left", b.width > 0 && centre > 0.6 * b.width);
+    }
     setChildren(body, h("div", { className: "tracin-muted", text: `#${i} …` }));
+    setChildren(evidence);
     setChildren(breakdown);
     rpc.request("detail", { index: i });
     requestBreakdown();
+    place();
   }
 
   function hide() {
     index = null;
+    item = null;
     pair = null;
     el.hidden = true;
     delete el.dataset.index;
+    el.parentElement?.style.removeProperty("--tracin-drawer-bottom");
   }
 
-  rpc.on("detail", (msg) => {
-    const it = msg.item;
-    if (!it || it.index !== index) return;
+  function renderItem() {
+    const it = item;
     const names = model.get("class_names");
     const n = ctx.info().n_train;
     const flagged = isFlagged(model, it.index);
@@ -197,6 +244,8 @@ export function createDetails(ctx) {
       text: "Show its proponents →",
       onClick: () => ctx.walk(it.index),
     });
+    const label = labelCell(model, it, "dd");
+    label.querySelector(".tracin-given").dataset.testid = "tracin-details-label";
     setChildren(
       body,
       imageElement(it.image, "tracin-img tracin-img-detail", `training example ${it.index}`),
@@ -206,12 +255,14 @@ export function createDetails(ctx) {
         h("dt", { text: "index" }),
         h("dd", { className: "tracin-mono", text: `#${it.index}` }),
         h("dt", { text: "label" }),
-        h("dd", {}, h("strong", { testid: "tracin-details-label", text: className(names, it.label) })),
+        label,
+        h("dt", { text: "suggested" }),
+        h("dd", {}, suggestedLine(names, it)),
         h("dt", { text: "predicted" }),
         h(
           "dd",
           { className: wrong ? "tracin-wrong" : "" },
-          it.pred == null ? "…" : `${className(names, it.pred)} ${fmtProb(it.prob)}`,
+          it.pred == null ? "…" : [nameSpan(names, it.pred), ` ${fmtProb(it.prob)}`],
         ),
         h("dt", { text: "self-influence" }),
         h(
@@ -222,11 +273,37 @@ export function createDetails(ctx) {
             : `${fmtScore(it.score)} · rank ${fmtInt(it.rank)} of ${fmtInt(n)}${n ? ` (${fmtTop(it.rank, n)})` : ""}`,
         ),
       ),
+      it.badge
+        ? h("p", { className: "tracin-muted tracin-why", testid: "tracin-details-badge", text: it.badge })
+        : null,
+      relabelControls(ctx, it),
       h("div", { className: "tracin-actions" }, toggle, walk),
     );
+    setChildren(evidence, evidenceSection(it, names));
+    place();
+  }
+
+  rpc.on("detail", (msg) => {
+    const it = msg.item;
+    if (!it || it.index !== index) return;
+    item = it;
+    renderItem();
     ctx.setCurrent(it.index);
   });
 
+  /** The tab changed: the breakdown belongs to the test tab only. */
+  function retab() {
+    if (index === null) return;
+    requestBreakdown();
+    place();
+  }
+
+  ctx.listen("change:relabels", () => {
+    if (item) renderItem();
+  });
+  ctx.listen("change:class_names", () => {
+    if (item) renderItem();
+  });
   ctx.listen("change:gallery", () => {
     if (index !== null) requestBreakdown();
   });
@@ -235,8 +312,13 @@ export function createDetails(ctx) {
     el,
     show,
     hide,
+    retab,
+    place,
     get index() {
       return index;
+    },
+    get item() {
+      return item;
     },
   };
 }

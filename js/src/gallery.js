@@ -4,6 +4,7 @@ import { imageElement } from "./codecs.js";
 import { h, setChildren } from "./dom.js";
 import { isFlagged } from "./flags.js";
 import { className, fmtInt, fmtProb, fmtScore } from "./format.js";
+import { rowNewLabel } from "./tablerows.js";
 
 const K_CHOICES = [5, 10, 20, 50];
 const EXPLAIN_CHOICES = [
@@ -29,25 +30,39 @@ export function answers(gallery, q) {
   return Boolean(gallery?.query && q && gallery.query.source === q.source && gallery.query.index === q.index);
 }
 
+/**
+ * The galleries' status line: what they explain, and how many tiles carry a "!" (a suggested label), in words that
+ * cannot be read as a label: "test #0 · 3 of 10 tiles: ! a suggested label".
+ */
+export function statusLine(what, rows) {
+  const nb = rows.filter((r) => r.badge).length;
+  if (!nb) return what;
+  return `${what} · ${fmtInt(nb)} of ${fmtInt(rows.length)} tiles: ! a suggested label`;
+}
+
 /** One gallery tile (exported for tests). */
 export function tile(ctx, row, kind) {
   const names = ctx.model.get("class_names");
   const lab = className(names, row.label);
+  const nl = rowNewLabel(ctx.model, row);
   const flagged = isFlagged(ctx.model, row.index);
   const title =
-    `training #${row.index} · label ${lab} · influence ${fmtScore(row.score)}` +
+    `training #${row.index} · label ${lab}` +
+    (nl !== null ? ` → relabelled ${className(names, nl)}` : "") +
+    ` · influence ${fmtScore(row.score)}` +
     (row.rank != null ? ` · self-influence rank ${fmtInt(row.rank)}` : "") +
-    (row.badge ? ` · ⚠ ${row.badge}` : "");
+    (row.badge ? ` · ! ${row.badge}` : "");
+  const has = row.suggested !== null && row.suggested !== undefined;
   return h(
     "button",
     {
       type: "button",
       className: `tracin-tile tracin-tile-${kind}${flagged ? " is-flagged" : ""}${row.badge ? " has-badge" : ""}`,
       testid: kind === "proponents" ? "tracin-proponent" : "tracin-opponent",
-      dataset: { index: row.index, flagItem: "" },
+      dataset: { index: row.index, flagItem: "", label: row.label ?? "", ...(has ? { suggested: row.suggested } : {}) },
       title,
       attrs: { "aria-label": title },
-      onClick: () => ctx.openDetails(row.index),
+      onClick: (e) => ctx.openDetails(row.index, e.currentTarget),
       onFocus: () => ctx.setCurrent(row.index),
     },
     imageElement(row.image, "tracin-img tracin-img-tile", `training example ${row.index}`),
@@ -55,7 +70,7 @@ export function tile(ctx, row, kind) {
       ? h("span", {
           className: "tracin-badge",
           testid: "tracin-badge",
-          title: `Worth a second look: ${row.badge}`,
+          title: row.badge,
           text: "!",
         })
       : null,
@@ -63,7 +78,11 @@ export function tile(ctx, row, kind) {
     h(
       "span",
       { className: "tracin-tile-meta" },
-      h("span", { className: "tracin-tile-label", text: lab }),
+      h("span", {
+        className: `tracin-tile-label tracin-name${nl !== null ? " is-relabelled" : ""}`,
+        title: nl !== null ? `${lab} → ${className(names, nl)}` : lab,
+        text: nl !== null ? `${lab}→${className(names, nl)}` : lab,
+      }),
       h("span", { className: "tracin-tile-index", text: `#${row.index}` }),
     ),
     h("span", { className: "tracin-tile-score", text: fmtScore(row.score) }),
@@ -271,8 +290,7 @@ export function createGallery(ctx) {
       setChildren(opp);
       return;
     }
-    const nb = (g.proponents || []).filter((r) => r.badge).length + (g.opponents || []).filter((r) => r.badge).length;
-    status.textContent = `${what}${nb ? ` · ${nb} worth a second look (!)` : ""}`;
+    status.textContent = statusLine(what, [...(g.proponents || []), ...(g.opponents || [])]);
     setChildren(
       pro,
       (g.proponents || []).map((r) => tile(ctx, r, "proponents")),
@@ -286,6 +304,7 @@ export function createGallery(ctx) {
   ctx.listen("change:gallery", render);
   ctx.listen("change:query", render);
   ctx.listen("change:class_names", render);
+  ctx.listen("change:relabels", render);
   ctx.listen("change:explain", () => {
     renderExplain();
     render();

@@ -55,12 +55,20 @@ function createHelp() {
     sections.map((s) => s.el),
     h("p", {
       className: "tracin-muted",
-      text: "Click inside the explorer first so that it receives the keys. Flags are shared by all views and live in explorer.flagged.",
+      text:
+        "Click inside the explorer first so that it receives the keys. Flags and relabels are shared by all views and " +
+        "live in explorer.flagged and explorer.relabels.",
     }),
   );
+  let anchor = null; // the "?" button: the dialog opens under it, never over it
   /** Show (on), hide (!on) or flip (on undefined) the dialog. */
   function toggle(on) {
     el.hidden = on === undefined ? !el.hidden : !on;
+    const parent = el.offsetParent || el.parentElement;
+    if (!el.hidden && anchor && parent) {
+      const below = anchor.getBoundingClientRect().bottom - parent.getBoundingClientRect().top;
+      el.style.top = `${Math.max(0, Math.round(below + 6))}px`;
+    }
   }
   function renderTestSet(has) {
     sections[0].heading.textContent = has ? "Test predictions" : "Explain an example";
@@ -70,6 +78,9 @@ function createHelp() {
     el,
     toggle,
     renderTestSet,
+    setAnchor(button) {
+      anchor = button;
+    },
     get hidden() {
       return el.hidden;
     },
@@ -100,6 +111,14 @@ export function createHeader(ctx) {
     test: tabButton(ctx, "test", "tracin-tab-test", testLabel),
     ranking: tabButton(ctx, "ranking", "tracin-tab-ranking", h("span", { text: "Self-influence" })),
   };
+  const helpButton = h("button", {
+    type: "button",
+    className: "tracin-btn tracin-btn-icon",
+    testid: "tracin-help-button",
+    attrs: { "aria-label": "Keyboard shortcuts" },
+    text: "?",
+    onClick: () => help.toggle(),
+  });
   const el = h(
     "header",
     { className: "tracin-header" },
@@ -112,15 +131,9 @@ export function createHeader(ctx) {
     h("div", { className: "tracin-tabs", attrs: { role: "tablist" } }, tabs.test, tabs.ranking),
     h("span", { className: "tracin-spacer" }),
     flagCount,
-    h("button", {
-      type: "button",
-      className: "tracin-btn tracin-btn-icon",
-      testid: "tracin-help-button",
-      attrs: { "aria-label": "Keyboard shortcuts" },
-      text: "?",
-      onClick: () => help.toggle(),
-    }),
+    helpButton,
   );
+  help.setAnchor(helpButton);
 
   /** Mark tab ("test" | "ranking") as the selected one. */
   function setTab(tab) {
@@ -142,11 +155,13 @@ export function createHeader(ctx) {
     const info = ctx.info();
     subtitle.textContent = `${info.engine || ""} · ${fmtInt(info.n_train)} training · ${fmtInt(info.n_test)} test`;
     const n = (model.get("flagged") || []).length;
-    flagCount.textContent = `⚑ ${fmtInt(n)} flagged`;
-    flagCount.classList.toggle("is-active", n > 0);
+    const r = Object.keys(model.get("relabels") || {}).length;
+    flagCount.textContent = `⚑ ${fmtInt(n)} flagged${r ? ` · ${fmtInt(r)} relabelled` : ""}`;
+    flagCount.classList.toggle("is-active", n > 0 || r > 0);
   }
 
   ctx.listen("change:flagged", render);
+  ctx.listen("change:relabels", render);
   ctx.listen("change:info", render);
   ctx.listen("change:info", renderTestSet);
   return { el, help, setTab, render, renderTestSet };

@@ -68,9 +68,10 @@ export function render({ model, el }) {
       if (q) ctx.setQuery(q, false);
     },
     canGoBack: () => state.history.length > 0,
-    openDetails(i) {
+    /** Open training example i in the details panel; anchor: the element clicked (the drawer opens beside it). */
+    openDetails(i, anchor = null) {
       state.current = i;
-      details.show(i);
+      details.show(i, anchor);
     },
     announce(text) {
       live.textContent = text;
@@ -79,6 +80,10 @@ export function render({ model, el }) {
     scoreRange: () => table.state.score_range,
     setScoreRange(range) {
       table.setRange(range);
+      charts.render();
+    },
+    gotoEstimate(n) {
+      table.gotoRank(n);
       charts.render();
     },
   };
@@ -105,6 +110,7 @@ export function render({ model, el }) {
     state.tab = tab;
     panes.show(tab);
     header.setTab(tab);
+    details.retab();
     if (write && model.get("view") !== tab) {
       model.set("view", tab);
       model.save_changes();

@@ -2,6 +2,7 @@
 // KEYS is the one list of them (the help dialog in header.js shows it).
 
 import { toggleFlag } from "./flags.js";
+import { acceptSuggestion } from "./relabel.js";
 
 // The keys of each view; every key is listed once per list with one meaning (j / k: next / previous everywhere).
 export const KEYS = {
@@ -17,7 +18,9 @@ export const KEYS = {
     ["j k", "next / previous item of the focused list (test examples, tiles or rows)"],
     ["Enter", "open the focused tile or row in the details panel"],
     ["f", "flag / unflag the focused tile or row (else the example in the details panel)"],
-    ["u", "undo the last flag change"],
+    ["a", "accept the suggested label of the focused tile or row (else of the example in the details panel)"],
+    ["shift-click", "flag the table rows from the last one clicked to this one"],
+    ["u", "undo the last flag or relabel change"],
     ["Esc", "close details / help"],
     ["?", "show / hide this help"],
   ],
@@ -50,6 +53,21 @@ function flagKey(ctx, details, target) {
   return true;
 }
 
+const num = (v) => (v === undefined || v === "" ? null : Number(v));
+
+/** a: accept the suggestion of the focused tile or row, else of the example in the details panel. */
+function acceptKey(ctx, details, target) {
+  const holder = target?.closest?.(".tracin-tile, .tracin-table-row");
+  if (holder) {
+    const d = holder.dataset;
+    return acceptSuggestion(ctx, Number(d.index), num(d.suggested), num(d.label)) || true;
+  }
+  const it = details.item;
+  if (!it) return false;
+  acceptSuggestion(ctx, it.index, it.suggested, it.label);
+  return true;
+}
+
 /** The ranking tab's keys when no row has the focus. */
 function rankingKey(table, k, target) {
   if (k === "ArrowDown" || k === "j") table.move(1);
@@ -79,6 +97,7 @@ function handleKey(ctx, views, e) {
   const step = NEXT[k];
   if (k === "?") views.help.toggle();
   else if (k === "f" || k === "F") return flagKey(ctx, views.details, e.target);
+  else if (k === "a" || k === "A") return acceptKey(ctx, views.details, e.target);
   else if (k === "u" || k === "U") {
     ctx.rpc.action("undo");
     ctx.announce("Undo");

@@ -8,6 +8,10 @@
  * Traits (model.get / model.set). "both" = written by JS and Python.
  * @typedef {Object} Model
  * @property {number[]} flagged            both: sorted unique training indices
+ * @property {Record<string, number>} relabels  both: {"<training index>": new label} (string keys, as JSON carries
+ *   them; Python converts), mirrored in each row's new_label
+ * @property {number|null} estimated_mislabelled  Python: how many labels are estimated wrong (the rows with a
+ *   suggested label; null until computed): the table's divider and the found chart's marker
  * @property {number} k                    both: gallery size
  * @property {number} selected_test        both: dataset index of the selected test example (-1: none)
  * @property {{source?: "test"|"train", index?: number}} query  both: what the galleries explain
@@ -29,6 +33,7 @@
  * @property {{ready: boolean, has_preds: boolean, histogram?: {counts: number[], edges: number[], log: boolean},
  *   score_min?: number, score_max?: number,
  *   roc?: {fpr: number[], tpr: number[], auc: number}|null, found?: {inspected: number[], found: number[]}|null,
+ *   estimated_mislabelled?: number|null,
  *   flags: {n_flagged: number, n_train: number, n_mislabelled?: number, true_positives?: number,
  *   precision?: number|null, recall?: number|null, inspected?: number|null}}} stats
  */
@@ -42,8 +47,18 @@
  * @property {number|null} prob
  * @property {number|null} score
  * @property {number|null} rank   1 = highest self-influence
- * @property {string|null} badge  why a gallery tile deserves a second look, in words
+ * @property {string|null} badge  only when a suggestion exists, in words: "the checkpoints' average prediction is
+ *   <name> (p̄ 0.71), not its label <name> (p̄ 0.12)" (the "!" badge's tooltip and the suggestion's title)
+ * @property {number|null} suggested  the suggested label (argmax of the checkpoints' average prediction; null: none)
+ * @property {number|null} new_label  the relabel, if any (mirrors `relabels`)
+ * @property {Evidence|null} [evidence]  detail replies of training rows only (evidence.js)
  * @property {Image|null} image
+ */
+
+/**
+ * Why a label is suggested, per checkpoint (DetailReply.item.evidence).
+ * @typedef {{checkpoints: string[], given: number[], suggested: number[]|null, self_influence: number[]}} Evidence
+ *   given / suggested: P_c(given label) / P_c(suggested label); self_influence: lr_c * |grad_c|^2
  */
 
 /**
@@ -59,8 +74,11 @@
 
 /**
  * Custom messages (_protocols.REQUESTS / REPLIES). JS -> Python:
- *   {kind: "rows", id, offset, limit, sort: "rank"|"score"|"index"|"label"|"pred", descending, label: number|null,
- *    only: "all"|"flagged"|"disagree"|"mislabelled", score_range: [lo, hi]|null}
+ *   {kind: "rows", id, offset, limit, sort: "rank"|"score"|"index"|"label"|"pred"|"suggested", descending,
+ *    label: number|null, only: "all"|"flagged"|"disagree"|"mislabelled"|"suggested"|"relabelled",
+ *    score_range: [lo, hi]|null}   (score_range: the histogram brush, the bins' outer edges)
+ *   {kind: "bulk_flag", id, filter: {sort, descending, label, only, score_range}, offset: number|null,
+ *    limit: number|null, flag: boolean}   (every row under the table's filter: offset/limit null; one page: given)
  *   {kind: "detail", id, index}
  *   {kind: "contributions", id, query: {source, index}, label, index}   (label: the gallery's explained_label)
  *   {kind: "cancel", run?: number} | {kind: "start"} | {kind: "undo"}   (run: progress_info.run when clicked)
@@ -68,7 +86,8 @@
  *    now on, re-publish test_strip and gallery so; the view then asks again for its table page and details)
  * Python -> JS (same id):
  *   {kind: "rows", id, pending, total, offset, rows: Row[]}
- *   {kind: "detail", id, item: Row}
+ *   {kind: "detail", id, item: Row}   (item.evidence for training rows)
+ *   {kind: "bulk_flag", id, count}
  *   {kind: "contributions", id, query, label, index, checkpoints: [{checkpoint, lr, contribution}], total, error}
  *   {kind: "error", id, request, message}   (request: the failed request's kind; id null for actions)
  * @typedef {Object} Messages

@@ -17,6 +17,8 @@ export class Rpc {
     this.onError = () => {};
     /** @type {((msg: any) => void)[]} see watch() */
     this.watchers = [];
+    /** @type {Record<string, {resolve: (msg: any) => void, reject: (err: Error) => void}>} see call() */
+    this.calls = {};
     this.onMessage = (msg, buffers) => this.receive(msg, buffers);
     model.on("msg:custom", this.onMessage);
   }
@@ -27,6 +29,19 @@ export class Rpc {
     this.latest[kind] = id;
     this.model.send({ kind, id, ...payload });
     return id;
+  }
+
+  /**
+   * A one-off request whose reply goes to the returned promise only (never to the kind's handler, and it does not
+   * make the kind's newest request stale): rejects with the error reply's message.
+   */
+  call(kind, payload = {}) {
+    const id = `${this.prefix}${this.nextId++}`;
+    const done = new Promise((resolve, reject) => {
+      this.calls[id] = { resolve, reject };
+    });
+    this.model.send({ kind, id, ...payload });
+    return done;
   }
 
   /** Fire-and-forget action (cancel, start, undo), with optional extra fields. */
@@ -51,6 +66,13 @@ export class Rpc {
 
   receive(msg, buffers) {
     if (!msg || typeof msg !== "object") return;
+    const call = msg.id !== undefined && msg.id !== null ? this.calls[msg.id] : undefined;
+    if (call) {
+      delete this.calls[msg.id];
+      if (msg.kind === "error") call.reject(new Error(msg.message));
+      else call.resolve(resolveBuffers(msg, buffers || []));
+      return;
+    }
     if (msg.kind === "error") {
       const kind = msg.request;
       if (msg.id !== undefined && msg.id !== null && kind && !this.isLatest(kind, msg.id)) return;

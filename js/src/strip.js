@@ -134,7 +134,7 @@ export function createStrip(ctx) {
           onClick: () => ctx.selectTest(it.index),
         },
         imageElement(it.image, "tracin-img tracin-img-strip", `test example ${it.index}`),
-        h("span", { className: "tracin-cap-label", text: lab }),
+        h("span", { className: "tracin-cap-label", title: lab, text: lab }),
         h(
           "span",
           { className: "tracin-cap-pred" },

@@ -1,23 +1,14 @@
 // Self-influence table over the whole training set: server-side paging, sorting and filtering through custom
 // messages ({kind: "rows", id, ...}); only the visible page and its thumbnails travel.
 
-import { imageElement } from "./codecs.js";
+import { createBulk, flagRange } from "./bulk.js";
 import { h, setChildren } from "./dom.js";
 import { createExport } from "./export.js";
-import { isFlagged, toggleFlag } from "./flags.js";
-import { className, fmtInt, fmtProb, fmtScore } from "./format.js";
+import { toggleFlag } from "./flags.js";
+import { className, fmtInt, fmtScore } from "./format.js";
+import { COLUMNS, dividerAt, dividerRow, tableRow } from "./tablerows.js";
 
 export const PAGE_SIZE = 50;
-
-const COLUMNS = [
-  { key: "rank", label: "Rank", sort: "rank" },
-  { key: "image", label: "" },
-  { key: "index", label: "Index", sort: "index" },
-  { key: "label", label: "Label", sort: "label" },
-  { key: "pred", label: "Predicted", sort: "pred" },
-  { key: "score", label: "Self-influence", sort: "score", firstDescending: true },
-  { key: "flag", label: "Flag" },
-];
 
 export function createTable(ctx) {
   const { model, rpc } = ctx;
@@ -33,7 +24,9 @@ export function createTable(ctx) {
   let total = 0,
     rows = [],
     focus = -1,
-    pendingFocus = null;
+    pendingFocus = null,
+    anchor = null, // the training index last clicked: shift-click flags the rows from it
+    skipChange = false; // a shift-click on a flag box flagged a range: its change event does nothing more
 
   const classSel = h("select", {
     className: "tracin-select",
@@ -72,6 +65,13 @@ export function createTable(ctx) {
     text: "›",
     onClick: () => page(1),
   });
+  const rangeChip = h("button", {
+    type: "button",
+    className: "tracin-btn tracin-chip",
+    testid: "tracin-table-range",
+    hidden: true,
+    onClick: () => ctx.setScoreRange(null),
+  });
   const thead = h("thead");
   const tbody = h("tbody");
   const note = h("div", { className: "tracin-empty", testid: "tracin-table-note", hidden: true });
@@ -92,12 +92,27 @@ export function createTable(ctx) {
       { className: "tracin-toolbar" },
       classSel,
       onlySel,
+      rangeChip,
       h("span", { className: "tracin-spacer" }),
       pageText,
       prev,
       next,
     ),
+    h("div", { className: "tracin-toolbar tracin-bulk-bar" }),
     h("div", { className: "tracin-table-wrap" }, table, note),
+  );
+  const bulk = createBulk(ctx, {
+    filter,
+    window: () => ({ offset: state.page * state.pageSize, limit: state.pageSize }),
+    total: () => total,
+    shown: () => rows.length,
+  });
+  el.querySelector(".tracin-bulk-bar").append(
+    bulk.el,
+    h("span", {
+      className: "tracin-muted tracin-bulk-hint",
+      text: "shift-click rows to flag a range",
+    }),
   );
 
   function renderFilters() {
@@ -116,6 +131,8 @@ export function createTable(ctx) {
       ["all", "all rows"],
       ["flagged", "flagged"],
       ["disagree", "label ≠ prediction"],
+      ["suggested", "with a suggested label"],
+      ["relabelled", "relabelled"],
     ];
     if (info.has_truth) opts.push(["mislabelled", "mislabelled (truth)"]);
     setChildren(
@@ -175,67 +192,72 @@ export function createTable(ctx) {
     return true;
   }
 
-  /** Ask Python for the current page; the newest request wins. */
-  function fetch() {
-    tbody.classList.add("is-loading");
-    return rpc.request("rows", {
-      offset: state.page * state.pageSize,
-      limit: state.pageSize,
+  /** The table's filter: the RowsRequest fields that choose and order the rows (bulk_flag sends them too). */
+  function filter() {
+    return {
       sort: state.sort,
       descending: state.descending,
       label: state.label,
       only: state.only,
       score_range: state.score_range,
-    });
+    };
   }
 
-  function row(r, i) {
-    const names = model.get("class_names");
-    const flagged = isFlagged(model, r.index);
-    const wrong = r.pred !== null && r.pred !== undefined && r.pred !== r.label;
-    const box = h("input", {
-      type: "checkbox",
-      testid: "tracin-row-flag",
-      checked: flagged,
-      dataset: { index: r.index, flagItem: "" },
-      attrs: { "aria-label": `flag training example ${r.index}` },
-      onClick: (e) => e.stopPropagation(),
-      onChange: () => toggleFlag(model, r.index, box.checked),
-    });
-    return h(
-      "tr",
-      {
-        className: `tracin-table-row${flagged ? " is-flagged" : ""}${i === focus ? " is-focused" : ""}`,
-        testid: "tracin-table-row",
-        dataset: { index: r.index, flagItem: "" },
-        tabIndex: -1,
-        onClick: () => {
-          setFocus(i);
-          ctx.openDetails(r.index);
-        },
-      },
-      h("td", { className: "tracin-col-rank tracin-mono", text: fmtInt(r.rank) }),
-      h(
-        "td",
-        { className: "tracin-col-image" },
-        imageElement(r.image, "tracin-img tracin-img-row", `training example ${r.index}`),
-      ),
-      h("td", { className: "tracin-col-index tracin-mono", text: `#${r.index}` }),
-      h("td", { className: "tracin-col-label", text: className(names, r.label) }),
-      h(
-        "td",
-        { className: `tracin-col-pred${wrong ? " tracin-wrong" : ""}` },
-        r.pred === null || r.pred === undefined ? "…" : className(names, r.pred),
-        r.prob != null ? h("span", { className: "tracin-muted", text: ` ${fmtProb(r.prob)}` }) : null,
-      ),
-      h("td", { className: "tracin-col-score tracin-mono", text: fmtScore(r.score) }),
-      h("td", { className: "tracin-col-flag" }, box),
-    );
+  /** Ask Python for the current page; the newest request wins. */
+  function fetch() {
+    tbody.classList.add("is-loading");
+    return rpc.request("rows", { offset: state.page * state.pageSize, limit: state.pageSize, ...filter() });
   }
+
+  /** The estimated number of wrong labels (stats, else the trait); null when unknown. */
+  function estimate() {
+    const st = model.get("stats") || {};
+    const n = st.estimated_mislabelled ?? model.get("estimated_mislabelled");
+    return n === undefined ? null : n;
+  }
+
+  const handlers = {
+    click(e, r, i) {
+      if (e.shiftKey && anchor !== null) {
+        const got = flagRange(model, rows, anchor, i);
+        ctx.announce(`${got.on ? "Flagged" : "Unflagged"} ${got.indices.length} rows`);
+        setFocus(i);
+        return;
+      }
+      anchor = r.index;
+      setFocus(i);
+      ctx.openDetails(r.index, e.currentTarget);
+    },
+    flag(e, r, box) {
+      const i = rows.indexOf(r);
+      if (e.shiftKey && anchor !== null && anchor !== r.index) {
+        skipChange = true;
+        flagRange(model, rows, anchor, i, box.checked);
+      }
+      anchor = r.index;
+    },
+    change(r, box) {
+      if (skipChange) skipChange = false;
+      else toggleFlag(model, r.index, box.checked);
+    },
+  };
 
   function render() {
     tbody.classList.remove("is-loading");
-    setChildren(tbody, rows.map(row));
+    const hadFocus = tbody.contains(document.activeElement);
+    drawnEstimate = estimate();
+    const trs = rows.map((r, i) => tableRow(model, r, i, i === focus, handlers));
+    const at = dividerAt(rows, estimate(), state.sort, state.descending);
+    if (at >= 0) trs.splice(at, 0, dividerRow(estimate()));
+    setChildren(tbody, trs);
+    if (hadFocus && focus >= 0) rowEl(focus)?.focus();
+    const range = state.score_range;
+    rangeChip.hidden = !range;
+    if (range) {
+      rangeChip.textContent = `self-influence ${fmtScore(range[0])}–${fmtScore(range[1])} ×`;
+      rangeChip.title = "Rows whose self-influence lies in the range brushed on the histogram; click to show all";
+    }
+    bulk.update();
     const n = Math.max(1, Math.ceil(total / state.pageSize));
     const first = total ? state.page * state.pageSize + 1 : 0,
       last = Math.min(total, (state.page + 1) * state.pageSize);
@@ -271,8 +293,11 @@ export function createTable(ctx) {
     if (focus >= 0 && ctx.root.contains(document.activeElement)) focusRow();
   });
 
+  /** The <tr> of row position i (the divider row is not one). */
+  const rowEl = (i) => tbody.querySelectorAll(".tracin-table-row")[i];
+
   function focusRow() {
-    const tr = tbody.children[focus];
+    const tr = rowEl(focus);
     if (tr) {
       tr.focus();
       ctx.setCurrent(rows[focus].index);
@@ -281,14 +306,15 @@ export function createTable(ctx) {
 
   function setFocus(i) {
     focus = i;
-    for (const [j, tr] of [...tbody.children].entries()) tr.classList.toggle("is-focused", j === i);
+    for (const [j, tr] of [...tbody.querySelectorAll(".tracin-table-row")].entries())
+      tr.classList.toggle("is-focused", j === i);
     if (rows[i]) ctx.setCurrent(rows[i].index);
   }
 
   /** Keyboard: move the focused row by delta (from row element tr when given: the row that has the focus), flipping
    * pages at the ends. */
   function move(delta, tr = null) {
-    const at = tr ? [...tbody.children].indexOf(tr) : -1;
+    const at = tr ? [...tbody.querySelectorAll(".tracin-table-row")].indexOf(tr) : -1;
     if (at >= 0) focus = at;
     const to = focus + delta;
     if (to >= 0 && to < rows.length) {
@@ -300,7 +326,16 @@ export function createTable(ctx) {
   }
 
   function openFocused() {
-    if (rows[focus]) ctx.openDetails(rows[focus].index);
+    if (rows[focus]) ctx.openDetails(rows[focus].index, rowEl(focus));
+  }
+
+  /** Show the page of rank n in rank order, every filter off: the "where to stop" divider. */
+  function gotoRank(n) {
+    Object.assign(state, { sort: "rank", descending: false, label: null, only: "all", score_range: null });
+    state.page = Math.max(0, Math.floor(n / state.pageSize));
+    renderFilters();
+    renderHead();
+    fetch();
   }
 
   function setRange(r) {
@@ -314,7 +349,8 @@ export function createTable(ctx) {
     render();
   });
   ctx.listen("change:info", renderFilters);
-  let seen = "";
+  let seen = "",
+    drawnEstimate = null;
   ctx.listen("change:stats", () => {
     // refetch only when self-influence or the predictions arrive, not on every flag
     const st = model.get("stats") || {};
@@ -323,7 +359,7 @@ export function createTable(ctx) {
       seen = now;
       renderFilters();
       fetch();
-    }
+    } else if (estimate() !== drawnEstimate) render();
   });
   ctx.listen("change:status", () => {
     if (model.get("status") === "ready") fetch();
@@ -331,6 +367,11 @@ export function createTable(ctx) {
   ctx.listen("change:flagged", () => {
     if (state.only === "flagged") fetch();
   });
+  ctx.listen("change:relabels", () => {
+    if (state.only === "relabelled") fetch();
+    else render();
+  });
+  ctx.listen("change:estimated_mislabelled", render);
   renderFilters();
   renderHead();
   render();
@@ -341,7 +382,9 @@ export function createTable(ctx) {
     page,
     openFocused,
     setRange,
+    gotoRank,
     state,
+    filter,
     get rows() {
       return rows;
     },

@@ -75,8 +75,11 @@ const only = q(el, "tracin-only-filter")[0];
 only.value = "mislabelled";
 only.dispatchEvent(new Event("change"));
 q(el, "tracin-histogram")[0].querySelectorAll(".tracin-hit")[1].dispatchEvent(new Event("click"));
+if (replies) feed(m, replies.rows);
+else m.reply({ kind: "rows", id: m.lastSent("rows").id, pending: false, total: 1, offset: 0, rows: [row(1)] });
+q(el, "tracin-bulk-flag")[0].click(); // every row under the filter
+q(el, "tracin-bulk-flag-page")[0].click(); // one page
 if (replies) {
-  feed(m, replies.rows);
   rendered.table_rows = q(el, "tracin-table-row").map((r) => Number(r.dataset.index));
   rendered.table_page = q(el, "tracin-table-page")[0].textContent;
   q(el, "tracin-table-next")[0].click();

@@ -58,6 +58,8 @@ export class FakeModel {
 export function defaults() {
   return {
     flagged: [],
+    relabels: {},
+    estimated_mislabelled: null,
     k: 10,
     selected_test: -1,
     query: {},
@@ -106,4 +108,14 @@ export function mount(render, model) {
 
 export function q(el, testid) {
   return [...el.querySelectorAll(`[data-testid="${testid}"]`)];
+}
+
+/** A rows reply to request id (images as buffers, as Python sends them). */
+export function rowsReply(id, rows, total = 120, offset = 0) {
+  const buffers = [];
+  const packed = rows.map((r) => {
+    buffers.push(img().data);
+    return { ...r, image: { buffer: buffers.length - 1, shape: [2, 2, 1] } };
+  });
+  return [{ kind: "rows", id, pending: false, total, offset, rows: packed }, buffers];
 }

@@ -160,6 +160,6 @@ test("charts: histogram bars filter the table by score range; ROC AUC and flag s
   hist.querySelectorAll(".tracin-hit")[1].dispatchEvent(new Event("click"));
   assert.deepEqual(m.lastSent("rows").score_range, [1, 2]);
   assert.ok(q(el, "tracin-histogram")[0].querySelectorAll(".tracin-bar")[1].classList.contains("is-selected"));
-  assert.equal(q(el, "tracin-only-filter")[0].querySelectorAll("option").length, 4); // includes "mislabelled (truth)"
+  assert.equal(q(el, "tracin-only-filter")[0].querySelectorAll("option").length, 6); // includes "mislabelled (truth)"
   cleanup();
 });

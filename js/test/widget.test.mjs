@@ -250,12 +250,12 @@ test("the label choice sets explain; captions name the label or the prediction",
   cleanup();
 });
 
-test("a badge's tooltip says in words why the training example is worth a look", () => {
+test("a badge's tooltip is the badge text Python sends (what was measured)", () => {
   const m = new FakeModel(misclassifiedGallery());
   const { el, cleanup } = mount(render, m);
   const badges = q(el, "tracin-badge");
   assert.equal(badges.length, 1);
-  assert.equal(badges[0].title, "Worth a second look: its label 2 differs from the model's prediction for it (1)");
+  assert.equal(badges[0].title, "its label 2 differs from the model's prediction for it (1)");
   assert.ok(q(el, "tracin-proponent")[1].contains(badges[0]));
   cleanup();
 });

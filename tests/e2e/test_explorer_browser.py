@@ -317,7 +317,7 @@ def test_details_panel_layout_survives_jupyter_css(explorer):
                       value_right_of_term: b.left >= a.right - 1, term_clipped: dt.scrollWidth > dt.clientWidth + 1 };
            })"""
     )
-    assert [r["term"] for r in rows] == ["index", "label", "predicted", "self-influence"]
+    assert [r["term"] for r in rows] == ["index", "label", "suggested", "predicted", "self-influence"]
     bad = [r for r in rows if not (r["same_row"] and r["value_right_of_term"]) or r["term_clipped"]]
     assert bad == [], f"details panel rows broken by the host page's dl/dt CSS: {bad}"
     assert_no_errors(explorer)
@@ -478,10 +478,8 @@ def test_label_choice_badges_and_per_checkpoint_breakdown(jupyter_server, explor
                 "print(sum(bool(r['badge']) for r in explorer.gallery['proponents'] + explorer.gallery['opponents']))",
             )
             assert badges.count() == int(badged) < tiles, f"{badges.count()} of {tiles} tiles badged"
-            for title in badges.evaluate_all("els => els.map(e => e.title)"):
-                assert re.match(
-                    r"Worth a second look: its (label .* differs from the model's prediction|self-influence)", title
-                ), title
+            for title in badges.evaluate_all("els => els.map(e => e.title)"):  # the badge text Python sends
+                assert re.match(r"the checkpoints' average prediction is .* \(p̄ [\d.]+\), not its label", title), title
 
         # the breakdown of (test example, first proponent) for the prediction
         first = data_indices(proponents)[0]
