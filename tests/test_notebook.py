@@ -53,6 +53,7 @@ def test_notebook_runs_headless_on_digits(tmp_path, monkeypatch):
     work = tmp_path / "run"
     work.mkdir()
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the explorers' default review files
     monkeypatch.setenv("TRACIN_TUTORIAL_DIR", str(work))  # data/ and checkpoints/ go to tmp, not the repo
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     client = NotebookClient(
@@ -96,5 +97,6 @@ def test_notebook_runs_headless_on_digits(tmp_path, monkeypatch):
 
     flags = work / "checkpoints" / "digits_mislabelled_dataset" / "flagged.json"
     exported = json.loads(flags.read_text())
-    assert len(exported) == 5 and exported == sorted(exported)
+    idx = [r["index"] for r in exported]
+    assert len(exported) == 5 and idx == sorted(idx) and all(r["flagged"] for r in exported)
     assert sorted((work / "checkpoints" / "digits_correct_dataset").glob("checkpoint-*.pt"))
