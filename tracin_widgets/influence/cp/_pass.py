@@ -26,6 +26,7 @@ from ._grad_sample import (
     Block,
     DenseBlock,
     Plan,
+    Workspace,
     blocks_cat,
     blocks_dot,
     blocks_nonfinite_rows,
@@ -85,7 +86,9 @@ class BlockPass(TracInCPBase):
         return None if self._plan is None else self._plan.paths()
 
     # ------------------------------------------------------------------ per-example gradients
-    def _blocks(self, state: dict, batch: tuple, mode: str, loss_fn: Any, what: str) -> list[Block]:
+    def _blocks(
+        self, state: dict, batch: tuple, mode: str, loss_fn: Any, what: str, ws: Workspace | None = None
+    ) -> list[Block]:
         plan, n = self._ensure_plan([state], batch, what), batch_len(batch)
         blocks: list[Block] = []
         if plan.hooked:
@@ -93,7 +96,7 @@ class BlockPass(TracInCPBase):
             def loss() -> torch.Tensor:
                 return total_loss(mode, loss_fn, self._forward(state, tuple(batch[:-1]), what), batch[-1], n)
 
-            blocks += hooked_blocks(plan, loss, n)
+            blocks += hooked_blocks(plan, loss, n, ws)
         if plan.dense:
             if self._warned_loop:  # vmap failed on this model before: straight to the loop
                 dp = {k: state[k] for k in plan.dense}
@@ -179,6 +182,7 @@ class BlockPass(TracInCPBase):
         test_blocks: list[list[Block]] | None,
         what: str,
         offset: int,
+        ws: Workspace | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(self-influence (m,), scores against the test rows (n_test, m) or None)`` of a chunk of training
         rows (``loss_fn``), one checkpoint's gradients at a time, each dropped once scored."""
@@ -187,7 +191,7 @@ class BlockPass(TracInCPBase):
         sc: torch.Tensor | None = None
         sums = []
         for c, (lr, state) in enumerate(zip(lrs, states, strict=True)):
-            blocks = self._blocks(state, rows, mode, loss_fn, what)
+            blocks = self._blocks(state, rows, mode, loss_fn, what, ws)
             sums.append(blocks_sum(blocks, self.device))
             term = lr * blocks_sq(blocks)
             sq = term if sq is None else sq + term
@@ -210,13 +214,14 @@ class BlockPass(TracInCPBase):
         if test_blocks is None and self._plan is not None:
             self._plan.choose(0)
         self_parts = []
+        ws = Workspace()  # one chunk's materialised gradients, reused by the next (dropped with the pass)
         prog = _Progress(phase, self._n_train(), show_progress, self.progress_callback)
         try:
             for offset, batch in self._train_batches(self._pass_rows(states[0], self._merge_rows(), backward=True)):
                 if test_blocks is None and self._plan is None:
                     self._ensure_plan(states, batch, "training batch").choose(0)
                 for off, part in self._chunks(batch, states, "training batch", offset):
-                    sq, sc = self._score_chunk(part, states, lrs, test_blocks, "training batch", off)
+                    sq, sc = self._score_chunk(part, states, lrs, test_blocks, "training batch", off, ws)
                     self_parts.append(sq.cpu())
                     if sc is not None and sink is not None:
                         sink.add(sc, off)

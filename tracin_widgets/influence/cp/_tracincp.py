@@ -26,7 +26,7 @@ from .._loss import loss_mode
 from .._store import parse_max_memory
 from .._topk import FullScores, RunningTopK, TopKPair, topk_of
 from .._types import Checkpoints, Inputs, KMostInfluentialResults, ProgressCallback, _Progress, locked
-from ._grad_sample import Plan, blocks_dot, select_params
+from ._grad_sample import Plan, Workspace, blocks_dot, select_params
 from ._pass import BlockPass
 from ._score_cache import ScoreCache, check_matrix_fits
 
@@ -341,13 +341,13 @@ class TracInCP(BlockPass):
                 total = -1
         with self._computing():
             states, lrs = self._checkpoint_states(show_progress)
-            out, start = [], 0
+            out, start, ws = [], 0, Workspace()
             prog = _Progress("self influence", total if total >= 0 else None, show_progress, self.progress_callback)
             try:
                 for b in itertools.chain([first], batches):
                     self._ensure_plan(states, b, "batch").choose(0)
                     for off, part in self._chunks(b, states, "batch", start):
-                        out.append(self._score_chunk(part, states, lrs, None, "batch", off)[0].cpu())
+                        out.append(self._score_chunk(part, states, lrs, None, "batch", off, ws)[0].cpu())
                     start += batch_len(b)
                     prog.update(batch_len(b))
             finally:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 GRAM_FLOATS = 1 << 24  # the most floats of one token-Gram product (test rows are taken in slices below it)
-SQ_COLUMNS = 1 << 16  # squared norms of a dense block are summed over column slices this wide
+SQ_COLUMNS = 1 << 16  # wider dense blocks get their squared norms one row at a time
 
 
 class FactoredBlock(NamedTuple):
@@ -54,6 +54,29 @@ class DenseBlock(NamedTuple):
 
 
 Block = FactoredBlock | TokenBlock | DenseBlock  # one checkpoint's per-example gradients of a batch: a list of these
+
+
+class Workspace:
+    """Buffers for materialised per-example gradients, reused by the consecutive chunks and checkpoints of a
+    training pass (each chunk's are dropped once scored): fresh memory costs a page fault per page at every
+    allocation, several times the time of filling it."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str, n: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        """An ``(n, cols)`` buffer of ``like``'s dtype and device (its contents are overwritten by the caller)."""
+        buf = self._bufs.get(key)
+        if (
+            buf is None
+            or buf.shape[0] < n
+            or buf.shape[1] != cols
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+        ):
+            self._bufs.pop(key, None)
+            buf = self._bufs[key] = like.new_empty(n, cols)
+        return buf[:n]
 
 
 def _mm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -99,10 +122,11 @@ def _token_sq(r: TokenBlock) -> torch.Tensor:
 
 
 def _dense_sq(v: torch.Tensor) -> torch.Tensor:
-    """Row squared norms without a squared copy of ``v``: summed over column slices of a fixed width (a row's
-    value does not depend on the rows computed with it)."""
-    d = v.shape[1]
-    return sum_terms(v[:, s : s + SQ_COLUMNS].pow(2).sum(1) for s in range(0, max(d, 1), SQ_COLUMNS))
+    """Row squared norms without a squared copy of a wide ``v`` (one BLAS dot per row); a row's value does not
+    depend on the rows computed with it."""
+    if v.shape[1] <= SQ_COLUMNS:
+        return v.pow(2).sum(1)
+    return torch.stack([torch.dot(row, row) for row in v])
 
 
 def _block_dot(r: Block, t: Block) -> torch.Tensor:

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..._layers import resolve_module
-from ._blocks import Block, DenseBlock, FactoredBlock, TokenBlock
-from ._conv2d import conv2d_row_floats, conv2d_sample_grads, hookable_conv2d
+from ._blocks import Block, DenseBlock, FactoredBlock, TokenBlock, Workspace
+from ._conv2d import conv2d_sample_grads, conv2d_tokens, hookable_conv2d
 from ._norm import hookable_norm, norm_row_floats, norm_sample_grads
 from ._tokens import Call, check_token_inputs, densify, hookable_embedding, token_block, token_costs, tokens_of_call
 
@@ -31,6 +31,7 @@ PATHS = {
     "gram": "{} over {} tokens (token Gram, never materialised)",
     "dense": "{} over {} tokens (materialised from hooks)",
     "conv2d": "Conv2d (materialised from hooks)",
+    "conv2d-gram": "Conv2d over {} output positions (token Gram, never materialised)",
     "norm": "{} affine (closed form from hooks)",
 }
 
@@ -43,6 +44,7 @@ class HookedLayer(NamedTuple):
     kind: str  # "linear" (factorised), "tokens" (Linear over tokens, Embedding, EmbeddingBag), "conv2d", "norm"
     has_bias: bool  # its bias is selected too
     size: int  # per row: tokens ("tokens"), output positions ("conv2d"), input floats ("norm"); 1 otherwise
+    broadcast: bool = False  # an Embedding looked up once for every row (BERT's position ids): expanded first
 
     def param_names(self) -> list[str]:
         return [f"{self.name}.weight"] + ([f"{self.name}.bias"] if self.has_bias else [])
@@ -59,7 +61,11 @@ class Plan:
     def choose(self, n_test: int) -> None:
         """For a query of ``n_test`` test rows (0: self-influence only), score each "tokens" layer by the
         token-Gram trick or by materialised gradients, whichever costs fewer flops (``_tokens.token_costs``)."""
-        self.gram = {h.name for h in self.hooked if h.kind == "tokens" and _gram_wins(h.module, h.size, max(0, n_test))}
+        self.gram = {
+            h.name
+            for h in self.hooked
+            if h.kind in ("tokens", "conv2d") and _gram_wins(h.module, h.size, max(0, n_test))
+        }
 
     def row_floats(self, sizes: dict[str, int]) -> int:
         """Floats one row's per-example gradients materialise at once (one checkpoint, with the temporaries that
@@ -69,12 +75,9 @@ class Plan:
             if h.kind == "linear":
                 assert isinstance(h.module, nn.Linear)
                 total += h.module.in_features + h.module.out_features
-            elif h.kind == "tokens":
+            elif h.kind in ("tokens", "conv2d"):
                 _, _, gram, dense = token_costs(h.module, h.size, 0)
                 total += gram if h.name in self.gram else dense
-            elif h.kind == "conv2d":
-                assert isinstance(h.module, nn.Conv2d)
-                total += conv2d_row_floats(h.module, h.size, h.has_bias)
             else:
                 total += norm_row_floats(h.module, h.size, h.has_bias)
         return total + 2 * sum(sizes.get(k, 0) for k in self.dense)  # vmap's gradients and their copy
@@ -85,7 +88,9 @@ class Plan:
         for h in self.hooked:
             kind = type(h.module).__name__
             key = ("gram" if h.name in self.gram else "dense") if h.kind == "tokens" else h.kind
-            out[h.name] = PATHS[key].format(kind, h.size)
+            if h.kind == "conv2d" and h.name in self.gram:
+                key = "conv2d-gram"
+            out[h.name] = PATHS[key].format(*((h.size,) if key == "conv2d-gram" else (kind, h.size)))
         for k in self.dense:
             out[k] = "torch.func.vmap(grad)"
         return out
@@ -139,9 +144,21 @@ def _shared_weights(net: nn.Module) -> set[int]:
     return {k for k, v in owners.items() if len(v) > 1}
 
 
-def _layer_kind(m: nn.Module, kind: str, seen: list[tuple[int, list]]) -> tuple[str, int] | None:
-    """The hook kind and per-row size of a candidate from its calls on the probes (the same on both), or None
-    (vmap): every call batch-first, a Conv2d on 4-D inputs."""
+def _broadcast(m: nn.Module, seen: list[tuple[int, list]]) -> bool:
+    """An Embedding whose every call on the probes looks up one row of indices for the whole batch (shape
+    ``(1, T)``; broadcast over the rows afterwards, as BERT's and GPT-2's position embeddings)."""
+    return isinstance(m, nn.Embedding) and all(
+        k > 1 and calls and all(a and isinstance(a[0], torch.Tensor) and a[0].shape[0] == 1 for a, _, _ in calls)
+        for k, calls in seen
+    )
+
+
+def _layer_kind(m: nn.Module, kind: str, seen: list[tuple[int, list]]) -> tuple[str, int, bool] | None:
+    """The hook kind, per-row size and broadcast flag of a candidate from its calls on the probes (the same on
+    both), or None (vmap): every call batch-first (or a broadcast Embedding), a Conv2d on 4-D inputs."""
+    if _broadcast(m, seen):
+        counts = {sum(int(a[0].numel()) for a, _, _ in calls) for _, calls in seen}
+        return ("tokens", counts.pop(), True) if len(counts) == 1 else None
     sizes = []
     for k, calls in seen:
         if not calls or not all(a and isinstance(a[0], torch.Tensor) and a[0].shape[0] == k for a, _, _ in calls):
@@ -155,10 +172,29 @@ def _layer_kind(m: nn.Module, kind: str, seen: list[tuple[int, list]]) -> tuple[
         elif kind == "conv2d":
             if any(a[0].dim() != 4 for a, _, _ in calls):
                 return None
-            sizes.append(("conv2d", max(p for _, _, p in calls)))
+            sizes.append(("conv2d", sum(p for _, _, p in calls)))
         else:
             sizes.append(("norm", sum(int(a[0][:1].numel()) for a, _, _ in calls)))
-    return sizes[0] if all(s == sizes[0] for s in sizes) else None
+    return (*sizes[0], False) if all(s == sizes[0] for s in sizes) else None
+
+
+def _expanding(layers: list[HookedLayer], n: int) -> list:
+    """Forward hooks that expand the broadcast Embeddings' outputs to ``n`` rows (removable handles)."""
+    return [h.module.register_forward_hook(lambda mod, a, o: o.expand(n, *o.shape[1:])) for h in layers if h.broadcast]
+
+
+def _broadcast_ok(layers: list[HookedLayer], probe: tuple[int, Callable[[], Any]], want: Any) -> bool:
+    """Whether the model gives the same outputs with the broadcast Embeddings expanded to the batch's rows."""
+    handles = _expanding(layers, probe[0])
+    try:
+        with torch.no_grad():
+            got = probe[1]()
+    except Exception:  # the model cannot take an expanded lookup: those layers go to vmap
+        return False
+    finally:
+        for h in handles:
+            h.remove()
+    return isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, 1e-6, 1e-7)
 
 
 def make_plan(net: nn.Module, param_names: list[str], probes: Sequence[tuple[int, Callable[[], Any]]]) -> Plan:
@@ -181,12 +217,13 @@ def make_plan(net: nn.Module, param_names: list[str], probes: Sequence[tuple[int
         m.register_forward_hook(lambda mod, a, kw, o, _n=name: record(mod, a, kw, o, _n), with_kwargs=True)
         for name, (m, _) in candidates.items()
     ]
+    outs = []
     try:
         for k, forward in probes:
             for name in candidates:
                 seen[name].append((k, []))
             with torch.no_grad():
-                forward()
+                outs.append(forward())
     finally:
         for h in handles:
             h.remove()
@@ -195,12 +232,14 @@ def make_plan(net: nn.Module, param_names: list[str], probes: Sequence[tuple[int
         found = _layer_kind(m, kind, seen[name])
         if found is not None:
             bias = getattr(m, "bias", None) is not None and f"{name}.bias" in selected
-            hooked.append(HookedLayer(name, m, found[0], bias, found[1]))
+            hooked.append(HookedLayer(name, m, found[0], bias, found[1], found[2]))
+    if any(h.broadcast for h in hooked) and not _broadcast_ok(hooked, probes[0], outs[0]):
+        hooked = [h for h in hooked if not h.broadcast]
     fparams = {k for h in hooked for k in h.param_names()}
     return Plan(hooked, [p for p in param_names if p not in fparams])
 
 
-def _layer_block(h: HookedLayer, calls: list[Call], n: int, gram: bool) -> Block:
+def _layer_block(h: HookedLayer, calls: list[Call], n: int, gram: bool, ws: Workspace | None) -> Block:
     if not all(isinstance(a[0], torch.Tensor) and a[0].shape[0] == n for a, _, _ in calls) or (
         h.kind == "tokens" and not check_token_inputs(h.module, calls, n)
     ):
@@ -214,27 +253,39 @@ def _layer_block(h: HookedLayer, calls: list[Call], n: int, gram: bool) -> Block
         return FactoredBlock(g.reshape(n, -1), args[0].detach().reshape(n, -1), h.has_bias)
     if h.kind == "tokens":
         blk = token_block(h.module, calls, n, h.has_bias)
-        return blk if gram else densify(h.module, blk)
+        return blk if gram else densify(h.module, blk, None if ws is None else lambda c: ws.get(h.name, n, c, blk.b))
+    if h.kind == "conv2d" and gram:
+        assert isinstance(h.module, nn.Conv2d)
+        toks = [conv2d_tokens(h.module, a[0].detach(), g) for a, _, g in calls]
+        a, b = (torch.cat(ts, 1) if len(ts) > 1 else ts[0] for ts in zip(*toks, strict=True))
+        return TokenBlock(a, b, h.has_bias, False)
     if h.kind == "conv2d":
         assert isinstance(h.module, nn.Conv2d)
-        parts = [conv2d_sample_grads(h.module, a[0].detach(), g, h.has_bias) for a, _, g in calls]
+        out = None if ws is None else ws.get(h.name, n, h.module.weight.numel(), calls[0][2])
+        parts = [
+            conv2d_sample_grads(h.module, a[0].detach(), g, h.has_bias, out if i == 0 else None)
+            for i, (a, _, g) in enumerate(calls)
+        ]
         return DenseBlock(tuple(sum(ps) if len(ps) > 1 else ps[0] for ps in zip(*parts, strict=True)))
     return DenseBlock(norm_sample_grads(h.module, calls, n, h.has_bias))
 
 
-def hooked_blocks(plan: Plan, loss: Callable[[], torch.Tensor], n: int) -> list[Block]:
+def hooked_blocks(plan: Plan, loss: Callable[[], torch.Tensor], n: int, ws: Workspace | None = None) -> list[Block]:
     """One block per hooked layer (in ``plan.hooked`` order) from one ``loss()`` (the batch's forward and loss,
-    ``n`` rows) and its backward. Each hooked call's output gets a zero probe added: its gradient is the loss
+    ``n`` rows) and its backward; materialised gradients written into ``ws``'s buffers when given (blocks that
+    are dropped before the next call). Each hooked call's output gets a zero probe added: its gradient is the loss
     gradient w.r.t. that output, whatever in-place operations follow."""
     calls: dict[str, list[tuple[tuple, dict, torch.Tensor]]] = {h.name: [] for h in plan.hooked}
 
-    def hook(mod: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor, _n: str) -> torch.Tensor:
+    def hook(mod: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor, h: HookedLayer) -> torch.Tensor:
+        if h.broadcast:  # one lookup for every row: each row's copy gets its own gradient
+            args, out = (args[0].expand(n, *args[0].shape[1:]), *args[1:]), out.expand(n, *out.shape[1:])
         probe = torch.zeros_like(out, requires_grad=True)
-        calls[_n].append((args, kwargs, probe))
+        calls[h.name].append((args, kwargs, probe))
         return out + probe
 
     handles = [
-        h.module.register_forward_hook(lambda mod, a, kw, o, _n=h.name: hook(mod, a, kw, o, _n), with_kwargs=True)
+        h.module.register_forward_hook(lambda mod, a, kw, o, h=h: hook(mod, a, kw, o, h), with_kwargs=True)
         for h in plan.hooked
     ]
     try:
@@ -252,7 +303,7 @@ def hooked_blocks(plan: Plan, loss: Callable[[], torch.Tensor], n: int) -> list[
         for args, kwargs, p in calls.pop(h.name):
             g = grads.pop(0)
             got.append((args, kwargs, torch.zeros_like(p) if g is None else g))
-        blocks.append(_layer_block(h, got, n, h.name in plan.gram))
+        blocks.append(_layer_block(h, got, n, h.name in plan.gram, ws))
         del got
     return blocks
 

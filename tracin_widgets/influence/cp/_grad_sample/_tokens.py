@@ -13,12 +13,14 @@ turns into materialised ``(n, numel)`` gradients (one bmm, or one scatter-add) w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ._blocks import DenseBlock, TokenBlock
+from ._conv2d import conv2d_row_floats
 
 Call = tuple[tuple, dict, torch.Tensor]  # one call of a hooked module: positional inputs, keyword inputs, grad_out
 
@@ -93,30 +95,35 @@ def _weight(m: nn.Module) -> torch.Tensor:
     return w
 
 
-def densify(m: nn.Module, blk: TokenBlock) -> DenseBlock:
+def densify(m: nn.Module, blk: TokenBlock, buffer: Callable[[int], torch.Tensor] | None = None) -> DenseBlock:
     """The materialised per-example gradients of a ``TokenBlock``: ``(n, out*in)`` by one bmm (and the bias
-    ``(n, out)``), or ``(n, num_embeddings*dim)`` by one scatter-add."""
+    ``(n, out)``), or ``(n, num_embeddings*dim)`` by one scatter-add; the weight's written into
+    ``buffer(columns)`` when given (a reused buffer)."""
     n = blk.b.shape[0]
+    numel = _weight(m).numel()
+    w = blk.b.new_empty(n, numel) if buffer is None else buffer(numel)
     if not blk.onehot:
-        w = torch.bmm(blk.b.transpose(1, 2), blk.a).reshape(n, -1)
+        torch.bmm(blk.b.transpose(1, 2), blk.a, out=w.view(n, blk.b.shape[2], blk.a.shape[2]))
         return DenseBlock((w, blk.b.sum(1)) if blk.has_bias else (w,))
     v, d = _weight(m).shape
     rows = (torch.arange(n, device=blk.a.device) * v).unsqueeze(1) + blk.a
-    flat = blk.b.new_zeros(n * v, d).index_add_(0, rows.reshape(-1), blk.b.reshape(-1, d))
-    return DenseBlock((flat.view(n, v * d),))
+    w.zero_().view(n * v, d).index_add_(0, rows.reshape(-1), blk.b.reshape(-1, d))
+    return DenseBlock((w,))
 
 
 def token_costs(m: nn.Module, tokens: int, n_test: int) -> tuple[int, int, int, int]:
     """``(gram_flops, dense_flops, gram_floats, dense_floats)`` per training row of scoring this layer against
     ``n_test`` test rows (and its own self-influence) by the token-Gram trick or by materialised gradients,
     and the floats per row each holds. The Gram trick wins when ``T^2 (in + out)`` is small against ``in * out``
-    (few tokens, large layers) and the test rows are few."""
+    (few tokens, large layers) and the test rows are few. A Conv2d's tokens are its output positions, its
+    inputs the input windows (``in = C_in * kh * kw``)."""
     t = max(1, tokens)
-    if isinstance(m, nn.Linear):
-        f, o = m.in_features, m.out_features
+    if isinstance(m, (nn.Linear, nn.Conv2d)):
+        f, o = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else (_weight(m)[0].numel(), m.out_channels)
         kept = t * (f + o)
         dense = t * f * o + (n_test + 1) * f * o
-        return (n_test + 1) * t * t * (f + o), dense, kept + 2 * t * t, kept + f * o + o
+        dense_floats = kept + f * o + o if isinstance(m, nn.Linear) else conv2d_row_floats(m, t, True)
+        return (n_test + 1) * t * t * (f + o), dense, kept + 2 * t * t, dense_floats
     v, d = _weight(m).shape
     kept = t * (d + 1)
     return (n_test + 1) * t * t * (d + 1), t * d + (n_test + 1) * v * d, kept + 2 * t * t, kept + v * d
