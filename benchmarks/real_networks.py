@@ -8,8 +8,8 @@ writes ``benchmarks/results/real-networks-<machine>.json`` (``...-quick.json`` w
   bert-2        a tiny ``transformers.BertForSequenceClassification`` (random init, called as
                 ``model(input_ids, attention_mask)`` returning logits), ``layers=["classifier",
                 "bert.encoder.layer.1.output.dense"]``
-  bert-all      the same model, every parameter (ours only: Captum's per-example loop takes too long)
-  resnet18-2-mem  ours only, many training rows: the peak memory of one chunk-bounded pass
+  bert-all      the same model, every parameter
+  resnet18-2-mem  ours only, 5,000 training rows: the peak memory of a chunk-bounded pass
 
 For each engine: a cold query (fresh instance: checkpoints loaded, the training pass) and a warm one (the same
 instance, other test rows: another training pass), ``influence(test, k=None)``; the scores of both engines are
@@ -47,10 +47,10 @@ TOP = 10
 
 # rows per case: (full, quick); sized for a few minutes on 2 cores
 SIZES = {
-    "resnet18-2": (256, 32),
-    "resnet18-all": (32, 8),
-    "bert-2": (512, 64),
-    "bert-all": (256, 32),
+    "resnet18-2": (1024, 32),
+    "resnet18-all": (16, 4),
+    "bert-2": (2048, 64),
+    "bert-all": (128, 16),
     "resnet18-2-mem": (5000, 128),
 }
 BERT = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in cases(args.only):
             n = SIZES[name][1 if args.quick else 0]
-            with_captum = name not in ("bert-all", "resnet18-2-mem")
+            with_captum = name != "resnet18-2-mem"
             print(f"{name}: {n} training rows{' (and Captum)' if with_captum else ''} ...", file=sys.stderr, flush=True)
             folder = Path(tmp) / name
             folder.mkdir()
