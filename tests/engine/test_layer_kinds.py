@@ -1,4 +1,5 @@
-"""TracInCP's per-layer gradient paths (factorised Linear, hooked Conv2d, vmap for the rest) vs the float64 oracle."""
+"""TracInCP's per-layer gradient paths (factorised Linear, hooked Conv2d / norm / Linear over tokens, vmap for the
+rest) vs the float64 oracle."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from .problems import save_perturbed_checkpoints
 
 
 class OddNet(nn.Module):
-    """Conv2d with padding/stride/dilation, a grouped conv (vmap path), BatchNorm (vmap path, eval mode),
-    a Linear applied to a 3-D input (vmap path) and a final Linear (factorised)."""
+    """Conv2d with padding/stride/dilation, a grouped conv (vmap path), BatchNorm (eval mode: closed form from
+    hooks), a Linear applied to a 3-D input (over tokens, from hooks) and a final Linear (factorised)."""
 
     def __init__(self):
         super().__init__()
@@ -61,7 +62,7 @@ def test_tracincp_row_chunks_and_merged_batches_match_oracle(odd, monkeypatch):
 
     model, paths, ds, test = odd
     monkeypatch.setattr(TracInCP, "cpu_chunk", 4)
-    monkeypatch.setattr(TracInCP, "max_grad_floats", 600)  # fewer rows than cpu_chunk for this model
+    monkeypatch.setattr(TracInCP, "max_grad_floats", 600)  # the default budget: fewer rows than cpu_chunk
     loss = nn.CrossEntropyLoss(reduction="none")
     ours = TracInCP(model, ds, paths, loss_fn=loss, batch_size=3)
     oracle = TracInOracle(model, paths, loss_fn=loss)

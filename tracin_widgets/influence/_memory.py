@@ -201,3 +201,11 @@ class _RowsPerForward(EngineFields):
                 return 0
             self._measure_rows(state, probe, "training batch")
         return self._rows(merge_rows, backward=backward)
+
+
+def chunk_budget(device: torch.device, max_memory: int | None, default_cap: int) -> int:
+    """Bytes of per-example gradients one chunk of TracInCP may materialise: ``max_memory`` when given, else
+    ``default_cap`` but at most ``MEMORY_FRACTION`` of the free memory (read now)."""
+    if max_memory is not None:
+        return max_memory
+    return max(1, min(default_cap, int(free_memory(device) * MEMORY_FRACTION)))

@@ -1,13 +1,13 @@
 """TracInCP: TracIn over any set of layers.
 
-Per-example gradients are never computed in a Python loop over examples:
-* an ``nn.Linear`` that runs once per forward pass on a 2-D input is factorised like the last layer,
-  grad = g a^T (+ g for its bias), so dot products are (g.g')(a.a' + 1) without materialising grads;
-* every other selected parameter gets batched per-example gradients from ``torch.func.vmap(grad(...))``.
-One pass over the training data (checkpoints loaded once, batches outer, checkpoints inner) gives the
-scores for a test batch and the self-influence of every training example; both are cached. Nothing kept
-grows with n_test * n_train unless the whole score matrix is asked for (``k=None``): with ``k`` the pass keeps
-a running top-k of the proponents and the opponents.
+Per-example gradients are never computed in a Python loop over examples where the layers allow it: hooks on one
+forward and one backward per chunk of rows give a factorised ``nn.Linear`` (dot products (g.g')(a.a' + 1), never
+materialised), a Linear over tokens or an embedding (token-Gram dot products, or materialised when cheaper),
+a Conv2d's and a normalisation layer's gradients; ``torch.func.vmap(grad(...))`` gives the rest (``cp._grad_sample``).
+One pass over the training data (checkpoints loaded once, batches outer, chunks of rows, checkpoints inner) gives
+the scores for a test batch and the self-influence of every training example; each chunk's gradients are dropped
+once scored (``cp._pass``). Nothing kept grows with n_test * n_train unless the whole score matrix is asked for
+(``k=None``): with ``k`` the pass keeps a running top-k of the proponents and the opponents.
 """
 
 from __future__ import annotations
@@ -24,15 +24,10 @@ from .._argdocs import document
 from .._checks import check_k, check_proponents, check_train_indices, sqrt_lr
 from .._data import batch_len, input_batches, split_rows
 from .._loss import loss_mode
+from .._store import parse_max_memory
 from .._topk import FullScores, RunningTopK, TopKPair, topk_of
 from .._types import Checkpoints, Inputs, KMostInfluentialResults, ProgressCallback, _Progress, locked
-from ._grad_sample import (
-    Plan,
-    blocks_dot,
-    blocks_sq,
-    select_params,
-    sum_terms,
-)
+from ._grad_sample import Plan, Workspace, blocks_dot, select_params
 from ._pass import BlockPass
 from ._score_cache import ScoreCache, check_matrix_fits
 
@@ -43,16 +38,25 @@ class TracInCP(BlockPass):
 
     The influence of training example ``z`` on test example ``z'`` is ``sum_c lr_c grad_c(z) . grad_c(z')`` over
     the checkpoints ``c``, with ``grad_c`` the per-example gradient of the loss w.r.t. the selected parameters.
-    ``nn.Linear`` layers are factorised (their gradients are never materialised), ``Conv2d`` gradients come from
-    hooks and anything else from ``torch.func.vmap``. One pass over the training data gives the scores of a test
-    batch and every self-influence; both are kept for later calls (the self-influence also in ``cache_dir``).
+    Per-example gradients come from hooks on one forward and one backward per chunk wherever the layer allows it:
+    an ``nn.Linear`` on 2-D inputs is factorised (its gradients are never materialised), one over tokens
+    (``(batch, tokens, features)``, a transformer's) and ``nn.Embedding`` / 2-D ``nn.EmbeddingBag`` keep their
+    inputs and output gradients and are scored by the token-Gram trick or materialised, whichever costs less for
+    the query, ``Conv2d`` gradients are materialised from hooks, and ``LayerNorm`` / ``GroupNorm`` / eval-mode
+    ``BatchNorm`` affine parameters come in closed form; anything else comes from ``torch.func.vmap`` (or, where
+    vmap cannot run the model, a loop over the rows). ``gradient_paths()`` says which each layer got. One pass
+    over the training data gives the scores of a test batch and every self-influence; both are kept for later
+    calls (the self-influence also in ``cache_dir``).
 
-    Memory does not grow with the training set beyond ``n_train`` floats (the self-influence): the training data
-    are read batch by batch, per-example gradients are materialised only for non-Linear layers and at most
-    ``max_grad_floats`` floats (512 MB) of them per chunk, and ``influence(k=...)`` keeps a running top-k (the
-    proponents and the opponents, ``n_test * k`` values) instead of the ``(n_test, n_train)`` matrix that only
-    ``k=None`` builds. Results kept for later calls take at most ``score_cache_bytes`` (512 MB). TracInCP takes
-    no ``max_memory=`` (TracInCPFast's bound on its cached factors): it caches no per-example gradients.
+    Memory is bounded by one chunk of training rows: each batch is cut into chunks whose per-example gradients
+    (of one checkpoint at a time, with the temporaries that compute them) fit ``max_memory``, and whose forward
+    and backward fit in the free memory; each chunk is scored against the test gradients, added into the
+    self-influence and dropped. What else is held: the test rows' gradients for every checkpoint (``n_test x
+    parameters x checkpoints`` values, for the pass of one query), the checkpoints' weights, one batch of training
+    rows (merged loader batches, up to 512 rows on a CPU), ``n_train`` floats of self-influence, and for
+    ``influence(k=...)`` a running top-k (the proponents and the opponents, ``n_test * k`` values) instead of the
+    ``(n_test, n_train)`` matrix that only ``k=None`` builds. Results kept for later calls take at most
+    ``score_cache_bytes`` (512 MB). ``batch_size`` does not bound the memory; ``max_memory`` does.
 
     Examples:
         >>> from torch import nn
@@ -84,6 +88,7 @@ class TracInCP(BlockPass):
         cache_dir: str | os.PathLike | None = None,
         weights_only: bool = True,
         data_version: str | None = None,
+        max_memory: int | str | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -115,6 +120,7 @@ class TracInCP(BlockPass):
             else loss_mode(test_loss_fn, "test_loss_fn", allowed, ctx, missing)
         )
         self.layers = layers
+        self.max_memory = parse_max_memory(max_memory)
         self._param_names = select_params(self.model, self._net, layers)
         self._plan: Plan | None = None
         self._self_influence: torch.Tensor | None = None
@@ -229,7 +235,7 @@ class TracInCP(BlockPass):
         batches = self._test_batches(inputs)
         with self._computing():
             states, lrs = self._checkpoint_states()
-            test_blocks = self._test_blocks(batches, states)
+            test_blocks = self._test_blocks(batches, states)  # the plan's choice for these test rows
             rows = self._train_rows(idx)
             train_blocks = self._all_blocks(rows, states, self.reduction_type, self.loss_fn, "training rows")
             terms = [lr * blocks_dot(tb, rb) for lr, tb, rb in zip(lrs, test_blocks, train_blocks, strict=True)]
@@ -285,12 +291,13 @@ class TracInCP(BlockPass):
                 total = -1
         with self._computing():
             states, lrs = self._checkpoint_states(show_progress)
-            out, start = [], 0
+            out, start, ws = [], 0, Workspace()
             prog = _Progress("self influence", total if total >= 0 else None, show_progress, self.progress_callback)
             try:
                 for b in itertools.chain([first], batches):
-                    per_ckpt = self._all_blocks(b, states, self.reduction_type, self.loss_fn, "batch", start)
-                    out.append(sum_terms(lr * blocks_sq(x) for lr, x in zip(lrs, per_ckpt, strict=True)).cpu())
+                    self._ensure_plan(states, b, "batch").choose(0)
+                    for off, part in self._chunks(b, states, "batch", start):
+                        out.append(self._score_chunk(part, states, lrs, None, "batch", off, ws)[0].cpu())
                     start += batch_len(b)
                     prog.update(batch_len(b))
             finally:
@@ -334,10 +341,10 @@ class TracInCP(BlockPass):
             out = torch.zeros(1 if aggregate else n_all, D * C, dtype=dtype, device=self.device if aggregate else "cpu")
             row = 0
             for b in batches:
-                self._ensure_plan(states, b, "batch")
+                self._ensure_plan(states, b, "batch").choose(0)
                 n = batch_len(b)
-                step = max(1, min(self._row_chunk(n), self.max_grad_floats // max(1, D)))
-                for part in split_rows(b, n, step):
+                step = max(1, self._grad_budget(out.element_size()) // max(1, D * out.element_size()))
+                for part in split_rows(b, n, min(step, self._rows(self._merge_rows(), backward=True))):
                     m = batch_len(part)
                     per_ckpt = self._all_blocks_rows(part, states, self.reduction_type, self.loss_fn, "batch")
                     for c, (root, blocks) in enumerate(zip(roots, per_ckpt, strict=True)):

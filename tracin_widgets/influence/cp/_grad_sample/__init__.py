@@ -1,11 +1,14 @@
 """TracInCP's per-example gradients, one module per way of getting them (as Opacus's ``grad_sample``):
-``_blocks`` (the block types and their algebra), ``_plan`` (forward hooks: factorised Linear, Conv2d),
-``_conv2d`` (a Conv2d's per-example gradients), ``_vmap`` (``vmap(grad)`` and the loop fallback)."""
+``_blocks`` (the block types and their algebra), ``_plan`` (which layers are hooked, and their blocks from one
+forward and one backward), ``_conv2d`` (a Conv2d's), ``_tokens`` (Linear over tokens, Embedding, EmbeddingBag),
+``_norm`` (normalisation layers' affine parameters), ``_vmap`` (``vmap(grad)`` and the loop fallback)."""
 
 from ._blocks import (
     Block,
     DenseBlock,
     FactoredBlock,
+    TokenBlock,
+    Workspace,
     blocks_cat,
     blocks_dot,
     blocks_nonfinite_rows,
@@ -23,6 +26,8 @@ __all__ = [
     "FactoredBlock",
     "HookedLayer",
     "Plan",
+    "TokenBlock",
+    "Workspace",
     "blocks_cat",
     "blocks_dot",
     "blocks_nonfinite_rows",

@@ -22,10 +22,10 @@ def dense_grads(
     mode: str,
     loss_fn: Any,
     on_fallback: Callable[[Exception], None],
-) -> torch.Tensor:
-    """``(n, numel)`` per-example gradients of the parameters ``dense`` (concatenated in that order) of the loss of
-    each row of ``batch``, ``net`` run with the weights ``state``. When vmap cannot run the model, ``on_fallback``
-    gets the error and the rows are looped over."""
+) -> tuple[torch.Tensor, ...]:
+    """``(n, numel)`` per-example gradients of each parameter of ``dense`` (in that order) of the loss of each
+    row of ``batch`` (the rows of one chunk at once), ``net`` run with the weights ``state``. When vmap cannot
+    run the model, ``on_fallback`` gets the error and the rows are looped over."""
     dp = {k: state[k] for k in dense}
     rest = {k: v for k, v in state.items() if k not in dp}
     n_feat = len(batch) - 1
@@ -37,21 +37,14 @@ def dense_grads(
         return total_loss(mode, loss_fn, out, lab, 1)
 
     in_dims = (None,) + tuple(0 if isinstance(x, torch.Tensor) else None for x in batch)
-    n = batch_len(batch)
-    per_row = sum(dp[k].numel() for k in dense)
-    step = max(1, min(n, (1 << 26) // max(1, per_row)))
-    outs = []
     try:
-        for s in range(0, n, step):
-            sub = tuple(x[s : s + step] if isinstance(x, torch.Tensor) else x for x in batch)
-            g = vmap(grad(loss_one), in_dims=in_dims)(dp, *sub)
-            outs.append(torch.cat([g[k].reshape(g[k].shape[0], -1) for k in dense], dim=1))
+        g = vmap(grad(loss_one), in_dims=in_dims)(dp, *batch)
     except (RuntimeError, NotImplementedError) as e:
         if "could not take" in str(e):
             raise
         on_fallback(e)
         return dense_grads_loop(net, dp, rest, dense, batch, mode, loss_fn)
-    return torch.cat(outs)
+    return tuple(g[k].reshape(g[k].shape[0], -1) for k in dense)
 
 
 def dense_grads_loop(
@@ -62,18 +55,21 @@ def dense_grads_loop(
     batch: tuple,
     mode: str,
     loss_fn: Any,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, ...]:
     """``dense_grads`` one row at a time (``dp``: the weights of ``dense``; ``rest``: every other weight)."""
     params = {k: v.detach().requires_grad_(True) for k, v in dp.items()}
-    rows = []
     n = batch_len(batch)
+    out = tuple(dp[k].new_empty(n, dp[k].numel()) for k in dense)
     for i in range(n):
         feats = tuple(x[i : i + 1] if isinstance(x, torch.Tensor) else x for x in batch[:-1])
         lab = batch[-1][i : i + 1]
         with torch.enable_grad():
-            out = functional_call(net, {**rest, **params}, feats)
-            loss = total_loss(mode, loss_fn, out, lab, 1)
+            y = functional_call(net, {**rest, **params}, feats)
+            loss = total_loss(mode, loss_fn, y, lab, 1)
             gs = torch.autograd.grad(loss, [params[k] for k in dense], allow_unused=True)
-        grads = [torch.zeros_like(params[k]) if g is None else g for k, g in zip(dense, gs, strict=True)]
-        rows.append(torch.cat([g.reshape(-1) for g in grads]))
-    return torch.stack(rows)
+        for col, g in zip(out, gs, strict=True):
+            if g is None:
+                col[i] = 0
+            else:
+                col[i] = g.reshape(-1)
+    return out
