@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import _start_server, _stop_server
+from benchmarks.browser import start_server as _start_server
+from benchmarks.browser import stop_server as _stop_server
 
 expect = pytest.importorskip("playwright.sync_api").expect
 

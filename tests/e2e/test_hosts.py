@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CHROME_ARGS, REPO, _free_port
+from benchmarks.browser import CHROME_ARGS, REPO, _free_port
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
