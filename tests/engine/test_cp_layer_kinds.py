@@ -16,8 +16,8 @@ from torch.utils.data import TensorDataset
 from tracin_widgets.influence import TracInCP, TracInWarning
 from tracin_widgets.influence.cp._grad_sample import _plan
 
-from .helpers import save_perturbed_checkpoints
 from .oracle import TracInOracle, assert_scores_close
+from .problems import save_perturbed_checkpoints
 
 LOSS = nn.CrossEntropyLoss(reduction="none")
 

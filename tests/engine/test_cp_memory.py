@@ -16,8 +16,8 @@ from tracin_widgets.influence import TracInCP, _memory
 from tracin_widgets.influence.cp import _pass
 from tracin_widgets.influence.cp._grad_sample import _plan
 
-from .helpers import save_perturbed_checkpoints
 from .oracle import assert_scores_close
+from .problems import save_perturbed_checkpoints
 from .test_tracincp_memory import LargestTensor
 
 N_TRAIN = 600

@@ -8,13 +8,14 @@ messages :func:`pack_buffers` swaps them for ``{"buffer": i}`` references plus a
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from ._protocols import ImageData, ImageRef, Row
+from ._protocols import ImageB64, ImageData, ImageRef, Row
 
 THUMB_SIZE = 64  # longest side of gallery / table thumbnails (smaller images are sent as they are)
 DETAIL_SIZE = 256  # longest side of the details view image
@@ -118,9 +119,32 @@ def encode_image(x: Any, to_image: Callable[[Any], Any] | None = None, max_side:
     return {"data": img.tobytes(), "shape": [int(s) for s in img.shape]}
 
 
-def decode_image(payload: ImageData | dict) -> np.ndarray:
-    """Inverse of :func:`encode_image` (tests, debugging)."""
-    return np.frombuffer(bytes(payload["data"]), dtype=np.uint8).reshape(payload["shape"])
+def decode_image(payload: ImageData | ImageB64 | dict) -> np.ndarray:
+    """Inverse of :func:`encode_image` and of :func:`as_base64`'s images (tests, debugging)."""
+    p = dict(payload)
+    data = base64.b64decode(p["b64"]) if "b64" in p else bytes(p["data"])
+    return np.frombuffer(data, dtype=np.uint8).reshape(p["shape"])
+
+
+def _map_images(obj: Any, image: Callable[[dict], dict]) -> Any:
+    if isinstance(obj, dict):
+        if "data" in obj and isinstance(obj["data"], (bytes, bytearray, memoryview)):
+            return image(obj)
+        return {k: _map_images(v, image) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_map_images(v, image) for v in obj]
+    return obj
+
+
+def as_base64(obj: Any) -> Any:
+    """``obj`` with every ``{"data": bytes, "shape": ...}`` image as ``{"b64": str, "shape": ...}`` (the same bytes,
+    standard padded base64): for notebook hosts that drop binary buffers."""
+
+    def image(o: dict) -> dict:
+        rest = {k: v for k, v in o.items() if k != "data"}
+        return {**rest, "b64": base64.b64encode(bytes(o["data"])).decode("ascii")}
+
+    return _map_images(obj, image)
 
 
 def pack_buffers(obj: Any) -> tuple[Any, list[bytes]]:
@@ -130,17 +154,11 @@ def pack_buffers(obj: Any) -> tuple[Any, list[bytes]]:
     """
     buffers: list[bytes] = []
 
-    def walk(o: Any) -> Any:
-        if isinstance(o, dict):
-            if "data" in o and isinstance(o["data"], (bytes, bytearray, memoryview)):
-                buffers.append(bytes(o["data"]))
-                return {**{k: v for k, v in o.items() if k != "data"}, "buffer": len(buffers) - 1}
-            return {k: walk(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [walk(v) for v in o]
-        return o
+    def image(o: dict) -> dict:
+        buffers.append(bytes(o["data"]))
+        return {**{k: v for k, v in o.items() if k != "data"}, "buffer": len(buffers) - 1}
 
-    return walk(obj), buffers
+    return _map_images(obj, image), buffers
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ._protocols import (
     DetailRequest,
     ErrorReply,
     Evidence,
+    ImageTransportRequest,
     Reply,
     RowsRequest,
 )
@@ -67,6 +68,7 @@ class Messages:
             "cancel": self.cancel,
             "start": lambda msg: self.explorer.start(),
             "undo": lambda msg: self.explorer.undo(),
+            "image_transport": self.image_transport,
         }
 
     def on_msg(self, widget: Any, content: Any, buffers: Any) -> None:
@@ -81,8 +83,19 @@ class Messages:
             self.reply_error(content, kind, e)
 
     def reply(self, content: Reply) -> None:
+        if self.explorer.image_transport == "base64":
+            self.explorer.send(_codec.as_base64(content), [])
+            return
         packed, buffers = _codec.pack_buffers(content)
         self.explorer.send(packed, buffers)
+
+    def image_transport(self, msg: ImageTransportRequest) -> None:
+        """The page saw an image without its bytes (a host that drops binary buffers): images go as base64 text
+        from now on, and the traits that hold images are sent again."""
+        if msg.get("transport") != "base64":
+            raise ValueError(f"image_transport: transport must be 'base64', got {msg.get('transport')!r}.")
+        self.explorer.image_transport = "base64"
+        self.explorer.send_state(["test_strip", "gallery"])
 
     def reply_error(self, content: Any, kind: Any, e: Exception) -> None:
         log.error("InfluenceExplorer message %r failed: %s", kind, e, exc_info=e)

@@ -99,7 +99,22 @@ class ContributionsRequest(TypedDict):
     index: int  # the training example
 
 
-Request = RowsRequest | DetailRequest | CancelRequest | ActionRequest | ContributionsRequest | BulkFlagRequest
+class ImageTransportRequest(TypedDict):
+    """Sent once when the page received an image without its bytes: send images as base64 text from now on."""
+
+    kind: Literal["image_transport"]
+    transport: Literal["base64"]
+
+
+Request = (
+    ImageTransportRequest
+    | RowsRequest
+    | DetailRequest
+    | CancelRequest
+    | ActionRequest
+    | ContributionsRequest
+    | BulkFlagRequest
+)
 REQUESTS: dict[str, type] = {
     "rows": RowsRequest,
     "bulk_flag": BulkFlagRequest,
@@ -108,6 +123,7 @@ REQUESTS: dict[str, type] = {
     "cancel": CancelRequest,
     "start": ActionRequest,
     "undo": ActionRequest,
+    "image_transport": ImageTransportRequest,
 }
 """The TypedDict of each request ``kind``."""
 
@@ -127,6 +143,13 @@ class ImageData(TypedDict):
     shape: list[int]  # [h, w, c], uint8
 
 
+class ImageB64(TypedDict):
+    """An image as base64 text (``InfluenceExplorer.image_transport == "base64"``: hosts that drop binary buffers)."""
+
+    b64: str  # standard padded base64 of the h*w*c uint8 bytes
+    shape: list[int]  # [h, w, c]
+
+
 class Row(TypedDict):
     """One tile / table row (``_codec.item_row``). Keys are stable: the JS reads exactly these."""
 
@@ -139,7 +162,7 @@ class Row(TypedDict):
     badge: str | None  # only with a suggestion: what the checkpoints' average prediction says, in words
     suggested: int | None  # the suggested label (argmax of the checkpoints' average prediction; None: none)
     new_label: int | None  # the row's relabel (mirrors the ``relabels`` trait; None: none)
-    image: ImageRef | ImageData | None  # ImageRef in custom messages, ImageData in traits
+    image: ImageRef | ImageData | ImageB64 | None  # ImageRef in custom messages, ImageData in traits
 
 
 class Evidence(TypedDict):

@@ -10,6 +10,7 @@ from typing import cast
 import anywidget
 import traitlets as t
 
+from ._codec import as_base64
 from ._review import relabels_from_json, relabels_to_json
 from ._traits import ClassNames, IndexList, PositiveInt, View
 
@@ -19,6 +20,12 @@ _MISSING_BUNDLE = (
     " d.textContent = 'tracin_widgets: the JS bundle is missing. Run: cd js && npm ci && npm run build';"
     " d.style.cssText = 'padding:8px;border:1px solid #d32f2f;color:#d32f2f'; el.append(d); } };"
 )
+
+
+def images_json(value: dict, widget: object) -> dict:
+    """A trait holding images, as sent: binary buffers, or base64 text once the page asked for it (a notebook host
+    that drops binary buffers: the ``image_transport`` request)."""
+    return as_base64(value) if getattr(widget, "image_transport", "binary") == "base64" else value
 
 
 class ExplorerState(anywidget.AnyWidget):
@@ -173,7 +180,13 @@ class ExplorerState(anywidget.AnyWidget):
     - Type: int, or None until the suggestions are computed (or for labels that are not class indices).
     - Written by: Python (read-only).
     """
-    test_strip = t.Dict().tag(sync=True)
+    image_transport: str = "binary"
+    """
+    How images reach the page: ``"binary"`` (binary buffers, the default) or ``"base64"`` (text). The page switches
+    it to ``"base64"`` itself when the notebook host drops binary buffers (Colab-like managers: tiles would stay
+    empty); set it before displaying the explorer in such a host. A plain attribute, not synced.
+    """
+    test_strip = t.Dict().tag(sync=True, to_json=images_json)
     """
     The current page of test examples.
 
@@ -181,7 +194,7 @@ class ExplorerState(anywidget.AnyWidget):
       (``_protocols.Row``).
     - Written by: Python.
     """
-    gallery = t.Dict().tag(sync=True)
+    gallery = t.Dict().tag(sync=True, to_json=images_json)
     """
     The last computed galleries (or why there are none).
 
