@@ -10,6 +10,14 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
+CLASSIFIERS_ONLY = (
+    "the explorer shows classifiers (class labels, predicted classes and their probabilities), not regression "
+    "targets or multi-label sets: for such a model use the engine directly, e.g. "
+    "tracin_widgets.influence.TracInCPFast(...).influence(...) and .self_influence(), which take MSELoss, L1Loss, "
+    "HuberLoss and BCEWithLogitsLoss."
+)
+REGRESSION_LOSSES = ("MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "BCEWithLogitsLoss", "BCELoss")
+
 
 def check_item(item: Any, what: str) -> tuple:
     if isinstance(item, torch.Tensor) or not isinstance(item, (tuple, list)) or len(item) < 2:
@@ -17,7 +25,21 @@ def check_item(item: Any, what: str) -> tuple:
             f"{what} must return (features, label) tuples (the last element is the label, as for the engine); "
             f"got {type(item).__name__}."
         )
+    label = item[-1]
+    floating = (
+        isinstance(label, float)
+        or (isinstance(label, torch.Tensor) and label.is_floating_point())
+        or (isinstance(label, (np.ndarray, np.generic)) and np.issubdtype(label.dtype, np.floating))
+    )
+    if floating:
+        raise ValueError(f"{what}'s label is a float ({label!r}): {CLASSIFIERS_ONLY}")
     return tuple(item)
+
+
+def check_loss(loss: Any, what: str) -> None:
+    """A loss the explorer's class view cannot show (a regression or multi-label loss) is a ValueError."""
+    if loss is not None and type(loss).__name__ in REGRESSION_LOSSES:
+        raise ValueError(f"{what} is {type(loss).__name__}: {CLASSIFIERS_ONLY}")
 
 
 def as_int(label: Any) -> int:
@@ -50,6 +72,8 @@ def fast_labels(dataset: Any) -> np.ndarray | None:
         base, idx = dataset.dataset, np.asarray(dataset.indices)
     tensors = getattr(base, "tensors", None)
     if isinstance(base, torch.utils.data.TensorDataset) and tensors and tensors[-1].dim() == 1:
+        if tensors[-1].is_floating_point():
+            raise ValueError(f"train_dataset's labels are {tensors[-1].dtype} (floats): {CLASSIFIERS_ONLY}")
         lab = tensors[-1].detach().cpu().numpy().astype(np.int64)
         return lab if idx is None else lab[idx]
     return None
@@ -65,6 +89,10 @@ def model_device(model: torch.nn.Module, device: Any) -> torch.device:
 
 
 def check_logits(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] == 1:
+        raise ValueError(
+            f"the model returns one output per example (a regression or a single-logit model): {CLASSIFIERS_ONLY}"
+        )
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ValueError(
             "the model must return logits of shape (batch, n_classes) for the explorer's predictions, got "

@@ -165,7 +165,9 @@ class EngineAdapter:
                     "engine must have influence(inputs, k, proponents) and self_influence() (TracInCP, TracInCPFast "
                     f"or TracInCPFastRandProj), got {type(engine).__name__}."
                 )
+            _data.check_loss(getattr(engine, "loss_fn", None), "the engine's loss_fn")
             return cls(engine, n_train, progress, cancel)
+        _data.check_loss(loss_fn, "loss_fn")
         if checkpoints is None:
             raise TypeError("InfluenceExplorer() needs checkpoints (a list of paths or a directory), or engine=.")
         if not isinstance(model, nn.Module):
