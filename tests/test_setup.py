@@ -35,6 +35,6 @@ def test_the_notebook_extra_installs_jupyterlab_and_notebook_7():
 def test_the_readme_main_command_sets_up_and_opens_both_front_ends():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     setup = (REPO / ".ci/setup").read_text(encoding="utf-8")
-    assert re.search(r'pip install -q -e "\.\[notebook\]"', setup)  # what `bash .ci/setup` installs
+    assert re.search(r'pip install -q -e "\.\[notebook,text\]"', setup)  # what `bash .ci/setup` installs
     assert "bash .ci/setup && .venv/bin/jupyter lab --ip=127.0.0.1 --allow-root notebooks/tutorial.ipynb" in readme
     assert ".venv/bin/jupyter notebook --ip=127.0.0.1 --allow-root notebooks/tutorial.ipynb" in readme

@@ -86,7 +86,7 @@ def test_every_view_light_and_dark_for_the_docs(review):
     for theme, name in THEMES.items():
         jp.set_theme(name)
         widget.get_by_test_id("tracin-tab-test").click()
-        expect(widget.get_by_test_id("tracin-pane-explore")).to_be_visible()
+        expect(widget.get_by_test_id("tracin-pane-test")).to_be_visible()
         made.append(_shot(widget, "test", theme))
 
         widget.get_by_test_id("tracin-proponent").first.click()

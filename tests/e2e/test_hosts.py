@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.browser import CHROME_ARGS, REPO, _free_port
+from benchmarks.browser import REPO, _free_port
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
@@ -109,28 +109,23 @@ def _serving(cmd: list[str], port: int, cwd: Path, env: dict[str, str], log_path
 
 
 @pytest.fixture
-def browser_page():
-    """A fresh page of headless Debian chromium, with the page's uncaught errors collected in ``page.errors``."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip("Debian chromium not installed (bash .ci/setup --test installs it)")
+def browser_page(chromium_browser):
+    """A fresh page of the session's headless Debian chromium, its uncaught errors collected in ``page.errors``."""
     if not (REPO / "tracin_widgets/widget/static/widget.js").exists():
         pytest.fail("the widget's JS bundle is missing: run `cd js && npm ci && npm run build` (bash .ci/setup does)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROME_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.set_default_timeout(60_000)
-            page = context.new_page()
-            page.errors = []
-            page.on("pageerror", lambda exc: page.errors.append(f"{exc.name}: {exc.message}"))
-            page.on(
-                "console",
-                lambda m: page.errors.append(m.text) if m.type == "error" and "tracin" in m.text.lower() else None,
-            )
-            yield page
-        finally:
-            browser.close()
+    context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(60_000)
+    try:
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda exc: page.errors.append(f"{exc.name}: {exc.message}"))
+        page.on(
+            "console",
+            lambda m: page.errors.append(m.text) if m.type == "error" and "tracin" in m.text.lower() else None,
+        )
+        yield page
+    finally:
+        context.close()
 
 
 def _explains_a_clicked_test_example(root) -> str | None:

@@ -119,7 +119,7 @@ def test_a_class_paragraph_replaces_the_shared_one():
 
 # a file or folder of the repository: a top-level folder, a module file, a README and the like
 _REPO_PATH = re.compile(
-    r"(?<![\w.])(?:benchmarks|tests|docs|notebooks|js|\.ci|tracin_widgets)/"
+    r"(?<![\w./])(?:benchmarks|tests|docs|notebooks|js|\.ci|tracin_widgets)/"
     r"|\b(?:influence|widget|tutorial)/"
     r"|\b\w+\.(?:py|md|ipynb|toml|mjs)\b"
     r"|\b(?:README|CONTRIBUTING|RESULTS)\b"
