@@ -14,6 +14,7 @@ from tracin_widgets.influence import TracInCPBase, TracInCPFast
 from tracin_widgets.influence._ops import FastCpuOps
 
 from .conftest import MLP, Net
+from .tolerances import RTOL_REORDER, atol_reorder
 
 PKG = "tracin_widgets."
 
@@ -106,5 +107,30 @@ def test_the_exact_cpu_kernels_only_for_a_model_that_calls_them(tmp_path, monkey
         return real(self)
 
     monkeypatch.setattr(FastCpuOps, "__enter__", enter)
+    eng._last_test = None  # the same rows again would reuse their test factors: no forward to watch
     assert torch.equal(eng.influence(batch), scores)
     assert bool(entered) is pools
+
+
+def test_the_same_test_rows_again_run_no_forward(tmp_path):
+    """Proponents then opponents of one test batch (Captum's tutorial does both): the second query reuses the test
+    factors; rows changed in place, or other rows, are computed again."""
+    torch.manual_seed(0)
+    eng, (x, y) = _engine(tmp_path, MLP(), torch.randn(200, 8), 4)
+    batch = (x.clone(), y.clone())  # not a view of the training rows, which stay as they are
+    eng.fit()
+    forwards: list[int] = []
+    eng.model.fc1.register_forward_hook(lambda m, i, o: forwards.append(i[0].shape[0]))
+    pro = eng.influence(batch, k=3)
+    n = len(forwards)
+    opp = eng.influence(batch, k=3, proponents=False)
+    assert len(forwards) == n  # no forward for the same rows
+    x, y = batch
+    want = eng.influence((x.clone(), y.clone()), k=3, proponents=False)  # equal content: reused too
+    assert len(forwards) == n and torch.equal(want.indices, opp.indices)
+    x[0, 0] += 1.0  # changed in place: computed again, with the new values
+    changed = eng.influence(batch)
+    assert len(forwards) > n
+    fresh = TracInCPFast(eng.model, eng.final_fc_layer, eng.train_dataset, eng.checkpoints, loss_fn=eng.loss_fn)
+    torch.testing.assert_close(changed, fresh.influence(batch), rtol=RTOL_REORDER, atol=atol_reorder(changed))
+    assert not torch.allclose(changed[0, pro.indices[0]], pro.influence_scores[0])

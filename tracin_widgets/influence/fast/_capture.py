@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -69,6 +70,7 @@ class FactorCapture(TracInCPBase):
         """A new layer: check it again, and ask again whether its forward can be vmapped."""
         self._layer_checked = False
         self._vmap_ok: bool | None = None  # GPU: may all checkpoints run in one vmapped forward?
+        self._last_test: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (key, A, G) of the last test batch
 
     def _check_layer(self, state: dict, batch: Batch) -> None:
         self._layer_checked = True
@@ -294,6 +296,17 @@ class FactorCapture(TracInCPBase):
         ``show_progress``: a tqdm bar over the rows; ``callback``: report the phase to ``progress_callback``
         too (a pass over a DataLoader; per-query steps stay off the callback)."""
         batches = self._test_batches(inputs, loss=loss, show_progress=show_progress) if batches is None else batches
+        key = _content_key(loss, batches)
+        last = self._last_test
+        if key is not None and last is not None and last[0] == key:
+            return last[1], last[2]  # the same test rows again (proponents, then opponents): no forward
+        At, Gt = self._test_factors_of(batches, loss, show_progress, phase, callback)
+        self._last_test = (key, At, Gt) if key is not None else None
+        return At, Gt
+
+    def _test_factors_of(
+        self, batches: list[Any], loss: str, show_progress: bool, phase: str, callback: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         with self._computing():
             states, _ = self._checkpoint_states(show_progress)
             report = self.progress_callback if callback else None
@@ -309,3 +322,33 @@ class FactorCapture(TracInCPBase):
             finally:
                 if prog is not None:
                     prog.close()
+
+
+#: Test batches up to this many bytes are recognised by content, so the same rows asked again reuse their factors.
+TEST_KEY_BYTES = 1 << 24
+
+
+def _content_key(loss: str, batches: list[Any]) -> tuple | None:
+    """A key equal for two lists of test batches exactly when their tensors are equal (shape, dtype, bytes): CPU
+    tensors up to ``TEST_KEY_BYTES`` in all; None (no reuse) for anything else."""
+    parts: list[Any] = [loss]
+    total = 0
+    for b in batches:
+        values = [*b.args, *b.kwargs.values(), b.labels] if isinstance(b, Batch) else list(b)
+        for v in values:
+            if not isinstance(v, torch.Tensor) or v.device.type != "cpu":
+                return None
+            total += v.numel() * v.element_size()
+            if total > TEST_KEY_BYTES:
+                return None
+            t = v.detach().contiguous()
+            parts.append(
+                (
+                    tuple(t.shape),
+                    str(t.dtype),
+                    hashlib.blake2b(t.reshape(-1).view(torch.uint8).numpy().data, digest_size=16).digest()
+                    if t.numel()
+                    else b"",
+                )
+            )
+    return tuple(parts)
