@@ -39,7 +39,7 @@ from .._store import check_factor_dtype, parse_max_memory
 from .._topk import finish_topk
 from . import _bank
 from ._bank import FactorBank
-from ._pass import FactorPass
+from ._pass import FactorPass, recovering
 
 
 @document
@@ -136,6 +136,7 @@ class TracInCPFast(FactorPass):
         self._reset_capture()
 
     @locked
+    @recovering(refit=True)
     def train_probabilities(
         self,
         model: nn.Module,
@@ -161,6 +162,7 @@ class TracInCPFast(FactorPass):
         return _predict.train_probabilities(self, model, labels, read_labels, rows)
 
     @locked
+    @recovering()
     def fit(self, show_progress: bool = False) -> TracInCPFast:
         """Compute the training-set factors now (one pass over the training data, or a read of ``cache_dir``),
         with tqdm bars when ``show_progress``; otherwise the first query does it. Returns ``self``.
@@ -261,6 +263,7 @@ class TracInCPFast(FactorPass):
 
     # ------------------------------------------------------------------ queries
     @locked
+    @recovering()
     def influence(
         self,
         inputs: Inputs | None = None,
@@ -316,6 +319,7 @@ class TracInCPFast(FactorPass):
         return self._scores_or_topk(bank, At, Gt, k, proponents, show_progress)
 
     @locked
+    @recovering()
     def influence_by_checkpoint(self, inputs: Inputs, train_indices: Any) -> torch.Tensor:
         """Each checkpoint's term ``lr_c (g_t . g_i)(a_t . a_i)`` of the influence of training examples
         ``train_indices`` on each example of ``inputs``: whether an influence comes from early or late training.
@@ -346,6 +350,7 @@ class TracInCPFast(FactorPass):
         return (gg * aa * self._lr_tensor(A)).cpu()
 
     @locked
+    @recovering()
     def self_influence(
         self,
         inputs: Inputs | None = None,

@@ -10,17 +10,20 @@ into a shard (``influence/_distributed.py``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .. import _cache, _distributed
 from .._base import _Progress
 from .._batch import Batch
+from .._files import remove_entry
+from .._integrity import StoreDamaged
 from .._store import FORMAT as STORE_FORMAT
 from .._store import (
     FactorStore,
@@ -36,6 +39,30 @@ from ._bank import FactorBank, _Kept, _row_norms
 from ._capture import FactorCapture
 
 EMPTY = "train_dataset is empty: there is nothing to compute influence against."
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def recovering(refit: bool = False) -> Callable[[_F], _F]:
+    """Run a public call again once when a read of the store finds damage (``StoreDamaged``): the damage is
+    warned about and made to be computed again first (``FactorPass._recover``); a second ``StoreDamaged``
+    propagates. ``refit``: compute the factors before the second run (a call that never starts a pass)."""
+
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def run(self: FactorPass, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except StoreDamaged as e:
+                if kwargs.get("distributed"):  # every rank would have to agree on it: raised as it is
+                    raise
+                self._recover(e)
+            if refit:
+                self._prepare_factors()
+            return method(self, *args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
 
 
 class FactorPass(FactorCapture):
@@ -61,7 +88,7 @@ class FactorPass(FactorCapture):
         expect: dict[str, Any] = {}  # empty: the plain path, no store, max_memory or factor_dtype
         if group is None and not (self.cache_dir is None and self.max_memory is None and self.factor_dtype is None):
             folder, expect = self._store_target()
-        store = FactorStore.read(folder, expect) if folder is not None else None
+        store = FactorStore.read(folder, expect, self._on_damage) if folder is not None else None
         if group is not None:
             bank = _distributed.sharded_pass(self, *group, show_progress)
         elif not expect:
@@ -75,6 +102,36 @@ class FactorPass(FactorCapture):
             bank = self._store_pass(None if self._cache_unwritable is not None else folder, expect, show_progress)
         self.factors_ = bank
         return bank
+
+    def _on_damage(self, e: StoreDamaged) -> None:
+        self._warn(f"{e}: it is computed again", stacklevel=8)  # the user's call
+
+    def _recover(self, e: StoreDamaged) -> None:
+        """A read found ``e``: warn (naming the file) and make the next call compute the damaged part again: an
+        embeddings file (``E-<tag>.*``) is removed and rebuilt; a factor file's store is truncated (under its
+        lock) to its first damaged row, so that the pass resumes there, and the bank is dropped."""
+        self._warn(f"{e}: it is computed again", stacklevel=5)  # the user's call, through locked and recovering
+        if e.path.name.startswith("E-"):
+            tag = e.path.name[2:].split(".")[0]
+            for p in e.path.parent.glob(f"E-{tag}.*"):
+                remove_entry(p)
+            self._embeddings_damaged()
+            return
+        self.factors_ = None
+        folder, expect = self._store_target()
+        if folder is None or e.path.parent != folder:
+            return
+        with contextlib.suppress(OSError, ValueError):  # another writer holds it: the next read says so again
+            lock, store = lock_store(folder, expect)
+            try:
+                if store is not None:
+                    first = min([e.first_row, *(d.first_row for d in store.damaged())])
+                    store.truncate(first)
+            finally:
+                lock.release()
+
+    def _embeddings_damaged(self) -> None:
+        """The embeddings file was damaged and removed (TracInCPFastRandProj rebuilds it)."""
 
     def _check_layer_once(self, state: dict, batch: Batch, merge: int) -> None:
         """The layer check, on the rows one forward may take (once per layer)."""
@@ -304,7 +361,8 @@ class _StoreRun:
         if self.folder is None:
             return None
         try:
-            self.lock, found = lock_store(self.folder, self.expect)
+            on_damage = self.eng._on_damage if self.shard else None  # (else warned by _prepare_factors)
+            self.lock, found = lock_store(self.folder, self.expect, on_damage)
         except OSError as e:
             if self.shard:  # a rank's shard lives only in the store
                 raise store_error(self.folder, e, 0) from e
