@@ -113,9 +113,10 @@ def test_flipped_bytes_are_recomputed_by_every_reader(built, reader):
     _flip(folder / name, 417 * ROW[name.split("-")[0].removesuffix(".bin")] + 5)
     kw = {} if reader == "memory load" else {"max_memory": 4000}
     clean = _query(fresh.fit(), reader, p)
-    with _recomputed(name, "417:418"):
+    with _recomputed(name, "417:418") as rec:
         eng = p.engine(**kw).fit()
         got = _query(eng, reader, p)
+    assert {w.filename for w in rec if "damaged" in str(w.message)} == {__file__}  # the user's call
     assert any(f"{name}' is damaged" in n for n in eng.notes)
     if isinstance(got, tuple):
         assert torch.equal(got.indices, clean.indices)

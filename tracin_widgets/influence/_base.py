@@ -6,6 +6,7 @@ in; the names the engines import from here are re-exported."""
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -45,6 +46,19 @@ __all__ = [  # the names the engines import from here
     "same_device",
     "sqrt_lr",
 ]
+
+
+TRANSPARENT: set[Any] = set()  # code of wrappers a warning's stacklevel does not count (e.g. a retry's)
+
+
+def _stacklevel(stacklevel: int) -> int:
+    """``stacklevel`` for ``warnings.warn`` in ``_warn``, the frames of ``TRANSPARENT`` code not counted."""
+    frame, level, counted = sys._getframe(1), 1, 1  # _warn's own frame is level 1
+    while counted < stacklevel and frame.f_back is not None:
+        frame, level = frame.f_back, level + 1
+        if frame.f_code not in TRANSPARENT:
+            counted += 1
+    return level
 
 
 def check_key(key: Any, argname: str, types: type | tuple[type, ...], example: str) -> Any:
@@ -154,7 +168,7 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
         notes = self.__dict__.setdefault("_notes", [])
         if message not in notes:
             notes.append(message)
-        warnings.warn(message, TracInWarning, stacklevel=stacklevel)
+        warnings.warn(message, TracInWarning, stacklevel=_stacklevel(stacklevel))
 
     # ------------------------------------------------------------------ model hygiene
     _computing = computing  # eval mode on the compute device; afterwards the model is exactly as the user left it

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from .. import _cache, _distributed
-from .._base import _Progress
+from .._base import TRANSPARENT, _Progress
 from .._batch import Batch
 from .._files import remove_entry
 from .._integrity import StoreDamaged
@@ -60,6 +60,7 @@ def recovering(refit: bool = False) -> Callable[[_F], _F]:
                 self._prepare_factors()
             return method(self, *args, **kwargs)
 
+        TRANSPARENT.add(run.__code__)  # warnings point at the user's call as without it
         return run  # type: ignore[return-value]
 
     return wrap
@@ -104,13 +105,13 @@ class FactorPass(FactorCapture):
         return bank
 
     def _on_damage(self, e: StoreDamaged) -> None:
-        self._warn(f"{e}: it is computed again", stacklevel=8)  # the user's call
+        self._warn(f"{e}: it is computed again", stacklevel=7)  # the user's call
 
     def _recover(self, e: StoreDamaged) -> None:
         """A read found ``e``: warn (naming the file) and make the next call compute the damaged part again: an
         embeddings file (``E-<tag>.*``) is removed and rebuilt; a factor file's store is truncated (under its
         lock) to its first damaged row, so that the pass resumes there, and the bank is dropped."""
-        self._warn(f"{e}: it is computed again", stacklevel=5)  # the user's call, through locked and recovering
+        self._warn(f"{e}: it is computed again", stacklevel=4)  # the user's call, through locked
         if e.path.name.startswith("E-"):
             tag = e.path.name[2:].split(".")[0]
             for p in e.path.parent.glob(f"E-{tag}.*"):
