@@ -243,6 +243,7 @@ def test_a_checkpoint_named_twice_warns_and_counts_twice(tmp_path):
     a, b, _ = p.paths
     with pytest.warns(TracInWarning, match=rf"names the same file more than once \('{a}' = '{a}'\): each listing"):
         twice = _fast(p, [a, a, b])
+    assert any("names the same file more than once" in n for n in twice.notes)  # also listed by the explorer
     with warnings.catch_warnings():
         warnings.simplefilter("error", TracInWarning)
         once, alone = _fast(p, [a, b]), _fast(p, [a])
@@ -282,3 +283,9 @@ def test_a_cache_dir_name_the_filesystem_cannot_hold_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"cache_dir .* bytes long: .* passes its filesystem's limit \(4096, PATH"):
         check_cache_dir_name(deep)
     check_cache_dir_name(tmp_path / "tracin-cache")  # a usual one
+    long = tmp_path / ("x" * 300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TracInWarning)  # before any unwritable-cache warning
+        with pytest.raises(ValueError, match=r"cache_dir '.*': the folder name 'x+'\.\.\. is 300 bytes"):
+            q = StoreProblem(tmp_path, n=50)
+            TracInCPFast(q.model, "2", TensorDataset(q.x, q.y), q.paths, checkpoints_load_func=_load, cache_dir=long)

@@ -102,7 +102,8 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
         self._net = inner_module(model)  # the module computed on (see _net's note in _types.EngineFields)
         self.label_key = check_key(label_key, "label_key", str, "label_key='target'")
         self.output_key = check_key(output_key, "output_key", (str, int), "output_key='logits'")
-        self.checkpoints = resolve_checkpoints(checkpoints)
+        # a duplicate's warning also reaches engine.notes (stacklevel: the user's engine constructor)
+        self.checkpoints = resolve_checkpoints(checkpoints, warn=lambda m: self._warn(m, stacklevel=6))
         self._checkpoint_dir = checkpoint_folder(checkpoints)
         self._default_loader = checkpoints_load_func is None
         if checkpoints_load_func is None:
@@ -131,6 +132,8 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
         self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
         self.progress_callback = progress_callback
         self.cache_dir = check_cache_dir(cache_dir, checkpoint_folder(checkpoints))
+        if self.cache_dir is not None:
+            _cache.check_cache_dir_name(self.cache_dir)  # a name too long: a ValueError now, not an OSError later
         self._cache_unwritable: str | None = None  # why saving failed (warned once), or None
         self._cache_probed = False
         if data_version is not None and not isinstance(data_version, str):
