@@ -391,3 +391,26 @@ def test_distributed_query_arguments(tmp_path, monkeypatch):
 
 def _raise(error: BaseException) -> None:
     raise error
+
+
+def test_rank_0_joins_the_shards_without_following_links(tmp_path, monkeypatch):
+    model, data, paths, test = _problem(tmp_path)
+    cache = tmp_path / "cache"
+    _as_rank(monkeypatch, 1)
+    with pytest.raises(ValueError, match=r"joined by rank 0 cannot be read by rank 1"):
+        _engine(model, data, paths, cache).fit()
+    (shard,) = cache.glob("tracin-fast-store-*.rows-100-200")
+    store = cache / shard.name.split(".rows-")[0]
+    store.mkdir()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    (tmp_path / "user.bin").write_bytes(b"u" * 5000)
+    (store / "old").symlink_to(mine)  # an entry of the folder that is cleared: removed itself
+    (store / "A-0.bin").symlink_to(tmp_path / "user.bin")  # a file the join writes: never written through
+    _as_rank(monkeypatch, 0)
+    joined = _engine(model, data, paths, cache).fit()
+    assert (mine / "notes.txt").read_text() == "the user's" and (tmp_path / "user.bin").read_bytes() == b"u" * 5000
+    assert not (store / "A-0.bin").is_symlink() and not (store / "old").exists()
+    monkeypatch.setattr(dist_module, "process_group", lambda device: None)
+    assert torch.equal(joined.influence(test), _engine(model, data, paths).influence(test))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
 from torch.utils.data._utils.collate import default_collate
 
+from ._files import open_file, remove_entry
 from ._store import FactorStore, StoreLock
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ def join_shards(folder: Path, expect: dict[str, Any], shards: list[tuple[Path, d
         if found is None or not found.complete:
             for p in folder.iterdir():
                 if p.name != ".lock":
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                    remove_entry(p)  # a link removed itself, never what it points to
             meta = {k: v for k, v in stores[0].meta.items() if k != "shard"}
             rows = sum(s.rows for s in stores)
             store = FactorStore(
@@ -243,10 +243,10 @@ def join_shards(folder: Path, expect: dict[str, Any], shards: list[tuple[Path, d
             )
             store.write_manifest()
             for i, (path, nb) in enumerate(store.files()):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # never through a link
                 try:
                     for s in stores:
-                        src = os.open(s.files()[i][0], os.O_RDONLY)
+                        src = open_file(s.files()[i][0], os.O_RDONLY)
                         try:
                             _copy(src, fd, s.rows * nb)
                         finally:
@@ -260,7 +260,7 @@ def join_shards(folder: Path, expect: dict[str, Any], shards: list[tuple[Path, d
         lock.release()
     for path, _ in shards:
         with contextlib.suppress(OSError):
-            shutil.rmtree(path)
+            remove_entry(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
