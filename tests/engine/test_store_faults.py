@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -59,6 +60,15 @@ def small_disk(tmp_path):
         yield disk
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_save_html_on_a_full_disk_names_the_file(small_disk):
+    from tracin_widgets.widget import _html
+
+    path = small_disk / "review.html"
+    with pytest.raises(OSError, match=rf"save_html cannot write '{re.escape(str(path))}': No space left on device"):
+        _html.write(path, "x" * (1 << 20))  # 1 MiB on a 256 KiB disk
+    assert not path.exists()  # no half file
 
 
 def test_a_really_full_disk_keeps_the_complete_blocks(tmp_path, small_disk, monkeypatch):
@@ -289,3 +299,26 @@ def test_a_cache_dir_name_the_filesystem_cannot_hold_is_a_clear_error(tmp_path):
         with pytest.raises(ValueError, match=r"cache_dir '.*': the folder name 'x+'\.\.\. is 300 bytes"):
             q = StoreProblem(tmp_path, n=50)
             TracInCPFast(q.model, "2", TensorDataset(q.x, q.y), q.paths, checkpoints_load_func=_load, cache_dir=long)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# test batches that cannot be computed on: clear errors before any pass
+# ---------------------------------------------------------------------------------------------------------------------
+def test_a_test_batch_on_the_meta_device_is_a_clear_error(tmp_path):
+    p = StoreProblem(tmp_path, n=50)
+    meta = (p.test[0].to("meta"), p.test[1].to("meta"))
+    with pytest.raises(ValueError, match=r"inputs is on the 'meta' device, which holds shapes but no values"):
+        p.engine(cache=False).influence(meta, k=2)
+
+
+def test_a_single_test_row_without_its_batch_dimension_is_a_clear_error(tmp_path):
+    p = StoreProblem(tmp_path, n=50)
+    eng = p.engine(cache=False)
+    for labels in (p.test[1][0], p.test[1][:1]):
+        with pytest.raises(
+            ValueError,
+            match=r"single example without its batch dimension: features of shape \(8,\), where the model takes "
+            r"batches of shape \(n, 8\)\. Fix: .*x\.unsqueeze\(0\)",
+        ):
+            eng.influence((p.test[0][0], labels), k=2)
+    assert eng.influence((p.test[0][:1], p.test[1][:1]), k=2).indices.shape == (1, 2)  # one row, batched
