@@ -322,3 +322,80 @@ def test_a_single_test_row_without_its_batch_dimension_is_a_clear_error(tmp_path
         ):
             eng.influence((p.test[0][0], labels), k=2)
     assert eng.influence((p.test[0][:1], p.test[1][:1]), k=2).indices.shape == (1, 2)  # one row, batched
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training data the cache cannot recognise
+# ---------------------------------------------------------------------------------------------------------------------
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y, strict=True))
+
+
+class _Opaque(torch.utils.data.Dataset):
+    """A map-style dataset without arrays: recognised by its type, length and a sample of its items."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]
+
+
+def _on(p: StoreProblem, data, **kw) -> TracInCPFast:
+    kw.setdefault("cache_dir", p.cache)
+    return TracInCPFast(
+        p.model,
+        "2",
+        data,
+        p.paths,
+        checkpoints_load_func=p.load,
+        loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+        batch_size=100,
+        **kw,
+    )
+
+
+def test_an_iterable_dataset_without_data_version_writes_no_store(tmp_path):
+    p = StoreProblem(tmp_path, n=300)
+    expected = p.engine(cache=False).influence(p.test)
+    for kw in ({}, {"max_memory": 10 << 20}):
+        with pytest.warns(
+            TracInWarning,
+            match=r"_Stream without a length, .* nothing is written to cache_dir: .*"
+            r"computed in memory instead\. Pass data_version=",
+        ):
+            eng = _on(p, _Stream(p.x, p.y), **kw)
+        torch.testing.assert_close(eng.influence(p.test), expected)
+        assert not p.cache.exists() or not any(p.cache.iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TracInWarning)
+        torch.testing.assert_close(_on(p, _Stream(p.x, p.y), data_version="v1").influence(p.test), expected)
+    assert p.store().is_dir()  # with data_version: stored, for the next run
+
+
+def test_an_opaque_dataset_reused_from_the_store_warns_unless_data_version_names_it(tmp_path):
+    p = StoreProblem(tmp_path, n=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TracInWarning)
+        first = _on(p, _Opaque(p.x, p.y)).influence(p.test)  # computed: nothing reused
+    with pytest.warns(
+        TracInWarning,
+        match=r"reused from cache_dir: train_dataset \(a _Opaque\) is recognised by its "
+        r"type, length and 24 of its items only.*Pass data_version=",
+    ):
+        eng = _on(p, _Opaque(p.x, p.y))
+        torch.testing.assert_close(eng.influence(p.test), first)
+    assert any("24 of its items" in n for n in eng.notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TracInWarning)
+        _on(p, _Opaque(p.x, p.y), data_version="v1").fit()
+        _on(p, _Opaque(p.x, p.y), data_version="v1").fit()  # reused, named by its version
+        _on(p, p.train).fit()
+        _on(p, p.train).fit()  # a TensorDataset: hashed in full

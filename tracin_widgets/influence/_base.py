@@ -142,6 +142,15 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
                 f"{type(data_version).__name__}: e.g. data_version='labels-2024-06-01'."
             )
         self.data_version = data_version
+        self._data_sampled = False  # the training data is recognised by a sample of its items (the key's)
+        why = _cache.unrecognisable(self.train_dataloader, data_version) if self.cache_dir is not None else None
+        if why is not None:  # a store under a random key could never be reused: none is written
+            self._cache_unwritable, self._cache_probed = why, True
+            self._warn(
+                f"{why}. The results are computed in memory instead. Pass data_version='...' naming the version of "
+                "the data (changed whenever the data changes) to keep them in cache_dir for later runs.",
+                stacklevel=4,
+            )
         self._states: list[dict[str, torch.Tensor]] | None = None
         self._lrs: list[float] | None = None
         self._fingerprint: str | None = None
@@ -255,6 +264,7 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
     def _compute_fingerprint(self, extra: str) -> str:
         if self._fingerprint is None:
             _, lrs = self._checkpoint_states()  # the learning rates are part of the key
+            report: dict = {}
             self._fingerprint = _cache.compute_fingerprint(
                 kind=self._cache_kind,
                 extra=extra,
@@ -266,7 +276,9 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
                 loader=self.train_dataloader,
                 device=self.device,
                 data_version=self.data_version,
+                report=report,
             )
+            self._data_sampled = bool(report.get("sampled"))
         return self._fingerprint
 
     def _cache_file(self, name: str, extra: str) -> Path | None:

@@ -60,7 +60,7 @@ def recovering(refit: bool = False) -> Callable[[_F], _F]:
                 self._prepare_factors()
             return method(self, *args, **kwargs)
 
-        TRANSPARENT.add(run.__code__)  # warnings point at the user's call as without it
+        TRANSPARENT.add(run.__code__)  # type: ignore[attr-defined]  # warnings: the user's call as without it
         return run  # type: ignore[return-value]
 
     return wrap
@@ -237,9 +237,16 @@ class FactorPass(FactorCapture):
 
     def _adopt(self, store: FactorStore) -> FactorBank:
         """A bank on a complete store: loaded where ``_place`` says, or streamed."""
+        self._note_reuse()
         bank = self._new_bank()
         bank.describe(store)
         return bank.adopt(store, self._place(bank, store.rows, True))
+
+    def _note_reuse(self) -> None:
+        """Factors reused from the store for training data recognised by a sample of its items: say so (once),
+        unless ``data_version`` names the data."""
+        if self._data_sampled and self.data_version is None:
+            self._warn(_cache.sampled_note(self.train_dataloader.dataset), stacklevel=7)  # the user's call
 
     def _probe_dims(self, bank: FactorBank, states: list[dict]) -> bool:
         """Learn dim(a), dim(g) and the dtype from a forward of a few training rows (False: nothing to probe)."""
@@ -383,6 +390,7 @@ class _StoreRun:
         if self.writer is None and self.eng.max_memory is not None and self.eng._probe_dims(self.bank, states):
             self.where = self.place(self.lock is not None)
         if self.writer is not None:
+            self.eng._note_reuse()
             self.done = self.writer.rows_written
             self.where = self.place(True)
 
