@@ -197,6 +197,7 @@ def test_torchrun_ranks_with_different_keys_is_an_error(tmp_path, monkeypatch):
     model, data, paths, _ = _problem(tmp_path)
     monkeypatch.setattr(dist_module, "process_group", lambda device: (0, 2))
     monkeypatch.setattr(dist_module, "all_equal", lambda key, device: False)
+    monkeypatch.setattr(dist_module, "all_ok", lambda ok, device: ok)
     with pytest.raises(ValueError, match=r"ranks of torch.distributed \(torchrun\) disagree on .* cache key"):
         _engine(model, data, paths, tmp_path / "cache").fit()
 
