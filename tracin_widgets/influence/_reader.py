@@ -185,11 +185,12 @@ class _Reader(EngineFields):
         rule = label_rule(self.test_loss_fn if loss == "test" else self.loss_fn)
         offset = 0
         for b in batches:
-            self._check_form(b, what)
-            if b.device != self.device:
-                b = b.to(self.device)
             shapes = b.key
             tail = None if shapes is None else self._probed.get(shapes)
+            if tail is None or b.device != self.device:  # (shapes checked before: their form was too)
+                self._check_form(b, what)
+            if b.device != self.device:
+                b = b.to(self.device)
             if tail is None:  # shapes this engine has not run yet: the model must take them
                 probe = "test batch" if loss == "test" else "batch"
                 tail = self._output_tail(b, probe, cached=False, show_progress=show_progress)

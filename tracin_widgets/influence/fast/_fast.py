@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from torch import nn
 from .. import _distributed, _predict
 from .._argdocs import document
 from .._base import (
+    TRANSPARENT,
     Checkpoints,
     Inputs,
     KMostInfluentialResults,
@@ -33,13 +34,40 @@ from .._base import (
     locked,
     merge_topk,
 )
+from .._integrity import StoreDamaged
 from .._layers import resolve_module
 from .._loss import loss_mode
 from .._store import check_factor_dtype, parse_max_memory
 from .._topk import finish_topk
 from . import _bank
 from ._bank import FactorBank
-from ._pass import FactorPass, recovering
+from ._pass import FactorPass
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def recovering(refit: bool = False) -> Callable[[_F], _F]:
+    """Run a public call again once when a read of the store finds damage (``StoreDamaged``): the damage is
+    warned about and made to be computed again first (``FactorPass._recover``); a second ``StoreDamaged``
+    propagates. ``refit``: compute the factors before the second run (a call that never starts a pass)."""
+
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def run(self: FactorPass, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except StoreDamaged as e:
+                if kwargs.get("distributed"):  # every rank would have to agree on it: raised as it is
+                    raise
+                self._recover(e)
+            if refit:
+                self._prepare_factors()
+            return method(self, *args, **kwargs)
+
+        TRANSPARENT.add(run.__code__)  # type: ignore[attr-defined]  # warnings: the user's call as without it
+        return run  # type: ignore[return-value]
+
+    return wrap
 
 
 @document

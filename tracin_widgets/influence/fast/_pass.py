@@ -10,17 +10,16 @@ into a shard (``influence/_distributed.py``).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from .. import _cache, _distributed
-from .._base import TRANSPARENT, _Progress
+from .._base import _Progress
 from .._batch import Batch
 from .._files import remove_entry
 from .._integrity import StoreDamaged
@@ -39,31 +38,6 @@ from ._bank import FactorBank, _Kept, _row_norms
 from ._capture import FactorCapture
 
 EMPTY = "train_dataset is empty: there is nothing to compute influence against."
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def recovering(refit: bool = False) -> Callable[[_F], _F]:
-    """Run a public call again once when a read of the store finds damage (``StoreDamaged``): the damage is
-    warned about and made to be computed again first (``FactorPass._recover``); a second ``StoreDamaged``
-    propagates. ``refit``: compute the factors before the second run (a call that never starts a pass)."""
-
-    def wrap(method: _F) -> _F:
-        @functools.wraps(method)
-        def run(self: FactorPass, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(self, *args, **kwargs)
-            except StoreDamaged as e:
-                if kwargs.get("distributed"):  # every rank would have to agree on it: raised as it is
-                    raise
-                self._recover(e)
-            if refit:
-                self._prepare_factors()
-            return method(self, *args, **kwargs)
-
-        TRANSPARENT.add(run.__code__)  # type: ignore[attr-defined]  # warnings: the user's call as without it
-        return run  # type: ignore[return-value]
-
-    return wrap
 
 
 class FactorPass(FactorCapture):

@@ -33,8 +33,7 @@ from .._embeddings import EmbeddingFile, EmbeddingWriter, embedding_tag
 from .._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 from .._store import FactorStore, dtype_name, stream_rows
 from ._bank import FactorBank
-from ._fast import TracInCPFast
-from ._pass import recovering
+from ._fast import TracInCPFast, recovering
 
 
 @document
