@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -70,6 +71,29 @@ def _problem(a: argparse.Namespace, folder: Path):
     y = torch.randint(0, 10, (a.rows,), generator=g)
     test = (torch.randn(4, a.d_in, generator=g), torch.randint(0, 10, (4,), generator=g))
     return model, paths, TensorDataset(x, y), test
+
+
+def _document(a: argparse.Namespace, res: dict) -> dict:
+    """The results file (``benchmarks/results/store-verify-<machine>.json``): the scenario keys the report reads."""
+    from benchmarks.suite import git_commit
+
+    cores = os.cpu_count()
+    return {
+        "scenario": "store-verify",
+        "machine_tag": f"{cores}core",
+        "machine_label": f"CPU, {cores} cores",
+        "source": "measured by python -m benchmarks.probes.store_verify "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k in ("rows", "threads", "checkpoints")
+        ),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "notes": "wall and this process's CPU seconds (medians); the machine is shared, so the CPU figures are the "
+        "steadier; 'slower' is verified / not verified - 1",
+        "args": vars(a),
+        "results": res,
+    }
 
 
 def main(argv=None) -> int:
@@ -150,7 +174,7 @@ def main(argv=None) -> int:
     res["read"]["not_verified_GBps"] = round(res["store_bytes"] / res["read"]["not verified_s"] / 1e9, 2)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(a), "results": res}, indent=1))
+    out.write_text(json.dumps(_document(a, res), indent=1))
     print(json.dumps(res, indent=1))
     return 0
 
