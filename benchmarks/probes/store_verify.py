@@ -1,8 +1,8 @@
 """What verifying the factor store's checksums costs (every row of every file is checked when it is read).
 
-* ``checksum``: GB/s of the row checksum (``influence/_integrity.py``: a uint32 matrix-vector product) for rows of
-  the store's widths, next to zlib's crc32 and adler32 over the same 64 MiB;
-* on the problem of ``store_memory.py`` (an MLP ``d_in -> 84 -> 10``, ``--checkpoints`` checkpoints, ``--rows``
+* ``checksum``: GB/s of the row checksum (``influence/_integrity.py``: an integer matrix-vector product of
+  64-bit words) for rows of the store's widths, next to zlib's crc32 and adler32 over the same 64 MiB;
+* on a problem of an MLP ``d_in -> 84 -> 10``, ``--checkpoints`` checkpoints, ``--rows``
   rows: at 1,281,167 rows and 6 checkpoints a 2.9 GB store), once the store is built, each measured with the
   checksums verified and not (``FactorStore.verify_reads``), alternately, ``--reps`` times (the median is kept):
   ``read``: every block of the store read as a streamed query reads it (no compute); ``stream``: a streamed
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -51,8 +52,51 @@ def checksum_speed() -> dict:
     return out
 
 
+def _problem(a: argparse.Namespace, folder: Path):
+    """The MLP ``d_in -> 84 -> 10``, its ``a.checkpoints`` checkpoints in ``folder`` and ``a.rows`` random rows."""
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(a.d_in, 84), nn.ReLU(), nn.Linear(84, 10))
+    paths = []
+    for c in range(a.checkpoints):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+        paths.append(str(folder / f"ckpt-{c}.pt"))
+        if not Path(paths[-1]).is_file():
+            torch.save(model.state_dict(), paths[-1])
+    x = torch.randn(a.rows, a.d_in, generator=g)
+    y = torch.randint(0, 10, (a.rows,), generator=g)
+    test = (torch.randn(4, a.d_in, generator=g), torch.randint(0, 10, (4,), generator=g))
+    return model, paths, TensorDataset(x, y), test
+
+
+def _document(a: argparse.Namespace, res: dict) -> dict:
+    """The results file (``benchmarks/results/store-verify-<machine>.json``): the scenario keys the report reads."""
+    from benchmarks.suite import git_commit
+
+    cores = os.cpu_count()
+    return {
+        "scenario": "store-verify",
+        "machine_tag": f"{cores}core",
+        "machine_label": f"CPU, {cores} cores",
+        "source": "measured by python -m benchmarks.probes.store_verify "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k in ("rows", "threads", "checkpoints")
+        ),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "notes": "wall and this process's CPU seconds (medians); the machine is shared, so the CPU figures are the "
+        "steadier; 'slower' is verified / not verified - 1",
+        "args": vars(a),
+        "results": res,
+    }
+
+
 def main(argv=None) -> int:
-    from benchmarks.probes.store_memory import _problem
     from tracin_widgets.influence import TracInCPFast
     from tracin_widgets.influence._store import FactorStore, stream_rows
 
@@ -89,7 +133,8 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     stream = engine(factor_bytes // 3).fit()
     res["build_s"] = time.perf_counter() - t
-    store = stream._stream
+    assert stream.factors_ is not None
+    store = stream.factors_.store  # streamed (max_memory below the factors' bytes)
     assert store is not None
     step = stream_rows(store.row_bytes, stream.max_memory)
 
@@ -122,13 +167,14 @@ def main(argv=None) -> int:
         res[name] = {
             **{f"{k}_s": round(v, 3) for k, v in med.items()},
             "slower": round(med["verified"] / med["not verified"] - 1, 3),
+            "slower_cpu": round(med["verified cpu"] / med["not verified cpu"] - 1, 3),
         }
         print(f"{name}: {res[name]}", flush=True)
     res["read"]["verified_GBps"] = round(res["store_bytes"] / res["read"]["verified_s"] / 1e9, 2)
     res["read"]["not_verified_GBps"] = round(res["store_bytes"] / res["read"]["not verified_s"] / 1e9, 2)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(a), "results": res}, indent=1))
+    out.write_text(json.dumps(_document(a, res), indent=1))
     print(json.dumps(res, indent=1))
     return 0
 

@@ -197,6 +197,7 @@ def test_torchrun_ranks_with_different_keys_is_an_error(tmp_path, monkeypatch):
     model, data, paths, _ = _problem(tmp_path)
     monkeypatch.setattr(dist_module, "process_group", lambda device: (0, 2))
     monkeypatch.setattr(dist_module, "all_equal", lambda key, device: False)
+    monkeypatch.setattr(dist_module, "all_ok", lambda ok, device: ok)
     with pytest.raises(ValueError, match=r"ranks of torch.distributed \(torchrun\) disagree on .* cache key"):
         _engine(model, data, paths, tmp_path / "cache").fit()
 
@@ -206,6 +207,7 @@ def _as_rank(monkeypatch, rank: int) -> None:
     monkeypatch.setattr(dist_module, "process_group", lambda device: (rank, 2))
     monkeypatch.setattr(dist_module, "all_equal", lambda key, device: True)
     monkeypatch.setattr(dist_module, "all_ok", lambda ok, device: ok)
+    monkeypatch.setattr(dist_module, "failures", lambda error, device: [])
 
 
 def test_rank_shards_resume_and_are_joined_by_rank_0(tmp_path, monkeypatch):
@@ -391,3 +393,80 @@ def test_distributed_query_arguments(tmp_path, monkeypatch):
 
 def _raise(error: BaseException) -> None:
     raise error
+
+
+def test_rank_0_joins_the_shards_without_following_links(tmp_path, monkeypatch):
+    model, data, paths, test = _problem(tmp_path)
+    cache = tmp_path / "cache"
+    _as_rank(monkeypatch, 1)
+    with pytest.raises(ValueError, match=r"joined by rank 0 cannot be read by rank 1"):
+        _engine(model, data, paths, cache).fit()
+    (shard,) = cache.glob("tracin-fast-store-*.rows-100-200")
+    store = cache / shard.name.split(".rows-")[0]
+    store.mkdir()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    (tmp_path / "user.bin").write_bytes(b"u" * 5000)
+    (store / "old").symlink_to(mine)  # an entry of the folder that is cleared: removed itself
+    (store / "A-0.bin").symlink_to(tmp_path / "user.bin")  # a file the join writes: never written through
+    _as_rank(monkeypatch, 0)
+    joined = _engine(model, data, paths, cache).fit()
+    assert (mine / "notes.txt").read_text() == "the user's" and (tmp_path / "user.bin").read_bytes() == b"u" * 5000
+    assert not (store / "A-0.bin").is_symlink() and not (store / "old").exists()
+    monkeypatch.setattr(dist_module, "process_group", lambda device: None)
+    assert torch.equal(joined.influence(test), _engine(model, data, paths).influence(test))
+
+
+FAILING = textwrap.dedent(
+    """
+    import json, os, sys, time
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+    from tracin_widgets.influence import TracInCPFast
+
+    tmp, rank = sys.argv[1], os.environ["RANK"]
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5))
+    x, y = torch.load(os.path.join(tmp, "data.pt"))
+    paths = json.load(open(os.path.join(tmp, f"paths{rank}.json")))
+    start = time.monotonic()
+    try:
+        TracInCPFast(
+            model, "2", TensorDataset(x, y), paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+            cache_dir=os.path.join(tmp, "cache"),
+        ).fit()
+        print(f"rank {rank} no error")
+    except Exception as e:
+        print(f"rank {rank} raised {type(e).__name__}: {e}")
+    print(f"rank {rank} waited {time.monotonic() - start:.1f}")
+    time.sleep(3)  # alive (a caught error, a notebook): the other rank must not wait for this one to exit
+    torch.distributed.destroy_process_group()
+    """
+)
+
+
+def test_a_rank_failing_before_the_pass_stops_every_rank_with_its_message(tmp_path):
+    """Two gloo ranks under torchrun: rank 1's checkpoint cannot be read (rank 0's can): both raise at once, and
+    rank 0's error names rank 1 and the file, while both processes stay alive."""
+    model, data, paths, _ = _problem(tmp_path)
+    torch.save(data.tensors, tmp_path / "data.pt")
+    broken = tmp_path / "broken-1.pt"
+    broken.write_bytes(b"not a checkpoint" * 10)
+    (tmp_path / "paths0.json").write_text(json.dumps(paths))
+    (tmp_path / "paths1.json").write_text(json.dumps([*paths[:2], str(broken)]))
+    (tmp_path / "run.py").write_text(FAILING)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    done = subprocess.run(
+        [*cmd, str(tmp_path / "run.py"), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert re.search(rf"rank 1 raised \w+: .*{re.escape(broken.name)}", out), out
+    zero = re.search(r"rank 0 raised RuntimeError: (.*)", out)
+    assert zero is not None, out
+    assert "another rank of torch.distributed failed in loading the checkpoints" in zero.group(1)
+    assert re.search(rf"\(rank 1: \w+: .*{re.escape(broken.name)}", zero.group(1)), zero.group(1)

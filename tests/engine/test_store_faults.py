@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -59,6 +60,15 @@ def small_disk(tmp_path):
         yield disk
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_save_html_on_a_full_disk_names_the_file(small_disk):
+    from tracin_widgets.widget import _html
+
+    path = small_disk / "review.html"
+    with pytest.raises(OSError, match=rf"save_html cannot write '{re.escape(str(path))}': No space left on device"):
+        _html.write(path, "x" * (1 << 20))  # 1 MiB on a 256 KiB disk
+    assert not path.exists()  # no half file
 
 
 def test_a_really_full_disk_keeps_the_complete_blocks(tmp_path, small_disk, monkeypatch):
@@ -243,6 +253,7 @@ def test_a_checkpoint_named_twice_warns_and_counts_twice(tmp_path):
     a, b, _ = p.paths
     with pytest.warns(TracInWarning, match=rf"names the same file more than once \('{a}' = '{a}'\): each listing"):
         twice = _fast(p, [a, a, b])
+    assert any("names the same file more than once" in n for n in twice.notes)  # also listed by the explorer
     with warnings.catch_warnings():
         warnings.simplefilter("error", TracInWarning)
         once, alone = _fast(p, [a, b]), _fast(p, [a])
@@ -282,3 +293,109 @@ def test_a_cache_dir_name_the_filesystem_cannot_hold_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"cache_dir .* bytes long: .* passes its filesystem's limit \(4096, PATH"):
         check_cache_dir_name(deep)
     check_cache_dir_name(tmp_path / "tracin-cache")  # a usual one
+    long = tmp_path / ("x" * 300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TracInWarning)  # before any unwritable-cache warning
+        with pytest.raises(ValueError, match=r"cache_dir '.*': the folder name 'x+'\.\.\. is 300 bytes"):
+            q = StoreProblem(tmp_path, n=50)
+            TracInCPFast(q.model, "2", TensorDataset(q.x, q.y), q.paths, checkpoints_load_func=_load, cache_dir=long)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# test batches that cannot be computed on: clear errors before any pass
+# ---------------------------------------------------------------------------------------------------------------------
+def test_a_test_batch_on_the_meta_device_is_a_clear_error(tmp_path):
+    p = StoreProblem(tmp_path, n=50)
+    meta = (p.test[0].to("meta"), p.test[1].to("meta"))
+    with pytest.raises(ValueError, match=r"inputs is on the 'meta' device, which holds shapes but no values"):
+        p.engine(cache=False).influence(meta, k=2)
+
+
+def test_a_single_test_row_without_its_batch_dimension_is_a_clear_error(tmp_path):
+    p = StoreProblem(tmp_path, n=50)
+    eng = p.engine(cache=False)
+    for labels in (p.test[1][0], p.test[1][:1]):
+        with pytest.raises(
+            ValueError,
+            match=r"single example without its batch dimension: features of shape \(8,\), where the model takes "
+            r"batches of shape \(n, 8\)\. Fix: .*x\.unsqueeze\(0\)",
+        ):
+            eng.influence((p.test[0][0], labels), k=2)
+    assert eng.influence((p.test[0][:1], p.test[1][:1]), k=2).indices.shape == (1, 2)  # one row, batched
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training data the cache cannot recognise
+# ---------------------------------------------------------------------------------------------------------------------
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y, strict=True))
+
+
+class _Opaque(torch.utils.data.Dataset):
+    """A map-style dataset without arrays: recognised by its type, length and a sample of its items."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]
+
+
+def _on(p: StoreProblem, data, **kw) -> TracInCPFast:
+    kw.setdefault("cache_dir", p.cache)
+    return TracInCPFast(
+        p.model,
+        "2",
+        data,
+        p.paths,
+        checkpoints_load_func=p.load,
+        loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+        batch_size=100,
+        **kw,
+    )
+
+
+def test_an_iterable_dataset_without_data_version_writes_no_store(tmp_path):
+    p = StoreProblem(tmp_path, n=300)
+    expected = p.engine(cache=False).influence(p.test)
+    for kw in ({}, {"max_memory": 10 << 20}):
+        with pytest.warns(
+            TracInWarning,
+            match=r"_Stream without a length, .* nothing is written to cache_dir: .*"
+            r"computed in memory instead\. Pass data_version=",
+        ):
+            eng = _on(p, _Stream(p.x, p.y), **kw)
+        torch.testing.assert_close(eng.influence(p.test), expected)
+        assert not p.cache.exists() or not any(p.cache.iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TracInWarning)
+        torch.testing.assert_close(_on(p, _Stream(p.x, p.y), data_version="v1").influence(p.test), expected)
+    assert p.store().is_dir()  # with data_version: stored, for the next run
+
+
+def test_an_opaque_dataset_reused_from_the_store_warns_unless_data_version_names_it(tmp_path):
+    p = StoreProblem(tmp_path, n=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TracInWarning)
+        first = _on(p, _Opaque(p.x, p.y)).influence(p.test)  # computed: nothing reused
+    with pytest.warns(
+        TracInWarning,
+        match=r"reused from cache_dir: train_dataset \(a _Opaque\) is recognised by its "
+        r"type, length and 24 of its items only.*Pass data_version=",
+    ):
+        eng = _on(p, _Opaque(p.x, p.y))
+        torch.testing.assert_close(eng.influence(p.test), first)
+    assert any("24 of its items" in n for n in eng.notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TracInWarning)
+        _on(p, _Opaque(p.x, p.y), data_version="v1").fit()
+        _on(p, _Opaque(p.x, p.y), data_version="v1").fit()  # reused, named by its version
+        _on(p, p.train).fit()
+        _on(p, p.train).fit()  # a TensorDataset: hashed in full

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tracin_widgets.influence import AnnoyNearestNeighbors, TracInCPFast, TracInCPFastRandProj
+from tracin_widgets.influence import AnnoyNearestNeighbors, TracInCPFast, TracInCPFastRandProj, TracInWarning
 from tracin_widgets.influence._integrity import StoreDamaged, file_digest, row_sums, seed
 from tracin_widgets.influence._store import FactorStore
 
@@ -89,47 +89,75 @@ def test_the_writer_records_a_checksum_per_row_and_file(built):
 # ---------------------------------------------------------------------------------------------------------------------
 # damaged bytes: every reader refuses them
 # ---------------------------------------------------------------------------------------------------------------------
+def _recomputed(name: str, rows: str):
+    """The warning of a damaged file that is computed again (naming the file and its first damaged rows)."""
+    return pytest.warns(TracInWarning, match=rf"{re.escape(name)}' is damaged \(rows {rows}\)[^:]*: .*computed again")
+
+
+def _query(engine, reader, p):
+    if reader == "training predictions":
+        return engine.train_probabilities(p.model, rows=64)[0]
+    if reader == "streamed self-influence":
+        return engine.self_influence()
+    return engine.influence(p.test, k=3)
+
+
 @pytest.mark.parametrize(
     "reader", ["memory load", "streamed influence", "streamed self-influence", "training predictions"]
 )
-def test_flipped_bytes_are_refused_by_every_reader(built, reader):
-    p, _ = built
+def test_flipped_bytes_are_recomputed_by_every_reader(built, reader):
+    p, fresh = built
     folder = p.store()
     target = {"memory load": "A-1.bin", "streamed influence": "A-1.bin", "streamed self-influence": "norms.bin"}
     name = target.get(reader, "G-2.bin")
     _flip(folder / name, 417 * ROW[name.split("-")[0].removesuffix(".bin")] + 5)
-    with pytest.raises(StoreDamaged, match=rf"{name}' is damaged \(rows 417:418\): its bytes do not match") as e:
-        if reader == "memory load":
-            p.engine().fit()
-        elif reader == "streamed influence":
-            p.engine(max_memory=4000).fit().influence(p.test, k=3)
-        elif reader == "streamed self-influence":
-            p.engine(max_memory=4000).fit()
-        else:
-            p.engine(max_memory=4000).fit().train_probabilities(p.model, rows=64)
-    assert e.value.path == folder / name and e.value.rows == [(417, 418)] and e.value.first_row == 417
+    kw = {} if reader == "memory load" else {"max_memory": 4000}
+    clean = _query(fresh.fit(), reader, p)
+    with _recomputed(name, "417:418") as rec:
+        eng = p.engine(**kw).fit()
+        got = _query(eng, reader, p)
+    assert {w.filename for w in rec if "damaged" in str(w.message)} == {__file__}  # the user's call
+    assert any(f"{name}' is damaged" in n for n in eng.notes)
+    if isinstance(got, tuple):
+        assert torch.equal(got.indices, clean.indices)
+        assert_scores_close(got.influence_scores, clean.influence_scores)
+    else:
+        assert_scores_close(got, clean)
+    store = FactorStore.read(folder, _expect(p))
+    assert store is not None and store.complete and store.damaged() == []
 
 
-def test_a_zero_filled_block_is_refused(built):
-    p, _ = built
+def test_a_zero_filled_block_is_recomputed(built):
+    p, fresh = built
     path = p.store() / "G-2.bin"
-    with open(path, "r+b") as f:
-        f.seek(100 * ROW["G"])
-        f.write(bytes(64 * ROW["G"]))
-    with pytest.raises(StoreDamaged, match=r"G-2\.bin' is damaged \(rows 100:164\)"):
-        p.engine().fit()  # one block of all the rows: every damaged row is named
-    with pytest.raises(StoreDamaged, match=r"G-2\.bin' is damaged \(rows 100:102\)"):
-        p.engine(max_memory=4000).fit().influence(p.test, k=3)  # blocks of 3 rows: the first damaged block
+    expected = fresh.influence(p.test)
+    for kw, rows in (({}, "100:164"), ({"max_memory": 4000}, "100:102")):  # one block; blocks of 3 rows
+        with open(path, "r+b") as f:
+            f.seek(100 * ROW["G"])
+            f.write(bytes(64 * ROW["G"]))
+        with _recomputed("G-2.bin", rows):
+            assert_scores_close(p.engine(**kw).influence(p.test), expected)
+
+
+def test_a_second_damage_in_the_same_call_is_raised(built, monkeypatch):
+    p, _ = built
+    _flip(p.store() / "A-1.bin", 417 * ROW["A"])
+    monkeypatch.setattr(TracInCPFast, "_recover", lambda self, e: None)  # nothing made to be computed again
+    with pytest.raises(StoreDamaged, match=r"A-1\.bin' is damaged \(rows 417:418\)"):
+        p.engine().fit()
 
 
 def test_the_rerank_verifies_the_rows_it_reads(tmp_path):
     p = StoreProblem(tmp_path, n=N)
     kw = {"projection_dim": 16, "max_memory": 4000}
     first = p.engine(TracInCPFastRandProj, **kw)
-    cand = first.influence(p.test, k=2).indices[0, 0].item()  # a row the rerank will read
+    expected = first.influence(p.test, k=2)
+    cand = expected.indices[0, 0].item()  # a row the rerank will read
     _flip(p.store() / "G-0.bin", cand * ROW["G"] + 2)
-    with pytest.raises(StoreDamaged, match=rf"G-0\.bin' is damaged \(rows {cand}:{cand + 1}\)"):
-        first.influence(p.test, k=2)
+    with _recomputed("G-0.bin", f"{cand}:{cand + 1}"):
+        got = first.influence(p.test, k=2)
+    assert torch.equal(got.indices, expected.indices)
+    assert_scores_close(got.influence_scores, expected.influence_scores)
 
 
 def test_damaged_lists_every_damaged_file_and_truncate_lets_a_resume_recompute_from_there(built, monkeypatch):
@@ -192,19 +220,20 @@ def test_a_manifest_that_contradicts_the_files_is_damage_and_the_store_is_recomp
     assert re.search(reason, str(damage)), str(damage)
     seen: list[StoreDamaged] = []
     assert FactorStore.read(folder, _expect(p), seen.append) is None and [e.path for e in seen] == [damage.path]
-    for kw in ({}, {"max_memory": 4000}):
-        assert_scores_close(p.engine(**kw).influence(p.test), fresh.influence(p.test))
+    with pytest.warns(TracInWarning, match=rf"{re.escape(blamed)}' is damaged: .*it is computed again"):
+        assert_scores_close(p.engine().influence(p.test), fresh.influence(p.test))
+    assert_scores_close(p.engine(max_memory=4000).influence(p.test), fresh.influence(p.test))
     assert _manifest(folder)["complete"] is True and FactorStore.read(folder, _expect(p)) is not None
 
 
 def test_a_manifest_whose_dtype_and_dims_fit_the_file_sizes_is_caught_by_the_checksums(built):
-    p, _ = built
+    p, fresh = built
     folder = p.store()
     m = _manifest(folder)
     m.update(dtype="float16", dims={"A": 32, "G": 10})  # the same bytes per row as 16 and 5 float32
     (folder / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(StoreDamaged, match=r"A-0\.bin' is damaged \(rows 0:600\)"):
-        p.engine().fit()
+    with _recomputed("A-0.bin", "0:600"):
+        assert_scores_close(p.engine().influence(p.test), fresh.influence(p.test))
 
 
 def test_the_store_of_an_older_format_without_checksums_is_not_used(built):
@@ -221,14 +250,15 @@ def test_the_store_of_an_older_format_without_checksums_is_not_used(built):
 # ---------------------------------------------------------------------------------------------------------------------
 # RandProj: the embeddings file and the Annoy index
 # ---------------------------------------------------------------------------------------------------------------------
-def test_flipped_bytes_in_the_embeddings_file_are_refused(tmp_path):
+def test_flipped_bytes_in_the_embeddings_file_are_rebuilt(tmp_path):
     p = StoreProblem(tmp_path, n=N)
     kw = {"projection_dim": 16, "max_memory": 4000}
-    p.engine(TracInCPFastRandProj, **kw).influence(p.test, k=None)
+    expected = p.engine(TracInCPFastRandProj, **kw).influence(p.test, k=None)
     (emb,) = p.store().glob("E-*.bin")
     _flip(emb, 123 * 48 * 4 + 1)  # 48 values a row: 4 x 4 per checkpoint
-    with pytest.raises(StoreDamaged, match=rf"{emb.name}' is damaged \(rows 123:124\)"):
-        p.engine(TracInCPFastRandProj, **kw).influence(p.test, k=None)
+    with _recomputed(emb.name, "123:124"):
+        assert_scores_close(p.engine(TracInCPFastRandProj, **kw).influence(p.test, k=None), expected)
+    assert emb.read_bytes() and FactorStore.read(p.store(), _expect(p)) is not None
 
 
 def _index(tmp_path: Path, tag: str, scale: float = 1.0) -> Path:

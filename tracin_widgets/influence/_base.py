@@ -6,6 +6,7 @@ in; the names the engines import from here are re-exported."""
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -45,6 +46,19 @@ __all__ = [  # the names the engines import from here
     "same_device",
     "sqrt_lr",
 ]
+
+
+TRANSPARENT: set[Any] = set()  # code of wrappers a warning's stacklevel does not count (e.g. a retry's)
+
+
+def _stacklevel(stacklevel: int) -> int:
+    """``stacklevel`` for ``warnings.warn`` in ``_warn``, the frames of ``TRANSPARENT`` code not counted."""
+    frame, level, counted = sys._getframe(1), 1, 1  # _warn's own frame is level 1
+    while counted < stacklevel and frame.f_back is not None:
+        frame, level = frame.f_back, level + 1
+        if frame.f_code not in TRANSPARENT:
+            counted += 1
+    return level
 
 
 def check_key(key: Any, argname: str, types: type | tuple[type, ...], example: str) -> Any:
@@ -88,7 +102,8 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
         self._net = inner_module(model)  # the module computed on (see _net's note in _types.EngineFields)
         self.label_key = check_key(label_key, "label_key", str, "label_key='target'")
         self.output_key = check_key(output_key, "output_key", (str, int), "output_key='logits'")
-        self.checkpoints = resolve_checkpoints(checkpoints)
+        # a duplicate's warning also reaches engine.notes (stacklevel: the user's engine constructor)
+        self.checkpoints = resolve_checkpoints(checkpoints, warn=lambda m: self._warn(m, stacklevel=6))
         self._checkpoint_dir = checkpoint_folder(checkpoints)
         self._default_loader = checkpoints_load_func is None
         if checkpoints_load_func is None:
@@ -117,6 +132,8 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
         self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
         self.progress_callback = progress_callback
         self.cache_dir = check_cache_dir(cache_dir, checkpoint_folder(checkpoints))
+        if self.cache_dir is not None:
+            _cache.check_cache_dir_name(self.cache_dir)  # a name too long: a ValueError now, not an OSError later
         self._cache_unwritable: str | None = None  # why saving failed (warned once), or None
         self._cache_probed = False
         if data_version is not None and not isinstance(data_version, str):
@@ -125,6 +142,15 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
                 f"{type(data_version).__name__}: e.g. data_version='labels-2024-06-01'."
             )
         self.data_version = data_version
+        self._data_sampled = False  # the training data is recognised by a sample of its items (the key's)
+        why = _cache.unrecognisable(self.train_dataloader, data_version) if self.cache_dir is not None else None
+        if why is not None:  # a store under a random key could never be reused: none is written
+            self._cache_unwritable, self._cache_probed = why, True
+            self._warn(
+                f"{why}. The results are computed in memory instead. Pass data_version='...' naming the version of "
+                "the data (changed whenever the data changes) to keep them in cache_dir for later runs.",
+                stacklevel=4,
+            )
         self._states: list[dict[str, torch.Tensor]] | None = None
         self._lrs: list[float] | None = None
         self._fingerprint: str | None = None
@@ -154,7 +180,7 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
         notes = self.__dict__.setdefault("_notes", [])
         if message not in notes:
             notes.append(message)
-        warnings.warn(message, TracInWarning, stacklevel=stacklevel)
+        warnings.warn(message, TracInWarning, stacklevel=_stacklevel(stacklevel))
 
     # ------------------------------------------------------------------ model hygiene
     _computing = computing  # eval mode on the compute device; afterwards the model is exactly as the user left it
@@ -238,6 +264,7 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
     def _compute_fingerprint(self, extra: str) -> str:
         if self._fingerprint is None:
             _, lrs = self._checkpoint_states()  # the learning rates are part of the key
+            report: dict = {}
             self._fingerprint = _cache.compute_fingerprint(
                 kind=self._cache_kind,
                 extra=extra,
@@ -249,7 +276,9 @@ class TracInCPBase(_Reader, _Checks, _RowsPerForward):
                 loader=self.train_dataloader,
                 device=self.device,
                 data_version=self.data_version,
+                report=report,
             )
+            self._data_sampled = bool(report.get("sampled"))
         return self._fingerprint
 
     def _cache_file(self, name: str, extra: str) -> Path | None:

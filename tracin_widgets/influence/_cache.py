@@ -163,9 +163,13 @@ def _hash_loader(loader: DataLoader, h: hashlib._Hash) -> None:
         h.update(f"batch_size={loader.batch_size}".encode())
 
 
-def dataset_fingerprint(loader: DataLoader, n_samples: int = 24) -> str:
+SAMPLED_ITEMS = 24  # items of a dataset without arrays that its fingerprint is made of
+
+
+def dataset_fingerprint(loader: DataLoader, n_samples: int = SAMPLED_ITEMS, report: dict | None = None) -> str:
     """Fingerprint of a training set: every array/tensor it is made of where it has them (see the module
-    docstring), else its type, length and ``n_samples`` items spread over it."""
+    docstring), else its type, length and ``n_samples`` items spread over it (``report["sampled"]`` says
+    which, when a dict is given)."""
     h = new_hash()
     ds: Any = getattr(loader, "dataset", None)
     _hash_loader(loader, h)
@@ -174,6 +178,8 @@ def dataset_fingerprint(loader: DataLoader, n_samples: int = 24) -> str:
         n = len(ds)
     except TypeError:
         n = -1
+    if report is not None:
+        report["sampled"] = not complete
     if not complete and n > 0 and hasattr(ds, "__getitem__"):
         idx = sorted(set(np.linspace(0, n - 1, min(n, n_samples)).round().astype(int).tolist()))
         for i in idx:
@@ -280,8 +286,10 @@ def compute_fingerprint(
     loader: DataLoader,
     device: torch.device,
     data_version: str | None,
+    report: dict | None = None,
 ) -> str:
-    """The cache key (see the module docstring for what it is made of)."""
+    """The cache key (see the module docstring for what it is made of; ``report`` as for
+    ``dataset_fingerprint``)."""
     h = new_hash()
     for part in (
         kind,
@@ -297,10 +305,32 @@ def compute_fingerprint(
         h.update(part.encode() + b"\0")
     for p in checkpoints:
         h.update(file_fingerprint(p).encode())
-    h.update(dataset_fingerprint(loader).encode())
+    h.update(dataset_fingerprint(loader, report=report).encode())
     if data_version is None and not _has_len(getattr(loader, "dataset", None)):
         h.update(os.urandom(16))  # nothing to verify an IterableDataset by: never reused without data_version
     return h.hexdigest()[:32]
+
+
+def unrecognisable(loader: DataLoader, data_version: str | None) -> str | None:
+    """Why nothing computed from this training data can be reused by a later run (an ``IterableDataset``
+    without a length or ``data_version``: its key is random), for the warning that nothing is saved; else None."""
+    ds = getattr(loader, "dataset", None)
+    if data_version is not None or _has_len(ds):
+        return None
+    return (
+        f"train_dataset is a {type(ds).__name__} without a length, which a later run cannot recognise (nothing to "
+        "compare its items by), so nothing is written to cache_dir: it could never be reused"
+    )
+
+
+def sampled_note(ds: Any) -> str:
+    """The warning that factors were reused for a dataset recognised by a sample of its items only."""
+    return (
+        f"the training factors were reused from cache_dir: train_dataset (a {type(ds).__name__}) is recognised by "
+        f"its type, length and {SAMPLED_ITEMS} of its items only, so a change elsewhere in it is not seen. Pass "
+        "data_version='...' naming the version of the data (changed whenever the data changes) to say which data "
+        "the cache holds."
+    )
 
 
 def _has_len(ds: Any) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
 from torch.utils.data._utils.collate import default_collate
 
+from ._files import open_file, remove_entry
 from ._store import FactorStore, StoreLock
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from .fast._pass import FactorPass
 
 TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+# the longest a rank of a group initialised here waits for the others at one collective (the slowest rank's part
+# of the pass included); a rank's error reaches the others at once through ``agree``
+INIT_TIMEOUT = timedelta(minutes=60)
 
 
 def process_group(device: torch.device) -> tuple[int, int] | None:
@@ -53,7 +57,7 @@ def process_group(device: torch.device) -> tuple[int, int] | None:
             return None
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # NCCL's collectives run on the current device: this rank's
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=INIT_TIMEOUT)
     world = dist.get_world_size()
     return None if world <= 1 else (dist.get_rank(), world)
 
@@ -75,6 +79,29 @@ def all_ok(ok: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+def failures(error: BaseException | None, device: torch.device, limit: int = 2000) -> list[tuple[int, str]]:
+    """``(rank, "Type: message")`` of every rank whose ``error`` is not None, on every rank: the messages (at most
+    ``limit`` bytes each) ``all_gather``-ed as uint8 tensors padded to the longest (gloo and NCCL alike)."""
+    import torch.distributed as dist
+
+    text = b"" if error is None else f"{type(error).__name__}: {error}".encode()[:limit]
+    dev, world = _flag_device(device), dist.get_world_size()
+    size = torch.tensor([len(text)], dtype=torch.int64, device=dev)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    width = max(1, *(int(x.item()) for x in sizes))
+    mine = torch.zeros(width, dtype=torch.uint8)
+    mine[: len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8) if text else mine[:0]
+    mine = mine.to(dev)
+    parts = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    return [
+        (r, bytes(parts[r][: int(n.item())].cpu().tolist()).decode(errors="replace"))
+        for r, n in enumerate(sizes)
+        if int(n.item())
+    ]
+
+
 def all_equal(key: str, device: torch.device) -> bool:
     """Does every rank hold the same hexadecimal ``key`` (its first 60 bits compared)?"""
     import torch.distributed as dist
@@ -87,14 +114,16 @@ def all_equal(key: str, device: torch.device) -> bool:
     return int(lo.item()) == int(hi.item()) == value
 
 
-def agree(error: Exception | None, key: str | None, device: torch.device, call: str) -> None:
+def agree(error: BaseException | None, key: str | None, device: torch.device, call: str) -> None:
     """The agreement step of a call every rank makes (the same collectives on every rank, whatever happened on
     it, so a rank's own error never leaves the others waiting): raise on every rank when any rank failed (its
     own error on that rank, a ``RuntimeError`` on the others) or, with ``key``, when the ranks' keys differ."""
     if not all_ok(error is None, device):
+        failed = failures(error, device)
         if error is not None:
             raise error
-        raise RuntimeError(f"another rank of torch.distributed failed in {call} (see its error); so does this one.")
+        said = "; ".join(f"rank {r}: {m}" for r, m in failed) or "see its error"
+        raise RuntimeError(f"another rank of torch.distributed failed in {call} ({said}); so does this one.")
     if key is not None and not all_equal(key, device):
         raise ValueError(
             f"the ranks of torch.distributed (torchrun) made different {call} calls with distributed=True: every "
@@ -235,7 +264,7 @@ def join_shards(folder: Path, expect: dict[str, Any], shards: list[tuple[Path, d
         if found is None or not found.complete:
             for p in folder.iterdir():
                 if p.name != ".lock":
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                    remove_entry(p)  # a link removed itself, never what it points to
             meta = {k: v for k, v in stores[0].meta.items() if k != "shard"}
             rows = sum(s.rows for s in stores)
             store = FactorStore(
@@ -243,10 +272,10 @@ def join_shards(folder: Path, expect: dict[str, Any], shards: list[tuple[Path, d
             )
             store.write_manifest()
             for i, (path, nb) in enumerate(store.files()):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # never through a link
                 try:
                     for s in stores:
-                        src = os.open(s.files()[i][0], os.O_RDONLY)
+                        src = open_file(s.files()[i][0], os.O_RDONLY)
                         try:
                             _copy(src, fd, s.rows * nb)
                         finally:
@@ -260,7 +289,7 @@ def join_shards(folder: Path, expect: dict[str, Any], shards: list[tuple[Path, d
         lock.release()
     for path, _ in shards:
         with contextlib.suppress(OSError):
-            shutil.rmtree(path)
+            remove_entry(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -278,15 +307,13 @@ def _joined_store(eng: FactorPass, folder: Path, expect: dict[str, Any], rank: i
             eng._store_pass(shards[rank][0], shards[rank][1], show, rows=(start, stop))  # this rank's rows only
     except Exception as e:
         error = e
-    if not all_ok(error is None, eng.device):
-        raise error or RuntimeError("another rank's factor pass failed (see its error); rows done are kept")
+    agree(error, None, eng.device, "the factor pass (the rows done are kept)")
     if rank == 0:
         try:
             join_shards(folder, expect, [s for s in shards if s[1]["rows"] > 0])
         except Exception as e:
             error = e
-    if not all_ok(error is None, eng.device):
-        raise error or RuntimeError("rank 0 could not join the factor store shards (see its error)")
+    agree(error, None, eng.device, "joining the factor store shards")
 
 
 def sharded_pass(eng: FactorPass, rank: int, world: int, show_progress: bool) -> FactorBank:
@@ -301,7 +328,12 @@ def sharded_pass(eng: FactorPass, rank: int, world: int, show_progress: bool) ->
             "rank shares (the ranks write their rows there and each then reads them all), or run the engine "
             "in a single process."
         )
-    folder, expect = eng._store_target()
+    error: Exception | None = None
+    try:
+        folder, expect = eng._store_target()  # every checkpoint loaded, the cache key computed
+    except Exception as e:
+        error = e
+    agree(error, None, eng.device, "loading the checkpoints and the training data before the factor pass")
     assert folder is not None
     if not all_equal(expect["fingerprint"], eng.device):
         raise ValueError(

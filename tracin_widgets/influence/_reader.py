@@ -185,10 +185,12 @@ class _Reader(EngineFields):
         rule = label_rule(self.test_loss_fn if loss == "test" else self.loss_fn)
         offset = 0
         for b in batches:
-            if b.device != self.device:
-                b = b.to(self.device)
             shapes = b.key
             tail = None if shapes is None else self._probed.get(shapes)
+            if tail is None or b.device != self.device:  # (shapes checked before: their form was too)
+                self._check_form(b, what)
+            if b.device != self.device:
+                b = b.to(self.device)
             if tail is None:  # shapes this engine has not run yet: the model must take them
                 probe = "test batch" if loss == "test" else "batch"
                 tail = self._output_tail(b, probe, cached=False, show_progress=show_progress)
@@ -198,6 +200,32 @@ class _Reader(EngineFields):
             offset += b.n
             yield b
         self._test_rows = offset
+
+    def _check_form(self, b: Batch, what: str) -> None:
+        """A batch on the ``meta`` device (no data) or a single example without its batch dimension (features
+        shaped like one training example) is a ``ValueError`` saying the fix, before any forward."""
+        tensors = [t for t in (*b.args, *b.kwargs.values(), b.labels) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "meta" for t in tensors):
+            raise ValueError(
+                f"{what} is on the 'meta' device, which holds shapes but no values to compute influence from. Fix: "
+                f"pass {what} with its data, e.g. on the CPU or the engine's device ({self.device})."
+            )
+        example = getattr(self, "_example_shapes", None)
+        feats = list(b.args) if not b.keyword else list(b.kwargs.values())
+        if not example or len(example) != len(feats) or not feats:
+            return
+        single = all(
+            isinstance(f, torch.Tensor) and isinstance(s, tuple) and tuple(f.shape) == s
+            for f, s in zip(feats, example, strict=True)
+        )
+        if single and any(isinstance(f, torch.Tensor) and len(s) for f, s in zip(feats, example, strict=True)):
+            shapes = ", ".join(str(tuple(f.shape)) for f in feats)
+            want = ", ".join("(" + ", ".join(map(str, ("n", *s))) + ")" for s in example)
+            raise ValueError(
+                f"{what} is a single example without its batch dimension: features of shape {shapes}, where the "
+                f"model takes batches of shape {want}. Fix: add the batch dimension, e.g. (x.unsqueeze(0), "
+                "y.unsqueeze(0)) for one example x with its label y."
+            )
 
     def _remember_probe(self, shapes: tuple | None, tail: tuple) -> None:
         """Keep what a probe forward of ``shapes`` gave (the oldest of ``PROBED_SHAPES`` forgotten first), and work

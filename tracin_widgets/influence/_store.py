@@ -152,7 +152,7 @@ class FactorStore:
             if problem is not None:
                 return None, StoreDamaged(manifest, problem)
             meta = json.loads(read_text(manifest))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no store there (cache_dir a file: said elsewhere)
             return None, None
         except (OSError, ValueError) as e:
             return None, StoreDamaged(manifest, f"it cannot be read ({type(e).__name__}: {e})")

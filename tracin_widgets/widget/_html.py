@@ -384,6 +384,9 @@ def write(path: os.PathLike | str, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (a crash never leaves half a file); the folder is created."""
     p = check_path(path)
     data = text.encode("utf-8")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(p, lambda f: f.write(data))
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(p, lambda f: f.write(data))
+    except OSError as e:  # a full disk, a folder that cannot be written: say which file
+        raise OSError(e.errno, f"save_html cannot write {str(p)!r}: {e.strerror or e}") from e
     return p

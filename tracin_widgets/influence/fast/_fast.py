@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from torch import nn
 from .. import _distributed, _predict
 from .._argdocs import document
 from .._base import (
+    TRANSPARENT,
     Checkpoints,
     Inputs,
     KMostInfluentialResults,
@@ -33,6 +34,7 @@ from .._base import (
     locked,
     merge_topk,
 )
+from .._integrity import StoreDamaged
 from .._layers import resolve_module
 from .._loss import loss_mode
 from .._store import check_factor_dtype, parse_max_memory
@@ -40,6 +42,32 @@ from .._topk import finish_topk
 from . import _bank
 from ._bank import FactorBank
 from ._pass import FactorPass
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def recovering(refit: bool = False) -> Callable[[_F], _F]:
+    """Run a public call again once when a read of the store finds damage (``StoreDamaged``): the damage is
+    warned about and made to be computed again first (``FactorPass._recover``); a second ``StoreDamaged``
+    propagates. ``refit``: compute the factors before the second run (a call that never starts a pass)."""
+
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def run(self: FactorPass, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except StoreDamaged as e:
+                if kwargs.get("distributed"):  # every rank would have to agree on it: raised as it is
+                    raise
+                self._recover(e)
+            if refit:
+                self._prepare_factors()
+            return method(self, *args, **kwargs)
+
+        TRANSPARENT.add(run.__code__)  # type: ignore[attr-defined]  # warnings: the user's call as without it
+        return run  # type: ignore[return-value]
+
+    return wrap
 
 
 @document
@@ -136,6 +164,7 @@ class TracInCPFast(FactorPass):
         self._reset_capture()
 
     @locked
+    @recovering(refit=True)
     def train_probabilities(
         self,
         model: nn.Module,
@@ -161,6 +190,7 @@ class TracInCPFast(FactorPass):
         return _predict.train_probabilities(self, model, labels, read_labels, rows)
 
     @locked
+    @recovering()
     def fit(self, show_progress: bool = False) -> TracInCPFast:
         """Compute the training-set factors now (one pass over the training data, or a read of ``cache_dir``),
         with tqdm bars when ``show_progress``; otherwise the first query does it. Returns ``self``.
@@ -261,6 +291,7 @@ class TracInCPFast(FactorPass):
 
     # ------------------------------------------------------------------ queries
     @locked
+    @recovering()
     def influence(
         self,
         inputs: Inputs | None = None,
@@ -316,6 +347,7 @@ class TracInCPFast(FactorPass):
         return self._scores_or_topk(bank, At, Gt, k, proponents, show_progress)
 
     @locked
+    @recovering()
     def influence_by_checkpoint(self, inputs: Inputs, train_indices: Any) -> torch.Tensor:
         """Each checkpoint's term ``lr_c (g_t . g_i)(a_t . a_i)`` of the influence of training examples
         ``train_indices`` on each example of ``inputs``: whether an influence comes from early or late training.
@@ -346,6 +378,7 @@ class TracInCPFast(FactorPass):
         return (gg * aa * self._lr_tensor(A)).cpu()
 
     @locked
+    @recovering()
     def self_influence(
         self,
         inputs: Inputs | None = None,

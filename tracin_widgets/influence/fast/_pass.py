@@ -21,6 +21,8 @@ import torch
 from .. import _cache, _distributed
 from .._base import _Progress
 from .._batch import Batch
+from .._files import remove_entry
+from .._integrity import StoreDamaged
 from .._store import FORMAT as STORE_FORMAT
 from .._store import (
     FactorStore,
@@ -61,7 +63,7 @@ class FactorPass(FactorCapture):
         expect: dict[str, Any] = {}  # empty: the plain path, no store, max_memory or factor_dtype
         if group is None and not (self.cache_dir is None and self.max_memory is None and self.factor_dtype is None):
             folder, expect = self._store_target()
-        store = FactorStore.read(folder, expect) if folder is not None else None
+        store = FactorStore.read(folder, expect, self._on_damage) if folder is not None else None
         if group is not None:
             bank = _distributed.sharded_pass(self, *group, show_progress)
         elif not expect:
@@ -75,6 +77,36 @@ class FactorPass(FactorCapture):
             bank = self._store_pass(None if self._cache_unwritable is not None else folder, expect, show_progress)
         self.factors_ = bank
         return bank
+
+    def _on_damage(self, e: StoreDamaged) -> None:
+        self._warn(f"{e}: it is computed again", stacklevel=7)  # the user's call
+
+    def _recover(self, e: StoreDamaged) -> None:
+        """A read found ``e``: warn (naming the file) and make the next call compute the damaged part again: an
+        embeddings file (``E-<tag>.*``) is removed and rebuilt; a factor file's store is truncated (under its
+        lock) to its first damaged row, so that the pass resumes there, and the bank is dropped."""
+        self._warn(f"{e}: it is computed again", stacklevel=4)  # the user's call, through locked
+        if e.path.name.startswith("E-"):
+            tag = e.path.name[2:].split(".")[0]
+            for p in e.path.parent.glob(f"E-{tag}.*"):
+                remove_entry(p)
+            self._embeddings_damaged()
+            return
+        self.factors_ = None
+        folder, expect = self._store_target()
+        if folder is None or e.path.parent != folder:
+            return
+        with contextlib.suppress(OSError, ValueError):  # another writer holds it: the next read says so again
+            lock, store = lock_store(folder, expect)
+            try:
+                if store is not None:
+                    first = min([e.first_row, *(d.first_row for d in store.damaged())])
+                    store.truncate(first)
+            finally:
+                lock.release()
+
+    def _embeddings_damaged(self) -> None:
+        """The embeddings file was damaged and removed (TracInCPFastRandProj rebuilds it)."""
 
     def _check_layer_once(self, state: dict, batch: Batch, merge: int) -> None:
         """The layer check, on the rows one forward may take (once per layer)."""
@@ -179,9 +211,16 @@ class FactorPass(FactorCapture):
 
     def _adopt(self, store: FactorStore) -> FactorBank:
         """A bank on a complete store: loaded where ``_place`` says, or streamed."""
+        self._note_reuse()
         bank = self._new_bank()
         bank.describe(store)
         return bank.adopt(store, self._place(bank, store.rows, True))
+
+    def _note_reuse(self) -> None:
+        """Factors reused from the store for training data recognised by a sample of its items: say so (once),
+        unless ``data_version`` names the data."""
+        if self._data_sampled and self.data_version is None:
+            self._warn(_cache.sampled_note(self.train_dataloader.dataset), stacklevel=7)  # the user's call
 
     def _probe_dims(self, bank: FactorBank, states: list[dict]) -> bool:
         """Learn dim(a), dim(g) and the dtype from a forward of a few training rows (False: nothing to probe)."""
@@ -304,7 +343,8 @@ class _StoreRun:
         if self.folder is None:
             return None
         try:
-            self.lock, found = lock_store(self.folder, self.expect)
+            on_damage = self.eng._on_damage if self.shard else None  # (else warned by _prepare_factors)
+            self.lock, found = lock_store(self.folder, self.expect, on_damage)
         except OSError as e:
             if self.shard:  # a rank's shard lives only in the store
                 raise store_error(self.folder, e, 0) from e
@@ -324,6 +364,7 @@ class _StoreRun:
         if self.writer is None and self.eng.max_memory is not None and self.eng._probe_dims(self.bank, states):
             self.where = self.place(self.lock is not None)
         if self.writer is not None:
+            self.eng._note_reuse()
             self.done = self.writer.rows_written
             self.where = self.place(True)
 

@@ -33,7 +33,7 @@ from .._embeddings import EmbeddingFile, EmbeddingWriter, embedding_tag
 from .._nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 from .._store import FactorStore, dtype_name, stream_rows
 from ._bank import FactorBank
-from ._fast import TracInCPFast
+from ._fast import TracInCPFast, recovering
 
 
 @document
@@ -127,6 +127,7 @@ class TracInCPFastRandProj(TracInCPFast):
         self._build()
 
     @locked
+    @recovering()
     def _build(self) -> None:
         bank = self._prepare_factors()
         da, dg = bank.dims
@@ -157,7 +158,7 @@ class TracInCPFastRandProj(TracInCPFast):
         if self.cache_dir is None or self._cache_unwritable is not None:
             return None
         folder, expect = self._store_target()
-        store = FactorStore.read(folder, expect) if folder is not None else None
+        store = FactorStore.read(folder, expect, self._on_damage) if folder is not None else None
         return store if store is not None and store.complete else None
 
     def _build_in_store(self, bank: FactorBank, store: FactorStore, da: int, dg: int) -> bool:
@@ -231,6 +232,9 @@ class TracInCPFastRandProj(TracInCPFast):
         self._embeddings_file = ef if projected and emb is None else None
         return True
 
+    def _embeddings_damaged(self) -> None:
+        self._build()  # the embeddings written again from the factors (and the index, unless its own is sound)
+
     def _warn_store_embeddings(self, folder: Path, e: OSError, what: str, instead: str) -> None:
         self._warn(
             f"cannot write {what} into the factor store {str(folder)!r} ({type(e).__name__}: {e.strerror or e}): "
@@ -288,6 +292,7 @@ class TracInCPFastRandProj(TracInCPFast):
         return (emb.sum(0, keepdim=True) if aggregate else emb).cpu()
 
     @locked
+    @recovering()
     def influence(
         self,
         inputs: Inputs | None = None,
