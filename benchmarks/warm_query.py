@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
     out["busy_processes"] = args.busy
     out["machine"] = workload.machine_info()
     path = args.out or HERE / "results" / "warm-query-2core.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results[args.label] = out
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    doc = {"scenario": "warm-query", "machine_tag": "2core", "runs": {}, **doc}
+    doc["runs"][args.label] = out
+    path.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "machine"}, indent=1))
     return out
 
